@@ -1,0 +1,124 @@
+"""Forward + backward time of the RIB training step's pooling + loss, four ways, side by side.
+
+    python benchmarks/bench_ops.py [--device cpu|cuda|all] [--mode reference|paper] [--no-compile]
+
+For each realistic shape (26 rows = 6 target views + 20 other images; K = 20 and 80 classes; CAMs
+of 32x32, 48x64 and 128x128) it times:
+    loop      a transcription of the authors' per-row, per-class Python loop
+    eager     the vectorised plain-PyTorch version (rib_ext.ops.reference)
+    compile   torch.compile of that vectorised version
+    ours      rib_ext's fused gndrp_margin_loss kernel
+and prints the times and the ratios (x = how many times faster ours is). Inputs come from the tests'
+factories, so the benchmark measures exactly what the tests check.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.utils.benchmark as tb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from factories import make_cam, make_labels  # noqa: E402
+
+from rib_ext import ops  # noqa: E402
+from rib_ext.ops import reference  # noqa: E402
+
+SHAPES = [(26, 20, 32, 32), (26, 20, 48, 64), (26, 20, 128, 128),
+          (26, 80, 32, 32), (26, 80, 48, 64), (26, 80, 128, 128)]
+TAU, MARGIN = 0.4, 600.0
+
+
+def loop_step(cam, labels, paper):
+    logits = reference.gndrp_pool_loop(cam, labels > 0, TAU)
+    return reference.margin_loss(logits, labels, MARGIN, paper).sum()
+
+
+def eager_step(cam, labels, paper):
+    return reference.gndrp_margin_loss(cam, labels, TAU, MARGIN, paper)[0]
+
+
+def ours_step(cam, labels, paper):
+    return ops.gndrp_margin_loss(cam, labels, TAU, MARGIN, "paper" if paper else "reference")[0]
+
+
+def fwd_bwd(step):
+    def run(cam, labels, paper):
+        cam.grad = None
+        step(cam, labels, paper).backward()
+    return run
+
+
+def time_it(fn, cam, labels, paper, min_run_time):
+    fn(cam, labels, paper)  # warm-up (and compilation)
+    fn(cam, labels, paper)
+    timer = tb.Timer(stmt="fn(cam, labels, paper)",
+                     globals=dict(fn=fn, cam=cam, labels=labels, paper=paper))
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def bench_device(device, paper, use_compile, use_loop, min_run_time):
+    rows = []
+    compiled = torch.compile(eager_step, dynamic=False) if use_compile else None
+    for shape in SHAPES:
+        cam = make_cam(*shape, device=device, requires_grad=True)
+        labels = make_labels(shape[0], shape[1], device=device)
+        t = {"ours": time_it(fwd_bwd(ours_step), cam, labels, paper, min_run_time),
+             "eager": time_it(fwd_bwd(eager_step), cam, labels, paper, min_run_time)}
+        if compiled is not None:
+            torch._dynamo.reset()
+            t["compile"] = time_it(fwd_bwd(compiled), cam, labels, paper, min_run_time)
+        if use_loop:
+            t["loop"] = time_it(fwd_bwd(loop_step), cam, labels, paper, min_run_time / 4)
+        rows.append((shape, t))
+    return rows
+
+
+def format_table(device, rows):
+    def ms(t, k):
+        return f"{t[k] * 1e3:9.3f}" if k in t else "      n/a"
+
+    def ratio(t, k):
+        return f"{t[k] / t['ours']:8.1f}x" if k in t else "      n/a"
+
+    lines = [f"device: {device}",
+             "| N x K x H x W | loop ms | eager ms | compile ms | ours ms | vs loop | vs eager | vs compile |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for shape, t in rows:
+        lines.append(f"| {'x'.join(map(str, shape))} | {ms(t, 'loop')} | {ms(t, 'eager')} | "
+                     f"{ms(t, 'compile')} | {ms(t, 'ours')} | {ratio(t, 'loop')} | "
+                     f"{ratio(t, 'eager')} | {ratio(t, 'compile')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    p.add_argument("--mode", default="reference", choices=list(ops.MODES))
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--no-loop", action="store_true", help="skip the (slow) authors' loop column")
+    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+    args = p.parse_args(argv)
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        print("no CUDA device: CUDA rows skipped")
+        devices = [d for d in devices if d != "cuda"]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu cores {os.cpu_count()}, "
+          f"{platform.processor() or platform.machine()}, mode {args.mode}")
+    print(f"backends: " + ", ".join(f"{op}={ops.backend(op, d)}" for d in devices
+                                    for op in ("gndrp_margin_loss",)))
+    for device in devices:
+        rows = bench_device(device, args.mode == "paper", not args.no_compile, not args.no_loop,
+                            args.min_run_time)
+        if device == "cuda":
+            print(f"gpu: {torch.cuda.get_device_name()}")
+        print(format_table(device, rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+// The RIB clipped-margin loss, elementwise, CUDA.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../gndrp.h"
+
+namespace rib_ext {
+namespace cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+int64_t grid_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8); }
+
+// grad == nullptr: forward (the loss term); else backward (grad * d term / d y).
+template <typename scalar_t, typename acc_t>
+__global__ void margin_loss_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ t,
+                                   const scalar_t* __restrict__ grad, int64_t n, acc_t margin,
+                                   bool paper, scalar_t* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const acc_t yi = static_cast<acc_t>(y[i]);
+    const acc_t ti = static_cast<acc_t>(t[i]);
+    out[i] = static_cast<scalar_t>(
+        grad == nullptr ? margin_loss_term<acc_t>(yi, ti, margin, paper)
+                        : static_cast<acc_t>(grad[i]) * margin_loss_grad<acc_t>(yi, ti, margin, paper));
+  }
+}
+
+at::Tensor launch(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor* grad,
+                  double margin, bool paper) {
+  const at::cuda::OptionalCUDAGuard guard(logits.device());
+  const auto y = logits.contiguous();
+  const auto t = labels.to(logits.scalar_type()).contiguous();
+  const auto g = grad ? grad->to(logits.scalar_type()).contiguous() : at::Tensor();
+  auto out = at::empty(y.sizes(), y.options());
+  const int64_t n = y.numel();
+  if (n == 0) return out;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "margin_loss_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    margin_loss_kernel<scalar_t, acc_t><<<grid_for(n), kThreads, 0, stream>>>(
+        y.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
+        grad ? g.const_data_ptr<scalar_t>() : nullptr, n, static_cast<acc_t>(margin), paper,
+        out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+at::Tensor margin_loss_cuda(const at::Tensor& logits, const at::Tensor& labels, double margin,
+                            bool paper) {
+  check_same_shape(logits, labels, "logits", "labels", "margin_loss");
+  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "margin_loss: logits must be floating point");
+  return launch(logits, labels, nullptr, margin, paper);
+}
+
+at::Tensor margin_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
+                                     const at::Tensor& labels, double margin, bool paper) {
+  check_same_shape(logits, labels, "logits", "labels", "_margin_loss_backward");
+  check_same_shape(logits, grad, "logits", "grad", "_margin_loss_backward");
+  return launch(logits, labels, &grad, margin, paper);
+}
+
+TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {
+  m.impl("margin_loss", &margin_loss_cuda);
+  m.impl("_margin_loss_backward", &margin_loss_backward_cuda);
+}
+
+}  // namespace cuda
+}  // namespace rib_ext

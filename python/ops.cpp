@@ -1,0 +1,31 @@
+// Operator schemas of rib_ext. Kernels live in csrc/{cpu,cuda}/<op>_kernel.*, each registering
+// its own backend with TORCH_LIBRARY_IMPL; autograd and fake kernels are registered in Python
+// (rib_ext/ops/). Shapes and semantics: csrc/gndrp.h, csrc/margin_loss.h, csrc/cam_maps.h.
+#include <torch/library.h>
+
+TORCH_LIBRARY(rib_ext, m) {
+  // GNDRP pooling: (pooled [N,K], plane_max [N,K] f32, scale [N,K] f32)
+  m.def("gndrp_pool(Tensor cam, Tensor present, float tau, bool paper) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_gndrp_pool_backward(Tensor grad, Tensor cam, Tensor present, Tensor plane_max, "
+      "Tensor scale, float tau, bool paper) -> Tensor");
+
+  // GNDRP + margin loss in one pass: (loss [] f32, logits [N,K], plane_max, scale)
+  m.def(
+      "gndrp_margin_loss(Tensor cam, Tensor labels, float tau, float margin, bool paper) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_gndrp_margin_loss_backward(Tensor grad_loss, Tensor cam, Tensor labels, Tensor logits, "
+      "Tensor plane_max, Tensor scale, float tau, float margin, bool paper) -> Tensor");
+
+  // Elementwise clipped-margin loss and its gradient w.r.t. the logits.
+  m.def("margin_loss(Tensor logits, Tensor labels, float margin, bool paper) -> Tensor");
+  m.def(
+      "_margin_loss_backward(Tensor grad, Tensor logits, Tensor labels, float margin, bool paper) "
+      "-> Tensor");
+
+  // Localization-map building blocks.
+  m.def("cam_flip_merge(Tensor cam, Tensor cam_flip) -> Tensor");
+  m.def("cam_flip_accumulate_(Tensor(a!) acc, Tensor cam, Tensor cam_flip) -> ()");
+  m.def("cam_max_normalize(Tensor maps, float eps) -> Tensor");
+}

@@ -1,0 +1,93 @@
+"""Every stage's settings, with the defaults of the paper / the authors' released code, in one place.
+
+Stages take one of these dataclasses; the pipeline CLI builds them from its flags and saves them
+beside the outputs (``dataclasses.asdict``), so a run can always be traced back to its settings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+# ImageNet statistics used by torchvision's ResNet checkpoints (and IRN's normalisation).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Multi-scale inference views of IRN / RIB: each scale is run as (image, horizontal flip).
+CAM_SCALES = (1.0, 0.5, 1.5, 2.0)
+
+
+@dataclass
+class DemoDataConfig:
+    """The embedded default dataset, generated deterministically in the VOC layout."""
+
+    seed: int = 0
+    num_train: int = 240
+    num_val: int = 60
+    image_size: int = 128
+
+
+@dataclass
+class TrainCamConfig:
+    """Classifier training: IRN's recipe (5 epochs, batch 16, crop 512, resize-long 320..640, flip,
+    SGD lr 0.1 on the classifier / 0.01 on the backbone, poly decay, weight decay 1e-4)."""
+
+    backbone: str = "resnet50"
+    weights: Optional[str] = None  # a torchvision ImageNet checkpoint file (no download)
+    random_init: bool = False  # allowed only when asked for; warns
+    epochs: int = 5
+    batch_size: int = 16
+    crop_size: int = 512
+    resize_long: Tuple[int, int] = (320, 640)
+    lr: float = 0.1  # the classifier's; the backbone gets lr / classifier_lr_mult
+    classifier_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class MakeCamConfig:
+    """Plain multi-scale + flip CAMs in IRN's .npy format."""
+
+    scales: Tuple[float, ...] = CAM_SCALES
+    num_workers: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class EvalSeedConfig:
+    """Threshold sweep of the seed evaluation (the authors sweep 0.20..0.49)."""
+
+    threshold_start: float = 0.20
+    threshold_stop: float = 0.49  # inclusive
+    threshold_step: float = 0.01
+
+
+@dataclass
+class CRFConfig:
+    """Dense CRF on seeds (IRN's settings, DESIGN.md / IRN_NOTES.md)."""
+
+    threshold: Optional[float] = None  # background threshold; None = the best one of eval_seed
+    gt_prob: float = 0.7
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 50.0
+    bilateral_srgb: float = 5.0
+    bilateral_compat: float = 10.0
+    iterations: int = 10
+
+
+@dataclass
+class PipelineConfig:
+    dataset: str = "demo"  # voc | coco | demo
+    root: Optional[str] = None
+    out_dir: str = "rib_ext_out"
+    train_list: Optional[str] = None
+    eval_list: Optional[str] = None
+    allow_missing: bool = False  # skip images whose maps are missing instead of stopping
+    demo: DemoDataConfig = field(default_factory=DemoDataConfig)
+    train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
+    make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
+    eval_seed: EvalSeedConfig = field(default_factory=EvalSeedConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)

@@ -1,0 +1,86 @@
+"""Dense CRF refinement of label maps (IRN's ``imutils.crf_inference_label``), via pydensecrf.
+
+pydensecrf is imported on first use so the rest of the package works without it (the GPU machine,
+for one, does not have it).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from rib_ext.config import CRFConfig
+from rib_ext.evaluation import indices_to_class_ids, seed_label_indices
+
+
+def _densecrf():
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_labels
+    except ImportError as err:
+        raise ImportError("the dense CRF needs pydensecrf: `pip install pydensecrf2` (the package "
+                          "named pydensecrf fails to build with Cython 3; pydensecrf2 provides the "
+                          "same pydensecrf module)") from err
+    return dcrf, unary_from_labels
+
+
+def _check_image(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {img.dtype} {img.shape}")
+    # pydensecrf reads the raw buffer: it must be C-contiguous (a flipped or cropped view is not).
+    return np.ascontiguousarray(img)
+
+
+def crf_refine_labels(img: np.ndarray, labels: np.ndarray, n_labels: int,
+                      cfg: Optional[CRFConfig] = None) -> np.ndarray:
+    """Refine ``labels`` [H, W] (values 0..n_labels-1) on the RGB image ``img`` uint8 [H, W, 3].
+
+    Unary from the labels with confidence ``gt_prob`` (label 0 is an ordinary label, not "unsure"),
+    a Gaussian and a bilateral pairwise term, ``iterations`` mean-field steps; returns the argmax
+    label index map [H, W] (int64).
+    """
+    cfg = cfg if cfg is not None else CRFConfig()
+    img = _check_image(img)
+    labels = np.asarray(labels)
+    h, w = img.shape[:2]
+    if labels.shape != (h, w):
+        raise ValueError(f"labels are {labels.shape} but the image is {(h, w)}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
+        raise ValueError(f"labels hold values outside 0..{n_labels - 1}: "
+                         f"{np.unique(labels[(labels < 0) | (labels >= n_labels)])[:5].tolist()}")
+    if n_labels == 1:
+        # One label: nothing to decide (and unary_from_labels would divide by n_labels - 1 = 0).
+        return np.zeros((h, w), dtype=np.int64)
+    dcrf, unary_from_labels = _densecrf()
+    crf = dcrf.DenseCRF2D(w, h, n_labels)
+    crf.setUnaryEnergy(unary_from_labels(labels.astype(np.int64), n_labels, gt_prob=cfg.gt_prob,
+                                         zero_unsure=False))
+    crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
+    crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=img,
+                             compat=cfg.bilateral_compat)
+    q = np.asarray(crf.inference(cfg.iterations)).reshape(n_labels, h, w)
+    return np.argmax(q, axis=0)
+
+
+def crf_from_maps(img: np.ndarray, maps: np.ndarray, keys: np.ndarray,
+                  threshold: Optional[float] = None, cfg: Optional[CRFConfig] = None) -> np.ndarray:
+    """IRN's seed -> CRF: threshold the maps into a seed, refine it, return class ids [H, W].
+
+    ``maps`` [K', H, W] max-normalised (``high_res``), ``keys`` [K'] 0-based foreground class
+    indices; ``threshold`` defaults to ``cfg.threshold``. The result holds 0 (background) or
+    keys + 1.
+    """
+    cfg = cfg if cfg is not None else CRFConfig()
+    threshold = threshold if threshold is not None else cfg.threshold
+    if threshold is None:
+        raise ValueError("no background threshold: pass one or set CRFConfig.threshold "
+                         "(e.g. the best threshold of eval_seed)")
+    maps = np.asarray(maps)
+    keys = np.asarray(keys).reshape(-1)
+    if maps.ndim != 3 or keys.size != maps.shape[0]:
+        raise ValueError(f"maps must be [K', H, W] with one key per map; got maps {maps.shape} "
+                         f"and {keys.size} keys")
+    indices = seed_label_indices(maps, threshold)
+    refined = crf_refine_labels(img, indices, maps.shape[0] + 1, cfg)
+    return indices_to_class_ids(refined, keys)

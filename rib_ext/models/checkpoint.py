@@ -1,0 +1,197 @@
+"""Loading ImageNet backbones and saving / loading our own trained CAM networks.
+
+There is no download: the user supplies a torchvision ResNet checkpoint file, or asks explicitly for
+random initialisation (useful for smoke tests; far below the paper's figures).
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+
+from rib_ext.io import atomic_path
+from rib_ext.models.resnet_cam import CAMNet
+
+# torchvision's IMAGENET1K_V1 files (what IRN / RIB start from), for the error messages.
+TORCHVISION_FILES = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+    "resnet101": "resnet101-63fe2227.pth",
+}
+
+# Blocks per stage of each depth, and whether it uses Bottleneck blocks (conv3 present).
+_DEPTH_LAYOUT = {
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+}
+
+CAM_CHECKPOINT_FORMAT = "rib_ext.cam_net"
+CAM_CHECKPOINT_VERSION = 1
+
+
+class MissingWeightsError(FileNotFoundError):
+    """No ImageNet backbone weights were given, or the given file does not exist."""
+
+
+def missing_weights_message(backbone: str, path: Optional[os.PathLike | str] = None) -> str:
+    fname = TORCHVISION_FILES.get(backbone, f"{backbone}-<hash>.pth")
+    head = (f"ImageNet weights file not found: {path}" if path is not None
+            else f"no ImageNet weights given for the {backbone} backbone")
+    return (f"{head}. Pass the path of a torchvision {backbone} checkpoint (IMAGENET1K_V1, e.g. "
+            f"{fname} from https://download.pytorch.org/models/{fname}; torchvision caches "
+            f"downloads in ~/.cache/torch/hub/checkpoints/) with --weights, or pass --random-init "
+            f"to start from random weights (a smoke test only: results fall far below the paper's).")
+
+
+def _read_torch_file(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt files (zip, pickle, EOF)
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or not a "
+                         f"torch.save file?): {type(err).__name__}: {err}") from err
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise ValueError(f"{path}: expected a state dict of tensors; non-tensor entries: "
+                         f"{_few(bad)}")
+    # DataParallel / DistributedDataParallel checkpoints prefix every key with 'module.'.
+    return {re.sub(r"^(module\.)+", "", k): v for k, v in obj.items()}
+
+
+def _few(items: Sequence[Any], n: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(str(i) for i in items[:n])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def guess_resnet_depth(keys: Sequence[str]) -> Optional[str]:
+    """The torchvision ResNet name whose layout matches these state-dict keys, if any."""
+    keys = set(keys)
+    counts = tuple(len({k.split(".")[1] for k in keys if k.startswith(f"layer{i}.")})
+                   for i in range(1, 5))
+    bottleneck = "layer1.0.conv3.weight" in keys
+    for name, layout in _DEPTH_LAYOUT.items():
+        if layout == (counts, bottleneck):
+            return name
+    return None
+
+
+def _state_dict_problems(expected: Mapping[str, torch.Tensor],
+                         given: Mapping[str, torch.Tensor]) -> List[str]:
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} (expected {tuple(v.shape)})"
+              for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_few(unexpected)}")
+    if shapes:
+        problems.append(f"wrong shapes: {_few(shapes)}")
+    return problems
+
+
+def load_backbone_weights(model: CAMNet, path: os.PathLike | str) -> CAMNet:
+    """Load a torchvision ResNet state-dict file into ``model``'s backbone (in place).
+
+    Accepts a raw state dict or one wrapped under ``state_dict`` / ``model``, with or without
+    ``module.`` prefixes; torchvision's ``fc.*`` head is ignored (the classifier stays as
+    initialised). Anything else that does not match raises ``ValueError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(missing_weights_message(model.backbone_name, path))
+    state = _unwrap_state_dict(_read_torch_file(path), path)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    view = model.torchvision_view()
+    problems = _state_dict_problems(view.state_dict(), state)
+    if problems:
+        guess = guess_resnet_depth(list(state))
+        hint = (f" The file looks like a {guess} checkpoint." if guess and guess != model.backbone_name
+                else "")
+        raise ValueError(f"{path}: not a torchvision {model.backbone_name} state dict: "
+                         + "; ".join(problems) + "." + hint)
+    view.load_state_dict(state, strict=True)
+    return model
+
+
+def build_cam_net(backbone: str = "resnet50", num_classes: int = 20,
+                  weights: Optional[os.PathLike | str] = None, random_init: bool = False,
+                  strides: Sequence[int] = (2, 2, 2, 1)) -> CAMNet:
+    """A :class:`CAMNet` with ImageNet backbone weights from ``weights``, or random weights when
+    ``random_init`` (warns). Exactly one of the two must be given."""
+    if weights is not None and random_init:
+        raise ValueError(f"both weights ({weights}) and random_init were given; choose one")
+    if weights is None and not random_init:
+        raise MissingWeightsError(missing_weights_message(backbone))
+    model = CAMNet(backbone, num_classes, strides)
+    if random_init:
+        warnings.warn(f"{backbone} backbone randomly initialised (no ImageNet weights): fine for a "
+                      f"smoke test, but maps and scores will be far below the paper's",
+                      UserWarning, stacklevel=2)
+        return model
+    return load_backbone_weights(model, weights)
+
+
+def save_cam_net(path: os.PathLike | str, model: CAMNet,
+                 meta: Optional[Dict[str, Any]] = None) -> None:
+    """Save a trained CAM network atomically. ``meta`` must hold only plain Python values
+    (str, int, float, bool, None, lists, dicts), which ``weights_only`` loading accepts."""
+    record = {
+        "format": CAM_CHECKPOINT_FORMAT,
+        "version": CAM_CHECKPOINT_VERSION,
+        "backbone": model.backbone_name,
+        "num_classes": model.num_classes,
+        "strides": list(model.strides),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+
+
+def load_cam_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
+    """The record written by :func:`save_cam_net` (backbone, num_classes, strides, state_dict,
+    meta), checked for format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CAM network checkpoint not found: {path} (train_cam writes it)")
+    record = _read_torch_file(path)
+    if not isinstance(record, Mapping) or record.get("format") != CAM_CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a rib_ext CAM network checkpoint (written by save_cam_net); "
+                         f"for ImageNet backbone weights use load_backbone_weights")
+    if record.get("version") != CAM_CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {record.get('version')!r} is not supported "
+                         f"(expected {CAM_CHECKPOINT_VERSION})")
+    return dict(record)
+
+
+def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") -> CAMNet:
+    """Rebuild the network saved by :func:`save_cam_net`, on ``device``, in eval mode."""
+    record = load_cam_checkpoint(path)
+    try:
+        model = CAMNet(record["backbone"], record["num_classes"], tuple(record["strides"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: cannot rebuild the CAM network: {err}") from err
+    problems = _state_dict_problems(model.state_dict(), record["state_dict"])
+    if problems:
+        raise ValueError(f"{path}: state dict does not match a {record['backbone']} CAMNet with "
+                         f"{record['num_classes']} classes: " + "; ".join(problems))
+    model.load_state_dict(record["state_dict"], strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,132 @@
+"""GNDRP masked pooling and its fused form with the RIB margin loss.
+
+Semantics (both modes) are in csrc/gndrp.h; :mod:`rib_ext.ops.reference` holds the same maths in
+plain PyTorch. ``mode='reference'`` is the authors' released code, ``mode='paper'`` the paper's
+equation.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._extension import HAS_C, use_compiled
+
+MODES = ("reference", "paper")
+
+
+def _is_paper(mode: str) -> bool:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode == "paper"
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
+               mode: str = "reference") -> torch.Tensor:
+    """Global non-discriminative region pooling (GNDRP).
+
+    Args:
+        cam: raw (pre-ReLU) class activation maps ``[N, K, H, W]``; float32/float64, or
+            float16/bfloat16 (accumulated in float32).
+        present: ``[N, K]``, true (or > 0) where class k is in row n's label. Absent classes keep
+            every location (plain average pooling), as the authors' code does.
+        tau: threshold on the max-normalised map (detached max); locations below it are pooled.
+        mode: ``'reference'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
+            sum divided by the number of kept locations; 0 when none is kept).
+
+    A present class whose max is <= 0 keeps every location (no NaN, no division by zero); the
+    authors' unguarded division would give 0 for a negative max. See csrc/gndrp.h.
+
+    Returns:
+        logits ``[N, K]`` in cam's dtype, differentiable w.r.t. ``cam``.
+    """
+    paper = _is_paper(mode)
+    present = present if present.dtype == torch.bool else present > 0
+    if use_compiled("gndrp_pool", cam):
+        return torch.ops.rib_ext.gndrp_pool(cam, present, float(tau), paper)[0]
+    return reference.gndrp_pool(cam, present, tau, paper)
+
+
+def gndrp_margin_loss(cam: torch.Tensor, labels: torch.Tensor, tau: float = 0.4,
+                      margin: float = 600.0, mode: str = "reference"):
+    """GNDRP pooling and the RIB loss in one op: the training step's hot path.
+
+    ``loss = sum_{n,k} -t[n,k] * min(m, y[n,k])`` (paper) or ``-t[n,k] * y[n,k]`` (reference), with
+    ``y = gndrp_pool(cam, labels > 0, tau, mode)``.
+
+    Args:
+        cam: ``[N, K, H, W]`` raw CAMs of every row of the step's batch.
+        labels: ``[N, K]`` multi-hot labels (also the GNDRP presence mask).
+        tau, mode: as :func:`gndrp_pool`.
+        margin: the clip m (paper mode); in reference mode the margin is the engine's stop rule.
+
+    Returns:
+        ``(loss, logits)``: a scalar (float32, or float64 for float64 cams) differentiable w.r.t.
+        ``cam``, and the logits ``[N, K]`` detached (for the stop statistic and logging).
+    """
+    paper = _is_paper(mode)
+    labels = labels.to(_acc_dtype(cam.dtype))
+    if use_compiled("gndrp_margin_loss", cam):
+        loss, logits, _, _ = torch.ops.rib_ext.gndrp_margin_loss(cam, labels, float(tau),
+                                                                 float(margin), paper)
+        return loss, logits.detach()
+    loss, logits = reference.gndrp_margin_loss(cam, labels, tau, margin, paper)
+    return loss, logits.detach()
+
+
+if HAS_C:
+
+    @torch.library.register_fake("rib_ext::gndrp_pool")
+    def _gndrp_pool_fake(cam, present, tau, paper):
+        rows = cam.shape[:2]
+        acc = _acc_dtype(cam.dtype)
+        return cam.new_empty(rows), cam.new_empty(rows, dtype=acc), cam.new_empty(rows, dtype=acc)
+
+    @torch.library.register_fake("rib_ext::_gndrp_pool_backward")
+    def _gndrp_pool_backward_fake(grad, cam, present, plane_max, scale, tau, paper):
+        return torch.empty_like(cam, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("rib_ext::gndrp_margin_loss")
+    def _gndrp_margin_loss_fake(cam, labels, tau, margin, paper):
+        rows = cam.shape[:2]
+        acc = _acc_dtype(cam.dtype)
+        return (cam.new_empty((), dtype=acc), cam.new_empty(rows),
+                cam.new_empty(rows, dtype=acc), cam.new_empty(rows, dtype=acc))
+
+    @torch.library.register_fake("rib_ext::_gndrp_margin_loss_backward")
+    def _gndrp_margin_loss_backward_fake(grad_loss, cam, labels, logits, plane_max, scale, tau,
+                                         margin, paper):
+        return torch.empty_like(cam, memory_format=torch.contiguous_format)
+
+    def _pool_setup_context(ctx, inputs, output):
+        cam, present, tau, paper = inputs
+        _, plane_max, scale = output
+        ctx.save_for_backward(cam, present, plane_max, scale)
+        ctx.tau, ctx.paper = tau, paper
+
+    def _pool_backward(ctx, grad_pooled, _grad_max, _grad_scale):
+        cam, present, plane_max, scale = ctx.saved_tensors
+        grad_cam = torch.ops.rib_ext._gndrp_pool_backward(
+            grad_pooled, cam, present, plane_max, scale, ctx.tau, ctx.paper)
+        return grad_cam, None, None, None
+
+    torch.library.register_autograd("rib_ext::gndrp_pool", _pool_backward,
+                                    setup_context=_pool_setup_context)
+
+    def _fused_setup_context(ctx, inputs, output):
+        cam, labels, tau, margin, paper = inputs
+        _, logits, plane_max, scale = output
+        ctx.save_for_backward(cam, labels, logits, plane_max, scale)
+        ctx.tau, ctx.margin, ctx.paper = tau, margin, paper
+
+    def _fused_backward(ctx, grad_loss, _grad_logits, _grad_max, _grad_scale):
+        cam, labels, logits, plane_max, scale = ctx.saved_tensors
+        grad_cam = torch.ops.rib_ext._gndrp_margin_loss_backward(
+            grad_loss, cam, labels, logits, plane_max, scale, ctx.tau, ctx.margin, ctx.paper)
+        return grad_cam, None, None, None, None
+
+    torch.library.register_autograd("rib_ext::gndrp_margin_loss", _fused_backward,
+                                    setup_context=_fused_setup_context)

@@ -1,0 +1,141 @@
+"""Build rib_ext and its compiled operators rib_ext._C.
+
+Build next to the torch you installed, without build isolation (an isolated build pulls another
+torch and the extension then fails to load):
+
+    pip install --no-build-isolation .
+
+Environment variables:
+    RIB_EXT_CUDA=1|0|auto   force the CUDA kernels on or off (default auto: on when torch is a CUDA
+                            build and a CUDA toolkit is found; a GPU is not needed to compile them)
+    CUDA_HOME               the toolkit (else /usr/local/cuda, else the folder of the real nvcc)
+    TORCH_CUDA_ARCH_LIST    target architectures (default "8.0;8.6;9.0": Ampere and Hopper)
+    DEBUG=1                 -O0 -g, no optimisation
+    MAX_JOBS                parallel compile jobs (ninja)
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent.resolve()
+DEFAULT_ARCH_LIST = "8.0;8.6;9.0"
+
+
+def log(msg: str) -> None:
+    print(f"[rib_ext setup] {msg}", file=sys.stderr, flush=True)
+
+
+def real_nvcc_home() -> str | None:
+    """The toolkit folder of the nvcc on PATH, seeing through wrapper scripts that exec the real one."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    path = Path(nvcc).resolve()
+    try:
+        text = path.read_text(errors="ignore") if path.stat().st_size < 4096 else ""
+    except OSError:
+        text = ""
+    for token in text.split():
+        if token.endswith("/bin/nvcc") and Path(token).exists():
+            path = Path(token).resolve()
+            break
+    home = path.parent.parent
+    return str(home) if (home / "include" / "cuda_runtime.h").exists() else None
+
+
+def find_cuda_home() -> str | None:
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if candidate and (Path(candidate) / "bin" / "nvcc").exists():
+            return str(Path(candidate).resolve())
+    return real_nvcc_home()
+
+
+def pip_cuda_include_dirs(cuda_home: str) -> list[str]:
+    """Header folders of pip's nvidia-* packages, for a toolkit that lacks the math libraries' headers.
+
+    torch's CUDA headers include cusparse.h/cublas.h; a minimal toolkit (nvcc + cudart only) does not
+    ship them, but the CUDA build of torch pulls them in as pip packages.
+    """
+    if (Path(cuda_home) / "include" / "cusparse.h").exists():
+        return []
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    dirs = []
+    for base in (spec.submodule_search_locations or []) if spec else []:
+        dirs += sorted(str(p) for p in Path(base).glob("*/include") if p.is_dir())
+    return dirs
+
+
+def decide_cuda(torch_cuda: str | None, cuda_home: str | None) -> bool:
+    want = os.environ.get("RIB_EXT_CUDA", "auto").strip().lower()
+    if want in ("0", "false", "no", "off"):
+        log("RIB_EXT_CUDA=0: CPU-only build")
+        return False
+    possible = torch_cuda is not None and cuda_home is not None
+    if want in ("1", "true", "yes", "on"):
+        if not possible:
+            raise RuntimeError(
+                "RIB_EXT_CUDA=1 but the CUDA kernels cannot be built: "
+                f"torch.version.cuda={torch_cuda!r}, CUDA toolkit={cuda_home!r}. Install a CUDA build "
+                "of torch and set CUDA_HOME to the toolkit."
+            )
+        return True
+    if not possible:
+        log(f"CPU-only build (torch.version.cuda={torch_cuda!r}, CUDA toolkit={cuda_home!r})")
+    return possible
+
+
+def extensions():
+    # CUDA_HOME must be set before torch.utils.cpp_extension is imported: it reads it once.
+    cuda_home = find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    use_cuda = decide_cuda(torch.version.cuda, cuda_home)
+    debug = os.environ.get("DEBUG", "0") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx_flags = opt + ["-fopenmp"]
+    sources = sorted(glob.glob("csrc/cpu/*.cpp")) + sorted(glob.glob("python/*.cpp"))
+    kwargs = dict(
+        include_dirs=[str(ROOT / "csrc")],
+        extra_link_args=["-fopenmp"],
+        py_limited_api=False,
+    )
+    if use_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        kwargs["include_dirs"] += pip_cuda_include_dirs(cuda_home)
+        nvcc_flags = opt + ["--expt-relaxed-constexpr", "-DRIB_EXT_WITH_CUDA"]
+        log(f"CUDA build: toolkit {cuda_home}, torch CUDA {torch.version.cuda}, "
+            f"arch {os.environ['TORCH_CUDA_ARCH_LIST']}")
+        ext = CUDAExtension(
+            "rib_ext._C", sources,
+            extra_compile_args={"cxx": cxx_flags + ["-DRIB_EXT_WITH_CUDA"], "nvcc": nvcc_flags},
+            **kwargs,
+        )
+    else:
+        ext = CppExtension("rib_ext._C", sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
+    log(f"sources: {', '.join(sources)}")
+    return [ext]
+
+
+def cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+# Metadata and dependencies live in pyproject.toml; this file only describes the extension.
+setup(
+    ext_modules=extensions(),
+    cmdclass=cmdclass(),
+)

@@ -1,0 +1,120 @@
+"""CAM map operators and the finishing step that writes IRN's map format."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import cpu_and_cuda
+from factories import make_cam
+from rib_ext import ops
+from rib_ext.ops import reference
+
+LAYOUTS = ["contiguous", "channels_last", "noncontiguous"]
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("shape", [(1, 20, 8, 9), (1, 1, 1, 1), (2, 80, 3, 1), (1, 3, 1, 7)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_flip_merge_and_accumulate(device, shape, layout):
+    cam = make_cam(*shape, device=device, layout=layout, seed=2, requires_grad=True)
+    cam_flip = make_cam(*shape, device=device, layout=layout, seed=3, requires_grad=True)
+    merged = ops.cam_flip_merge(cam, cam_flip)
+    expected = reference.cam_flip_merge(cam, cam_flip)
+    torch.testing.assert_close(merged, expected)
+    # Flipping back means an image and its exact mirror merge to twice the ReLU'd map.
+    torch.testing.assert_close(ops.cam_flip_merge(cam, cam.flip(-1)), 2 * torch.relu(cam))
+    g = torch.randn_like(merged)
+    grads = torch.autograd.grad(merged, (cam, cam_flip), g)
+    grads_ref = torch.autograd.grad(expected, (cam, cam_flip), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
+
+    acc = torch.rand(shape, device=device)
+    start = acc.clone()
+    ops.cam_flip_accumulate_(acc, cam, cam_flip)
+    ops.cam_flip_accumulate_(acc, cam, cam_flip)
+    torch.testing.assert_close(acc, start + 2 * expected.detach())
+
+
+def test_accumulate_into_noncontiguous_acc():
+    cam, cam_flip = make_cam(1, 4, 5, 6, seed=4), make_cam(1, 4, 5, 6, seed=5)
+    acc = torch.zeros(1, 4, 6, 5).transpose(-1, -2)
+    ops.cam_flip_accumulate_(acc, cam, cam_flip)
+    torch.testing.assert_close(acc, reference.cam_flip_merge(cam, cam_flip))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_max_normalize(device, layout):
+    maps = torch.relu(make_cam(1, 7, 9, 5, device=device, layout=layout, requires_grad=True))
+    out = ops.cam_max_normalize(maps, 1e-5)
+    torch.testing.assert_close(out, reference.cam_max_normalize(maps, 1e-5))
+    assert out.amax(dim=(-2, -1)).le(1).all()
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, maps, g)[0],
+                               torch.autograd.grad(reference.cam_max_normalize(maps), maps, g)[0])
+
+
+def test_max_normalize_zero_map_stays_finite():
+    out = ops.cam_max_normalize(torch.zeros(2, 3, 4))
+    assert torch.isfinite(out).all() and out.abs().sum() == 0
+
+
+def test_gradcheck_float64():
+    cam = make_cam(1, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    cam_flip = make_cam(1, 3, 4, 5, dtype=torch.float64, seed=9, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.cam_flip_merge, (cam, cam_flip))
+    maps = torch.rand(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m: ops.cam_max_normalize(m, 1e-5), (maps,))
+
+
+@pytest.mark.skipif(not ops.HAS_C, reason="opcheck needs the compiled extension")
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_opcheck_cam_ops(device):
+    cam = make_cam(1, 5, 6, 7, device=device, requires_grad=True)
+    cam_flip = make_cam(1, 5, 6, 7, device=device, seed=7, requires_grad=True)
+    torch.library.opcheck(torch.ops.rib_ext.cam_flip_merge, (cam, cam_flip))
+    torch.library.opcheck(torch.ops.rib_ext.cam_max_normalize, (torch.relu(cam), 1e-5))
+    acc = torch.zeros(1, 5, 6, 7, device=device)
+    torch.library.opcheck(torch.ops.rib_ext.cam_flip_accumulate_,
+                          (acc, cam.detach(), cam_flip.detach()))
+
+
+def _irn_make_cam_transcript(outputs, size, label):
+    """IRN's make_cam finishing step written as its code does it (the format our stage must match)."""
+    strided_size = ((size[0] + 3) // 4, (size[1] + 3) // 4)
+    up = (((size[0] + 15) // 16) * 16, ((size[1] + 15) // 16) * 16)
+    strided_cam = torch.sum(torch.stack(
+        [F.interpolate(torch.unsqueeze(o, 0), strided_size, mode="bilinear", align_corners=False)[0]
+         for o in outputs]), 0)
+    highres_cam = [F.interpolate(torch.unsqueeze(o, 1), up, mode="bilinear", align_corners=False)
+                   for o in outputs]
+    highres_cam = torch.sum(torch.stack(highres_cam, 0), 0)[:, 0, :size[0], :size[1]]
+    valid_cat = torch.nonzero(label)[:, 0]
+    strided_cam = strided_cam[valid_cat]
+    strided_cam /= F.adaptive_max_pool2d(strided_cam, (1, 1)) + 1e-5
+    highres_cam = highres_cam[valid_cat]
+    highres_cam /= F.adaptive_max_pool2d(highres_cam, (1, 1)) + 1e-5
+    return {"keys": valid_cat, "cam": strided_cam, "high_res": highres_cam.numpy()}
+
+
+@pytest.mark.parametrize("size", [(37, 50), (64, 48), (17, 5)])
+def test_finalize_maps_matches_irn_format(size):
+    label = torch.zeros(20)
+    label[[3, 11, 19]] = 1
+    scales = (1.0, 0.5, 1.5, 2.0)
+    outputs = []
+    for s in scales:
+        h, w = max(1, round(size[0] * s / 16)), max(1, round(size[1] * s / 16))
+        outputs.append(ops.cam_flip_merge(make_cam(1, 20, h, w, seed=int(s * 10))[0],
+                                          make_cam(1, 20, h, w, seed=int(s * 10) + 1)[0]))
+    ours = ops.finalize_maps(outputs, size, np.array([3, 11, 19]))
+    theirs = _irn_make_cam_transcript(outputs, size, label)
+    assert set(ours) == {"keys", "cam", "high_res"}
+    assert isinstance(ours["cam"], torch.Tensor) and isinstance(ours["high_res"], np.ndarray)
+    np.testing.assert_array_equal(ours["keys"], theirs["keys"].numpy())
+    assert ours["cam"].shape == (3, (size[0] + 3) // 4, (size[1] + 3) // 4)
+    assert ours["high_res"].shape == (3, *size)
+    torch.testing.assert_close(ours["cam"], theirs["cam"])
+    np.testing.assert_allclose(ours["high_res"], theirs["high_res"], rtol=1e-5, atol=1e-6)
+    assert np.allclose(ours["high_res"].max(axis=(1, 2)), 1.0, atol=1e-3)

@@ -1,0 +1,187 @@
+"""GNDRP pooling and the fused pool + loss op against the plain-PyTorch reference."""
+import pytest
+import torch
+
+from conftest import cpu_and_cuda
+from factories import make_cam, make_labels
+from rib_ext import ops
+from rib_ext.ops import reference
+
+SHAPES = [(3, 20, 8, 8), (2, 1, 5, 7), (4, 80, 6, 9), (2, 3, 1, 1), (2, 3, 1, 11), (3, 2, 13, 1)]
+LAYOUTS = ["contiguous", "channels_last", "noncontiguous"]
+MODES = ["reference", "paper"]
+
+
+def _check_pool(cam, present, tau, mode):
+    out = ops.gndrp_pool(cam, present, tau, mode)
+    ref = reference.gndrp_pool(cam.detach().clone().requires_grad_(), present, tau, mode == "paper")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, cam, g)
+    cam_ref = cam.detach().clone().requires_grad_()
+    (grad_ref,) = torch.autograd.grad(reference.gndrp_pool(cam_ref, present, tau, mode == "paper"),
+                                      cam_ref, g)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("mode", MODES)
+def test_gndrp_pool_matches_reference(device, shape, layout, mode):
+    cam = make_cam(*shape, device=device, layout=layout, requires_grad=True)
+    present = make_labels(shape[0], shape[1], device=device) > 0
+    _check_pool(cam, present, 0.4, mode)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("mode", MODES)
+def test_gndrp_pool_degenerate_planes(device, mode):
+    """All classes absent; a present class whose map is all negative, all equal, all zero."""
+    cam = make_cam(4, 5, 6, 7, device=device).detach()
+    cam[0, 0] = -torch.rand(6, 7, device=device) - 0.1  # max < 0
+    cam[0, 1] = 2.5  # all equal, positive: nothing is below tau
+    cam[0, 2] = 0.0  # max == 0
+    cam[0, 3] = -1.0  # all equal, negative
+    cam.requires_grad_()
+    present = torch.ones(4, 5, dtype=torch.bool, device=device)
+    present[3] = False  # a row with every class absent
+    _check_pool(cam, present, 0.4, mode)
+    out = ops.gndrp_pool(cam, present, 0.4, mode)
+    assert torch.isfinite(out).all()
+    # Non-positive max keeps every location: the plain mean.
+    torch.testing.assert_close(out[0, 0], cam[0, 0].mean())
+    torch.testing.assert_close(out[0, 3], torch.tensor(-1.0, device=device))
+    # An all-equal positive plane keeps nothing: 0 in both modes (paper: no division by zero).
+    assert out[0, 1].item() == 0.0
+    torch.testing.assert_close(out[3], cam[3].mean(dim=(1, 2)))
+
+
+def test_gndrp_pool_hand_worked_example():
+    """The authors' semantics on a 2x2 map, worked by hand.
+
+    plane = [[4, 1], [-2, 2]], tau = 0.4, max M = 4, normalised = [[1, .25], [-.5, .5]].
+    reference: kept where < 0.4 -> {1, -2}; logit = (1 - 2) / (2*2) = -0.25.
+    paper:     kept where <= 0.4 -> {1, -2}; logit = (1 - 2) / 2 = -0.5.
+    absent class: every location, (4 + 1 - 2 + 2) / 4 = 1.25 (both modes in reference;
+    paper divides by the kept count 4 as well -> 1.25).
+    With tau = 0.5: reference keeps {1, -2} (0.5 is not < 0.5) -> -0.25;
+                    paper keeps {1, -2, 2} (0.5 <= 0.5)        -> (1 - 2 + 2) / 3 = 1/3.
+    Gradient (reference, tau 0.4): 1/4 at the kept locations (0,1) and (1,0), 0 elsewhere.
+    """
+    plane = torch.tensor([[4.0, 1.0], [-2.0, 2.0]])
+    cam = torch.stack([plane, plane])[None].clone().requires_grad_()  # [1, 2, 2, 2]
+    present = torch.tensor([[True, False]])
+    ref = ops.gndrp_pool(cam, present, 0.4, "reference")
+    assert ref.tolist() == [[-0.25, 1.25]]
+    assert ops.gndrp_pool(cam, present, 0.4, "paper").tolist() == [[-0.5, 1.25]]
+    assert ops.gndrp_pool(cam, present, 0.5, "reference")[0, 0].item() == -0.25
+    assert ops.gndrp_pool(cam, present, 0.5, "paper")[0, 0].item() == pytest.approx(1 / 3)
+    (grad,) = torch.autograd.grad(ref[0, 0], cam)
+    assert grad[0, 0].tolist() == [[0.0, 0.25], [0.25, 0.0]]
+    assert grad[0, 1].abs().sum().item() == 0.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gndrp_pool_gradcheck_float64(mode):
+    cam = make_cam(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    present = make_labels(2, 3) > 0
+    assert torch.autograd.gradcheck(lambda x: ops.gndrp_pool(x, present, 0.4, mode), (cam,))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("shape", [(26, 20, 8, 8), (3, 80, 5, 6), (2, 1, 1, 1)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_matches_pool_then_loss(device, shape, layout, mode):
+    cam = make_cam(*shape, device=device, layout=layout, requires_grad=True)
+    labels = make_labels(shape[0], shape[1], device=device)
+    margin = 0.3  # small, so the paper clip is active on some rows
+    loss, logits = ops.gndrp_margin_loss(cam, labels, 0.4, margin, mode)
+    cam_ref = cam.detach().clone().requires_grad_()
+    loss_ref, logits_ref = reference.gndrp_margin_loss(cam_ref, labels, 0.4, margin, mode == "paper")
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+    assert not logits.requires_grad
+    (grad,) = torch.autograd.grad(loss * 1.5, cam)
+    (grad_ref,) = torch.autograd.grad(loss_ref * 1.5, cam_ref)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-7)
+    if mode == "paper" and shape[0] * shape[1] >= 20:
+        clipped = (logits_ref >= margin) & (labels > 0)
+        assert clipped.any() and (~clipped & (labels > 0)).any(), "the test must exercise both sides"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_gradcheck_float64(mode):
+    cam = make_cam(3, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    labels = make_labels(3, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda x: ops.gndrp_margin_loss(x, labels, 0.4, 0.5, mode)[0], (cam,))
+
+
+@pytest.mark.skipif(not ops.HAS_C, reason="opcheck needs the compiled extension")
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("paper", [False, True])
+def test_opcheck_gndrp(device, paper):
+    cam = make_cam(3, 4, 5, 6, device=device, requires_grad=True)
+    labels = make_labels(3, 4, device=device)
+    torch.library.opcheck(torch.ops.rib_ext.gndrp_pool, (cam, labels > 0, 0.4, paper))
+    torch.library.opcheck(torch.ops.rib_ext.gndrp_margin_loss, (cam, labels, 0.4, 0.5, paper))
+    _, pmax, scale = torch.ops.rib_ext.gndrp_pool(cam.detach(), labels > 0, 0.4, paper)
+    grad = torch.randn(3, 4, device=device)
+    torch.library.opcheck(torch.ops.rib_ext._gndrp_pool_backward,
+                          (grad, cam.detach(), labels > 0, pmax, scale, 0.4, paper))
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_half_precision_cuda(dtype, mode):
+    cam32 = make_cam(26, 20, 16, 16, device="cuda")
+    labels = make_labels(26, 20, device="cuda")
+    cam = cam32.to(dtype).requires_grad_()
+    loss, logits = ops.gndrp_margin_loss(cam, labels, 0.4, 600.0, mode)
+    loss_ref, logits_ref = reference.gndrp_margin_loss(cam.detach().float(), labels, 0.4, 600.0,
+                                                       mode == "paper")
+    assert loss.dtype == torch.float32 and logits.dtype == dtype
+    torch.testing.assert_close(logits.float(), logits_ref, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-3, atol=1e-2)
+    (grad,) = torch.autograd.grad(loss, cam)
+    assert grad.dtype == dtype and torch.isfinite(grad.float()).all()
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_matches_cpu(mode):
+    cam = make_cam(26, 20, 32, 32)
+    labels = make_labels(26, 20)
+    cpu = ops.gndrp_margin_loss(cam, labels, 0.4, 600.0, mode)
+    gpu = ops.gndrp_margin_loss(cam.cuda(), labels.cuda(), 0.4, 600.0, mode)
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-5, atol=1e-5)
+
+
+def test_compiles_without_graph_breaks():
+    """The fake kernels let torch.compile trace the fused op (and its backward) in one graph."""
+    cam = make_cam(6, 5, 4, 4, requires_grad=True)
+    labels = make_labels(6, 5)
+
+    def step(x):
+        return ops.gndrp_margin_loss(x, labels, 0.4, 600.0, "paper")[0]
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(cam), step(cam))
+    (g1,) = torch.autograd.grad(compiled(cam), cam)
+    (g2,) = torch.autograd.grad(step(cam), cam)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_bad_inputs_have_clear_errors():
+    cam = make_cam(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ops.gndrp_pool(cam, torch.ones(2, 3, dtype=torch.bool), 0.4, "gap")
+    if ops.HAS_C:
+        with pytest.raises(RuntimeError, match=r"present must be \[N, K\]"):
+            ops.gndrp_pool(cam, torch.ones(3, 3, dtype=torch.bool))
+        with pytest.raises(RuntimeError, match=r"cam must be \[N, K, H, W\]"):
+            ops.gndrp_pool(cam[0], torch.ones(3, 4, dtype=torch.bool))
