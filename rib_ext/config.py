@@ -78,6 +78,65 @@ class CRFConfig:
     iterations: int = 10
 
 
+RIB_LOSSES = ("rib", "bce_sigmoid", "bce_tanh", "bce_softsign")
+
+
+@dataclass
+class RIBConfig:
+    """Per-image adaptation (RIB). Defaults: the paper's VOC settings with the authors' released
+    behaviour (preset ``reference``); :meth:`preset` gives ``paper`` and the COCO numbers.
+
+    ``reference`` (the published figures came from it): GNDRP divides by H*W and keeps ``< tau``,
+    the loss is -sum(t*y) unclipped, adaptation stops once |sum of the target rows' labelled
+    logits| > margin, or when the scale-1.0 map "explodes" (from step 1 on, the union over the
+    image's classes of max-normalised map > explosion_threshold covers more than explosion_ratio of
+    the locations). ``paper``: -t*min(m, y) per row, GNDRP divides by the kept count (<= tau), no
+    early stops.
+    """
+
+    preset: str = "reference"
+    steps: int = 10  # K
+    lr: float = 8e-6  # lambda, of the backbone (stages 3-4); the classifier gets lr * classifier_lr_mult
+    classifier_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    authors_momentum: bool = True  # SGD momentum = weight_decay, the authors' optimizer quirk
+    lr_power: float = 0.9  # lr * (1 - step / steps) ** lr_power
+    num_others: int = 20  # B
+    margin: float = 600.0  # m
+    tau: float = 0.4
+    pooling: str = "gndrp"  # gndrp | gap
+    gndrp_mode: str = "reference"  # reference (sum / HW, < tau) | paper (sum / kept, <= tau)
+    loss: str = "rib"  # rib | bce_sigmoid | bce_tanh | bce_softsign (the paper's ablation)
+    clip_loss: bool = False  # paper: -t * min(m, y); reference: -t * y
+    stop_on_margin: bool = True
+    stop_on_explosion: bool = True
+    explosion_threshold: float = 0.3
+    explosion_ratio: float = 0.7
+    disjoint_prob: float = 1.0  # probability that the other images share no class with the target
+    scales: Tuple[float, ...] = CAM_SCALES  # map scales; the first must be 1.0 (explosion check)
+    loss_scales: Tuple[float, ...] = (1.0, 1.5, 2.0)  # target scales that feed the loss (not 0.5)
+    other_resize_long: Tuple[int, int] = (320, 640)
+    other_crop: int = 512
+    coco_first20_bug: bool = False  # GNDRP only on classes 0..19, as the authors' COCO code did
+    group_size: int = 1  # G: images adapted at once, each with its own weights
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def preset_for(cls, preset: str = "reference", dataset: str = "voc", **overrides) -> "RIBConfig":
+        """The authors' (``reference``) or the paper's (``paper``) behaviour with VOC or COCO numbers."""
+        if preset not in ("reference", "paper"):
+            raise ValueError(f"preset must be 'reference' or 'paper', got {preset!r}")
+        values = {}
+        if dataset == "coco":
+            values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8)
+        if preset == "paper":
+            values.update(preset="paper", gndrp_mode="paper", clip_loss=True, stop_on_margin=False,
+                          stop_on_explosion=False)
+        values.update(overrides)
+        return cls(**values)
+
+
 @dataclass
 class PipelineConfig:
     dataset: str = "demo"  # voc | coco | demo
@@ -91,3 +150,4 @@ class PipelineConfig:
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
     eval_seed: EvalSeedConfig = field(default_factory=EvalSeedConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
+    rib: RIBConfig = field(default_factory=RIBConfig)

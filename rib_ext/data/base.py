@@ -1,0 +1,109 @@
+"""What VOC and COCO datasets share: an id list, image-level labels, images and optional masks.
+
+Subclasses fill ``_ids``, ``_labels`` (id -> float32 [K]) and ``_class_names`` and implement
+``image_path`` and ``_mask_path_or_array``; everything the stages call lives here, so both
+datasets expose exactly the same interface.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import DatasetError
+from .images import image_size, load_rgb
+
+
+def preview(items: Sequence[str], limit: int = 5) -> str:
+    """``"a, b, c, ... (N in all)"``: enough names to find the problem without flooding the log."""
+    items = list(items)
+    shown = ", ".join(str(x) for x in items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def drop_unlabelled(ids: Sequence[str], labels: Mapping[str, np.ndarray], where: str) -> list[str]:
+    """Ids that have at least one class; the others are dropped with a warning naming them.
+
+    The authors' loaders skip such images too: with no class there is nothing to localise, and for
+    RIB they cannot be the target of an adaptation.
+    """
+    kept = [i for i in ids if labels[i].any()]
+    if len(kept) < len(ids):
+        empty = [i for i in ids if not labels[i].any()]
+        warnings.warn(f"{where}: skipping {len(empty)} image(s) with no class: {preview(empty)}", stacklevel=3)
+    if not kept:
+        raise DatasetError(f"{where}: no image with at least one class remains")
+    return kept
+
+
+class SegmentationDataset:
+    """Common read-only interface (see the module docstring)."""
+
+    _ids: list[str]
+    _labels: dict[str, np.ndarray]
+    _class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images, {self.num_classes} classes)"
+
+    @property
+    def ids(self) -> list[str]:
+        """Image ids in list order (file stems)."""
+        return list(self._ids)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Foreground class names; class ``c`` is label index ``c`` and mask value ``c + 1``."""
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._class_names)
+
+    def name(self, i: int) -> str:
+        return self._ids[i]
+
+    def labels(self, i: int) -> np.ndarray:
+        """Image-level labels of image ``i``: float32 [K] of 0/1."""
+        return self._labels[self._ids[i]].copy()
+
+    def label_matrix(self) -> np.ndarray:
+        """All labels as float32 [N, K] (built once; RIB samples its "other images" from it)."""
+        if getattr(self, "_label_matrix", None) is None:
+            mat = np.stack([self._labels[i] for i in self._ids]).astype(np.float32)
+            mat.setflags(write=False)
+            self._label_matrix = mat
+        return self._label_matrix
+
+    def image_path(self, i: int) -> Path:
+        raise NotImplementedError
+
+    def image(self, i: int) -> np.ndarray:
+        """uint8 [H, W, 3] RGB."""
+        return load_rgb(self.image_path(i))
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """``(H, W)`` without decoding the image."""
+        return image_size(self.image_path(i))
+
+    def _mask_path_or_array(self, i: int) -> tuple[Optional[np.ndarray], str]:
+        """The mask of image ``i`` (or None) and where it came from, for error messages."""
+        raise NotImplementedError
+
+    def mask(self, i: int) -> Optional[np.ndarray]:
+        """Ground-truth class-index mask uint8 [H, W] (0 bg, c+1 class c, 255 ignore), or None."""
+        mask, source = self._mask_path_or_array(i)
+        if mask is None:
+            return None
+        size = self.image_size(i)
+        if mask.shape != size:
+            raise DatasetError(
+                f"{source}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image "
+                f"{self.image_path(i)} is {size[0]}x{size[1]}"
+            )
+        return mask

@@ -1,0 +1,284 @@
+"""PASCAL VOC 2012 in its usual on-disk layout, plus IRN's ``cls_labels.npy`` format.
+
+    root/JPEGImages/<id>.jpg
+    root/Annotations/<id>.xml              (object names give the image-level labels)
+    root/SegmentationClass/<id>.png        (palette PNG: 0 bg, 1..20 classes, 255 object borders)
+    root/SegmentationClassAug/<id>.png     (optional, the SBD-augmented masks)
+    root/ImageSets/Segmentation/{train,val}.txt, or any list file of ids (train_aug.txt, ...)
+    root/cls_labels.npy                    (optional, IRN's labels file)
+    root/classes.txt                       (optional, one foreground class per line; else VOC's 20)
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from rib_ext.io import save_npy, save_text
+
+from .base import SegmentationDataset, drop_unlabelled, preview
+from .errors import DatasetError
+from .images import IGNORE_INDEX, load_label_png
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
+
+SPLIT_DIR = Path("ImageSets") / "Segmentation"
+IdsOrList = Union[str, os.PathLike, Sequence[str]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Class names and id lists
+
+
+def read_class_names(root: str | os.PathLike) -> tuple[str, ...]:
+    """``root/classes.txt`` (one foreground name per line) if present, else :data:`VOC_CLASSES`."""
+    path = Path(root) / "classes.txt"
+    if not path.exists():
+        return VOC_CLASSES
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not names:
+        raise DatasetError(f"{path}: class list is empty")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DatasetError(f"{path}: duplicated class name(s) {preview(dupes)}")
+    return tuple(names)
+
+
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Image ids of a list file, one per line.
+
+    Only the first token of a line counts, and a path-like token is reduced to its stem, so the
+    "JPEGImages/<id>.jpg SegmentationClassAug/<id>.png" lists of some repositories work too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: image list not found")
+    ids = []
+    for line in path.read_text().splitlines():
+        tokens = line.split()
+        if tokens:
+            ids.append(Path(tokens[0]).stem if ("/" in tokens[0] or "." in tokens[0]) else tokens[0])
+    if not ids:
+        raise DatasetError(f"{path}: image list is empty")
+    return ids
+
+
+def resolve_id_list(root: str | os.PathLike, ids_or_list: IdsOrList) -> tuple[list[str], str]:
+    """Ids from a split name ("train" -> root/ImageSets/Segmentation/train.txt), a list file, or a
+    sequence of ids; also returns a description of the source for messages."""
+    if isinstance(ids_or_list, (str, os.PathLike)):
+        path = Path(ids_or_list)
+        is_bare_name = len(path.parts) == 1 and not path.suffix
+        split_file = Path(root) / SPLIT_DIR / f"{path.name}.txt"
+        # A bare name is a split of this root, even if the working folder has a file of that name.
+        if is_bare_name and (split_file.is_file() or not path.is_file()):
+            path = split_file
+        return read_id_list(path), str(path)
+    ids = [str(i) for i in ids_or_list]
+    if not ids:
+        raise DatasetError(f"{root}: empty id list given")
+    return ids, f"{root} (id list of {len(ids)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-level labels
+
+
+def labels_from_xml(xml_path: str | os.PathLike, class_names: Sequence[str] = VOC_CLASSES) -> np.ndarray:
+    """float32 [K]: 1 for every class named by an ``<object><name>`` (difficult ones included, as
+    IRN's label maker does)."""
+    xml_path = Path(xml_path)
+    if not xml_path.is_file():
+        raise DatasetError(f"{xml_path}: annotation file not found")
+    try:
+        tree = ET.parse(xml_path)
+    except ET.ParseError as e:
+        raise DatasetError(f"{xml_path}: malformed XML ({e})") from e
+    index = {n: k for k, n in enumerate(class_names)}
+    labels = np.zeros(len(class_names), dtype=np.float32)
+    for obj in tree.getroot().iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in index:
+            raise DatasetError(f"{xml_path}: unknown class name {name!r} (known: {preview(class_names, 4)})")
+        labels[index[name]] = 1.0
+    return labels
+
+
+def labels_from_mask(mask: np.ndarray, num_classes: int = len(VOC_CLASSES), where: str = "mask") -> np.ndarray:
+    """float32 [K]: 1 for every class value 1..K present in a class-index mask (0 and 255 ignored)."""
+    values = np.unique(np.asarray(mask))
+    bad = [int(v) for v in values if v != 0 and v != IGNORE_INDEX and not 1 <= v <= num_classes]
+    if bad:
+        raise DatasetError(f"{where}: mask value(s) {bad[:5]} outside 0, 1..{num_classes}, {IGNORE_INDEX}")
+    labels = np.zeros(num_classes, dtype=np.float32)
+    fg = values[(values >= 1) & (values <= num_classes)].astype(np.int64)
+    labels[fg - 1] = 1.0
+    return labels
+
+
+def id_key(image_id: str) -> Union[int, str]:
+    """Key of an id in ``cls_labels.npy``: IRN stores ``int("2007_000032".replace("_", ""))``.
+    Ids that are not digits once the underscores go keep their string form."""
+    digits = image_id.replace("_", "")
+    return int(digits) if digits.isdigit() else image_id
+
+
+def load_cls_labels(path: str | os.PathLike) -> dict:
+    """IRN's labels file: ``np.save`` of ``{id_key: float32 [K]}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: labels file not found")
+    try:
+        obj = np.load(path, allow_pickle=True)
+        table = obj.item() if obj.dtype == object and obj.shape == () else None
+    except (OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"{path}: cannot read labels file ({e})") from e
+    if not isinstance(table, dict):
+        raise DatasetError(f"{path}: expected np.save of a dict {{id: label vector}}")
+    return {k: np.asarray(v, dtype=np.float32) for k, v in table.items()}
+
+
+def _label_source(root: Path, image_id: str, source: str) -> Path:
+    xml = root / "Annotations" / f"{image_id}.xml"
+    if source == "xml" or (source == "auto" and xml.is_file()):
+        return xml
+    mask = find_mask(root, image_id)
+    if mask is not None:
+        return mask
+    if source == "mask":
+        raise DatasetError(f"{root}: no mask for {image_id} in SegmentationClass or SegmentationClassAug")
+    raise DatasetError(f"{root}: image {image_id} has neither Annotations/{image_id}.xml nor a mask")
+
+
+def labels_for_id(root: Path, image_id: str, class_names: Sequence[str], source: str = "auto") -> np.ndarray:
+    """Labels of one image from its XML ("xml"), its mask ("mask") or XML else mask ("auto")."""
+    if source not in ("xml", "mask", "auto"):
+        raise ValueError(f"source must be 'xml', 'mask' or 'auto', got {source!r}")
+    path = _label_source(root, image_id, source)
+    if path.suffix == ".xml":
+        return labels_from_xml(path, class_names)
+    return labels_from_mask(load_label_png(path), len(class_names), where=str(path))
+
+
+def write_cls_labels(
+    root: str | os.PathLike, ids: Iterable[str], out_path: str | os.PathLike, source: str = "auto"
+) -> dict:
+    """Build and save IRN's ``cls_labels.npy`` for ``ids``; returns the dict written."""
+    root = Path(root)
+    names = read_class_names(root)
+    table = {id_key(i): labels_for_id(root, i, names, source) for i in ids}
+    save_npy(out_path, table)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing (the demo generator and test fixtures use these)
+
+
+def write_annotation_xml(
+    path: str | os.PathLike, image_id: str, size_hw: tuple[int, int], objects: Sequence[tuple[str, tuple]]
+) -> None:
+    """A VOC-style annotation; ``objects`` are ``(name, (xmin, ymin, xmax, ymax))`` in 1-based pixels."""
+    ann = ET.Element("annotation")
+    ET.SubElement(ann, "folder").text = "VOC2012"
+    ET.SubElement(ann, "filename").text = f"{image_id}.jpg"
+    size = ET.SubElement(ann, "size")
+    for tag, val in (("width", size_hw[1]), ("height", size_hw[0]), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(val)
+    ET.SubElement(ann, "segmented").text = "1"
+    for name, box in objects:
+        obj = ET.SubElement(ann, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        bnd = ET.SubElement(obj, "bndbox")
+        for tag, val in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            ET.SubElement(bnd, tag).text = str(int(val))
+    ET.indent(ann)
+    save_text(path, ET.tostring(ann, encoding="unicode") + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+def find_mask(root: Path, image_id: str) -> Optional[Path]:
+    """SegmentationClass/<id>.png, else SegmentationClassAug/<id>.png, else None."""
+    for folder in ("SegmentationClass", "SegmentationClassAug"):
+        path = root / folder / f"{image_id}.png"
+        if path.is_file():
+            return path
+    return None
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise DatasetError(f"{path}: {what} not found" if not path.exists() else f"{path}: {what} is not a folder")
+
+
+def _check_images_exist(image_dir: Path, ids: Sequence[str], where: str) -> None:
+    # One listdir instead of N stats: VOC/SBD lists hold ~10k ids.
+    present = set(os.listdir(image_dir))
+    missing = [i for i in ids if f"{i}.jpg" not in present]
+    if missing:
+        raise DatasetError(f"{where}: {len(missing)} id(s) have no JPEG in {image_dir}: {preview(missing)}")
+
+
+class VOCDataset(SegmentationDataset):
+    """PASCAL VOC 2012 (or anything in its layout, such as the embedded demo).
+
+    Image-level labels, in order of preference: ``labels_path`` if given, else ``root/cls_labels.npy``
+    if present, else each image's XML annotation, else its segmentation mask. Images with no class are
+    dropped with a warning. Every listed id must have its JPEG (checked here, up front).
+    """
+
+    def __init__(self, root: str | os.PathLike, ids_or_list_path: IdsOrList, labels_path: Optional[str | os.PathLike] = None):
+        self.root = Path(root)
+        _require_dir(self.root, "dataset root")
+        _require_dir(self.root / "JPEGImages", "image folder JPEGImages")
+        ids, self.list_source = resolve_id_list(self.root, ids_or_list_path)
+        _check_images_exist(self.root / "JPEGImages", ids, self.list_source)
+        self._class_names = read_class_names(self.root)
+        self._labels = self._resolve_labels(ids, labels_path)
+        self._ids = drop_unlabelled(ids, self._labels, self.list_source)
+
+    def _resolve_labels(self, ids: Sequence[str], labels_path) -> dict[str, np.ndarray]:
+        if labels_path is None and (self.root / "cls_labels.npy").is_file():
+            labels_path = self.root / "cls_labels.npy"
+        if labels_path is not None:
+            return self._labels_from_file(Path(labels_path), ids)
+        return {i: labels_for_id(self.root, i, self._class_names, "auto") for i in ids}
+
+    def _labels_from_file(self, path: Path, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        table = load_cls_labels(path)
+        missing = [i for i in ids if id_key(i) not in table]
+        if missing:
+            raise DatasetError(f"{path}: no labels for {len(missing)} listed id(s): {preview(missing)}")
+        labels = {i: table[id_key(i)] for i in ids}
+        wrong = [i for i in ids if labels[i].shape != (self.num_classes,)]
+        if wrong:
+            raise DatasetError(
+                f"{path}: label vector of {wrong[0]} has shape {labels[wrong[0]].shape}, "
+                f"expected ({self.num_classes},) for the classes of {self.root}"
+            )
+        return labels
+
+    def image_path(self, i: int) -> Path:
+        return self.root / "JPEGImages" / f"{self._ids[i]}.jpg"
+
+    def mask_path(self, i: int) -> Optional[Path]:
+        return find_mask(self.root, self._ids[i])
+
+    def _mask_path_or_array(self, i: int):
+        path = self.mask_path(i)
+        if path is None:
+            return None, ""
+        return load_label_png(path), str(path)

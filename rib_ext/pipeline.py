@@ -1,0 +1,208 @@
+"""``python -m rib_ext.pipeline``: the WSSS pipeline, stage by stage, on VOC, COCO or the embedded demo.
+
+With no arguments it generates the embedded demo dataset (VOC layout) and runs every stage on the
+CPU in a few minutes. Outputs go to ``--out`` (default ``rib_ext_out/``), one folder per stage, with
+the run's settings in ``config.json``. Stages skip work already done, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from rib_ext.config import (CRFConfig, DemoDataConfig, EvalSeedConfig, MakeCamConfig, PipelineConfig,
+                            TrainCamConfig)
+from rib_ext.io import save_json
+
+STAGES = ("train_cam", "make_cam", "eval_seed", "crf")
+STAGE_HELP = {
+    "train_cam": "train the multi-label classifier (IRN's recipe)",
+    "make_cam": "multi-scale + flip CAMs in IRN's .npy format",
+    "eval_seed": "threshold sweep of the maps: best threshold, mIoU, P/R/F1, plot",
+    "crf": "dense-CRF refinement of the seeds at the best threshold, evaluated",
+}
+
+
+def demo_preset(cfg: PipelineConfig) -> None:
+    """Settings that let the embedded demo run end to end on 2 CPU cores in minutes."""
+    size = cfg.demo.image_size
+    cfg.train_cam = dataclasses.replace(
+        cfg.train_cam, backbone="resnet18", random_init=True, epochs=8, batch_size=16,
+        crop_size=size, resize_long=(int(size * 0.75), int(size * 1.25)), lr=0.1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m rib_ext.pipeline", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stages:\n" + "\n".join(f"  {s:10s} {h}" for s, h in STAGE_HELP.items()))
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=("demo", "voc", "coco"), default="demo",
+                   help="dataset layout (default: demo, generated under OUT/data)")
+    g.add_argument("--root", help="dataset root (VOC: the VOC2012 folder; COCO: the folder with "
+                                  "train2014/ and annotations/)")
+    g.add_argument("--train-list", help="ids (split name or list file) to train the classifier on "
+                                        "(default: train; VOC users often pass train_aug.txt)")
+    g.add_argument("--eval-list", help="ids to make and evaluate maps for (default: train, as in "
+                                       "the papers' seed / pseudo-mask figures)")
+    g.add_argument("--demo-seed", type=int, help="seed of the generated demo dataset")
+    g.add_argument("--demo-images", type=int, help="number of demo training images")
+    p.add_argument("--out", default="rib_ext_out", help="output folder (default: rib_ext_out)")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help=f"comma-separated stages to run, in pipeline order (default: all: {','.join(STAGES)})")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="skip images whose maps are missing instead of stopping")
+    g = p.add_argument_group("train_cam")
+    g.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50", "resnet101"))
+    g.add_argument("--weights", help="torchvision ImageNet checkpoint of the backbone (no download)")
+    g.add_argument("--random-init", action="store_true", help="start from random weights (smoke tests)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--crop-size", type=int)
+    g.add_argument("--lr", type=float, help="classifier lr (backbone: lr / 10)")
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("make_cam / eval_seed / crf")
+    g.add_argument("--scales", type=float, nargs="+", help="inference scales (default 1.0 0.5 1.5 2.0)")
+    g.add_argument("--thresholds", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
+                   help="background-threshold sweep, STOP inclusive (default 0.20 0.49 0.01)")
+    g.add_argument("--crf-threshold", type=float,
+                   help="background threshold of the CRF stage (default: eval_seed's best)")
+    return p
+
+
+def config_from_args(args) -> PipelineConfig:
+    cfg = PipelineConfig(dataset=args.dataset, root=args.root, out_dir=args.out,
+                         train_list=args.train_list, eval_list=args.eval_list,
+                         allow_missing=args.allow_missing)
+    if args.demo_seed is not None:
+        cfg.demo.seed = args.demo_seed
+    if args.demo_images is not None:
+        cfg.demo.num_train = args.demo_images
+    if cfg.dataset == "demo":
+        demo_preset(cfg)
+    tc = cfg.train_cam
+    for field, value in (("backbone", args.backbone), ("weights", args.weights),
+                         ("epochs", args.epochs), ("batch_size", args.batch_size),
+                         ("crop_size", args.crop_size), ("lr", args.lr), ("seed", args.seed)):
+        if value is not None:
+            setattr(tc, field, value)
+    if args.random_init:
+        tc.random_init = True
+    if args.weights:
+        tc.random_init = False
+    tc.device = cfg.make_cam.device = args.device
+    tc.num_workers = cfg.make_cam.num_workers = args.num_workers
+    if args.scales:
+        cfg.make_cam.scales = tuple(args.scales)
+    if args.thresholds:
+        cfg.eval_seed = EvalSeedConfig(*args.thresholds)
+    if args.crf_threshold is not None:
+        cfg.crf.threshold = args.crf_threshold
+    return cfg
+
+
+def parse_stages(text: str) -> list[str]:
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SystemExit(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    return [s for s in STAGES if s in stages]
+
+
+def open_datasets(cfg: PipelineConfig):
+    from rib_ext.data import build_dataset
+
+    root = cfg.root
+    if cfg.dataset == "demo" and root is None:
+        root = str(Path(cfg.out_dir) / "data")
+    elif root is None:
+        raise SystemExit(f"--root is required for --dataset {cfg.dataset}")
+    kw = {"demo": cfg.demo} if cfg.dataset == "demo" else {}
+    train = build_dataset(cfg.dataset, root, cfg.train_list or "train", **kw)
+    evaluation = build_dataset(cfg.dataset, root, cfg.eval_list or "train", **kw)
+    return train, evaluation
+
+
+def run(cfg: PipelineConfig, stages: list[str]) -> dict:
+    """Run ``stages`` with ``cfg``; returns a summary dict (also saved as OUT/summary.json)."""
+    from rib_ext.stages.common import resolve_device
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "config.json", {"stages": stages, **dataclasses.asdict(cfg)})
+    summary = {}
+    t_start = time.time()
+    train_set, eval_set = open_datasets(cfg)
+    print(f"[pipeline] dataset {cfg.dataset}: {len(train_set)} training images, {len(eval_set)} "
+          f"images to map and evaluate, {train_set.num_classes} classes; device "
+          f"{resolve_device(cfg.train_cam.device)}; output {out}")
+    maps_dir = out / "make_cam" / "maps"
+    best_threshold = cfg.crf.threshold
+
+    if "train_cam" in stages:
+        from rib_ext.stages.train_cam import train_cam
+
+        t0 = time.time()
+        path = train_cam(train_set, cfg.train_cam, out / "train_cam")
+        summary["train_cam"] = {"model": str(path), "seconds": round(time.time() - t0, 1)}
+        print(f"[train_cam] {path} ({summary['train_cam']['seconds']} s)")
+    if "make_cam" in stages:
+        from rib_ext.stages.make_cam import make_cam
+        from rib_ext.stages.train_cam import load_trained
+
+        model = load_trained(out / "train_cam")
+        summary["make_cam"] = make_cam(model, eval_set, cfg.make_cam, maps_dir)
+        print(f"[make_cam] {summary['make_cam']}")
+    if "eval_seed" in stages:
+        from rib_ext.stages.eval_seed import eval_seed
+
+        result = eval_seed(eval_set, maps_dir, cfg.eval_seed, out / "eval_seed" / "cam",
+                           allow_missing=cfg.allow_missing, title="CAM seed")
+        summary["eval_seed"] = _headline(result)
+        best_threshold = best_threshold if best_threshold is not None else result["best_threshold"]
+        print(f"[eval_seed] CAM seed mIoU {100 * result['miou']:.1f} at threshold "
+              f"{result['best_threshold']:.2f} (precision {100 * result['precision']:.1f}, "
+              f"recall {100 * result['recall']:.1f}) -> {out / 'eval_seed' / 'cam' / 'result.md'}")
+    if "crf" in stages:
+        from rib_ext.stages.crf import crf
+
+        if best_threshold is None:
+            best_threshold = _saved_best_threshold(out / "eval_seed" / "cam")
+        result = crf(eval_set, maps_dir, best_threshold, cfg.crf, out / "crf" / "cam",
+                     allow_missing=cfg.allow_missing)
+        summary["crf"] = _headline(result)
+        if "miou" in result:
+            print(f"[crf] CAM + CRF mIoU {100 * result['miou']:.1f} at threshold {best_threshold:.2f}")
+    summary["seconds"] = round(time.time() - t_start, 1)
+    save_json(out / "summary.json", summary)
+    print(f"[pipeline] done in {summary['seconds']} s; summary in {out / 'summary.json'}")
+    return summary
+
+
+def _headline(result: dict) -> dict:
+    keep = ("best_threshold", "threshold", "miou", "precision", "recall", "f1", "num_images", "seconds")
+    return {k: result[k] for k in keep if k in result}
+
+
+def _saved_best_threshold(eval_dir: Path) -> float:
+    path = eval_dir / "result.json"
+    if not path.exists():
+        raise SystemExit(f"crf needs a background threshold: pass --crf-threshold or run eval_seed "
+                         f"first (no {path})")
+    return float(json.loads(path.read_text())["best_threshold"])
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    run(cfg, parse_stages(args.stages))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

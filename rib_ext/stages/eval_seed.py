@@ -1,0 +1,33 @@
+"""Stage ``eval_seed``: the background-threshold sweep of the maps against the ground truth."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rib_ext.config import EvalSeedConfig
+from rib_ext.evaluation import ThresholdSweep, plot_sweep, write_report
+from rib_ext.io import load_npy_dict
+from rib_ext.stages.common import map_path, progress, require_maps
+
+
+def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str | Path,
+              allow_missing: bool = False, title: str = "Seed evaluation") -> dict:
+    """mIoU of ``argmax([t, maps])`` for every threshold t of the sweep, over the images that have
+    a ground-truth mask; writes result.json, result.md, confusion.npy and sweep.png to ``out_dir``.
+    """
+    maps_dir = Path(maps_dir)
+    names = require_maps(maps_dir, dataset.ids, "eval_seed", allow_missing)
+    index = {name: i for i, name in enumerate(dataset.ids)}
+    sweep = ThresholdSweep(num_classes=dataset.num_classes + 1, cfg=cfg)
+    for name in progress(names, "eval_seed"):
+        gt = dataset.mask(index[name])
+        if gt is None:  # e.g. train_aug ids without a SegmentationClass mask
+            continue
+        maps = load_npy_dict(map_path(maps_dir, name))
+        sweep.update(maps["high_res"], maps["keys"], gt)
+    if sweep.num_images == 0:
+        raise ValueError(f"eval_seed: no image of the list has a ground-truth mask ({len(dataset)} images)")
+    result = sweep.result()
+    out_dir = Path(out_dir)
+    write_report(out_dir, result, ("background",) + tuple(dataset.class_names), title=title)
+    plot_sweep(out_dir / "sweep.png", result)
+    return result

@@ -1,0 +1,47 @@
+"""Stage ``make_cam``: plain multi-scale + flip CAMs in IRN's .npy format (the baseline seeds)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rib_ext import ops
+from rib_ext.config import MakeCamConfig
+from rib_ext.data import InferenceDataset
+from rib_ext.io import save_npy
+from rib_ext.stages.common import map_path, progress, resolve_device
+
+
+@torch.no_grad()
+def image_maps(model, views, image_size, keys) -> dict:
+    """IRN's map dict of one image from its multi-scale views (each [2, 3, h, w]: image, flip)."""
+    device = next(model.parameters()).device
+    sums = []
+    for v in views:
+        cam = model.cam(v.to(device, non_blocking=True))
+        sums.append(ops.cam_flip_merge(cam[0], cam[1]))
+    return ops.finalize_maps(sums, image_size, keys)
+
+
+def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
+    """Write ``out_dir/<id>.npy`` for every image of ``dataset``; images already done are skipped.
+
+    Returns ``{'written', 'skipped', 'seconds', 'images_per_second'}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    model = model.to(device).eval()
+    todo = [i for i in range(len(dataset)) if not map_path(out_dir, dataset.name(i)).exists()]
+    subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), todo)
+    loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
+    t0 = time.time()
+    for sample in progress(loader, "make_cam", total=len(todo)):
+        keys = np.nonzero(sample["label"].numpy())[0]
+        maps = image_maps(model, sample["views"], sample["size"], keys)
+        save_npy(map_path(out_dir, sample["name"]), maps)
+    seconds = time.time() - t0
+    return {"written": len(todo), "skipped": len(dataset) - len(todo), "seconds": round(seconds, 2),
+            "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None}

@@ -1,0 +1,127 @@
+"""Stage ``train_cam``: the multi-label classifier (IRN's recipe), with checkpoints and resume."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rib_ext.config import TrainCamConfig
+from rib_ext.data import ClassificationDataset, TrainTransform
+from rib_ext.io import atomic_path
+from rib_ext.models import build_cam_net, load_cam_net, save_cam_net
+from rib_ext.optim import PolyOptimizer
+from rib_ext.stages.common import progress, resolve_device
+
+MODEL_FILE = "cam_net.pth"
+STATE_FILE = "train_state.pth"
+
+
+def calibrate_batch_norm(model, loader, device, batches: int = 8) -> None:
+    """Estimate the fixed BN statistics from training images (random initialisation only).
+
+    With random weights a fixed BN is the identity (mean 0, var 1), and activations grow through
+    the residual stages until training diverges; ImageNet weights bring real statistics instead.
+    """
+    from rib_ext.models import FixedBatchNorm
+
+    bns = [m for m in model.modules() if isinstance(m, FixedBatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    def make_hook(bn):
+        def hook(module, inputs):
+            x = inputs[0].detach()
+            n = bn.num_batches_tracked.item()
+            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
+            bn.running_mean.mul_(n / (n + 1)).add_(mean / (n + 1))
+            bn.running_var.mul_(n / (n + 1)).add_(var / (n + 1))
+            bn.num_batches_tracked += 1
+        return hook
+
+    # A pre-hook updates each BN from its own input before it runs, so every layer is calibrated
+    # on the output of already-calibrated layers.
+    hooks = [bn.register_forward_pre_hook(make_hook(bn)) for bn in bns]
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                if i >= batches:
+                    break
+                model.features(batch["img"].to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
+    """Train the CAM network on ``dataset`` (image-level labels only); returns the model file.
+
+    Resumes from ``out_dir/train_state.pth`` (written at the end of every epoch) and returns at once
+    when ``out_dir/cam_net.pth`` exists.
+    """
+    out_dir = Path(out_dir)
+    model_path = out_dir / MODEL_FILE
+    if model_path.exists():
+        return model_path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    model = build_cam_net(cfg.backbone, dataset.num_classes, weights=cfg.weights,
+                          random_init=cfg.random_init).to(device)
+    transform = TrainTransform(tuple(cfg.resize_long), cfg.crop_size)
+    loader = torch.utils.data.DataLoader(
+        ClassificationDataset(dataset, transform), batch_size=cfg.batch_size, shuffle=True,
+        num_workers=cfg.num_workers, drop_last=len(dataset) >= cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed))
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"train_cam: the training list is empty ({len(dataset)} images)")
+
+    backbone_params, classifier_params = model.trainable_parameters()
+    optimizer = PolyOptimizer(
+        [{"params": backbone_params, "lr": cfg.lr / cfg.classifier_lr_mult,
+          "weight_decay": cfg.weight_decay},
+         {"params": classifier_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}],
+        lr=cfg.lr, weight_decay=cfg.weight_decay, max_step=cfg.epochs * steps_per_epoch)
+
+    state_path = out_dir / STATE_FILE
+    start_epoch = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+    elif cfg.random_init:
+        calibrate_batch_norm(model, loader, device)
+
+    t0 = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        bar = progress(loader, f"train_cam epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch)
+        for batch in bar:
+            logits = model(batch["img"].to(device, non_blocking=True))
+            loss = F.multilabel_soft_margin_loss(logits, batch["label"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        with atomic_path(state_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
+    save_cam_net(model_path, model.cpu(), meta={"config": _plain(asdict(cfg)),
+                                                 "class_names": list(dataset.class_names),
+                                                 "seconds": round(time.time() - t0, 1)})
+    state_path.unlink(missing_ok=True)
+    return model_path
+
+
+def _plain(d: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def load_trained(out_dir: str | Path, device="cpu"):
+    return load_cam_net(Path(out_dir) / MODEL_FILE, device)

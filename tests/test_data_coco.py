@@ -1,0 +1,184 @@
+"""COCO 2014 layout: a real instances json (polygons, a crowd RLE, overlaps) and hand-made expectations."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rib_ext.data import COCO_CLASSES, COCODataset, DatasetError, build_dataset, load_label_png, save_label_png
+from rib_ext.data import coco as coco_mod
+from rib_ext.data.coco import CATEGORY_TO_INDEX, decode_segmentation
+
+PERSON, CAR, DOG = 1, 3, 18  # COCO category ids
+V_PERSON, V_CAR, V_DOG = 1, 3, 17  # mask values (label index + 1)
+H, W = 20, 30
+STEMS = {9: "COCO_train2014_000000000009", 25: "COCO_train2014_000000000025", 30: "COCO_train2014_000000000030"}
+
+
+def rect(x0, y0, x1, y1):
+    """A COCO polygon; pycocotools fills it as mask[y0:y1, x0:x1] (checked below)."""
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+def uncompressed_rle(region):
+    """COCO's crowd format, written by hand: run lengths of the column-major mask, starting with 0s."""
+    flat = region.flatten(order="F").astype(np.uint8)
+    counts, current, run = [], 0, 0
+    for v in flat:
+        if v != current:
+            counts.append(run)
+            current, run = v, 0
+        run += 1
+    counts.append(run)
+    return {"counts": counts, "size": list(region.shape)}
+
+
+CROWD = np.zeros((H, W), bool)
+CROWD[12:20, 20:30] = True
+
+ANNOTATIONS = [
+    # image 9: a dog listed before the larger person it stands on, and a crowd of cars overlapping the person
+    {"id": 1, "image_id": 9, "category_id": DOG, "segmentation": rect(10, 5, 16, 11), "area": 36.0, "iscrowd": 0, "bbox": [10, 5, 6, 6]},
+    {"id": 2, "image_id": 9, "category_id": PERSON, "segmentation": rect(2, 2, 24, 16), "area": 308.0, "iscrowd": 0, "bbox": [2, 2, 22, 14]},
+    {"id": 3, "image_id": 9, "category_id": CAR, "segmentation": uncompressed_rle(CROWD), "area": 80.0, "iscrowd": 1, "bbox": [20, 12, 10, 8]},
+    # image 25: only a crowd of dogs
+    {"id": 4, "image_id": 25, "category_id": DOG, "segmentation": uncompressed_rle(CROWD), "area": 80.0, "iscrowd": 1, "bbox": [20, 12, 10, 8]},
+]
+
+
+def expected_mask_9():
+    m = np.zeros((H, W), np.uint8)
+    m[CROWD] = 255
+    m[2:16, 2:24] = V_PERSON
+    m[5:11, 10:16] = V_DOG
+    return m
+
+
+def expected_mask_25():
+    m = np.zeros((H, W), np.uint8)
+    m[CROWD] = 255
+    return m
+
+
+def write_instances(path, annotations=ANNOTATIONS, categories=None):
+    cats = categories or [{"id": c, "name": COCO_CLASSES[CATEGORY_TO_INDEX[c] - 1], "supercategory": "x"} for c in (PERSON, CAR, DOG)]
+    images = [{"id": i, "file_name": f"{s}.jpg", "height": H, "width": W} for i, s in STEMS.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": cats}))
+
+
+@pytest.fixture
+def coco_root(tmp_path):
+    root = tmp_path / "coco"
+    (root / "train2014").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for stem in STEMS.values():
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / "train2014" / f"{stem}.jpg")
+    write_instances(root / "annotations" / "instances_train2014.json")
+    return root
+
+
+def onehot(*values):
+    v = np.zeros(80, np.float32)
+    v[[x - 1 for x in values]] = 1
+    return v
+
+
+def test_class_table():
+    assert len(COCO_CLASSES) == 80 and COCO_CLASSES[0] == "person" and COCO_CLASSES[-1] == "toothbrush"
+    assert CATEGORY_TO_INDEX[PERSON] == 1 and CATEGORY_TO_INDEX[DOG] == 17 and CATEGORY_TO_INDEX[90] == 80
+    assert COCO_CLASSES[CATEGORY_TO_INDEX[DOG] - 1] == "dog"
+    assert sorted(CATEGORY_TO_INDEX.values()) == list(range(1, 81))
+
+
+def test_polygon_convention():
+    np.testing.assert_array_equal(np.nonzero(decode_segmentation(rect(10, 5, 16, 11), H, W).any(0))[0], np.arange(10, 16))
+    np.testing.assert_array_equal(decode_segmentation(uncompressed_rle(CROWD), H, W), CROWD)
+
+
+def test_ids_labels_and_unannotated_image_skipped(coco_root):
+    with pytest.warns(UserWarning, match=STEMS[30]):
+        ds = COCODataset(coco_root, "train")
+    assert ds.ids == [STEMS[9], STEMS[25]]
+    assert ds.num_classes == 80 and ds.class_names == COCO_CLASSES
+    np.testing.assert_array_equal(ds.labels(0), onehot(V_PERSON, V_CAR, V_DOG))  # crowd class counts
+    np.testing.assert_array_equal(ds.labels(1), onehot(V_DOG))
+    assert ds.label_matrix().shape == (2, 80)
+    assert ds.image(0).shape == (H, W, 3)
+    assert ds.image_path(1).name == f"{STEMS[25]}.jpg"
+
+
+@pytest.mark.filterwarnings("ignore:.*no class")
+def test_semantic_masks_and_cache(coco_root, monkeypatch):
+    ds = COCODataset(coco_root, "train")
+    np.testing.assert_array_equal(ds.mask(0), expected_mask_9())
+    np.testing.assert_array_equal(ds.mask(1), expected_mask_25())
+    cached = coco_root / "SegmentationClassCOCO" / "train" / f"{STEMS[9]}.png"
+    np.testing.assert_array_equal(load_label_png(cached), expected_mask_9())
+
+    def no_decoding(*a, **k):
+        raise AssertionError("polygons decoded again despite the cache")
+
+    monkeypatch.setattr(coco_mod, "semantic_mask", no_decoding)
+    np.testing.assert_array_equal(COCODataset(coco_root, "train").mask(0), expected_mask_9())
+
+
+@pytest.mark.filterwarnings("ignore:.*no class")
+def test_cache_can_be_disabled_or_moved(coco_root, tmp_path):
+    COCODataset(coco_root, "train", cache_dir=False).mask(0)
+    assert not (coco_root / "SegmentationClassCOCO").exists()
+    COCODataset(coco_root, "train", cache_dir=tmp_path / "c").mask(0)
+    assert (tmp_path / "c" / f"{STEMS[9]}.png").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:.*no class")
+def test_ready_mask_folder(coco_root, tmp_path):
+    ready = np.full((H, W), V_DOG, np.uint8)
+    save_label_png(tmp_path / "masks" / f"{STEMS[9]}.png", ready)
+    ds = COCODataset(coco_root, "train", mask_dir=tmp_path / "masks")
+    np.testing.assert_array_equal(ds.mask(0), ready)
+    assert ds.mask(1) is None
+    save_label_png(tmp_path / "masks" / f"{STEMS[25]}.png", np.zeros((H, W + 2), np.uint8))
+    with pytest.raises(DatasetError, match=rf"{STEMS[25]}.png.*20x32.*{STEMS[25]}.jpg.*20x30"):
+        ds.mask(1)
+
+
+def test_id_list_infers_split(coco_root, tmp_path):
+    lst = tmp_path / "ids.txt"
+    lst.write_text(f"{STEMS[25]}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = build_dataset("coco", coco_root, lst)
+    assert ds.split == "train" and ds.ids == [STEMS[25]]
+    with pytest.raises(DatasetError, match="COCO_train2014_000000000077"):
+        COCODataset(coco_root, ["COCO_train2014_000000000077"])
+    with pytest.raises(DatasetError, match="split"):
+        COCODataset(coco_root, ["picture_1"])
+
+
+def test_missing_pieces(coco_root, tmp_path):
+    with pytest.raises(DatasetError, match="nowhere"):
+        COCODataset(tmp_path / "nowhere", "train")
+    with pytest.raises(DatasetError, match="val2014"):
+        COCODataset(coco_root, "val")
+    with pytest.raises(DatasetError, match="unknown COCO split 'test'"):
+        COCODataset(coco_root, "train", split="test")
+    (coco_root / "train2014" / f"{STEMS[25]}.jpg").unlink()
+    with pytest.raises(DatasetError, match=STEMS[25]):
+        COCODataset(coco_root, "train")
+    (coco_root / "annotations" / "instances_train2014.json").unlink()
+    with pytest.raises(DatasetError, match="instances_train2014.json.*not found"):
+        COCODataset(coco_root, "train")
+
+
+def test_bad_annotation_files(coco_root):
+    ann = coco_root / "annotations" / "instances_train2014.json"
+    ann.write_text('{"images": [')
+    with pytest.raises(DatasetError, match="instances_train2014.json"):
+        COCODataset(coco_root, "train")
+    write_instances(ann, categories=[{"id": CAR, "name": "truck"}])
+    with pytest.raises(DatasetError, match=r"instances_train2014.json.*category id 3 named 'truck'"):
+        COCODataset(coco_root, "train")
