@@ -34,6 +34,8 @@ class TrainCamConfig:
     backbone: str = "resnet50"
     weights: Optional[str] = None  # a torchvision ImageNet checkpoint file (no download)
     random_init: bool = False  # allowed only when asked for; warns
+    strides: Tuple[int, int, int, int] = (2, 2, 2, 1)  # output stride 16
+    train_stem: bool = False  # stages 1-2 train too (only sensible from random weights)
     epochs: int = 5
     batch_size: int = 16
     crop_size: int = 512

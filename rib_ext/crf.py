@@ -28,8 +28,9 @@ def _check_image(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"image must be uint8 [H, W, 3], got {img.dtype} {img.shape}")
-    # pydensecrf reads the raw buffer: it must be C-contiguous (a flipped or cropped view is not).
-    return np.ascontiguousarray(img)
+    # pydensecrf takes a writable, C-contiguous buffer: a flipped or cropped view, or the
+    # read-only array of a decoded PIL image, must be copied first.
+    return np.require(img, requirements=["C_CONTIGUOUS", "WRITEABLE"])
 
 
 def crf_refine_labels(img: np.ndarray, labels: np.ndarray, n_labels: int,

@@ -13,17 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-from rib_ext.config import (CRFConfig, DemoDataConfig, EvalSeedConfig, MakeCamConfig, PipelineConfig,
-                            TrainCamConfig)
+from rib_ext.config import EvalSeedConfig, PipelineConfig, RIBConfig
 from rib_ext.io import save_json
 
-STAGES = ("train_cam", "make_cam", "eval_seed", "crf")
+STAGES = ("train_cam", "make_cam", "rib", "eval_seed", "crf")
 STAGE_HELP = {
     "train_cam": "train the multi-label classifier (IRN's recipe)",
-    "make_cam": "multi-scale + flip CAMs in IRN's .npy format",
-    "eval_seed": "threshold sweep of the maps: best threshold, mIoU, P/R/F1, plot",
-    "crf": "dense-CRF refinement of the seeds at the best threshold, evaluated",
+    "make_cam": "plain multi-scale + flip CAMs in IRN's .npy format (the baseline)",
+    "rib": "RIB: per-image adaptation of the classifier, accumulated maps in IRN's format",
+    "eval_seed": "threshold sweep of every map set made (cam, rib): best threshold, mIoU, P/R/F1",
+    "crf": "dense-CRF refinement of every map set's seeds at its best threshold, evaluated",
 }
+MAP_SETS = {"cam": ("make_cam", "maps"), "rib": ("rib", "maps")}
 
 
 def demo_preset(cfg: PipelineConfig) -> None:
@@ -32,6 +33,13 @@ def demo_preset(cfg: PipelineConfig) -> None:
     cfg.train_cam = dataclasses.replace(
         cfg.train_cam, backbone="resnet18", random_init=True, epochs=8, batch_size=16,
         crop_size=size, resize_long=(int(size * 0.75), int(size * 1.25)), lr=0.1)
+
+
+def demo_rib_settings(size: int) -> dict:
+    """RIB on the demo: its small images and classifier (the VOC numbers are for ResNet-50 on
+    512-pixel crops), and fewer other images per step so that the CPU run stays short."""
+    return dict(num_others=8, other_resize_long=(int(size * 0.75), int(size * 1.25)),
+                other_crop=size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-size", type=int)
     g.add_argument("--lr", type=float, help="classifier lr (backbone: lr / 10)")
     g.add_argument("--seed", type=int)
+    g = p.add_argument_group("rib (defaults: the paper's VOC settings, the authors' behaviour)")
+    g.add_argument("--preset", choices=("reference", "paper"), default="reference",
+                   help="reference: the authors' released code (default); paper: the equations")
+    g.add_argument("--rib-steps", type=int, help="K, adaptation steps per image (10)")
+    g.add_argument("--rib-lr", type=float, help="lambda, backbone step size (VOC 8e-6, COCO 5e-6)")
+    g.add_argument("--num-others", type=int, help="B, other images per step (VOC 20, COCO 15)")
+    g.add_argument("--margin", type=float, help="m (VOC 600, COCO 1000)")
+    g.add_argument("--tau", type=float, help="GNDRP threshold (VOC 0.4, COCO 0.5)")
+    g.add_argument("--pooling", choices=("gndrp", "gap"))
+    g.add_argument("--rib-loss", choices=("rib", "bce_sigmoid", "bce_tanh", "bce_softsign"))
+    g.add_argument("--group-size", type=int, help="G, images adapted at once (1)")
     g = p.add_argument_group("make_cam / eval_seed / crf")
     g.add_argument("--scales", type=float, nargs="+", help="inference scales (default 1.0 0.5 1.5 2.0)")
     g.add_argument("--thresholds", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
@@ -99,6 +118,15 @@ def config_from_args(args) -> PipelineConfig:
     tc.num_workers = cfg.make_cam.num_workers = args.num_workers
     if args.scales:
         cfg.make_cam.scales = tuple(args.scales)
+    rib_overrides = {k: v for k, v in (
+        ("steps", args.rib_steps), ("lr", args.rib_lr), ("num_others", args.num_others),
+        ("margin", args.margin), ("tau", args.tau), ("pooling", args.pooling),
+        ("loss", args.rib_loss), ("group_size", args.group_size), ("seed", args.seed)) if v is not None}
+    base = demo_rib_settings(cfg.demo.image_size) if cfg.dataset == "demo" else {}
+    cfg.rib = RIBConfig.preset_for(args.preset, "coco" if cfg.dataset == "coco" else "voc",
+                                   **{**base, **rib_overrides, "device": args.device})
+    if args.scales:
+        cfg.rib.scales = tuple(args.scales)
     if args.thresholds:
         cfg.eval_seed = EvalSeedConfig(*args.thresholds)
     if args.crf_threshold is not None:
@@ -130,58 +158,117 @@ def open_datasets(cfg: PipelineConfig):
 
 def run(cfg: PipelineConfig, stages: list[str]) -> dict:
     """Run ``stages`` with ``cfg``; returns a summary dict (also saved as OUT/summary.json)."""
+    from rib_ext import distributed
     from rib_ext.stages.common import resolve_device
 
+    distributed.init_from_env()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "config.json", {"stages": stages, **dataclasses.asdict(cfg)})
-    summary = {}
-    t_start = time.time()
+    if distributed.rank() == 0:
+        save_json(out / "config.json", {"stages": stages, **dataclasses.asdict(cfg)})
     train_set, eval_set = open_datasets(cfg)
-    print(f"[pipeline] dataset {cfg.dataset}: {len(train_set)} training images, {len(eval_set)} "
-          f"images to map and evaluate, {train_set.num_classes} classes; device "
-          f"{resolve_device(cfg.train_cam.device)}; output {out}")
-    maps_dir = out / "make_cam" / "maps"
-    best_threshold = cfg.crf.threshold
-
-    if "train_cam" in stages:
-        from rib_ext.stages.train_cam import train_cam
-
+    say(f"[pipeline] dataset {cfg.dataset}: {len(train_set)} training images, {len(eval_set)} "
+        f"images to map and evaluate, {train_set.num_classes} classes; device "
+        f"{resolve_device(cfg.train_cam.device)}; output {out}")
+    summary: dict = {}
+    t_start = time.time()
+    for stage in stages:
         t0 = time.time()
-        path = train_cam(train_set, cfg.train_cam, out / "train_cam")
-        summary["train_cam"] = {"model": str(path), "seconds": round(time.time() - t0, 1)}
-        print(f"[train_cam] {path} ({summary['train_cam']['seconds']} s)")
-    if "make_cam" in stages:
-        from rib_ext.stages.make_cam import make_cam
-        from rib_ext.stages.train_cam import load_trained
-
-        model = load_trained(out / "train_cam")
-        summary["make_cam"] = make_cam(model, eval_set, cfg.make_cam, maps_dir)
-        print(f"[make_cam] {summary['make_cam']}")
-    if "eval_seed" in stages:
-        from rib_ext.stages.eval_seed import eval_seed
-
-        result = eval_seed(eval_set, maps_dir, cfg.eval_seed, out / "eval_seed" / "cam",
-                           allow_missing=cfg.allow_missing, title="CAM seed")
-        summary["eval_seed"] = _headline(result)
-        best_threshold = best_threshold if best_threshold is not None else result["best_threshold"]
-        print(f"[eval_seed] CAM seed mIoU {100 * result['miou']:.1f} at threshold "
-              f"{result['best_threshold']:.2f} (precision {100 * result['precision']:.1f}, "
-              f"recall {100 * result['recall']:.1f}) -> {out / 'eval_seed' / 'cam' / 'result.md'}")
-    if "crf" in stages:
-        from rib_ext.stages.crf import crf
-
-        if best_threshold is None:
-            best_threshold = _saved_best_threshold(out / "eval_seed" / "cam")
-        result = crf(eval_set, maps_dir, best_threshold, cfg.crf, out / "crf" / "cam",
-                     allow_missing=cfg.allow_missing)
-        summary["crf"] = _headline(result)
-        if "miou" in result:
-            print(f"[crf] CAM + CRF mIoU {100 * result['miou']:.1f} at threshold {best_threshold:.2f}")
+        summary[stage] = STAGE_RUNNERS[stage](cfg, out, train_set, eval_set)
+        summary[stage]["stage_seconds"] = round(time.time() - t0, 1)
     summary["seconds"] = round(time.time() - t_start, 1)
-    save_json(out / "summary.json", summary)
-    print(f"[pipeline] done in {summary['seconds']} s; summary in {out / 'summary.json'}")
+    if distributed.rank() == 0:
+        save_json(out / "summary.json", summary)
+    say(f"[pipeline] done in {summary['seconds']} s; summary in {out / 'summary.json'}")
     return summary
+
+
+def say(text: str) -> None:
+    from rib_ext import distributed
+
+    if distributed.rank() == 0:
+        print(text, flush=True)
+
+
+def map_sets(out: Path) -> dict[str, Path]:
+    """The map sets this run has made so far (cam: make_cam's, rib: the rib stage's)."""
+    found = {}
+    for name, (stage, sub) in MAP_SETS.items():
+        d = out / stage / sub
+        if d.is_dir() and any(d.glob("*.npy")):
+            found[name] = d
+    return found
+
+
+def _train_cam(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext import distributed
+    from rib_ext.stages.train_cam import train_cam
+
+    path = Path(out / "train_cam")
+    if distributed.rank() == 0:  # one classifier; the other ranks wait for it
+        path = train_cam(train_set, cfg.train_cam, out / "train_cam")
+        say(f"[train_cam] {path}")
+    distributed.barrier()
+    return {"model": str(path)}
+
+
+def _make_cam(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext.stages.make_cam import make_cam
+    from rib_ext.stages.train_cam import load_trained
+
+    result = make_cam(load_trained(out / "train_cam"), eval_set, cfg.make_cam, out / "make_cam" / "maps")
+    say(f"[make_cam] {result}")
+    return result
+
+
+def _rib(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext.stages.rib import rib
+    from rib_ext.stages.train_cam import load_trained
+
+    result = rib(load_trained(out / "train_cam"), eval_set, train_set, cfg.rib, out / "rib")
+    say(f"[rib] {result}")
+    return result
+
+
+def _eval_seed(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext.stages.eval_seed import eval_seed
+
+    results = {}
+    for name, maps_dir in map_sets(out).items():
+        result = eval_seed(eval_set, maps_dir, cfg.eval_seed, out / "eval_seed" / name,
+                           allow_missing=cfg.allow_missing, title=f"{name.upper()} seed")
+        results[name] = _headline(result)
+        say(f"[eval_seed] {name.upper()} seed mIoU {100 * result['miou']:.1f} at threshold "
+            f"{result['best_threshold']:.2f} (precision {100 * result['precision']:.1f}, recall "
+            f"{100 * result['recall']:.1f}) -> {out / 'eval_seed' / name / 'result.md'}")
+    if not results:
+        raise SystemExit(f"eval_seed: no maps under {out} yet: run make_cam or rib first")
+    return results
+
+
+def _crf(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext import distributed
+    from rib_ext.stages.crf import crf
+
+    results = {}
+    if distributed.rank() != 0:  # light enough for one rank; the others wait
+        distributed.barrier()
+        return results
+    for name, maps_dir in map_sets(out).items():
+        threshold = cfg.crf.threshold
+        if threshold is None:
+            threshold = _saved_best_threshold(out / "eval_seed" / name)
+        result = crf(eval_set, maps_dir, threshold, cfg.crf, out / "crf" / name,
+                     allow_missing=cfg.allow_missing)
+        results[name] = _headline(result)
+        if "miou" in result:
+            say(f"[crf] {name.upper()} + CRF mIoU {100 * result['miou']:.1f} at threshold {threshold:.2f}")
+    distributed.barrier()
+    return results
+
+
+STAGE_RUNNERS = {"train_cam": _train_cam, "make_cam": _make_cam, "rib": _rib,
+                 "eval_seed": _eval_seed, "crf": _crf}
 
 
 def _headline(result: dict) -> dict:

@@ -95,3 +95,15 @@ def test_missing_pydensecrf_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     with pytest.raises(ImportError, match="pip install pydensecrf2"):
         crf_refine_labels(img, truth, 2)
+
+
+def test_read_only_image_is_accepted():
+    """Images decoded by PIL arrive as read-only arrays; pydensecrf needs a writable buffer."""
+    pytest.importorskip("pydensecrf.densecrf")
+    img = np.zeros((6, 8, 3), np.uint8)
+    img[:, 4:] = 200
+    img.setflags(write=False)
+    labels = np.zeros((6, 8), np.int64)
+    labels[:, 4:] = 1
+    out = crf_refine_labels(img, labels, 2)
+    assert out.shape == (6, 8)

@@ -105,8 +105,11 @@ class CAMNet(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 20,
-                 strides: Sequence[int] = (2, 2, 2, 1)):
+                 strides: Sequence[int] = (2, 2, 2, 1), train_stem: bool = False):
         super().__init__()
+        # train_stem: only for training from random weights (the embedded demo), where a frozen
+        # random stem would leave stages 1-2 as random features. The authors' setting is False.
+        self.train_stem = bool(train_stem)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         net = _torchvision_resnet(backbone, strides)
@@ -130,6 +133,8 @@ class CAMNet(nn.Module):
         return s[0] * 2 * s[1] * s[2] * s[3]
 
     def _freeze_stem(self) -> None:
+        if self.train_stem:
+            return
         for p in self.stem_parameters():
             p.requires_grad_(False)
 
@@ -138,6 +143,8 @@ class CAMNet(nn.Module):
 
     def train(self, mode: bool = True) -> "CAMNet":
         super().train(mode)
+        if self.train_stem:
+            return self
         # The stem never trains: keep it in eval mode and frozen whatever the caller does.
         self.stage1.eval()
         self.stage2.eval()
@@ -145,7 +152,8 @@ class CAMNet(nn.Module):
         return self
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stage2(self.stage1(x)).detach()
+        x2 = self.stage2(self.stage1(x))
+        return x2 if self.train_stem else x2.detach()
 
     def head_features(self, x2: torch.Tensor) -> torch.Tensor:
         return self.stage4(self.stage3(x2))
@@ -171,7 +179,8 @@ class CAMNet(nn.Module):
         detached), and SGD skips parameters without a gradient, weight decay included; listing only
         stages 3-4 (their convs and fixed-BN affine weights) is therefore the same optimisation.
         """
-        return (list(self.stage3.parameters()) + list(self.stage4.parameters()),
+        stem = self.stem_parameters() if self.train_stem else []
+        return (stem + list(self.stage3.parameters()) + list(self.stage4.parameters()),
                 [self.classifier.weight])
 
     def named_trainable_parameters(self) -> Dict[str, nn.Parameter]:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from rib_ext import distributed
 from rib_ext.config import EvalSeedConfig
 from rib_ext.evaluation import ThresholdSweep, plot_sweep, write_report
 from rib_ext.io import load_npy_dict
@@ -18,16 +21,21 @@ def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str |
     names = require_maps(maps_dir, dataset.ids, "eval_seed", allow_missing)
     index = {name: i for i, name in enumerate(dataset.ids)}
     sweep = ThresholdSweep(num_classes=dataset.num_classes + 1, cfg=cfg)
-    for name in progress(names, "eval_seed"):
+    for name in progress(distributed.shard(names), "eval_seed"):
         gt = dataset.mask(index[name])
         if gt is None:  # e.g. train_aug ids without a SegmentationClass mask
             continue
         maps = load_npy_dict(map_path(maps_dir, name))
         sweep.update(maps["high_res"], maps["keys"], gt)
+    # Confusion matrices are plain counts: summing them over ranks gives the whole list's.
+    sweep.confusions = distributed.all_reduce_sum(sweep.confusions)
+    sweep.num_images = int(distributed.all_reduce_sum(np.array([sweep.num_images]))[0])
     if sweep.num_images == 0:
         raise ValueError(f"eval_seed: no image of the list has a ground-truth mask ({len(dataset)} images)")
     result = sweep.result()
     out_dir = Path(out_dir)
+    if distributed.rank() != 0:
+        return result
     write_report(out_dir, result, ("background",) + tuple(dataset.class_names), title=title)
     plot_sweep(out_dir / "sweep.png", result)
     return result

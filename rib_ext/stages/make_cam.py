@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rib_ext import ops
+from rib_ext import distributed, ops
 from rib_ext.config import MakeCamConfig
 from rib_ext.data import InferenceDataset
 from rib_ext.io import save_npy
@@ -34,7 +34,8 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     model = model.to(device).eval()
-    todo = [i for i in range(len(dataset)) if not map_path(out_dir, dataset.name(i)).exists()]
+    mine = distributed.shard(list(range(len(dataset))))
+    todo = [i for i in mine if not map_path(out_dir, dataset.name(i)).exists()]
     subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), todo)
     loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
     t0 = time.time()
@@ -43,5 +44,6 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
         maps = image_maps(model, sample["views"], sample["size"], keys)
         save_npy(map_path(out_dir, sample["name"]), maps)
     seconds = time.time() - t0
-    return {"written": len(todo), "skipped": len(dataset) - len(todo), "seconds": round(seconds, 2),
+    distributed.barrier()
+    return {"written": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),
             "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None}

@@ -70,7 +70,8 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
     torch.manual_seed(cfg.seed)
 
     model = build_cam_net(cfg.backbone, dataset.num_classes, weights=cfg.weights,
-                          random_init=cfg.random_init).to(device)
+                          random_init=cfg.random_init, strides=tuple(cfg.strides),
+                          train_stem=cfg.train_stem).to(device)
     transform = TrainTransform(tuple(cfg.resize_long), cfg.crop_size)
     loader = torch.utils.data.DataLoader(
         ClassificationDataset(dataset, transform), batch_size=cfg.batch_size, shuffle=True,

@@ -1,0 +1,77 @@
+"""The loss of one RIB step for one target image: its loss-scale views plus the other images.
+
+Each row group (one target scale as [image, flip], or the B other images) has its own CAM size, so
+the loss is a sum over groups. ``rib`` with matching GNDRP and clip modes runs the fused
+pool + loss op; every other combination composes the separate ops.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from rib_ext import ops
+from rib_ext.config import RIBConfig
+
+# The paper's ablation of the final mapping: logits squashed to [0, 1] before a BCE loss.
+_SQUASH = {
+    "bce_sigmoid": torch.sigmoid,
+    "bce_tanh": lambda y: (torch.tanh(y) + 1) / 2,
+    "bce_softsign": lambda y: (F.softsign(y) + 1) / 2,
+}
+
+
+def pooling_tau(cfg: RIBConfig) -> float:
+    """GAP is GNDRP that keeps every location: an infinite threshold."""
+    if cfg.pooling == "gap":
+        return math.inf
+    if cfg.pooling != "gndrp":
+        raise ValueError(f"pooling must be 'gndrp' or 'gap', got {cfg.pooling!r}")
+    return cfg.tau
+
+
+def _present(labels: torch.Tensor, cfg: RIBConfig) -> torch.Tensor:
+    present = labels > 0
+    if cfg.coco_first20_bug:
+        # The authors' COCO code normalised only the first 20 classes; the rest became plain GAP.
+        present = present.clone()
+        present[:, 20:] = False
+    return present
+
+
+def group_loss(cam: torch.Tensor, labels: torch.Tensor, cfg: RIBConfig):
+    """(loss, logits [N, K] detached) of one row group; ``cam`` [N, K, h, w] raw, differentiable."""
+    tau = pooling_tau(cfg)
+    loss_mode = "paper" if cfg.clip_loss else "reference"
+    if cfg.loss == "rib" and loss_mode == cfg.gndrp_mode and not cfg.coco_first20_bug:
+        return ops.gndrp_margin_loss(cam, labels, tau, cfg.margin, cfg.gndrp_mode)
+    logits = ops.gndrp_pool(cam, _present(labels, cfg), tau, cfg.gndrp_mode)
+    if cfg.loss == "rib":
+        loss = ops.margin_loss(logits, labels, cfg.margin, loss_mode, "sum")
+    elif cfg.loss in _SQUASH:
+        p = _SQUASH[cfg.loss](logits).clamp(1e-7, 1 - 1e-7)
+        loss = F.binary_cross_entropy(p, labels.to(p.dtype), reduction="sum")
+    else:
+        raise ValueError(f"unknown RIB loss {cfg.loss!r}")
+    return loss, logits.detach()
+
+
+def step_loss(target_cams, target_label: torch.Tensor, other_cam: torch.Tensor,
+              other_labels: torch.Tensor, cfg: RIBConfig):
+    """(total loss, stop statistic) of one image's step.
+
+    ``target_cams``: [2, K, h, w] per loss scale (image and flip); the stop statistic is
+    |sum of the target rows' labelled logits|, the authors' margin stop.
+    """
+    total = 0
+    stat = 0
+    t2 = target_label.expand(2, -1)
+    for cam in target_cams:
+        loss, logits = group_loss(cam, t2, cfg)
+        total = total + loss
+        stat = stat + (t2 * logits).sum()
+    if other_cam is not None and other_cam.shape[0] > 0:
+        loss, _ = group_loss(other_cam, other_labels, cfg)
+        total = total + loss
+    return total, abs(float(stat))
