@@ -1,0 +1,276 @@
+"""Training DeepLab-v2 on pseudo masks, with checkpoints that resume bit for bit.
+
+Schedule (RIB's appendix, DeepLab-v2's recipe): ``iterations`` batches of ``batch_size`` crops,
+SGD momentum 0.9, weight decay 5e-4, poly lr decay (power 0.9) from ``lr`` on the backbone, 10x on
+the ASPP weights and 20x without decay on its biases, cross entropy ignoring label 255, bf16
+autocast on CUDA.
+
+Files in ``out_dir``: ``train_state.pth`` every ``checkpoint_every`` iterations (model, optimizer,
+iteration, RNG states of torch / numpy / python, data-order state), ``log.csv`` (iteration, loss,
+lr), ``tensorboard/`` when TensorBoard is installed, and at the end ``model.pth`` (the state file
+is then removed). A rerun resumes from the state file, or returns at once when ``model.pth`` exists.
+"""
+from __future__ import annotations
+
+import csv
+import random
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rib_ext.data import IGNORE_INDEX
+from rib_ext.io import atomic_path, save_text
+from rib_ext.irn.stage_io import present_names
+from rib_ext.optim import PolyOptimizer
+from rib_ext.stages.common import progress, resolve_device
+
+from .config import SegmentConfig
+from .data import IterationBatches, SegmentationTrainSet, names_digest
+from .model import DeepLabV2, build_deeplab, calibrate_batch_norm, save_deeplab
+
+MODEL_FILE = "model.pth"
+STATE_FILE = "train_state.pth"
+LOG_FILE = "log.csv"
+STATE_FORMAT = "rib_ext.deeplab_train_state"
+LOG_HEADER = ("iteration", "loss", "lr")
+CALIBRATION_BATCHES = 4
+
+# The settings a resumed run must share with the run that wrote the state.
+RESUME_KEYS = ("backbone", "weights", "random_init", "aspp_dilations", "iterations", "batch_size", "lr",
+               "head_lr_mult", "head_bias_lr_mult", "lr_power", "momentum", "weight_decay",
+               "crop_size", "scale_range", "hflip", "amp", "seed")
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy over the pixels whose label is not 255.
+
+    ``logits`` [N, C, H, W] (computed in float32 whatever their dtype), ``labels`` int64 [N, H, W].
+    A batch with no labelled pixel gives 0 rather than NaN (0 / 0), and no host sync is needed.
+    """
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def make_optimizer(model: DeepLabV2, cfg: SegmentConfig) -> PolyOptimizer:
+    backbone, head_weights, head_biases = model.parameter_groups()
+    return PolyOptimizer(
+        [{"params": backbone, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+         {"params": head_weights, "lr": cfg.lr * cfg.head_lr_mult, "weight_decay": cfg.weight_decay},
+         {"params": head_biases, "lr": cfg.lr * cfg.head_bias_lr_mult, "weight_decay": 0.0}],
+        lr=cfg.lr, weight_decay=cfg.weight_decay, max_step=cfg.iterations, power=cfg.lr_power,
+        momentum=cfg.momentum, authors_momentum=False)
+
+
+# ------------------------------------------------------------------------------------ RNG states
+
+def rng_state() -> Dict:
+    """Global RNG states as plain values and tensors (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: Dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+# ---------------------------------------------------------------------------------- train state
+
+def training_settings(cfg: SegmentConfig) -> Dict:
+    d = cfg.as_dict()
+    return {k: d[k] for k in RESUME_KEYS}
+
+
+def data_order(names: Sequence[str], cfg: SegmentConfig, iteration: int) -> Dict:
+    """What decides the remaining batches: seed, image list and the next stream position."""
+    return {"seed": cfg.seed, "num_images": len(names), "names_digest": names_digest(names),
+            "batch_size": cfg.batch_size, "next_position": iteration * cfg.batch_size}
+
+
+def save_state(path: Path, model: DeepLabV2, optimizer: PolyOptimizer, iteration: int,
+               names: Sequence[str], cfg: SegmentConfig) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"format": STATE_FORMAT, "iteration": iteration, "settings": training_settings(cfg),
+                    "data_order": data_order(names, cfg, iteration), "rng": rng_state(),
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
+
+
+def _diff(old: Dict, new: Dict) -> Dict:
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def load_state(path: Path, model: DeepLabV2, optimizer: PolyOptimizer, names: Sequence[str],
+               cfg: SegmentConfig) -> int:
+    """Restore model, optimizer and RNG states from ``path``; returns the iteration to go on from."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or foreign file: torch raises several types
+        raise ValueError(f"{path}: unreadable segmentation training state ({type(err).__name__}: "
+                         f"{err}); delete it to start over") from err
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: not a segmentation training state; delete it to start over")
+    if state["settings"] != training_settings(cfg):
+        raise ValueError(f"{path}: written with other training settings (was, now: "
+                         f"{_diff(state['settings'], training_settings(cfg))}); use the same "
+                         f"settings to resume, or delete it to start over")
+    iteration = int(state["iteration"])
+    expected = data_order(names, cfg, iteration)
+    if state["data_order"] != expected:
+        raise ValueError(f"{path}: the training images changed since this state was written (was, "
+                         f"now: {_diff(state['data_order'], expected)}); resume with the same "
+                         f"labels folder and image list, or delete it to start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return iteration
+
+
+# ------------------------------------------------------------------------------------------ logs
+
+class TrainLog:
+    """``log.csv`` (one row per iteration) and, when installed, TensorBoard."""
+
+    def __init__(self, out_dir: Path, start: int, tensorboard: bool):
+        self.path = out_dir / LOG_FILE
+        self._keep_rows_up_to(start)
+        self._file = open(self.path, "a", newline="")
+        self._csv = csv.writer(self._file)
+        self._tb = _tensorboard_writer(out_dir / "tensorboard") if tensorboard else None
+
+    def _keep_rows_up_to(self, iteration: int) -> None:
+        # Rows logged after the last checkpoint belong to iterations that will run again.
+        rows = []
+        if iteration > 0 and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.reader(f) if r and r[0].isdigit() and int(r[0]) <= iteration]
+        lines = [",".join(LOG_HEADER)] + [",".join(r) for r in rows]
+        save_text(self.path, "\n".join(lines) + "\n")
+
+    def write(self, iteration: int, loss: float, lr: float) -> None:
+        # repr keeps every digit, so logs of a straight and a resumed run compare exactly.
+        self._csv.writerow([iteration, repr(loss), repr(lr)])
+        self._file.flush()
+        if self._tb is not None:
+            self._tb.add_scalar("loss", loss, iteration)
+            self._tb.add_scalar("lr", lr, iteration)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _tensorboard_writer(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional
+        return None
+    return SummaryWriter(str(log_dir))
+
+
+def read_log(path: str | Path) -> List[Dict[str, float]]:
+    """The rows of a ``log.csv`` as dicts (iteration int, loss and lr float)."""
+    with open(path, newline="") as f:
+        return [{"iteration": int(r["iteration"]), "loss": float(r["loss"]), "lr": float(r["lr"])}
+                for r in csv.DictReader(f)]
+
+
+# -------------------------------------------------------------------------------------- training
+
+def _calibrate_if_random(model: DeepLabV2, trainset: SegmentationTrainSet, cfg: SegmentConfig,
+                         device: torch.device) -> None:
+    if not cfg.random_init:
+        return
+    b = cfg.batch_size
+    batches = (torch.stack([trainset[p][0] for p in range(i * b, (i + 1) * b)]).to(device)
+               for i in range(CALIBRATION_BATCHES))
+    calibrate_batch_norm(model, batches)
+
+
+def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Optional[SegmentConfig] = None,
+                    names: Optional[Sequence[str]] = None, stop_after: Optional[int] = None) -> dict:
+    """Train DeepLab-v2 on ``label_dir/<id>.png`` (palette PNGs, 255 = ignore); see the module doc.
+
+    ``names``: the training ids (default: every dataset id with a label PNG, missing ones following
+    ``cfg.on_missing``). ``stop_after``: train at most that many iterations in this call, then
+    checkpoint and return (time-boxed jobs). Returns ``{'iterations', 'max_iterations', 'finished',
+    'skipped_existing', 'seconds', 'loss', 'model', 'log'}``.
+    """
+    cfg = cfg if cfg is not None else SegmentConfig()
+    out_dir = Path(out_dir)
+    model_path, state_path = out_dir / MODEL_FILE, out_dir / STATE_FILE
+    summary = {"max_iterations": cfg.iterations, "model": str(model_path), "log": str(out_dir / LOG_FILE)}
+    if model_path.exists():
+        return {**summary, "iterations": None, "finished": True, "skipped_existing": True,
+                "seconds": 0.0, "loss": None}
+    if names is None:
+        names = present_names(label_dir, dataset.ids, ".png", "training labels", "segment",
+                              cfg.on_missing)[0]
+    names = list(names)
+    trainset = SegmentationTrainSet(dataset, label_dir, names, cfg.crop_size, cfg.scale_range,
+                                    cfg.hflip, cfg.seed)
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # the head's initialisation, without touching global state
+        model = build_deeplab(cfg.backbone, dataset.num_classes + 1, cfg.weights, cfg.random_init,
+                              cfg.aspp_dilations)
+    model = model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if state_path.exists():
+        iteration = load_state(state_path, model, optimizer, names, cfg)
+    else:
+        iteration = 0
+        _calibrate_if_random(model, trainset, cfg, device)
+
+    stop = cfg.iterations if stop_after is None else min(cfg.iterations, iteration + int(stop_after))
+    loader = torch.utils.data.DataLoader(trainset, batch_sampler=IterationBatches(iteration, stop, cfg.batch_size),
+                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp)
+    log = TrainLog(out_dir, iteration, cfg.tensorboard)
+    loss_value, t0 = None, time.time()
+    model.train()
+    try:
+        bar = progress(loader, f"segment: train ({out_dir.name})", total=stop - iteration)
+        for img, labels in bar:
+            with autocast:
+                logits = model(img.to(device, non_blocking=True))
+            loss = segmentation_loss(logits, labels.to(device, non_blocking=True))
+            loss_value = loss.item()
+            if not np.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"segment: the loss is {loss_value} at iteration {iteration + 1} (training in "
+                    f"{out_dir}); check the labels or lower lr, then delete {state_path} to "
+                    f"start over")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            log.write(iteration, loss_value, optimizer.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{loss_value:.4f}", it=iteration)
+            if iteration % cfg.checkpoint_every == 0 or iteration == stop:
+                save_state(state_path, model, optimizer, iteration, names, cfg)
+    finally:
+        log.close()
+
+    finished = iteration >= cfg.iterations
+    if finished:
+        save_deeplab(model_path, model, meta={"config": cfg.as_dict(), "iterations": iteration,
+                                              "class_names": ["background", *dataset.class_names],
+                                              "images": len(names), "label_dir": str(label_dir)})
+        state_path.unlink(missing_ok=True)
+    return {**summary, "iterations": iteration, "finished": finished, "skipped_existing": False,
+            "seconds": round(time.time() - t0, 2), "loss": loss_value,
+            "model": str(model_path) if finished else None}
