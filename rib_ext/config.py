@@ -35,7 +35,7 @@ class TrainCamConfig:
     weights: Optional[str] = None  # a torchvision ImageNet checkpoint file (no download)
     random_init: bool = False  # allowed only when asked for; warns
     strides: Tuple[int, int, int, int] = (2, 2, 2, 1)  # output stride 16
-    train_stem: bool = False  # stages 1-2 train too (only sensible from random weights)
+    from_scratch: bool = False  # every stage trains, batch-stat BN (random weights only)
     epochs: int = 5
     batch_size: int = 16
     crop_size: int = 512
@@ -43,6 +43,7 @@ class TrainCamConfig:
     lr: float = 0.1  # the classifier's; the backbone gets lr / classifier_lr_mult
     classifier_lr_mult: float = 10.0
     weight_decay: float = 1e-4
+    authors_momentum: bool = True  # SGD momentum = weight_decay (the authors' optimizer quirk)
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"

@@ -312,3 +312,23 @@ def test_image_without_class_is_skipped_with_warning(voc_root):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         VOCDataset(voc_root, "val")  # nothing to skip: no warning
+
+
+def test_write_labels_command(tmp_path):
+    """``python -m rib_ext.data write-labels`` writes IRN's labels file from the XML annotations."""
+    from rib_ext.config import DemoDataConfig
+    from rib_ext.data.__main__ import main as data_main
+    from rib_ext.data.demo import generate_demo
+    from rib_ext.data.voc import id_key
+
+    root = generate_demo(tmp_path / "demo", DemoDataConfig(num_train=4, num_val=2, image_size=48))
+    (root / "cls_labels.npy").unlink()
+    assert data_main(["write-labels", "--root", str(root), "--list",
+                      "ImageSets/Segmentation/train.txt", "--source", "xml"]) == 0
+    table = load_cls_labels(root / "cls_labels.npy")
+    ds = VOCDataset(root, "train")
+    assert len(table) == 4
+    for i in range(len(ds)):
+        np.testing.assert_array_equal(table[id_key(ds.name(i))], labels_from_xml(
+            root / "Annotations" / f"{ds.name(i)}.xml", ds.class_names))
+    assert data_main(["write-labels", "--root", str(root), "--list", "missing.txt"]) == 2

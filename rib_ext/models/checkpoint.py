@@ -133,14 +133,14 @@ def load_backbone_weights(model: CAMNet, path: os.PathLike | str) -> CAMNet:
 
 def build_cam_net(backbone: str = "resnet50", num_classes: int = 20,
                   weights: Optional[os.PathLike | str] = None, random_init: bool = False,
-                  strides: Sequence[int] = (2, 2, 2, 1), train_stem: bool = False) -> CAMNet:
+                  strides: Sequence[int] = (2, 2, 2, 1), from_scratch: bool = False) -> CAMNet:
     """A :class:`CAMNet` with ImageNet backbone weights from ``weights``, or random weights when
     ``random_init`` (warns). Exactly one of the two must be given."""
     if weights is not None and random_init:
         raise ValueError(f"both weights ({weights}) and random_init were given; choose one")
     if weights is None and not random_init:
         raise MissingWeightsError(missing_weights_message(backbone))
-    model = CAMNet(backbone, num_classes, strides, train_stem=train_stem)
+    model = CAMNet(backbone, num_classes, strides, from_scratch=from_scratch)
     if random_init:
         warnings.warn(f"{backbone} backbone randomly initialised (no ImageNet weights): fine for a "
                       f"smoke test, but maps and scores will be far below the paper's",

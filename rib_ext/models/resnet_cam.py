@@ -21,7 +21,25 @@ import torch.nn.functional as F
 import torchvision
 
 # Feature channels of layer4 for each supported depth (Bottleneck: 512 * 4; BasicBlock: 512).
-BACKBONES: Dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+BACKBONES: Dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,
+                             "resnet_tiny": 256}
+
+# A narrow ResNet-10 (one BasicBlock per stage, widths 32..256): the embedded demo's backbone,
+# about 1/16 of ResNet-18's compute, trainable from random weights on 2 CPU cores in a minute.
+TINY_WIDTHS = (32, 64, 128, 256)
+
+
+def _tiny_resnet() -> torchvision.models.ResNet:
+    from torchvision.models.resnet import BasicBlock
+
+    net = torchvision.models.ResNet(BasicBlock, [1, 1, 1, 1])
+    net.inplanes = TINY_WIDTHS[0]
+    net.conv1 = nn.Conv2d(3, TINY_WIDTHS[0], 7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(TINY_WIDTHS[0])
+    net.layer1 = net._make_layer(BasicBlock, TINY_WIDTHS[0], 1)
+    for i, width in enumerate(TINY_WIDTHS[1:], start=2):
+        setattr(net, f"layer{i}", net._make_layer(BasicBlock, width, 1, stride=2))
+    return net
 
 # torchvision module names that make up the backbone, in stage order.
 TORCHVISION_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -34,9 +52,16 @@ class FixedBatchNorm(nn.BatchNorm2d):
     the running statistics are never updated, so an output never depends on the rest of its batch.
     """
 
+    # Set only for training from random weights (CAMNet(from_scratch=True)): with nothing to keep
+    # fixed, batch statistics are what make a deep network trainable; they are learnt into the
+    # running statistics, and a reloaded network is fixed again.
+    use_batch_stats = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_stats = self.use_batch_stats and self.training
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=False, momentum=0.0, eps=self.eps)
+                            training=batch_stats, momentum=0.1 if batch_stats else 0.0,
+                            eps=self.eps)
 
 
 def convert_to_fixed_bn(module: nn.Module) -> nn.Module:
@@ -75,7 +100,7 @@ def _torchvision_resnet(backbone: str, strides: Sequence[int]) -> torchvision.mo
     if len(strides) != 4 or any(s not in (1, 2) for s in strides):
         raise ValueError(f"strides must be 4 values, each 1 or 2 (conv1, layer2, layer3, layer4); "
                          f"got {strides}")
-    net = getattr(torchvision.models, backbone)(weights=None)
+    net = _tiny_resnet() if backbone == "resnet_tiny" else getattr(torchvision.models, backbone)(weights=None)
     net.conv1.stride = (strides[0], strides[0])
     for layer, stride in zip((net.layer2, net.layer3, net.layer4), strides[1:]):
         _set_first_block_stride(layer, stride)
@@ -86,7 +111,8 @@ class CAMNet(nn.Module):
     """Multi-label classifier whose 1x1 classifier applied to the feature map gives the CAM.
 
     Args:
-        backbone: ``resnet18``, ``resnet34``, ``resnet50`` (the paper's) or ``resnet101``.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` (the paper's), ``resnet101``, or
+            ``resnet_tiny`` (a narrow ResNet-10 for CPU demo runs; no ImageNet weights exist).
         num_classes: K, foreground classes (20 for VOC, 80 for COCO).
         strides: of conv1, layer2, layer3, layer4 (the stem's max-pool always halves too);
             the default (2, 2, 2, 1) gives output stride 16.
@@ -105,11 +131,12 @@ class CAMNet(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 20,
-                 strides: Sequence[int] = (2, 2, 2, 1), train_stem: bool = False):
+                 strides: Sequence[int] = (2, 2, 2, 1), from_scratch: bool = False):
         super().__init__()
-        # train_stem: only for training from random weights (the embedded demo), where a frozen
-        # random stem would leave stages 1-2 as random features. The authors' setting is False.
-        self.train_stem = bool(train_stem)
+        # from_scratch: training from random weights (the embedded demo), where a frozen random
+        # stem would leave stages 1-2 as random features and fixed BN would be the identity: every
+        # stage trains, with batch-statistics BN. The authors' setting (ImageNet weights) is False.
+        self.train_stem = bool(from_scratch)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         net = _torchvision_resnet(backbone, strides)
@@ -125,6 +152,9 @@ class CAMNet(nn.Module):
         self.stage3 = nn.Sequential(OrderedDict(layer3=net.layer3))
         self.stage4 = nn.Sequential(OrderedDict(layer4=net.layer4))
         self.classifier = nn.Conv2d(self.feature_channels, self.num_classes, 1, bias=False)
+        for m in self.modules():
+            if isinstance(m, FixedBatchNorm):
+                m.use_batch_stats = self.train_stem
         self._freeze_stem()
 
     @property

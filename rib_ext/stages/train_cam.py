@@ -19,42 +19,6 @@ MODEL_FILE = "cam_net.pth"
 STATE_FILE = "train_state.pth"
 
 
-def calibrate_batch_norm(model, loader, device, batches: int = 8) -> None:
-    """Estimate the fixed BN statistics from training images (random initialisation only).
-
-    With random weights a fixed BN is the identity (mean 0, var 1), and activations grow through
-    the residual stages until training diverges; ImageNet weights bring real statistics instead.
-    """
-    from rib_ext.models import FixedBatchNorm
-
-    bns = [m for m in model.modules() if isinstance(m, FixedBatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the calibration batches
-    def make_hook(bn):
-        def hook(module, inputs):
-            x = inputs[0].detach()
-            n = bn.num_batches_tracked.item()
-            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
-            bn.running_mean.mul_(n / (n + 1)).add_(mean / (n + 1))
-            bn.running_var.mul_(n / (n + 1)).add_(var / (n + 1))
-            bn.num_batches_tracked += 1
-        return hook
-
-    # A pre-hook updates each BN from its own input before it runs, so every layer is calibrated
-    # on the output of already-calibrated layers.
-    hooks = [bn.register_forward_pre_hook(make_hook(bn)) for bn in bns]
-    try:
-        with torch.no_grad():
-            for i, batch in enumerate(loader):
-                if i >= batches:
-                    break
-                model.features(batch["img"].to(device))
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
     """Train the CAM network on ``dataset`` (image-level labels only); returns the model file.
 
@@ -71,7 +35,7 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
 
     model = build_cam_net(cfg.backbone, dataset.num_classes, weights=cfg.weights,
                           random_init=cfg.random_init, strides=tuple(cfg.strides),
-                          train_stem=cfg.train_stem).to(device)
+                          from_scratch=cfg.from_scratch).to(device)
     transform = TrainTransform(tuple(cfg.resize_long), cfg.crop_size)
     loader = torch.utils.data.DataLoader(
         ClassificationDataset(dataset, transform), batch_size=cfg.batch_size, shuffle=True,
@@ -86,7 +50,8 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
         [{"params": backbone_params, "lr": cfg.lr / cfg.classifier_lr_mult,
           "weight_decay": cfg.weight_decay},
          {"params": classifier_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}],
-        lr=cfg.lr, weight_decay=cfg.weight_decay, max_step=cfg.epochs * steps_per_epoch)
+        lr=cfg.lr, weight_decay=cfg.weight_decay, max_step=cfg.epochs * steps_per_epoch,
+        authors_momentum=cfg.authors_momentum)
 
     state_path = out_dir / STATE_FILE
     start_epoch = 0
@@ -96,8 +61,6 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
-    elif cfg.random_init:
-        calibrate_batch_norm(model, loader, device)
 
     t0 = time.time()
     for epoch in range(start_epoch, cfg.epochs):
