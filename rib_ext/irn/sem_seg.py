@@ -1,0 +1,150 @@
+"""Stages ``make_sem_seg`` (random walk -> pseudo masks) and ``eval_mask`` (their mIoU).
+
+Per image: IRN's boundary map at scale 1.0 (image and mirror averaged), the stride-4 maps (** power,
+RIB) times (1 - boundary) propagated by the random walk, upsampled x4 (bilinear), cropped to the
+image, divided by their global max, stacked behind a constant background plane at
+``sem_seg_bg_thres``; the argmax, mapped through the keys, is the pseudo mask.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
+from rib_ext.evaluation import evaluate_label_maps, write_report
+from rib_ext.irn.config import IRNConfig
+from rib_ext.irn.network import infer_boundary, load_irnet
+from rib_ext.irn.random_walk import propagate_maps
+from rib_ext.irn.stage_io import (check_settings, dataset_index, load_maps, per_image_path,
+                                  file_digest, present_names, progress, resolve_device,
+                                  split_done, strided_size)
+from rib_ext.irn.train_irn import MODEL_FILE
+
+
+def walked_to_labels(walked: torch.Tensor, keys: Sequence[int], image_size: Sequence[int],
+                     bg_thres: float) -> np.ndarray:
+    """Class ids uint8 [H, W] from walked maps [K', h, w] (stride 4) and their 0-based keys."""
+    h, w = int(image_size[0]), int(image_size[1])
+    lut = torch.as_tensor(np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]),
+                          device=walked.device)
+    if walked.shape[0] == 0:
+        return np.zeros((h, w), dtype=np.uint8)
+    up = F.interpolate(walked[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
+    up = up[:, :h, :w]
+    peak = up.max()
+    # All-zero maps (nothing survived the walk) would divide by zero: that image is background.
+    up = up / peak if peak > 0 else torch.zeros_like(up)
+    scores = F.pad(up, (0, 0, 0, 0, 1, 0), value=bg_thres)
+    return lut[scores.argmax(dim=0)].to(torch.uint8).cpu().numpy()
+
+
+def make_sem_seg(maps: torch.Tensor, keys: Sequence[int], boundary: torch.Tensor,
+                 image_size: Sequence[int], cfg: Optional[IRNConfig] = None) -> np.ndarray:
+    """One image's pseudo mask uint8 [H, W] (0 bg, keys + 1).
+
+    ``maps`` [K', ceil(H/4), ceil(W/4)] (IRN's ``cam``), ``boundary`` [ceil(H/4), ceil(W/4)] in
+    [0, 1]; computed on ``boundary``'s device.
+    """
+    cfg = cfg if cfg is not None else IRNConfig()
+    if tuple(boundary.shape) != strided_size(image_size):
+        raise ValueError(f"boundary {tuple(boundary.shape)} is not the stride-4 grid "
+                         f"{strided_size(image_size)} of a {image_size[0]}x{image_size[1]} image")
+    maps = torch.as_tensor(maps).to(boundary.device)
+    walked = propagate_maps(maps, boundary.float(), cfg.rw_radius, cfg.beta, cfg.exp_times,
+                            cfg.map_power)
+    return walked_to_labels(walked, keys, image_size, cfg.sem_seg_bg_thres)
+
+
+def _model_path(irn: str | Path) -> Path:
+    irn = Path(irn)
+    return irn / MODEL_FILE if irn.is_dir() else irn
+
+
+def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: str | Path,
+                       cfg: Optional[IRNConfig] = None) -> dict:
+    """Write ``out_dir/<id>.png`` (VOC palette, class ids) for every image with maps.
+
+    ``irn``: the train_irn output folder or its ``irn.pth``. Existing PNGs are kept (resume);
+    missing maps stop the stage or are skipped (``cfg.on_missing``). Returns ``{'written',
+    'skipped_existing', 'missing', 'seconds', 'seconds_per_image'}``.
+    """
+    cfg = cfg if cfg is not None else IRNConfig()
+    out_dir = Path(out_dir)
+    present, missing = present_names(maps_dir, dataset.ids, ".npy", "maps", "make_sem_seg",
+                                     cfg.on_missing)
+    model_path = _model_path(irn)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"make_sem_seg: IRN checkpoint not found: {model_path} "
+                                f"(train_irn writes it)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {k: getattr(cfg, k) for k in ("rw_radius", "beta", "exp_times", "map_power",
+                                             "sem_seg_bg_thres")}
+    check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_digest(model_path)})
+    todo, done = split_done(out_dir, present)
+    device = resolve_device(cfg.device)
+    net = load_irnet(model_path, device) if todo else None
+    index = dataset_index(dataset)
+    t0 = time.time()
+    for name in progress(todo, "make_sem_seg"):
+        img = dataset.image(index[name])
+        size = img.shape[:2]
+        keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes, size,
+                               "cam")
+        views = multiscale_flip_views(img, (1.0,))[0].to(device)
+        boundary = infer_boundary(net, views)
+        mask = make_sem_seg(maps, keys, boundary, size, cfg)
+        save_label_png(per_image_path(out_dir, name, ".png"), mask)
+    seconds = time.time() - t0
+    return {"written": len(todo), "skipped_existing": len(done), "missing": len(missing),
+            "seconds": round(seconds, 2),
+            "seconds_per_image": round(seconds / len(todo), 3) if todo else None}
+
+
+def _pairs(dataset, names: Sequence[str], mask_dir: Path) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    index = dataset_index(dataset)
+    for name in progress(names, "eval_mask"):
+        gt = dataset.mask(index[name])
+        path = per_image_path(mask_dir, name, ".png")
+        pred = load_label_png(path)
+        if pred.shape != gt.shape:
+            raise ValueError(f"{path}: mask is {pred.shape[0]}x{pred.shape[1]} but the ground truth "
+                             f"of {name} is {gt.shape[0]}x{gt.shape[1]}")
+        yield pred, gt
+
+
+def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
+                    cfg: Optional[IRNConfig] = None) -> dict:
+    """mIoU of the pseudo masks in ``mask_dir`` over the images with ground truth.
+
+    Writes ``out_dir/result.json``, ``result.md`` and ``confusion.npy``. Returns ``{'miou',
+    'num_images', 'missing', 'seconds', 'per_class_iou'}``.
+    """
+    cfg = cfg if cfg is not None else IRNConfig()
+    t0 = time.time()
+    index = dataset_index(dataset)
+    with_gt = [n for n in dataset.ids if _has_mask(dataset, index[n])]
+    if not with_gt:
+        raise ValueError("eval_mask: no image of the dataset has a ground-truth mask")
+    names, missing = present_names(mask_dir, with_gt, ".png", "pseudo masks", "eval_mask",
+                                   cfg.on_missing)
+    if not names:
+        raise ValueError(f"eval_mask: none of the {len(with_gt)} images with ground truth has a "
+                         f"mask in {mask_dir}")
+    result = evaluate_label_maps(_pairs(dataset, names, Path(mask_dir)), dataset.num_classes + 1)
+    class_names = ("background",) + tuple(dataset.class_names)
+    write_report(out_dir, result, class_names, title="Pseudo masks (IRN random walk)")
+    return {"miou": result["miou"], "num_images": result["num_images"], "missing": len(missing),
+            "per_class_iou": dict(zip(class_names, result["per_class_iou"])),
+            "seconds": round(time.time() - t0, 2)}
+
+
+def _has_mask(dataset, i: int) -> bool:
+    mask_path = getattr(dataset, "mask_path", None)
+    if mask_path is not None:
+        return mask_path(i) is not None
+    return dataset.mask(i) is not None
