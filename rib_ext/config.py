@@ -5,8 +5,9 @@ beside the outputs (``dataclasses.asdict``), so a run can always be traced back 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 # ImageNet statistics used by torchvision's ResNet checkpoints (and IRN's normalisation).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -140,6 +141,220 @@ class RIBConfig:
         return cls(**values)
 
 
+# What a stage does when an image has no input file: stop with a list, or skip with a warning.
+MISSING_POLICIES = ("error", "skip")
+
+
+# ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask); see shared/IRN_NOTES.md
+
+# What differs between the IRN and RIB authors' code; everything else is shared.
+IRN_PRESETS: Dict[str, Dict[str, Any]] = {
+    "irn": {"conf_fg": 0.30, "conf_bg": 0.05, "sem_seg_bg_thres": 0.25, "map_power": 1.0},
+    "rib": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.27, "map_power": 1.3},
+}
+
+
+
+@dataclass
+class IRNConfig:
+    """Settings of the ir_label, train_irn, make_sem_seg, eval_mask and saliency stages."""
+
+    # -- confident labels (ir_label): fg where a map > conf_fg, bg where every map <= conf_bg
+    conf_fg: float = 0.30
+    conf_bg: float = 0.05
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    # What to do when an image has no input file (maps, labels, masks): "error" lists them and
+    # stops, "skip" warns (listing them) and goes on without them.
+    on_missing: str = "error"
+
+    # -- the inter-pixel relation network (train_irn)
+    backbone: str = "resnet50"
+    # A torchvision ImageNet checkpoint (what IRN starts from) or a rib_ext CAM-network
+    # checkpoint (useful where no ImageNet weights exist, e.g. the demo).
+    weights: Optional[str] = None
+    random_init: bool = False  # smoke tests only
+    crop_size: int = 512
+    batch_size: int = 32
+    epochs: int = 3
+    lr: float = 0.1  # the boundary branch's
+    displacement_lr_mult: float = 10.0  # the displacement branch trains at 10x (IRN)
+    weight_decay: float = 1e-4
+    # IRN's random_scale draws uniformly from [lo, hi] (train_irn passes rescale=(0.5, 1.5)).
+    scale_range: Tuple[float, float] = (0.5, 1.5)
+    path_radius: int = 10  # pairs for the affinity loss, at stride 4
+    mean_shift_momentum: float = 0.1  # running mean of the displacement field (IRN's BN momentum)
+    checkpoint_every: int = 100  # steps between resumable checkpoints (also at each epoch's end)
+    num_workers: int = 0
+    seed: int = 0
+
+    # -- random walk (make_sem_seg)
+    rw_radius: int = 5
+    beta: float = 10.0
+    exp_times: int = 8  # the walk takes 2 ** exp_times steps
+    map_power: float = 1.0  # RIB raises the stride-4 maps to 1.3 before the walk
+    sem_seg_bg_thres: float = 0.25
+
+    # -- RIB-Sal: saliency PNGs 0..255, salient where value > saliency_threshold
+    saliency_threshold: int = 127
+
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "IRNConfig":
+        """``"irn"`` (IRN's code) or ``"rib"`` (RIB's code), with keyword overrides."""
+        if name not in IRN_PRESETS:
+            raise ValueError(f"unknown IRN preset {name!r}; expected one of {sorted(IRN_PRESETS)}")
+        return cls(**{**IRN_PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> "IRNConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def walk_steps(self) -> int:
+        return 2 ** self.exp_times
+
+    def validate(self) -> None:
+        if not 0.0 <= self.conf_bg <= self.conf_fg:
+            raise ValueError(f"need 0 <= conf_bg <= conf_fg, got conf_bg={self.conf_bg}, "
+                             f"conf_fg={self.conf_fg}")
+        if self.on_missing not in MISSING_POLICIES:
+            raise ValueError(f"on_missing must be one of {MISSING_POLICIES}, got {self.on_missing!r}")
+        if self.crop_size % 4:
+            raise ValueError(f"crop_size must be a multiple of 4 (the label grid is at stride 4), "
+                             f"got {self.crop_size}")
+        for name in ("batch_size", "epochs", "path_radius", "rw_radius", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.exp_times < 0:
+            raise ValueError(f"exp_times must be >= 0, got {self.exp_times}")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
+        if self.map_power <= 0:
+            raise ValueError(f"map_power must be > 0, got {self.map_power}")
+        if not 0 <= self.saliency_threshold <= 255:
+            raise ValueError(f"saliency_threshold must lie in 0..255, got {self.saliency_threshold}")
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Plain values only (tuples as lists), for JSON files and ``weights_only`` checkpoints."""
+        def plain(v):
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            return v
+        return plain(dataclasses.asdict(self))
+
+
+# ---- the final segmentation network (segment stage)
+
+SEGMENT_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def deeplab_crf() -> CRFConfig:
+    """DeepLab-v2's CRF (deeplab-pytorch's configs/voc12.yaml: POS_W 3, POS_XY_STD 1, BI_W 4,
+    BI_XY_STD 67, BI_RGB_STD 3, 10 iterations). ``gt_prob`` and ``threshold`` are unused: the unary
+    comes from the network's softmax, not from hard labels."""
+    return CRFConfig(gaussian_sxy=1.0, gaussian_compat=3.0, bilateral_sxy=67.0,
+                     bilateral_srgb=3.0, bilateral_compat=4.0, iterations=10)
+
+
+# What differs between the datasets; everything else is shared.
+SEGMENT_PRESETS: Dict[str, Dict[str, Any]] = {
+    "voc": {"iterations": 30000, "lr": 2e-4, "crop_size": 321, "retrain": True},
+    "coco": {"iterations": 100000, "lr": 2.5e-4, "crop_size": 481, "retrain": False},
+}
+
+
+@dataclass
+class SegmentConfig:
+    """Settings of :func:`rib_ext.segment.segment_stage` (training, re-training, inference)."""
+
+    # -- network
+    backbone: str = "resnet101"  # resnet18/34/50 for CPU runs
+    weights: Optional[str] = None  # torchvision ImageNet checkpoint of the backbone (no download)
+    random_init: bool = False  # smoke tests only; warns
+    aspp_dilations: Tuple[int, ...] = (6, 12, 18, 24)
+
+    # -- training
+    iterations: int = 30000
+    batch_size: int = 10
+    lr: float = 2e-4  # the backbone's; the ASPP head gets lr * head_lr_mult
+    head_lr_mult: float = 10.0
+    head_bias_lr_mult: float = 20.0  # DeepLab's caffe convention: biases at 2x, no weight decay
+    lr_power: float = 0.9
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    crop_size: int = 321
+    scale_range: Tuple[float, float] = (0.5, 1.5)  # random rescale, drawn uniformly
+    hflip: bool = True
+    amp: bool = True  # bf16 autocast, on CUDA only (CPU runs stay float32)
+    checkpoint_every: int = 1000  # iterations between resumable checkpoints
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    num_workers: int = 0
+    seed: int = 0
+
+    # -- re-training (paper appendix): train on confident random-walk labels, fill the ignored
+    # pixels with that network's predictions, train again on the filled labels
+    retrain: bool = True
+    retrain_fg: float = 0.3  # random-walk score above this: foreground (the best class)
+    retrain_bg: float = 0.2  # every score below this: background; in between: ignored
+
+    # -- inference
+    scales: Tuple[float, ...] = (0.5, 0.75, 1.0)  # each with its horizontal flip; softmax averaged
+    flip: bool = True
+    use_crf: bool = True
+    crf: CRFConfig = field(default_factory=deeplab_crf)
+
+    on_missing: str = "error"  # an image without its label / score file: "error" or "skip"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def preset_for(cls, dataset: str = "voc", **overrides: Any) -> "SegmentConfig":
+        """The paper's ``"voc"`` or ``"coco"`` numbers, with keyword overrides."""
+        if dataset not in SEGMENT_PRESETS:
+            raise ValueError(f"unknown segmentation preset {dataset!r}; expected one of {sorted(SEGMENT_PRESETS)}")
+        return cls(**{**SEGMENT_PRESETS[dataset], **overrides})
+
+    def replace(self, **changes: Any) -> "SegmentConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.backbone not in SEGMENT_BACKBONES:
+            raise ValueError(f"backbone must be one of {SEGMENT_BACKBONES}, got {self.backbone!r}")
+        for name in ("iterations", "batch_size", "crop_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.aspp_dilations or any(d < 1 for d in self.aspp_dilations):
+            raise ValueError(f"aspp_dilations must be positive integers, got {self.aspp_dilations}")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
+        if not 0.0 <= self.retrain_bg <= self.retrain_fg <= 1.0:
+            raise ValueError(f"need 0 <= retrain_bg <= retrain_fg <= 1, got retrain_bg="
+                             f"{self.retrain_bg}, retrain_fg={self.retrain_fg}")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive, got {self.scales}")
+        if self.on_missing not in MISSING_POLICIES:
+            raise ValueError(f"on_missing must be one of {MISSING_POLICIES}, got {self.on_missing!r}")
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Plain values only (tuples as lists), for JSON files and ``weights_only`` checkpoints."""
+        def plain(v):
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            return v
+        return plain(dataclasses.asdict(self))
+
+
 @dataclass
 class PipelineConfig:
     dataset: str = "demo"  # voc | coco | demo
@@ -147,6 +362,8 @@ class PipelineConfig:
     out_dir: str = "rib_ext_out"
     train_list: Optional[str] = None
     eval_list: Optional[str] = None
+    val_list: Optional[str] = None  # the segment stage's evaluation list
+    saliency_dir: Optional[str] = None  # RIB-Sal: saliency PNGs that refine the pseudo masks
     allow_missing: bool = False  # skip images whose maps are missing instead of stopping
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
@@ -154,3 +371,5 @@ class PipelineConfig:
     eval_seed: EvalSeedConfig = field(default_factory=EvalSeedConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
     rib: RIBConfig = field(default_factory=RIBConfig)
+    irn: IRNConfig = field(default_factory=lambda: IRNConfig.preset("rib"))
+    segment: SegmentConfig = field(default_factory=SegmentConfig)

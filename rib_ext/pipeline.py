@@ -13,16 +13,24 @@ import sys
 import time
 from pathlib import Path
 
-from rib_ext.config import EvalSeedConfig, PipelineConfig, RIBConfig
+from rib_ext.config import EvalSeedConfig, IRNConfig, PipelineConfig, RIBConfig, SegmentConfig
 from rib_ext.io import save_json
 
-STAGES = ("train_cam", "make_cam", "rib", "eval_seed", "crf")
+STAGES = ("train_cam", "make_cam", "rib", "eval_seed", "crf", "ir_label", "train_irn",
+          "make_sem_seg", "eval_mask", "segment")
+# The default run stops at the pseudo masks: the segmentation network is a long training of its own.
+DEFAULT_STAGES = STAGES[:-1]
 STAGE_HELP = {
     "train_cam": "train the multi-label classifier (IRN's recipe)",
     "make_cam": "plain multi-scale + flip CAMs in IRN's .npy format (the baseline)",
     "rib": "RIB: per-image adaptation of the classifier, accumulated maps in IRN's format",
     "eval_seed": "threshold sweep of every map set made (cam, rib): best threshold, mIoU, P/R/F1",
     "crf": "dense-CRF refinement of every map set's seeds at its best threshold, evaluated",
+    "ir_label": "IRN: confident fg/bg labels from each map set (two thresholds + CRF)",
+    "train_irn": "IRN: the inter-pixel relation network on the confident labels",
+    "make_sem_seg": "IRN: random walk of the maps over the learnt affinities -> pseudo masks",
+    "eval_mask": "mIoU of the pseudo masks",
+    "segment": "DeepLab-v2 trained on the pseudo masks (of rib, else cam), evaluated on --val-list",
 }
 MAP_SETS = {"cam": ("make_cam", "maps"), "rib": ("rib", "maps")}
 
@@ -43,8 +51,40 @@ def demo_preset(cfg: PipelineConfig) -> None:
 def demo_rib_settings(size: int) -> dict:
     """RIB on the demo: its small images and classifier (the VOC numbers are for ResNet-50 on
     512-pixel crops), and fewer other images per step so that the CPU run stays short."""
-    return dict(num_others=8, other_resize_long=(int(size * 0.75), int(size * 1.25)),
+    # lr: the VOC 8e-6 barely moves this small network's logits; 1e-4 grows the target logit sum
+    # from ~10 to a few hundred over the 10 steps, the regime the VOC margin of 600 is set for.
+    return dict(lr=1e-4, num_others=8, other_resize_long=(int(size * 0.75), int(size * 1.25)),
                 other_crop=size)
+
+
+def irn_config(cfg: PipelineConfig, args) -> IRNConfig:
+    """IRN on the classifier's backbone: ImageNet weights when given; on the demo, the trained CAM
+    network's own backbone (there are no ImageNet weights to start from)."""
+    overrides = {"device": args.device}
+    if args.irn_epochs is not None:
+        overrides["epochs"] = args.irn_epochs
+    if cfg.dataset == "demo":
+        size = cfg.demo.image_size
+        overrides.update(backbone=cfg.train_cam.backbone, crop_size=size - size % 4, batch_size=16,
+                         weights=str(Path(cfg.out_dir) / "train_cam" / "cam_net.pth"))
+    else:
+        overrides.update(backbone=cfg.train_cam.backbone, weights=cfg.train_cam.weights,
+                         random_init=cfg.train_cam.random_init)
+    return IRNConfig.preset(args.irn_preset, **overrides)
+
+
+def segment_config(cfg: PipelineConfig, args) -> SegmentConfig:
+    overrides = {"device": args.device}
+    for field, value in (("backbone", args.segment_backbone), ("weights", args.segment_weights),
+                         ("iterations", args.segment_iterations)):
+        if value is not None:
+            overrides[field] = value
+    if cfg.dataset == "demo":
+        size = cfg.demo.image_size
+        overrides = {"backbone": "resnet18", "random_init": True, "iterations": 200,
+                     "batch_size": 8, "crop_size": size, "lr": 1e-2, "retrain": False,
+                     "use_crf": False, **overrides}
+    return SegmentConfig.preset_for("coco" if cfg.dataset == "coco" else "voc", **overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,14 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-list", help="ids (split name or list file) to train the classifier on "
                                         "(default: train; VOC users often pass train_aug.txt)")
     g.add_argument("--eval-list", help="ids to make and evaluate maps for (default: train, as in "
-                                       "the papers' seed / pseudo-mask figures)")
+                                       "the papers' seed / pseudo-mask figures; the demo: val)")
+    g.add_argument("--val-list", help="ids the segment stage is evaluated on (default: val)")
     g.add_argument("--demo-seed", type=int, help="seed of the generated demo dataset")
     g.add_argument("--demo-images", type=int, help="number of demo training images (240)")
     g.add_argument("--demo-val-images", type=int, help="number of demo val images (60)")
     g.add_argument("--demo-size", type=int, help="demo image size in pixels (128)")
     p.add_argument("--out", default="rib_ext_out", help="output folder (default: rib_ext_out)")
-    p.add_argument("--stages", default=",".join(STAGES),
-                   help=f"comma-separated stages to run, in pipeline order (default: all: {','.join(STAGES)})")
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                   help=f"comma-separated stages to run, in pipeline order (default: "
+                        f"{','.join(DEFAULT_STAGES)}; add segment for the final network)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--allow-missing", action="store_true",
@@ -92,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pooling", choices=("gndrp", "gap"))
     g.add_argument("--rib-loss", choices=("rib", "bce_sigmoid", "bce_tanh", "bce_softsign"))
     g.add_argument("--group-size", type=int, help="G, images adapted at once (1)")
+    g = p.add_argument_group("IRN refinement and segmentation")
+    g.add_argument("--irn-preset", choices=("rib", "irn"), default="rib",
+                   help="thresholds of the RIB authors (0.35/0.17, bg 0.27, map power 1.3; "
+                        "default) or of IRN's own code (0.30/0.05, 0.25, 1.0)")
+    g.add_argument("--irn-epochs", type=int, help="IRN training epochs (3)")
+    g.add_argument("--saliency-dir", help="saliency PNGs (RIB-Sal): disagreeing pixels become ignore")
+    g.add_argument("--segment-backbone", choices=("resnet18", "resnet34", "resnet50", "resnet101"))
+    g.add_argument("--segment-weights", help="torchvision ImageNet checkpoint for DeepLab's backbone")
+    g.add_argument("--segment-iterations", type=int, help="DeepLab iterations (VOC 30k, COCO 100k)")
     g = p.add_argument_group("make_cam / eval_seed / crf")
     g.add_argument("--scales", type=float, nargs="+", help="inference scales (default 1.0 0.5 1.5 2.0)")
     g.add_argument("--thresholds", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
@@ -104,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> PipelineConfig:
     cfg = PipelineConfig(dataset=args.dataset, root=args.root, out_dir=args.out,
                          train_list=args.train_list, eval_list=args.eval_list,
+                         val_list=args.val_list, saliency_dir=args.saliency_dir,
                          allow_missing=args.allow_missing)
     if args.demo_seed is not None:
         cfg.demo.seed = args.demo_seed
@@ -136,6 +188,8 @@ def config_from_args(args) -> PipelineConfig:
                                    **{**base, **rib_overrides, "device": args.device})
     if args.scales:
         cfg.rib.scales = tuple(args.scales)
+    cfg.irn = irn_config(cfg, args)
+    cfg.segment = segment_config(cfg, args)
     if args.thresholds:
         cfg.eval_seed = EvalSeedConfig(*args.thresholds)
     if args.crf_threshold is not None:
@@ -151,14 +205,18 @@ def parse_stages(text: str) -> list[str]:
     return [s for s in STAGES if s in stages]
 
 
+def dataset_root(cfg: PipelineConfig) -> str:
+    if cfg.root is not None:
+        return cfg.root
+    if cfg.dataset == "demo":
+        return str(Path(cfg.out_dir) / "data")
+    raise SystemExit(f"--root is required for --dataset {cfg.dataset}")
+
+
 def open_datasets(cfg: PipelineConfig):
     from rib_ext.data import build_dataset
 
-    root = cfg.root
-    if cfg.dataset == "demo" and root is None:
-        root = str(Path(cfg.out_dir) / "data")
-    elif root is None:
-        raise SystemExit(f"--root is required for --dataset {cfg.dataset}")
+    root = dataset_root(cfg)
     kw = {"demo": cfg.demo} if cfg.dataset == "demo" else {}
     train = build_dataset(cfg.dataset, root, cfg.train_list or "train", **kw)
     evaluation = build_dataset(cfg.dataset, root, cfg.eval_list or "train", **kw)
@@ -276,8 +334,83 @@ def _crf(cfg, out, train_set, eval_set) -> dict:
     return results
 
 
+def _ir_label(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext.irn import ir_label_stage
+
+    return {name: ir_label_stage(eval_set, maps_dir, out / "ir_label" / name, cfg.irn)
+            for name, maps_dir in _rank0_map_sets(out)}
+
+
+def _train_irn(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext.irn import train_irn_stage
+
+    results = {}
+    for name, _ in _rank0_map_sets(out):
+        results[name] = _brief(train_irn_stage(eval_set, out / "ir_label" / name,
+                                               out / "train_irn" / name, cfg.irn))
+        say(f"[train_irn] {name}: {results[name]}")
+    return results
+
+
+def _make_sem_seg(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext.irn import apply_saliency, make_sem_seg_stage
+
+    results = {}
+    for name, maps_dir in _rank0_map_sets(out):
+        masks = out / "make_sem_seg" / name
+        results[name] = _brief(make_sem_seg_stage(eval_set, maps_dir, out / "train_irn" / name,
+                                                  masks, cfg.irn))
+        if cfg.saliency_dir:
+            results[name + "_saliency"] = _brief(apply_saliency(
+                eval_set, masks, cfg.saliency_dir, out / "make_sem_seg" / f"{name}_saliency", cfg.irn))
+        say(f"[make_sem_seg] {name}: {results[name]}")
+    return results
+
+
+def _eval_mask(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext.irn import eval_mask_stage
+
+    results = {}
+    for name, _ in _rank0_map_sets(out):
+        result = eval_mask_stage(eval_set, out / "make_sem_seg" / name, out / "eval_mask" / name,
+                                 cfg.irn)
+        results[name] = _headline(result)
+        say(f"[eval_mask] {name.upper()} -> IRN pseudo-mask mIoU {100 * result['miou']:.1f} "
+            f"-> {out / 'eval_mask' / name / 'result.md'}")
+    return results
+
+
+def _segment(cfg, out, train_set, eval_set) -> dict:
+    from rib_ext.data import build_dataset
+    from rib_ext.segment import segment_stage
+
+    sets = dict(_rank0_map_sets(out))
+    name = "rib" if "rib" in sets else "cam"
+    labels = out / "make_sem_seg" / (f"{name}_saliency" if cfg.saliency_dir else name)
+    val_set = build_dataset(cfg.dataset, dataset_root(cfg), cfg.val_list or "val",
+                            **({"demo": cfg.demo} if cfg.dataset == "demo" else {}))
+    result = segment_stage(eval_set, labels, val_set, out / "segment", cfg.segment)
+    if result.get("miou") is not None:
+        say(f"[segment] DeepLab-v2 on the {name.upper()} pseudo masks: val mIoU "
+            f"{100 * result['miou']:.1f}")
+    return _headline(result)
+
+
+def _rank0_map_sets(out: Path):
+    """IRN's stages run on rank 0 (training one network per map set); other ranks get nothing."""
+    from rib_ext import distributed
+
+    return list(map_sets(out).items()) if distributed.rank() == 0 else []
+
+
+def _brief(result: dict) -> dict:
+    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, type(None)))}
+
+
 STAGE_RUNNERS = {"train_cam": _train_cam, "make_cam": _make_cam, "rib": _rib,
-                 "eval_seed": _eval_seed, "crf": _crf}
+                 "eval_seed": _eval_seed, "crf": _crf, "ir_label": _ir_label,
+                 "train_irn": _train_irn, "make_sem_seg": _make_sem_seg, "eval_mask": _eval_mask,
+                 "segment": _segment}
 
 
 def _headline(result: dict) -> dict:

@@ -33,7 +33,7 @@ def test_resize_long_image_and_mask():
     out, m = resize_long(img, 20, mask)
     assert out.shape == (15, 20, 3) and m.shape == (15, 20) and out.dtype == np.uint8
     assert set(np.unique(m)) <= {0, 7, 255}  # nearest: no blended labels
-    np.testing.assert_array_equal(out, np.asarray(Image.fromarray(img).resize((20, 15), Image.BILINEAR)))
+    np.testing.assert_array_equal(out, np.asarray(Image.fromarray(img).resize((20, 15), Image.BICUBIC)))
     assert resize_long(image(41, 20), 20).shape == (20, 10, 3)  # 20 * 20/41 = 9.76 -> 10
     assert resize_long(img, 40) is img
 
@@ -143,7 +143,7 @@ def test_multiscale_flip_views():
     views = multiscale_flip_views(img, (1.0, 0.5, 1.5, 2.0))
     assert [tuple(v.shape) for v in views] == [(2, 3, 30, 40), (2, 3, 15, 20), (2, 3, 45, 60), (2, 3, 60, 80)]
     np.testing.assert_allclose(views[0][0].numpy(), hwc_to_chw(normalize(img)))
-    half = np.asarray(Image.fromarray(img).resize((20, 15), Image.BILINEAR))
+    half = np.asarray(Image.fromarray(img).resize((20, 15), Image.BICUBIC))
     np.testing.assert_allclose(views[1][0].numpy(), hwc_to_chw(normalize(half)))
     for v in views:
         assert v.dtype == torch.float32

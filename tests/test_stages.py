@@ -15,8 +15,9 @@ from rib_ext.config import DemoDataConfig, MakeCamConfig
 from rib_ext.data import build_dataset
 from rib_ext.io import load_npy_dict
 
-TINY = ["--demo-images", "12", "--demo-val-images", "6", "--demo-size", "64", "--epochs", "1",
-        "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1"]
+TINY = ["--demo-images", "12", "--demo-val-images", "6", "--demo-size", "80", "--epochs", "1",
+        "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1",
+        "--irn-epochs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,18 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "CAM seed mIoU" in printed and "RIB seed mIoU" in printed and "CRF mIoU" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) >= {"train_cam", "make_cam", "rib", "eval_seed", "crf"}
+    assert set(summary) >= {"train_cam", "make_cam", "rib", "eval_seed", "crf", "ir_label",
+                            "train_irn", "make_sem_seg", "eval_mask"}
+    assert "pseudo-mask mIoU" in printed
     for name in ("cam", "rib"):
         result = json.loads((out / "eval_seed" / name / "result.json").read_text())
         assert 0.0 <= result["miou"] <= 1.0 and result["best_threshold"] in (0.2, 0.3, 0.4)
         assert (out / "eval_seed" / name / "sweep.png").stat().st_size > 0
         assert len(list((out / "crf" / name / "masks").glob("*.png"))) == 6
+        assert len(list((out / "ir_label" / name).glob("*.png"))) == 6
+        assert len(list((out / "make_sem_seg" / name).glob("*.png"))) == 6
+        mask = json.loads((out / "eval_mask" / name / "result.json").read_text())
+        assert 0.0 <= mask["miou"] <= 1.0
     maps = load_npy_dict(next((out / "rib" / "maps").glob("*.npy")))
     assert set(maps) == {"keys", "cam", "high_res"}
     assert len((out / "rib" / "records.jsonl").read_text().splitlines()) == 6

@@ -18,6 +18,7 @@ from rib_ext.config import CAM_SCALES, IMAGENET_MEAN, IMAGENET_STD
 from .images import IGNORE_INDEX
 
 BILINEAR = Image.Resampling.BILINEAR
+BICUBIC = Image.Resampling.BICUBIC  # IRN's pil_rescale / pil_resize use order 3 for images
 NEAREST = Image.Resampling.NEAREST
 
 
@@ -38,15 +39,15 @@ def _scaled_size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
     return max(1, int(np.round(shape[0] * scale))), max(1, int(np.round(shape[1] * scale)))
 
 
-def rescale(img: np.ndarray, scale: float, resample=BILINEAR) -> np.ndarray:
-    """Scale both sides by ``scale`` (IRN's ``pil_rescale``)."""
+def rescale(img: np.ndarray, scale: float, resample=BICUBIC) -> np.ndarray:
+    """Scale both sides by ``scale`` (IRN's ``pil_rescale``: bicubic)."""
     return resize(img, _scaled_size(img.shape, scale), resample)
 
 
 def resize_long(img: np.ndarray, target_long: int, mask: Optional[np.ndarray] = None):
     """Resize so that the longer side is ``target_long`` (aspect kept)."""
     size = _scaled_size(img.shape, target_long / max(img.shape[:2]))
-    out = resize(img, size, BILINEAR)
+    out = resize(img, size, BICUBIC)
     return _with_mask(out, None if mask is None else resize(mask, size, NEAREST))
 
 
@@ -150,7 +151,7 @@ class TrainTransform:
 
 
 def multiscale_flip_views(img: np.ndarray, scales: Sequence[float] = CAM_SCALES) -> list[torch.Tensor]:
-    """For each scale, float32 [2, 3, h, w]: the normalised image resized (bilinear; scale 1 is left
+    """For each scale, float32 [2, 3, h, w]: the normalised image resized (bicubic; scale 1 is left
     untouched) and its horizontal mirror, IRN's inference input."""
     views = []
     for s in scales:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from rib_ext.io import atomic_path
 from rib_ext.models import BACKBONES, CAMNet, load_backbone_weights, load_cam_checkpoint
+from rib_ext.models.resnet_cam import TINY_WIDTHS
 
 IRN_CHECKPOINT_FORMAT = "rib_ext.irn_net"
 IRN_CHECKPOINT_VERSION = 1
@@ -36,6 +37,8 @@ DISP_CHANNELS = ((64, 8), (128, 16), (256, 16), (256, 16), (256, 16))  # (channe
 def stage_channels(backbone: str) -> Tuple[int, ...]:
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
+    if backbone == "resnet_tiny":
+        return (TINY_WIDTHS[0],) + TINY_WIDTHS
     e = BACKBONES[backbone] // 512
     return (64, 64 * e, 128 * e, 256 * e, 512 * e)
 
