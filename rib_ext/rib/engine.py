@@ -62,6 +62,7 @@ class _State:
     step: int = 0
     stop: Optional[str] = None
     stats: list = field(default_factory=list)
+    snapshots: list = field(default_factory=list)  # maps after each step (snapshot_steps only)
     t0: float = field(default_factory=time.time)
 
 
@@ -72,6 +73,7 @@ class Result:
     name: str
     maps: dict
     record: dict
+    step_maps: list = field(default_factory=list)  # maps of steps 0..k, when snapshots are asked for
 
 
 def sgd_update_(params, grads, bufs, lrs, weight_decay: float, momentum: float) -> None:
@@ -96,7 +98,8 @@ class RIBEngine:
         cfg: the RIB settings (``group_size`` images at once).
     """
 
-    def __init__(self, model, pool: OtherImages, cfg: RIBConfig, device: torch.device):
+    def __init__(self, model, pool: OtherImages, cfg: RIBConfig, device: torch.device,
+                 snapshot_steps: bool = False):
         if cfg.steps < 1:
             raise ValueError(f"RIB needs at least one step, got steps={cfg.steps}")
         if cfg.scales[0] != 1.0:
@@ -113,6 +116,7 @@ class RIBEngine:
                          for n in self.names]
         self.buffers = {n: b for n, b in self.head.named_buffers()}
         self.momentum = cfg.weight_decay if cfg.authors_momentum else 0.9
+        self.snapshot_steps = snapshot_steps  # keep the map after every step (the per-step curve)
 
     # -- per image ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -145,16 +149,21 @@ class RIBEngine:
                     return None
             if scale in cfg.loss_scales:
                 loss_cams.append(cam)
+        if self.snapshot_steps:
+            st.snapshots.append(self._maps(st))
         return loss_cams
+
+    def _maps(self, st: _State) -> dict:
+        return ops.finalize_maps(st.acc, st.target.image.shape[:2], st.keys.cpu().numpy())
 
     def _finish(self, st: _State) -> Result:
         # An exploded step added its scale-1.0 map only: the other scales hold one step fewer.
-        maps = ops.finalize_maps(st.acc, st.target.image.shape[:2], st.keys.cpu().numpy())
+        maps = self._maps(st)
         record = {"name": st.target.name, "index": st.target.index, "steps": st.step,
                   "stop": st.stop, "target_logit_sums": [round(v, 4) for v in st.stats],
                   "final_target_logit_sum": round(st.stats[-1], 4) if st.stats else None,
                   "seconds": round(time.time() - st.t0, 3)}
-        return Result(st.target.name, maps, record)
+        return Result(st.target.name, maps, record, st.snapshots)
 
     # -- a group step -------------------------------------------------------------------------
     def _step(self, group: list[_State]) -> None:

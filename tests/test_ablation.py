@@ -1,0 +1,39 @@
+"""The ablation runner on a tiny configuration: one row per value, and the per-step curve."""
+import json
+import warnings
+
+from rib_ext import ablation, pipeline
+
+TINY = ["--demo-images", "12", "--demo-val-images", "4", "--demo-size", "64", "--epochs", "1",
+        "--rib-steps", "2", "--num-others", "2"]
+
+
+def test_sweep_gives_one_row_per_value_and_a_curve(tmp_path, capsys):
+    run = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipeline.main(["--out", str(run), "--stages", "train_cam"] + TINY)
+        assert ablation.main(["--run", str(run), "--option", "tau", "--values", "0.3", "0.5"]) == 0
+        assert ablation.main(["--run", str(run), "--option", "margin,lr", "--values", "x1:x1",
+                              "300:x2", "--out", str(tmp_path / "pairs")]) == 0
+        assert ablation.main(["--run", str(run), "--suite", "curve", "--steps", "3"]) == 0
+    rows = json.loads((run / "ablation" / "tau" / "results.json").read_text())
+    assert [r["value"] for r in rows] == ["tau=0.3", "tau=0.5"]
+    assert all(0 <= r["miou"] <= 1 for r in rows)
+    assert "| tau=0.5 |" in (run / "ablation" / "tau" / "results.md").read_text()
+    pairs = json.loads((tmp_path / "pairs" / "margin_lr" / "results.json").read_text())
+    assert [r["value"] for r in pairs] == ["margin=600,lr=0.0001", "margin=300,lr=0.0002"]
+    curve = json.loads((run / "ablation" / "curve" / "results.json").read_text())
+    assert set(curve) == {"gap", "gndrp"} and all(len(v) == 3 for v in curve.values())
+    assert (run / "ablation" / "curve" / "curve.png").stat().st_size > 0
+    assert "per-step seed mIoU (gndrp)" in capsys.readouterr().out
+
+
+def test_bad_option_is_refused():
+    from rib_ext.config import RIBConfig
+    import pytest
+
+    with pytest.raises(SystemExit, match="unknown RIB option"):
+        ablation.parse_value(RIBConfig(), ["taux"], "0.3")
+    with pytest.raises(SystemExit, match="needs 2 part"):
+        ablation.parse_value(RIBConfig(), ["margin", "lr"], "600")
