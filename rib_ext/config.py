@@ -365,6 +365,7 @@ class PipelineConfig:
     val_list: Optional[str] = None  # the segment stage's evaluation list
     saliency_dir: Optional[str] = None  # RIB-Sal: saliency PNGs that refine the pseudo masks
     allow_missing: bool = False  # skip images whose maps are missing instead of stopping
+    irn_auto_thresholds: bool = False  # IRN confident labels at best seed threshold +- 0.1
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)

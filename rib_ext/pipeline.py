@@ -44,8 +44,14 @@ def demo_preset(cfg: PipelineConfig) -> None:
         cfg.train_cam, backbone="resnet_tiny", random_init=True, from_scratch=True, epochs=12,
         batch_size=16, crop_size=size, resize_long=(int(size * 0.75), int(size * 1.25)), lr=0.1,
         classifier_lr_mult=1.0, authors_momentum=False)
+    # Output stride 8: at 128 pixels an OS-16 CAM is 8x8, too coarse for objects of ~40 pixels.
+    cfg.train_cam.strides = (2, 2, 1, 1)
     # Maps are made and evaluated on the held-out split: fewer images, so the CPU run stays short.
     cfg.eval_list = cfg.eval_list or "val"
+    # The demo's maps peak higher than VOC's: sweep the whole range, and set IRN's confident-label
+    # thresholds from each map set's best seed threshold (fg = best + 0.1, bg = best - 0.1).
+    cfg.eval_seed = EvalSeedConfig(0.05, 0.95, 0.01)
+    cfg.irn_auto_thresholds = True
 
 
 def demo_rib_settings(size: int) -> dict:
@@ -61,15 +67,15 @@ def irn_config(cfg: PipelineConfig, args) -> IRNConfig:
     """IRN on the classifier's backbone: ImageNet weights when given; on the demo, the trained CAM
     network's own backbone (there are no ImageNet weights to start from)."""
     overrides = {"device": args.device}
-    if args.irn_epochs is not None:
-        overrides["epochs"] = args.irn_epochs
     if cfg.dataset == "demo":
         size = cfg.demo.image_size
         overrides.update(backbone=cfg.train_cam.backbone, crop_size=size - size % 4, batch_size=16,
-                         weights=str(Path(cfg.out_dir) / "train_cam" / "cam_net.pth"))
+                         epochs=15, weights=str(Path(cfg.out_dir) / "train_cam" / "cam_net.pth"))
     else:
         overrides.update(backbone=cfg.train_cam.backbone, weights=cfg.train_cam.weights,
                          random_init=cfg.train_cam.random_init)
+    if args.irn_epochs is not None:
+        overrides["epochs"] = args.irn_epochs
     return IRNConfig.preset(args.irn_preset, **overrides)
 
 
@@ -138,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--irn-preset", choices=("rib", "irn"), default="rib",
                    help="thresholds of the RIB authors (0.35/0.17, bg 0.27, map power 1.3; "
                         "default) or of IRN's own code (0.30/0.05, 0.25, 1.0)")
-    g.add_argument("--irn-epochs", type=int, help="IRN training epochs (3)")
+    g.add_argument("--irn-epochs", type=int, help="IRN training epochs (3; the demo: 15)")
+    g.add_argument("--irn-auto-thresholds", action="store_true",
+                   help="confident-label thresholds from each map set's best seed threshold t: "
+                        "fg t + 0.1, bg t - 0.1 (the demo's default)")
     g.add_argument("--saliency-dir", help="saliency PNGs (RIB-Sal): disagreeing pixels become ignore")
     g.add_argument("--segment-backbone", choices=("resnet18", "resnet34", "resnet50", "resnet101"))
     g.add_argument("--segment-weights", help="torchvision ImageNet checkpoint for DeepLab's backbone")
@@ -192,6 +201,8 @@ def config_from_args(args) -> PipelineConfig:
     cfg.segment = segment_config(cfg, args)
     if args.thresholds:
         cfg.eval_seed = EvalSeedConfig(*args.thresholds)
+    if args.irn_auto_thresholds:
+        cfg.irn_auto_thresholds = True
     if args.crf_threshold is not None:
         cfg.crf.threshold = args.crf_threshold
     return cfg
@@ -337,8 +348,15 @@ def _crf(cfg, out, train_set, eval_set) -> dict:
 def _ir_label(cfg, out, train_set, eval_set) -> dict:
     from rib_ext.irn import ir_label_stage
 
-    return {name: ir_label_stage(eval_set, maps_dir, out / "ir_label" / name, cfg.irn)
-            for name, maps_dir in _rank0_map_sets(out)}
+    results = {}
+    for name, maps_dir in _rank0_map_sets(out):
+        irn = cfg.irn
+        if cfg.irn_auto_thresholds:
+            t = _saved_best_threshold(out / "eval_seed" / name)
+            irn = irn.replace(conf_fg=round(min(t + 0.1, 0.99), 2), conf_bg=round(max(t - 0.1, 0.0), 2))
+        results[name] = ir_label_stage(eval_set, maps_dir, out / "ir_label" / name, irn)
+        say(f"[ir_label] {name}: fg > {irn.conf_fg}, bg <= {irn.conf_bg}: {_brief(results[name])}")
+    return results
 
 
 def _train_irn(cfg, out, train_set, eval_set) -> dict:
