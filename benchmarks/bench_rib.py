@@ -81,13 +81,16 @@ def main(argv=None):
     rows.append(("reference loop" + (" (authors' pooling)" if args.authors_pooling else ""),
                  args.images / loop_s))
     for g in args.groups:
-        engine = RIBEngine(model, pool, RIBConfig(**{**cfg.__dict__, "group_size": g}), device)
-        engine.run(targets[:1])  # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        engine.run(targets)
-        sync(device)
-        rows.append((f"engine G={g}", args.images / (time.perf_counter() - t0)))
+        for batching in ("loop", "vmap") if g > 1 else ("loop",):
+            engine = RIBEngine(model, pool, RIBConfig(**{**cfg.__dict__, "group_size": g,
+                                                         "head_batching": batching}), device)
+            engine.run(targets[:1])  # warm-up
+            sync(device)
+            t0 = time.perf_counter()
+            engine.run(targets)
+            sync(device)
+            rows.append((f"engine G={g}" + (f" ({batching})" if g > 1 else ""),
+                         args.images / (time.perf_counter() - t0)))
 
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else

@@ -123,6 +123,7 @@ class RIBConfig:
     other_crop: int = 512
     coco_first20_bug: bool = False  # GNDRP only on classes 0..19, as the authors' COCO code did
     group_size: int = 1  # G: images adapted at once, each with its own weights
+    head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
     seed: int = 0
     device: str = "auto"
 

@@ -79,6 +79,13 @@ def test_group_independence(setup):
     _compare(grouped, alone)
 
 
+def test_vmap_over_group_weights_matches_loop(setup):
+    _, model, pool, targets = setup
+    cfg = tiny_cfg(group_size=3)
+    looped = _run_engine(model, pool, targets, cfg)
+    _compare(_run_engine(model, pool, targets, dataclasses.replace(cfg, head_batching="vmap")), looped)
+
+
 def test_margin_stop_fires_and_keeps_steps_so_far(setup):
     _, model, pool, targets = setup
     cfg = tiny_cfg(margin=0.0)  # any nonzero target logit sum exceeds it after step 0

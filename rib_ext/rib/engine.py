@@ -133,6 +133,18 @@ class RIBEngine:
         params = dict(zip(self.names, st.params))
         return functional_call(self.head, (params, self.buffers), (x2,))
 
+    def _other_cams(self, live: list[_State], x2_split) -> list[torch.Tensor]:
+        """The other images' CAMs under each image's own weights: one call per image, or one
+        ``vmap`` over the group's stacked weights (the crops share a size, the targets do not)."""
+        if self.cfg.head_batching == "loop" or len(live) == 1:
+            return [self._cam(st, x2o) for st, x2o in zip(live, x2_split)]
+        stacked = [torch.stack(ps) for ps in zip(*(st.params for st in live))]
+
+        def head(params, x2):
+            return functional_call(self.head, (dict(zip(self.names, params)), self.buffers), (x2,))
+
+        return list(torch.func.vmap(head)(stacked, torch.stack(list(x2_split))))
+
     def _target_pass(self, st: _State):
         """Accumulate this step's maps; return the loss-scale CAMs, or None if the map exploded."""
         cfg = self.cfg
@@ -185,9 +197,10 @@ class RIBEngine:
             x2_others = self.model.stem(torch.cat([b[0] for b in batches]))
         x2_split = x2_others.split([len(r) for r in recipes])
 
+        other_cams = self._other_cams(live, x2_split)
         total, stats = 0, []
-        for st, cams, x2o, (_, other_labels) in zip(live, target_cams, x2_split, batches):
-            loss, stat = step_loss(cams, st.label, self._cam(st, x2o), other_labels, cfg)
+        for st, cams, cam_o, (_, other_labels) in zip(live, target_cams, other_cams, batches):
+            loss, stat = step_loss(cams, st.label, cam_o, other_labels, cfg)
             total = total + loss
             stats.append(stat)
         all_params = [p for st in live for p in st.params]
