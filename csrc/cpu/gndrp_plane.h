@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <limits>
 
 #include "../gndrp.h"
@@ -19,27 +20,32 @@ struct PlaneStats {
   acc_t scale;
 };
 
-// Two passes over one contiguous plane: its max, then the masked sum.
+// Two passes over one contiguous plane: its max, then the masked sum (the plane is small, so the
+// second pass reads from cache). Float reductions only vectorise when reassociation is allowed:
+// `omp simd reduction` allows it for these loops alone (deterministic for a given build).
 template <typename scalar_t, typename acc_t>
 inline PlaneStats<scalar_t, acc_t> gndrp_plane(const scalar_t* x, int64_t hw, bool present,
                                                acc_t tau, bool paper) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t u = 0; u < hw; ++u) {
-    const acc_t v = static_cast<acc_t>(x[u]);
-    m = v > m ? v : m;
-  }
+#pragma omp simd reduction(max : m)
+  for (int64_t u = 0; u < hw; ++u) m = std::max(m, static_cast<acc_t>(x[u]));
+
+  // Hoisted out of the loop: whether the plane is normalised at all.
+  const bool normalise = present && m > acc_t(0);
   acc_t sum = 0;
-  int64_t count = 0;
+  acc_t count = 0;  // exact in float up to 2^24 locations
+#pragma omp simd reduction(+ : sum, count)
   for (int64_t u = 0; u < hw; ++u) {
     const acc_t v = static_cast<acc_t>(x[u]);
-    if (gndrp_kept<acc_t>(v, m, present, tau, paper)) {
-      sum += v;
-      ++count;
-    }
+    const acc_t r = v / m;
+    // Arithmetic masking (k * v) rather than a branch, so the loop if-converts to SIMD.
+    const acc_t k = static_cast<acc_t>(!normalise || (paper ? r <= tau : r < tau));
+    sum += k * v;
+    count += k;
   }
   acc_t scale;
   if (paper) {
-    scale = count > 0 ? acc_t(1) / static_cast<acc_t>(count) : acc_t(0);
+    scale = count > acc_t(0) ? acc_t(1) / count : acc_t(0);
   } else {
     scale = acc_t(1) / static_cast<acc_t>(hw);
   }

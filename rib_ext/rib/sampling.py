@@ -35,7 +35,7 @@ class OtherImages:
                  crop: int = 512):
         self.dataset = dataset
         self.device = torch.device(device)
-        self.labels = np.asarray(dataset.label_matrix(), dtype=np.float32)  # [N, K], built once
+        self.labels = np.array(dataset.label_matrix(), dtype=np.float32)  # [N, K], built once, writable
         self.labels_t = torch.from_numpy(self.labels).to(self.device)
         self.resize_long = (int(resize_long[0]), int(resize_long[1]))
         self.crop = int(crop)
