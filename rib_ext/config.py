@@ -13,6 +13,18 @@ from typing import Any, Dict, Optional, Tuple
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+def plain_dict(cfg) -> Dict[str, Any]:
+    """A config as plain values only (tuples as lists), for JSON files and ``weights_only``
+    checkpoints."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
 # Multi-scale inference views of IRN / RIB: each scale is run as (image, horizontal flip).
 CAM_SCALES = (1.0, 0.5, 1.5, 2.0)
 
@@ -240,14 +252,7 @@ class IRNConfig:
             raise ValueError(f"saliency_threshold must lie in 0..255, got {self.saliency_threshold}")
 
     def as_dict(self) -> Dict[str, Any]:
-        """Plain values only (tuples as lists), for JSON files and ``weights_only`` checkpoints."""
-        def plain(v):
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
-            if isinstance(v, (list, tuple)):
-                return [plain(x) for x in v]
-            return v
-        return plain(dataclasses.asdict(self))
+        return plain_dict(self)
 
 
 # ---- the final segmentation network (segment stage)
@@ -346,14 +351,7 @@ class SegmentConfig:
             raise ValueError(f"on_missing must be one of {MISSING_POLICIES}, got {self.on_missing!r}")
 
     def as_dict(self) -> Dict[str, Any]:
-        """Plain values only (tuples as lists), for JSON files and ``weights_only`` checkpoints."""
-        def plain(v):
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
-            if isinstance(v, (list, tuple)):
-                return [plain(x) for x in v]
-            return v
-        return plain(dataclasses.asdict(self))
+        return plain_dict(self)
 
 
 @dataclass
