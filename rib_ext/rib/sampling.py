@@ -83,7 +83,7 @@ class OtherImages:
         """uint8 [H, W, 3] on the device, decoded once."""
         cached = self._cache.get(idx)
         if cached is None:
-            cached = torch.from_numpy(np.ascontiguousarray(self.dataset.image(idx))).to(self.device)
+            cached = torch.from_numpy(np.array(self.dataset.image(idx))).to(self.device)  # writable copy
             self._cache[idx] = cached
         return cached
 
