@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from rib_ext.config import TrainCamConfig
+from rib_ext.config import TrainCamConfig, plain_dict
 from rib_ext.data import ClassificationDataset, TrainTransform
 from rib_ext.io import atomic_path
 from rib_ext.models import build_cam_net, load_cam_net, save_cam_net
@@ -76,15 +75,11 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
         with atomic_path(state_path) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "rng": torch.get_rng_state(), "epoch": epoch + 1}, tmp)
-    save_cam_net(model_path, model.cpu(), meta={"config": _plain(asdict(cfg)),
+    save_cam_net(model_path, model.cpu(), meta={"config": plain_dict(cfg),
                                                  "class_names": list(dataset.class_names),
                                                  "seconds": round(time.time() - t0, 1)})
     state_path.unlink(missing_ok=True)
     return model_path
-
-
-def _plain(d: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 def load_trained(out_dir: str | Path, device="cpu"):
