@@ -377,7 +377,7 @@ def _make_sem_seg(cfg, out, train_set, eval_set) -> dict:
     for name, maps_dir in _rank0_map_sets(out):
         masks = out / "make_sem_seg" / name
         results[name] = _brief(make_sem_seg_stage(eval_set, maps_dir, out / "train_irn" / name,
-                                                  masks, cfg.irn))
+                                                  masks, cfg.irn, score_dir=_score_dir(out, name)))
         if cfg.saliency_dir:
             results[name + "_saliency"] = _brief(apply_saliency(
                 eval_set, masks, cfg.saliency_dir, out / "make_sem_seg" / f"{name}_saliency", cfg.irn))
@@ -407,11 +407,18 @@ def _segment(cfg, out, train_set, eval_set) -> dict:
     labels = out / "make_sem_seg" / (f"{name}_saliency" if cfg.saliency_dir else name)
     val_set = build_dataset(cfg.dataset, dataset_root(cfg), cfg.val_list or "val",
                             **({"demo": cfg.demo} if cfg.dataset == "demo" else {}))
-    result = segment_stage(eval_set, labels, val_set, out / "segment", cfg.segment)
+    scores = _score_dir(out, name)
+    result = segment_stage(eval_set, labels, val_set, out / "segment", cfg.segment,
+                           score_dir=scores if scores.is_dir() else None)
     if result.get("miou") is not None:
         say(f"[segment] DeepLab-v2 on the {name.upper()} pseudo masks: val mIoU "
             f"{100 * result['miou']:.1f}")
     return _headline(result)
+
+
+def _score_dir(out: Path, name: str) -> Path:
+    """Where make_sem_seg keeps a map set's random-walk scores (the segment stage re-trains from)."""
+    return out / "make_sem_seg" / f"{name}_scores"
 
 
 def _rank0_map_sets(out: Path):

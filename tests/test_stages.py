@@ -45,6 +45,7 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
         assert len(list((out / "crf" / name / "masks").glob("*.png"))) == 6
         assert len(list((out / "ir_label" / name).glob("*.png"))) == 6
         assert len(list((out / "make_sem_seg" / name).glob("*.png"))) == 6
+        assert len(list((out / "make_sem_seg" / f"{name}_scores").glob("*.npy"))) == 6
         mask = json.loads((out / "eval_mask" / name / "result.json").read_text())
         assert 0.0 <= mask["miou"] <= 1.0
     maps = load_npy_dict(next((out / "rib" / "maps").glob("*.npy")))

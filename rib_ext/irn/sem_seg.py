@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
 from rib_ext.evaluation import evaluate_label_maps, write_report
+from rib_ext.io import save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
 from rib_ext.irn.random_walk import propagate_maps
@@ -26,26 +27,41 @@ from rib_ext.irn.stage_io import (check_settings, dataset_index, load_maps, per_
 from rib_ext.irn.train_irn import MODEL_FILE
 
 
-def walked_to_labels(walked: torch.Tensor, keys: Sequence[int], image_size: Sequence[int],
-                     bg_thres: float) -> np.ndarray:
-    """Class ids uint8 [H, W] from walked maps [K', h, w] (stride 4) and their 0-based keys."""
+def walked_scores(walked: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
+    """Per-class scores [K', H, W] in [0, 1]: walked maps [K', h, w] (stride 4) upsampled x4,
+    cropped to the image and divided by their global max (all zero when nothing survived)."""
     h, w = int(image_size[0]), int(image_size[1])
-    lut = torch.as_tensor(np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]),
-                          device=walked.device)
     if walked.shape[0] == 0:
-        return np.zeros((h, w), dtype=np.uint8)
+        return walked.new_zeros((0, h, w))
     up = F.interpolate(walked[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
     up = up[:, :h, :w]
     peak = up.max()
     # All-zero maps (nothing survived the walk) would divide by zero: that image is background.
-    up = up / peak if peak > 0 else torch.zeros_like(up)
-    scores = F.pad(up, (0, 0, 0, 0, 1, 0), value=bg_thres)
-    return lut[scores.argmax(dim=0)].to(torch.uint8).cpu().numpy()
+    return up / peak if peak > 0 else torch.zeros_like(up)
+
+
+def scores_to_labels(scores: torch.Tensor, keys: Sequence[int], bg_thres: float) -> np.ndarray:
+    """Class ids uint8 [H, W]: argmax over [a background plane at ``bg_thres``, scores]."""
+    lut = torch.as_tensor(np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]),
+                          device=scores.device)
+    if scores.shape[0] == 0:
+        return np.zeros(tuple(scores.shape[1:]), dtype=np.uint8)
+    padded = F.pad(scores, (0, 0, 0, 0, 1, 0), value=bg_thres)
+    return lut[padded.argmax(dim=0)].to(torch.uint8).cpu().numpy()
+
+
+def walked_to_labels(walked: torch.Tensor, keys: Sequence[int], image_size: Sequence[int],
+                     bg_thres: float) -> np.ndarray:
+    """Class ids uint8 [H, W] from walked maps [K', h, w] (stride 4) and their 0-based keys."""
+    return scores_to_labels(walked_scores(walked, image_size), keys, bg_thres)
 
 
 def make_sem_seg(maps: torch.Tensor, keys: Sequence[int], boundary: torch.Tensor,
-                 image_size: Sequence[int], cfg: Optional[IRNConfig] = None) -> np.ndarray:
-    """One image's pseudo mask uint8 [H, W] (0 bg, keys + 1).
+                 image_size: Sequence[int], cfg: Optional[IRNConfig] = None,
+                 return_scores: bool = False):
+    """One image's pseudo mask uint8 [H, W] (0 bg, keys + 1); with ``return_scores`` also the
+    random-walk scores [K', H, W] in [0, 1] it was taken from (the segment stage's re-training
+    starts from them).
 
     ``maps`` [K', ceil(H/4), ceil(W/4)] (IRN's ``cam``), ``boundary`` [ceil(H/4), ceil(W/4)] in
     [0, 1]; computed on ``boundary``'s device.
@@ -57,7 +73,9 @@ def make_sem_seg(maps: torch.Tensor, keys: Sequence[int], boundary: torch.Tensor
     maps = torch.as_tensor(maps).to(boundary.device)
     walked = propagate_maps(maps, boundary.float(), cfg.rw_radius, cfg.beta, cfg.exp_times,
                             cfg.map_power)
-    return walked_to_labels(walked, keys, image_size, cfg.sem_seg_bg_thres)
+    scores = walked_scores(walked, image_size)
+    labels = scores_to_labels(scores, keys, cfg.sem_seg_bg_thres)
+    return (labels, scores) if return_scores else labels
 
 
 def _model_path(irn: str | Path) -> Path:
@@ -66,10 +84,13 @@ def _model_path(irn: str | Path) -> Path:
 
 
 def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: str | Path,
-                       cfg: Optional[IRNConfig] = None) -> dict:
+                       cfg: Optional[IRNConfig] = None,
+                       score_dir: Optional[str | Path] = None) -> dict:
     """Write ``out_dir/<id>.png`` (VOC palette, class ids) for every image with maps.
 
-    ``irn``: the train_irn output folder or its ``irn.pth``. Existing PNGs are kept (resume);
+    ``irn``: the train_irn output folder or its ``irn.pth``. ``score_dir``: also write each image's
+    random-walk scores there as ``{'keys', 'score': float16 [K', H, W]}`` (what the segment
+    stage's re-training starts from). Existing PNGs are kept (resume);
     missing maps stop the stage or are skipped (``cfg.on_missing``). Returns ``{'written',
     'skipped_existing', 'missing', 'seconds', 'seconds_per_image'}``.
     """
@@ -82,6 +103,7 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
         raise FileNotFoundError(f"make_sem_seg: IRN checkpoint not found: {model_path} "
                                 f"(train_irn writes it)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    score_dir = Path(score_dir) if score_dir is not None else None
     settings = {k: getattr(cfg, k) for k in ("rw_radius", "beta", "exp_times", "map_power",
                                              "sem_seg_bg_thres")}
     check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_digest(model_path)})
@@ -97,7 +119,11 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
                                "cam")
         views = multiscale_flip_views(img, (1.0,))[0].to(device)
         boundary = infer_boundary(net, views)
-        mask = make_sem_seg(maps, keys, boundary, size, cfg)
+        mask, scores = make_sem_seg(maps, keys, boundary, size, cfg, return_scores=True)
+        if score_dir is not None:  # written first: a mask on disk implies its scores are too
+            save_npy(per_image_path(score_dir, name, ".npy"),
+                     {"keys": np.asarray(keys, dtype=np.int64),
+                      "score": scores.cpu().numpy().astype(np.float16)})
         save_label_png(per_image_path(out_dir, name, ".png"), mask)
     seconds = time.time() - t0
     return {"written": len(todo), "skipped_existing": len(done), "missing": len(missing),
