@@ -404,12 +404,14 @@ def _segment(cfg, out, train_set, eval_set) -> dict:
 
     sets = dict(_rank0_map_sets(out))
     name = "rib" if "rib" in sets else "cam"
-    labels = out / "make_sem_seg" / (f"{name}_saliency" if cfg.saliency_dir else name)
+    labels = out / "make_sem_seg" / name
+    # RIB-Sal: train on the saliency-refined masks, without re-training (as the paper does).
+    saliency = out / "make_sem_seg" / f"{name}_saliency" if cfg.saliency_dir else None
     val_set = build_dataset(cfg.dataset, dataset_root(cfg), cfg.val_list or "val",
                             **({"demo": cfg.demo} if cfg.dataset == "demo" else {}))
     scores = _score_dir(out, name)
     result = segment_stage(eval_set, labels, val_set, out / "segment", cfg.segment,
-                           score_dir=scores if scores.is_dir() else None)
+                           score_dir=scores if scores.is_dir() else None, saliency_dir=saliency)
     if result.get("miou") is not None:
         say(f"[segment] DeepLab-v2 on the {name.upper()} pseudo masks: val mIoU "
             f"{100 * result['miou']:.1f}")
