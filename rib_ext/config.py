@@ -69,6 +69,9 @@ class MakeCamConfig:
     scales: Tuple[float, ...] = CAM_SCALES
     num_workers: int = 0
     device: str = "auto"
+    precision: str = "float32"  # float32 | bf16 (autocast; the maps are float32)
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
 
 
 @dataclass
@@ -134,8 +137,17 @@ class RIBConfig:
     other_resize_long: Tuple[int, int] = (320, 640)
     other_crop: int = 512
     coco_first20_bug: bool = False  # GNDRP only on classes 0..19, as the authors' COCO code did
-    group_size: int = 1  # G: images adapted at once, each with its own weights
+    group_size: int = 1  # G: images adapted at once, each with its own weights; 0 = auto
     head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
+    # -- speed settings (benchmarks/RESULTS.md); none changes the method, precision aside
+    precision: str = "float32"  # float32 | bf16 (autocast; maps and weights stay float32)
+    channels_last: bool = False  # NHWC convolutions (pays on GPUs with bf16)
+    cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape
+    fold_stem: bool = True  # stages 1-2 with each fixed BN folded into its convolution
+    foreach_update: bool = True  # the SGD update as torch._foreach_* over the group's weights
+    group_memory_gb: float = 16.0  # group_size=0: the largest G whose step fits this (CUDA)
+    image_cache_mb: int = 4096  # decoded other images kept in (pinned) host memory, LRU beyond
+    prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
     seed: int = 0
     device: str = "auto"
 

@@ -1,8 +1,9 @@
 """The B "other" images of each RIB step: who is drawn, and how they are augmented.
 
 Both the engine and the slow reference loop draw through :class:`OtherImages`, so given the same
-per-image generator they see the same crops. Images are decoded once into a uint8 cache (on the
-adaptation device) and augmented there: resize-long, flip, normalise, crop/pad with 0, IRN's recipe.
+per-image generator they see the same crops. Decoded images are kept in a host-memory uint8 cache
+(:mod:`rib_ext.rib.image_cache`, a byte budget) and augmented on the adaptation device: resize-long,
+flip, normalise, crop/pad with 0, IRN's recipe.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from rib_ext.config import IMAGENET_MEAN, IMAGENET_STD
 from rib_ext.data.transforms import crop_boxes
+from rib_ext.rib.image_cache import ImageCache
 
 
 def image_generator(seed: int, index: int) -> np.random.Generator:
@@ -32,14 +34,15 @@ class OtherImages:
     """
 
     def __init__(self, dataset, device: torch.device, resize_long: Sequence[int] = (320, 640),
-                 crop: int = 512):
+                 crop: int = 512, cache_bytes: int = 4 << 30):
         self.dataset = dataset
         self.device = torch.device(device)
         self.labels = np.array(dataset.label_matrix(), dtype=np.float32)  # [N, K], built once, writable
         self.labels_t = torch.from_numpy(self.labels).to(self.device)
         self.resize_long = (int(resize_long[0]), int(resize_long[1]))
         self.crop = int(crop)
-        self._cache: dict[int, torch.Tensor] = {}
+        # Decoded images in (pinned) host memory under a byte budget: a dataset's worth may not fit.
+        self.cache = ImageCache(dataset.image, cache_bytes, pin=self.device.type == "cuda")
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
 
@@ -77,15 +80,11 @@ class OtherImages:
         return recipes
 
     def size(self, idx: int) -> tuple[int, int]:
-        return tuple(self.image(idx).shape[:2])
+        return self.cache.size(idx)
 
     def image(self, idx: int) -> torch.Tensor:
-        """uint8 [H, W, 3] on the device, decoded once."""
-        cached = self._cache.get(idx)
-        if cached is None:
-            cached = torch.from_numpy(np.array(self.dataset.image(idx))).to(self.device)  # writable copy
-            self._cache[idx] = cached
-        return cached
+        """uint8 [H, W, 3] on the device (from the host cache; decoded when not cached)."""
+        return self.cache.get(idx).to(self.device, non_blocking=True)
 
     def batch(self, recipes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """(images [B, 3, crop, crop] normalised, labels [B, K]) for a step's recipes."""
