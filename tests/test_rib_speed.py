@@ -220,3 +220,20 @@ def test_cuda_prefetch_is_deterministic_and_auto_group_measures(setup):
     engine = RIBEngine(model, cuda_pool, small_cfg(group_size=0, group_memory_gb=1.0), "cuda")
     engine.run(targets)
     assert engine.group_choice["step_bytes_per_image"] > 0 and engine.group_size >= 1
+
+
+def test_make_cam_speed_settings_keep_the_maps(setup):
+    from rib_ext.data.transforms import multiscale_flip_views
+    from rib_ext.stages.make_cam import image_maps
+
+    data, model, _, _ = setup
+    views = multiscale_flip_views(data.image(0), (1.0, 0.5, 1.5))
+    keys = np.nonzero(data.labels(0))[0]
+    size = data.image(0).shape[:2]
+    ref = image_maps(model, views, size, keys)
+    cl = image_maps(model, views, size, keys, channels_last=True)
+    bf16 = image_maps(model, views, size, keys, precision="bf16")
+    np.testing.assert_allclose(cl["high_res"], ref["high_res"], rtol=0, atol=1e-5)
+    assert bf16["high_res"].dtype == ref["high_res"].dtype
+    assert np.corrcoef(ref["high_res"].ravel(), bf16["high_res"].ravel())[0, 1] > 0.99
+    assert not np.array_equal(ref["high_res"], bf16["high_res"])
