@@ -48,7 +48,8 @@ def read_checkpoint(path: str | os.PathLike, format: Optional[str], version: Opt
         raise CheckpointError(f"{path}: not a readable {what} (truncated, corrupt or not a torch.save "
                               f"file?): {type(err).__name__}: {err}{hint}") from err
     if not isinstance(record, Mapping):
-        raise CheckpointError(f"{path}: not a {what}: it holds a {type(record).__name__}, not a dict{hint}")
+        raise CheckpointError(f"{path}: not a {what}: expected a state dict or a record (a dict), found "
+                              f"a {type(record).__name__}{hint}")
     if format is not None and record.get("format") != format:
         found = f"format {record['format']!r}" if "format" in record else "no format field"
         raise CheckpointError(f"{path}: not a {what} ({found}, expected {format!r}){hint}")

@@ -178,7 +178,7 @@ def test_read_checkpoint_names_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="a.pth: not a readable thing"):
         read_checkpoint(tmp_path / "a.pth", "f", 1, "thing")
     torch.save([1, 2], tmp_path / "l.pth")
-    with pytest.raises(CheckpointError, match="l.pth: not a thing: it holds a list"):
+    with pytest.raises(CheckpointError, match="l.pth: not a thing: expected a state dict or a record \\(a dict\\), found a list"):
         read_checkpoint(tmp_path / "l.pth", "f", 1, "thing")
 
 
