@@ -173,16 +173,22 @@ def _section(values: Dict[str, Any], name: str) -> Dict[str, Any]:
     return out
 
 
-def apply(obj, changes: Dict[str, Any]):
-    """``obj`` with ``changes`` (nested dicts for nested dataclasses), validated again."""
+def apply(obj, changes: Dict[str, Any], where: str = ""):
+    """``obj`` with ``changes`` (nested dicts for nested dataclasses), validated again; errors
+    name the section (``where``)."""
     if not changes:
         return obj
     flat = {}
     for key, value in changes.items():
-        if isinstance(value, dict):
-            value = apply(getattr(obj, key), value)
+        if isinstance(value, dict) and dataclasses.is_dataclass(getattr(obj, key, None)):
+            value = apply(getattr(obj, key), value, f"{where}.{key}" if where else key)
         flat[key] = value
-    return dataclasses.replace(obj, **flat)
+    try:
+        return dataclasses.replace(obj, **flat)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from err
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from err
 
 
 def demo_train_cam(size: int) -> TrainCamConfig:
@@ -212,17 +218,17 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     dataset = top.get("dataset", "demo")
     preset = top.get("preset") or ("demo" if dataset == "demo" else dataset)
     top["preset"] = preset
-    demo = apply(DemoDataConfig(), _section(given, "demo"))
+    demo = apply(DemoDataConfig(), _section(given, "demo"), "demo")
     size = demo.image_size
     is_demo = preset == "demo"
     numbers = "coco" if (preset == "coco" or (dataset == "coco" and preset != "voc")) else "voc"
 
-    train_cam = apply(demo_train_cam(size) if is_demo else TrainCamConfig(), _section(given, "train_cam"))
+    train_cam = apply(demo_train_cam(size) if is_demo else TrainCamConfig(), _section(given, "train_cam"), "train_cam")
     eval_seed = apply(EvalSeedConfig(0.05, 0.95, 0.01) if is_demo else EvalSeedConfig(),
-                      _section(given, "eval_seed"))
+                      _section(given, "eval_seed"), "eval_seed")
     rib = apply(RIBConfig.preset_for(getattr(args, "rib_preset", None) or "reference", numbers,
                                      **(demo_rib_settings(size) if is_demo else {})),
-                _section(given, "rib"))
+                _section(given, "rib"), "rib")
     out_dir = top.get("out_dir", "rib_ext_out")
     # IRN on the classifier's backbone: ImageNet weights when given; from scratch, the trained
     # classifier's own backbone (there are no ImageNet weights to start from).
@@ -234,17 +240,17 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         irn_base = dict(backbone=train_cam.backbone, weights=train_cam.weights,
                         random_init=train_cam.random_init)
     irn = apply(IRNConfig.preset(getattr(args, "irn_preset", None) or "rib", **irn_base),
-                _section(given, "irn"))
+                _section(given, "irn"), "irn")
     seg_base = dict(backbone="resnet18", random_init=True, iterations=200, batch_size=8,
                     crop_size=size, lr=1e-2, retrain=False, use_crf=False) if is_demo else {}
-    segment = apply(SegmentConfig.preset_for(numbers, **seg_base), _section(given, "segment"))
+    segment = apply(SegmentConfig.preset_for(numbers, **seg_base), _section(given, "segment"), "segment")
     if is_demo:
         top.setdefault("irn_auto_thresholds", True)
         if dataset == "demo":  # maps of the held-out split: fewer images, a short CPU run
             top.setdefault("eval_list", "val")
     cfg = PipelineConfig(**top, demo=demo, train_cam=train_cam,
-                         make_cam=apply(PipelineConfig().make_cam, _section(given, "make_cam")),
-                         eval_seed=eval_seed, crf=apply(PipelineConfig().crf, _section(given, "crf")),
+                         make_cam=apply(PipelineConfig().make_cam, _section(given, "make_cam"), "make_cam"),
+                         eval_seed=eval_seed, crf=apply(PipelineConfig().crf, _section(given, "crf"), "crf"),
                          rib=rib, irn=irn, segment=segment)
     return _resolve_lists(cfg)
 
