@@ -88,6 +88,7 @@ class TrainCamConfig:
     classifier_lr_mult: float = 10.0
     weight_decay: float = 1e-4
     authors_momentum: bool = True  # SGD momentum = weight_decay (the authors' optimizer quirk)
+    checkpoint_every: int = 100  # steps between resumable states (also at each epoch's end)
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
