@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,12 +12,26 @@ from rib_ext.config import TrainCamConfig, plain_dict
 from rib_ext.data import ClassificationDataset, TrainTransform
 from rib_ext.models import build_cam_net, load_cam_net, save_cam_net
 from rib_ext.optim import PolyOptimizer
-from rib_ext.stages.common import progress, resolve_device
+from rib_ext.stages.common import file_is_complete, progress, resolve_device, result_settings
 from rib_ext.training import LossLog, check_finite, epoch_batches, load_training_state, save_training_state
 
 MODEL_FILE = "cam_net.pth"
 STATE_FILE = "train_state.pth"
 LOSS_LOG = "loss.csv"
+UPSTREAM = ("data:train",)
+
+
+def settings(cfg) -> dict:
+    return result_settings(cfg.train_cam)
+
+
+def run(ctx, cfg) -> dict:
+    path = ctx.classifier_path()
+    if ctx.is_main:  # one classifier; the other ranks wait for it
+        path = train_cam(ctx.train_set, cfg.train_cam, ctx.stage_dir("train_cam"))
+        ctx.info(f"[train_cam] {path}")
+    ctx.barrier()
+    return {"model": str(path)}
 
 
 def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
@@ -30,7 +45,9 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     model_path = out_dir / MODEL_FILE
     if model_path.exists():
-        return model_path
+        if file_is_complete(model_path):
+            return model_path
+        warnings.warn(f"train_cam: {model_path} is truncated; training again", stacklevel=2)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
