@@ -97,7 +97,7 @@ class TrainCamConfig:
         self.validate()
 
     def validate(self) -> None:
-        _positive(self, "epochs", "batch_size", "crop_size", "lr", "classifier_lr_mult")
+        _positive(self, "epochs", "batch_size", "crop_size", "lr", "classifier_lr_mult", "checkpoint_every")
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _require(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         lo, hi = self.resize_long

@@ -70,18 +70,18 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
         authors_momentum=cfg.authors_momentum)
 
     # Everything that changes the weights; device, workers and checkpoint spacing do not.
-    settings = {k: v for k, v in plain_dict(cfg).items() if k not in ("device", "num_workers", "checkpoint_every")}
-    settings["images"] = len(dataset)
+    resume_settings = {k: v for k, v in plain_dict(cfg).items() if k not in ("device", "num_workers", "checkpoint_every")}
+    resume_settings["images"] = len(dataset)
     state_path = out_dir / STATE_FILE
     step, seconds = 0, 0.0
     if state_path.exists():
-        state = load_training_state(state_path, format="rib_ext.cam_train_state", settings=settings,
+        state = load_training_state(state_path, format="rib_ext.cam_train_state", settings=resume_settings,
                                     model=model, optimizer=optimizer, what="train_cam training state",
                                     map_location=device)
         step, seconds = state.step, state.seconds
 
     def save_state(step: int, seconds: float) -> None:
-        save_training_state(state_path, format="rib_ext.cam_train_state", settings=settings, step=step,
+        save_training_state(state_path, format="rib_ext.cam_train_state", settings=resume_settings, step=step,
                             model=model, optimizer=optimizer, seconds=seconds)
 
     t0 = time.time() - seconds
