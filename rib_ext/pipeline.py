@@ -90,10 +90,10 @@ def environment(ctx) -> dict:
     import torch
 
     import rib_ext
-    from rib_ext import ops
+    from rib_ext import distributed, ops
 
     env = {"rib_ext_version": getattr(rib_ext, "__version__", None), "torch": torch.__version__,
-           "device": str(ctx.device), "world_size": __import__("rib_ext.distributed").distributed.world_size(),
+           "device": str(ctx.device), "world_size": distributed.world_size(),
            "python": sys.version.split()[0]}
     try:
         env["git_commit"] = subprocess.run(
