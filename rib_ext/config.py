@@ -67,6 +67,7 @@ class DemoDataConfig:
 
     def validate(self) -> None:
         _positive(self, "num_train", "num_val")
+        _require(self.seed >= 0, f"demo seed must be >= 0, got {self.seed}")
         _require(self.image_size >= 32, f"demo image_size must be >= 32, got {self.image_size}")
 
 
@@ -160,7 +161,8 @@ class CRFConfig:
         if self.threshold is not None:
             _unit("crf threshold", self.threshold)
         _require(0.0 < self.gt_prob < 1.0, f"gt_prob must lie in (0, 1), got {self.gt_prob}")
-        _positive(self, "gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "iterations")
+        _positive(self, "gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
+        _require(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
 
 
 RIB_LOSSES = ("rib", "bce_sigmoid", "bce_tanh", "bce_softsign")

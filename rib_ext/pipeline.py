@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from rib_ext.config import PipelineConfig, plain_dict
 from rib_ext.stages import options
+from rib_ext.stages.context import PipelineError
 
 # The registry: a stage is the module rib_ext/stages/<name>.py (UPSTREAM, settings(cfg),
 # run(ctx, cfg) -> dict) plus one line here, in pipeline order.
@@ -89,10 +90,10 @@ def environment(ctx) -> dict:
     import torch
 
     import rib_ext
-    from rib_ext import ops
+    from rib_ext import distributed, ops
 
     env = {"rib_ext_version": getattr(rib_ext, "__version__", None), "torch": torch.__version__,
-           "device": str(ctx.device), "world_size": __import__("rib_ext.distributed").distributed.world_size(),
+           "device": str(ctx.device), "world_size": distributed.world_size(),
            "python": sys.version.split()[0]}
     try:
         env["git_commit"] = subprocess.run(
@@ -115,6 +116,8 @@ def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict
     from rib_ext.stages.provenance import Provenance, stage_module
 
     distributed.init_from_env()
+    if not logging.getLogger("rib_ext").handlers:  # called as a library (e.g. the ablation)
+        setup_logging()
     cfg.validate()
     ctx = RunContext(cfg, overwrite=overwrite)
     if cfg.cam_checkpoint and "train_cam" in stages:
@@ -190,7 +193,10 @@ def main(argv=None) -> int:
             cfg = config_from_args(args)
         except (ValueError, TypeError) as err:  # a bad setting or config file
             raise options.ConfigError(str(err)) from err
-        stages = parse_stages(args.stages)
+        try:
+            stages = parse_stages(args.stages)
+        except SystemExit as err:
+            raise PipelineError(str(err)) from None
         run(cfg, stages, overwrite=args.overwrite)
     except user_error_types() as err:
         if args.debug:

@@ -197,3 +197,15 @@ def test_progress_prints_few_lines_off_a_terminal(caplog):
         LineProgress.min_seconds = 5.0
     lines = [r.getMessage() for r in caplog.records]
     assert 2 <= len(lines) <= 11 and lines[-1].startswith("work: 1000/1000")
+
+
+def test_config_file_round_trip_and_presets_refused_on_top(tmp_path):
+    from rib_ext.config import plain_dict
+
+    cfg = config(["--rib-preset", "paper", "--tau", "0.3", "--demo-size", "96"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"stages": ["rib"], "environment": {}, **plain_dict(cfg)}))
+    assert config(["--config", str(path)]) == cfg
+    for flags in (["--rib-preset", "reference"], ["--preset", "voc"]):
+        with pytest.raises(ConfigError, match="starts a fresh config"):
+            config(["--config", str(path)] + flags)

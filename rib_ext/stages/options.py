@@ -256,11 +256,12 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def _from_file(args, given: Dict[str, Any]) -> PipelineConfig:
-    for flag, name in (("--preset", "preset"), ("--rib-preset", "rib_preset"),
-                       ("--irn-preset", "irn_preset")):
-        if getattr(args, name, None) and not (name == "preset" and "preset" in given):
-            raise ConfigError(f"{flag} starts a fresh config; with --config give single fields "
-                              f"(e.g. --rib.lr) instead")
+    chosen = [flag for flag, on in (("--preset", "preset" in given),
+                                    ("--rib-preset", getattr(args, "rib_preset", None)),
+                                    ("--irn-preset", getattr(args, "irn_preset", None))) if on]
+    if chosen:
+        raise ConfigError(f"{chosen[0]} starts a fresh config; with --config give single fields "
+                          f"(e.g. --rib.lr) instead")
     path = Path(args.config)
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found")

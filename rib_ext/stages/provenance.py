@@ -115,6 +115,9 @@ class Provenance:
                 continue
             saved = self.saved(stage)
             if saved is None:
+                if self.ctx.stage_dir(stage).is_dir():
+                    self.ctx.warn(f"{self.ctx.stage_dir(stage)} has no {RECORD} (made by an older "
+                                  f"version?): its settings cannot be checked")
                 continue
             diff = differences(saved, self.record(stage))
             if diff:
