@@ -3,6 +3,7 @@ per-image Pearson correlation of ``high_res`` (>= 0.99), seed mIoU (within 0.3),
 decision (>= 95 % of images).
 
     python benchmarks/precision_fidelity.py OUT [--device cpu|cuda] [--variant bf16|bf16+cl]
+        [--pipeline-args "--epochs 4 --demo-val-images 30"]
 
 Trains the demo classifier once (OUT/float32/train_cam, reused when present), runs the rib and
 eval_seed stages in float32 and in the variant on the demo's held-out images, and prints and saves
@@ -27,9 +28,9 @@ VARIANTS = {"bf16": dict(precision="bf16"),
             "bf16+cl": dict(precision="bf16", channels_last=True, cudnn_benchmark=True)}
 
 
-def run_variant(out: Path, device: str, overrides: dict, stages: list[str]) -> dict:
+def run_variant(out: Path, device: str, overrides: dict, stages: list[str], extra: list[str]) -> dict:
     cfg = pipeline.config_from_args(pipeline.build_parser().parse_args(
-        ["--out", str(out), "--device", device]))
+        ["--out", str(out), "--device", device] + extra))
     for k, v in overrides.items():
         setattr(cfg.rib, k, v)
     return pipeline.run(cfg, stages)
@@ -46,19 +47,22 @@ def main(argv=None):
     p.add_argument("out")
     p.add_argument("--device", default="cpu")
     p.add_argument("--variant", default="bf16", choices=list(VARIANTS))
+    p.add_argument("--pipeline-args", default="", help="more pipeline flags, e.g. '--epochs 4'")
     args = p.parse_args(argv)
     out = Path(args.out)
+    extra = args.pipeline_args.split()
     ref, var = out / "float32", out / args.variant
     if not (ref / "rib" / "records.jsonl").exists():
         trained = (ref / "train_cam" / "cam_net.pth").exists()
-        run_variant(ref, args.device, {}, (["train_cam"] if not trained else []) + ["rib", "eval_seed"])
+        run_variant(ref, args.device, {}, (["train_cam"] if not trained else []) + ["rib", "eval_seed"],
+                    extra)
     if var.exists():
         shutil.rmtree(var / "rib", ignore_errors=True)
     (var / "train_cam").mkdir(parents=True, exist_ok=True)
     for f in (ref / "train_cam").iterdir():
         if f.is_file():
             shutil.copy2(f, var / "train_cam" / f.name)
-    run_variant(var, args.device, VARIANTS[args.variant], ["rib", "eval_seed"])
+    run_variant(var, args.device, VARIANTS[args.variant], ["rib", "eval_seed"], extra)
 
     r, same_stop, names = [], 0, sorted(f.stem for f in (ref / "rib" / "maps").glob("*.npy"))
     recs = {}

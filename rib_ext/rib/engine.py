@@ -16,6 +16,7 @@ memory budget (``group_size=0``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.rib.losses import step_loss
 from rib_ext.rib.sampling import OtherImages, image_generator
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio_tensor
+from rib_ext.training import NonFiniteLossError
 
 log = logging.getLogger("rib_ext.rib")
 
@@ -305,11 +307,12 @@ class RIBEngine:
         x2_split = x2_others.split([len(b[0]) for b in batches])
 
         other_cams = self._other_cams(live, x2_split)
-        total, stats = 0, []
+        total, stats, losses = 0, [], []
         for st, cams, cam_o, (_, other_labels) in zip(live, target_cams, other_cams, batches):
             loss, stat = step_loss(cams, st.label, cam_o, other_labels, cfg)
             total = total + loss
             stats.append(stat)
+            losses.append(loss)
         all_params = [p for st in live for p in st.params]
         grads = torch.autograd.grad(total, all_params)
 
@@ -333,7 +336,13 @@ class RIBEngine:
                     sgd_update_(st.params, grads[offset:offset + n], st.bufs,
                                 lrs[offset:offset + n], cfg.weight_decay, self.momentum)
                     offset += n
-        for st, stat in zip(live, torch.stack(stats).tolist()):  # the step's one read of them
+        # The step's one read of the statistics, after the update is queued. A diverged image
+        # would otherwise end as a NaN-born map; the run stops here, so the update does not matter.
+        values = torch.stack([*stats, total.detach().float()]).tolist()
+        stats = values[:-1]
+        if not all(math.isfinite(v) for v in values):
+            self._raise_non_finite(live, losses, stats)
+        for st, stat in zip(live, stats):
             st.step += 1
             st.stats.append(stat)
             if cfg.stop_on_margin and stat > cfg.margin:
@@ -359,6 +368,16 @@ class RIBEngine:
         self.group_choice = {"group_size": g, "step_bytes_per_image": int(per_image),
                              "budget_bytes": int(cfg.group_memory_gb * 2**30)}
         return g
+
+    def _raise_non_finite(self, live: list[_State], losses: list, stats: list[float]) -> None:
+        bad = [f"{st.target.name} (loss {float(loss):.4g}, target logit sum {stat:.4g})"
+               for st, loss, stat in zip(live, losses, stats)
+               if not (math.isfinite(stat) and math.isfinite(float(loss)))]
+        step = live[0].step + 1
+        lr = self.cfg.lr * max(0.0, 1.0 - live[0].step / self.cfg.steps) ** self.cfg.lr_power
+        raise NonFiniteLossError(f"rib: step {step} of image {', '.join(bad)} is not finite with "
+                                 f"learning rate {lr:g}: the adaptation diverged; lower the RIB "
+                                 f"learning rate (no map is written for it)")
 
     def run(self, targets: Iterable[Target],
             on_result: Optional[Callable[[Result], None]] = None) -> list[Result]:
