@@ -108,6 +108,12 @@ class RIBConfig:
     image's classes of max-normalised map > explosion_threshold covers more than explosion_ratio of
     the locations). ``paper``: -t*min(m, y) per row, GNDRP divides by the kept count (<= tau), no
     early stops.
+
+    A present class whose map is never positive: ``reference`` divides by the max unguarded, as
+    the authors' code does (max < 0: nothing kept, logit 0, no gradient; max == 0: the zero
+    locations dropped); ``paper`` average-pools such a plane (csrc/gndrp.h).
+    COCO: ``reference`` reproduces the authors' GNDRP loop over the first 20 classes only
+    (``coco_first20_bug``: classes 20..79 average-pooled); ``paper`` normalises all 80.
     """
 
     preset: str = "reference"
@@ -133,7 +139,10 @@ class RIBConfig:
     loss_scales: Tuple[float, ...] = (1.0, 1.5, 2.0)  # target scales that feed the loss (not 0.5)
     other_resize_long: Tuple[int, int] = (320, 640)
     other_crop: int = 512
-    coco_first20_bug: bool = False  # GNDRP only on classes 0..19, as the authors' COCO code did
+    # GNDRP normalises only classes 0..19, the rest are average-pooled: the authors' GNDRP loops
+    # over range(20) also on COCO, and that produced the published COCO figures. On by preset_for
+    # ("reference", "coco"); the paper preset normalises all 80 classes.
+    coco_first20_bug: bool = False
     group_size: int = 1  # G: images adapted at once, each with its own weights
     head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
     seed: int = 0
@@ -146,7 +155,8 @@ class RIBConfig:
             raise ValueError(f"preset must be 'reference' or 'paper', got {preset!r}")
         values = {}
         if dataset == "coco":
-            values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8)
+            values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8,
+                          coco_first20_bug=preset == "reference")
         if preset == "paper":
             values.update(preset="paper", gndrp_mode="paper", clip_loss=True, stop_on_margin=False,
                           stop_on_explosion=False)
