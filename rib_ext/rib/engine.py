@@ -23,7 +23,7 @@ from rib_ext import ops
 from rib_ext.config import RIBConfig
 from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.rib.losses import step_loss
-from rib_ext.rib.sampling import OtherImages, image_generator
+from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio
 
 
@@ -59,6 +59,7 @@ class _State:
     bufs: list
     acc: list  # per scale: accumulated map [K, h, w]
     rng: np.random.Generator
+    others: Optional[OtherStream] = None  # this image's other images, one permutation of its pool
     step: int = 0
     stop: Optional[str] = None
     stats: list = field(default_factory=list)
@@ -126,8 +127,10 @@ class RIBEngine:
         keys = torch.as_tensor(np.nonzero(target.label)[0], device=self.device)
         label = torch.as_tensor(target.label, device=self.device, dtype=torch.float32)
         params = [p.clone().requires_grad_() for p in self.base]
+        rng = image_generator(self.cfg.seed, target.index)
+        others = self.pool.stream(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
         return _State(target, keys, label, x2, params, [None] * len(params), [None] * len(x2),
-                      image_generator(self.cfg.seed, target.index))
+                      rng, others)
 
     def _cam(self, st: _State, x2: torch.Tensor) -> torch.Tensor:
         params = dict(zip(self.names, st.params))
@@ -188,8 +191,7 @@ class RIBEngine:
                 continue
             live.append(st)
             target_cams.append(cams)
-            recipes.append(self.pool.draw(st.rng, st.target.label, st.target.pool_index,
-                                          cfg.num_others, cfg.disjoint_prob))
+            recipes.append(st.others.draw(cfg.num_others))
         if not live:
             return
         with torch.no_grad():
