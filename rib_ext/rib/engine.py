@@ -156,7 +156,9 @@ class RIBEngine:
             with torch.set_grad_enabled(scale in cfg.loss_scales):
                 cam = self._cam(st, x2)
             if st.acc[s] is None:
-                st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=torch.float32)
+                # cam_flip_accumulate_ wants cam's accumulation dtype (float64 for float64 cams).
+                acc_dtype = torch.promote_types(cam.dtype, torch.float32)
+                st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=acc_dtype)
             ops.cam_flip_accumulate_(st.acc[s], cam[0], cam[1])
             if s == 0 and st.step >= 1 and cfg.stop_on_explosion:
                 merged = ops.cam_flip_merge(cam[0].detach(), cam[1].detach())
