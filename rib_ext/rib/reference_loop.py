@@ -26,6 +26,8 @@ def _rows_loss(cam, labels, cfg: RIBConfig, per_row_loop: bool):
     """Loss and logits of rows ``cam`` [N, K, h, w] with ``labels`` [N, K], plain PyTorch."""
     tau = math.inf if cfg.pooling == "gap" else cfg.tau
     present = labels > 0
+    if cfg.pooling == "gap":  # a plain mean: no class normalised
+        present = torch.zeros_like(present)
     if cfg.coco_first20_bug:
         present[:, 20:] = False
     if per_row_loop:  # the authors' per-row, per-class Python loop
