@@ -170,12 +170,17 @@ MISSING_POLICIES = ("error", "skip")
 
 # ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask); see shared/IRN_NOTES.md
 
-# What differs between the IRN and RIB authors' code; everything else is shared.
+# What differs between the IRN and RIB authors' code; everything else is shared. VOC presets pad
+# every image to 512 x 512 before the boundary network (IRN's EdgeDisplacement, which RIB keeps for
+# VOC); RIB's COCO script does not pad and uses a background threshold of 0.22.
 IRN_PRESETS: Dict[str, Dict[str, Any]] = {
-    "irn": {"conf_fg": 0.30, "conf_bg": 0.05, "sem_seg_bg_thres": 0.25, "map_power": 1.0},
-    "rib": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.27, "map_power": 1.3},
+    "irn": {"conf_fg": 0.30, "conf_bg": 0.05, "sem_seg_bg_thres": 0.25, "map_power": 1.0,
+            "boundary_pad_to": 512},
+    "rib": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.27, "map_power": 1.3,
+            "boundary_pad_to": 512},
+    "rib_coco": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.22, "map_power": 1.3,
+                 "boundary_pad_to": None},
 }
-
 
 
 @dataclass
@@ -215,7 +220,12 @@ class IRNConfig:
     beta: float = 10.0
     exp_times: int = 8  # the walk takes 2 ** exp_times steps
     map_power: float = 1.0  # RIB raises the stride-4 maps to 1.3 before the walk
-    sem_seg_bg_thres: float = 0.25
+    sem_seg_bg_thres: float = 0.25  # RIB: 0.27 on VOC, 0.22 on COCO
+    # Pad the image with zeros (right and bottom, after normalisation) to this size before the
+    # boundary network, then crop the map back: IRN's and RIB's VOC inference do, so GroupNorm's
+    # statistics include the padding. None runs the image unpadded (RIB's COCO path). Sides
+    # already longer are left as they are.
+    boundary_pad_to: Optional[int] = 512
 
     # -- RIB-Sal: saliency PNGs 0..255, salient where value > saliency_threshold
     saliency_threshold: int = 127
@@ -226,11 +236,17 @@ class IRNConfig:
         self.validate()
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "IRNConfig":
-        """``"irn"`` (IRN's code) or ``"rib"`` (RIB's code), with keyword overrides."""
+    def preset(cls, name: str, dataset: Optional[str] = None, **overrides: Any) -> "IRNConfig":
+        """``"irn"`` (IRN's code), ``"rib"`` (RIB's VOC code) or ``"rib_coco"``, with keyword
+        overrides. ``dataset="coco"`` selects the COCO variant: ``"rib"`` becomes ``"rib_coco"``
+        (background threshold 0.22, no padding); ``"irn"`` (no COCO script of its own) runs
+        unpadded."""
         if name not in IRN_PRESETS:
             raise ValueError(f"unknown IRN preset {name!r}; expected one of {sorted(IRN_PRESETS)}")
-        return cls(**{**IRN_PRESETS[name], **overrides})
+        values = dict(IRN_PRESETS[name])
+        if dataset == "coco":
+            values = dict(IRN_PRESETS.get(f"{name}_coco", {**values, "boundary_pad_to": None}))
+        return cls(**{**values, **overrides})
 
     def replace(self, **changes: Any) -> "IRNConfig":
         return dataclasses.replace(self, **changes)
@@ -258,6 +274,8 @@ class IRNConfig:
             raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
         if self.map_power <= 0:
             raise ValueError(f"map_power must be > 0, got {self.map_power}")
+        if self.boundary_pad_to is not None and self.boundary_pad_to < 1:
+            raise ValueError(f"boundary_pad_to must be None or >= 1, got {self.boundary_pad_to}")
         if not 0 <= self.saliency_threshold <= 255:
             raise ValueError(f"saliency_threshold must lie in 0..255, got {self.saliency_threshold}")
 

@@ -105,7 +105,7 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     score_dir = Path(score_dir) if score_dir is not None else None
     settings = {k: getattr(cfg, k) for k in ("rw_radius", "beta", "exp_times", "map_power",
-                                             "sem_seg_bg_thres")}
+                                             "sem_seg_bg_thres", "boundary_pad_to")}
     check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_digest(model_path)})
     todo, done = split_done(out_dir, present)
     device = resolve_device(cfg.device)
@@ -118,7 +118,7 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
         keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes, size,
                                "cam")
         views = multiscale_flip_views(img, (1.0,))[0].to(device)
-        boundary = infer_boundary(net, views)
+        boundary = infer_boundary(net, views, cfg.boundary_pad_to)
         mask, scores = make_sem_seg(maps, keys, boundary, size, cfg, return_scores=True)
         if score_dir is not None:  # written first: a mask on disk implies its scores are too
             save_npy(per_image_path(score_dir, name, ".npy"),
