@@ -25,7 +25,7 @@ def test_authors_res50_cam_loads_and_gives_their_cams(tmp_path):
     torch.save(state, path)
     ours = load_cam_net(path)
     assert ours.backbone_name == "resnet50" and ours.num_classes == 20
-    x = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ours.cam(x), theirs(x), rtol=1e-5, atol=1e-5)
     # A DataParallel-prefixed copy is recognised as well; our own checkpoints still load.
@@ -107,3 +107,6 @@ def test_make_sem_seg_stage_pads_the_boundary_input(tmp_path, authors_irn, monke
     cfg = IRNConfig.preset("rib", boundary_pad_to=64, device="cpu", exp_times=2)
     sem_seg.make_sem_seg_stage(One(), tmp_path / "maps", path, tmp_path / "out", cfg)
     assert seen == [64]
+    from PIL import Image
+    with Image.open(tmp_path / "out" / "a.png") as png:  # a pseudo mask: grayscale indices
+        assert png.mode == "L" and np.asarray(png).shape == (40, 52)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
+from rib_ext.data import load_label_png, multiscale_flip_views, save_index_png
 from rib_ext.evaluation import evaluate_label_maps, write_report
 from rib_ext.io import save_npy
 from rib_ext.irn.config import IRNConfig
@@ -86,7 +86,7 @@ def _model_path(irn: str | Path) -> Path:
 def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: str | Path,
                        cfg: Optional[IRNConfig] = None,
                        score_dir: Optional[str | Path] = None) -> dict:
-    """Write ``out_dir/<id>.png`` (VOC palette, class ids) for every image with maps.
+    """Write ``out_dir/<id>.png`` (grayscale class ids) for every image with maps.
 
     ``irn``: the train_irn output folder or its ``irn.pth``. ``score_dir``: also write each image's
     random-walk scores there as ``{'keys', 'score': float16 [K', H, W]}`` (what the segment
@@ -124,7 +124,7 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
             save_npy(per_image_path(score_dir, name, ".npy"),
                      {"keys": np.asarray(keys, dtype=np.int64),
                       "score": scores.cpu().numpy().astype(np.float16)})
-        save_label_png(per_image_path(out_dir, name, ".png"), mask)
+        save_index_png(per_image_path(out_dir, name, ".png"), mask)
     seconds = time.time() - t0
     return {"written": len(todo), "skipped_existing": len(done), "missing": len(missing),
             "seconds": round(seconds, 2),
