@@ -13,6 +13,30 @@ from typing import Any, Dict, Optional, Tuple
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+class ConfigError(ValueError):
+    """A setting out of its range, or a config file that does not fit the dataclasses."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _unit(name: str, value: float) -> None:
+    _require(0.0 <= value <= 1.0, f"{name} must lie in [0, 1], got {value}")
+
+
+def _positive(obj, *names: str) -> None:
+    for name in names:
+        _require(getattr(obj, name) > 0, f"{name} must be > 0, got {getattr(obj, name)}")
+
+
+def _scales(name: str, scales) -> None:
+    _require(len(scales) > 0 and all(s > 0 for s in scales), f"{name} must be positive, got {scales}")
+    # IRN's map format takes its stride-4 'cam' size from the first scale; RIB's explosion check too.
+    _require(float(scales[0]) == 1.0, f"{name} must start with 1.0, got {tuple(scales)}")
+
+
 def plain_dict(cfg) -> Dict[str, Any]:
     """A config as plain values only (tuples as lists), for JSON files and ``weights_only``
     checkpoints."""
@@ -38,6 +62,14 @@ class DemoDataConfig:
     num_val: int = 60
     image_size: int = 128
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _positive(self, "num_train", "num_val")
+        _require(self.seed >= 0, f"demo seed must be >= 0, got {self.seed}")
+        _require(self.image_size >= 32, f"demo image_size must be >= 32, got {self.image_size}")
+
 
 @dataclass
 class TrainCamConfig:
@@ -57,9 +89,22 @@ class TrainCamConfig:
     classifier_lr_mult: float = 10.0
     weight_decay: float = 1e-4
     authors_momentum: bool = True  # SGD momentum = weight_decay (the authors' optimizer quirk)
+    checkpoint_every: int = 100  # steps between resumable states (also at each epoch's end)
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _positive(self, "epochs", "batch_size", "crop_size", "lr", "classifier_lr_mult", "checkpoint_every")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        lo, hi = self.resize_long
+        _require(0 < lo <= hi, f"resize_long must be (lo, hi) with 0 < lo <= hi, got {self.resize_long}")
+        _require(len(self.strides) == 4 and all(s in (1, 2) for s in self.strides),
+                 f"strides must be 4 values, each 1 or 2, got {self.strides}")
 
 
 @dataclass
@@ -70,6 +115,12 @@ class MakeCamConfig:
     num_workers: int = 0
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _scales("scales", self.scales)
+
 
 @dataclass
 class EvalSeedConfig:
@@ -78,6 +129,16 @@ class EvalSeedConfig:
     threshold_start: float = 0.20
     threshold_stop: float = 0.49  # inclusive
     threshold_step: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _unit("threshold_start", self.threshold_start)
+        _unit("threshold_stop", self.threshold_stop)
+        _require(self.threshold_start <= self.threshold_stop,
+                 f"threshold_start {self.threshold_start} is above threshold_stop {self.threshold_stop}")
+        _require(self.threshold_step > 0, f"threshold_step must be > 0, got {self.threshold_step}")
 
 
 @dataclass
@@ -92,6 +153,16 @@ class CRFConfig:
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 10.0
     iterations: int = 10
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.threshold is not None:
+            _unit("crf threshold", self.threshold)
+        _require(0.0 < self.gt_prob < 1.0, f"gt_prob must lie in (0, 1), got {self.gt_prob}")
+        _positive(self, "gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
+        _require(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
 
 
 RIB_LOSSES = ("rib", "bce_sigmoid", "bce_tanh", "bce_softsign")
@@ -147,6 +218,31 @@ class RIBConfig:
     head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _require(self.preset in ("reference", "paper"), f"preset must be 'reference' or 'paper', got {self.preset!r}")
+        _require(0.0 < self.tau <= 1.0, f"tau must lie in (0, 1], got {self.tau}")
+        _require(self.steps >= 1, f"RIB steps must be >= 1, got {self.steps}")
+        _require(self.num_others >= 1, f"num_others must be >= 1, got {self.num_others}")
+        _require(self.group_size >= 1, f"group_size must be >= 1, got {self.group_size}")
+        _positive(self, "lr", "margin", "classifier_lr_mult", "other_crop")
+        _require(self.weight_decay >= 0 and self.lr_power >= 0,
+                 f"weight_decay and lr_power must be >= 0, got {self.weight_decay}, {self.lr_power}")
+        _require(self.pooling in ("gndrp", "gap"), f"pooling must be gndrp or gap, got {self.pooling!r}")
+        _require(self.gndrp_mode in ("reference", "paper"), f"gndrp_mode must be reference or paper, got {self.gndrp_mode!r}")
+        _require(self.loss in RIB_LOSSES, f"loss must be one of {RIB_LOSSES}, got {self.loss!r}")
+        _require(self.head_batching in ("loop", "vmap"), f"head_batching must be loop or vmap, got {self.head_batching!r}")
+        _unit("explosion_threshold", self.explosion_threshold)
+        _unit("explosion_ratio", self.explosion_ratio)
+        _unit("disjoint_prob", self.disjoint_prob)
+        _scales("scales", self.scales)
+        _require(any(s in self.scales for s in self.loss_scales),
+                 f"no loss scale {tuple(self.loss_scales)} is among the scales {tuple(self.scales)}")
+        lo, hi = self.other_resize_long
+        _require(0 < lo <= hi, f"other_resize_long must be (lo, hi) with 0 < lo <= hi, got {self.other_resize_long}")
 
     @classmethod
     def preset_for(cls, preset: str = "reference", dataset: str = "voc", **overrides) -> "RIBConfig":
@@ -382,17 +478,25 @@ class SegmentConfig:
         return plain_dict(self)
 
 
+PIPELINE_PRESETS = ("demo", "voc", "coco")
+
+
 @dataclass
 class PipelineConfig:
+    """The whole run: data, output, and every stage's settings (one tree, validated at once)."""
+
     dataset: str = "demo"  # voc | coco | demo
     root: Optional[str] = None
     out_dir: str = "rib_ext_out"
-    train_list: Optional[str] = None
+    train_list: Optional[str] = None  # None: VOC train_aug when its list exists, else train
     eval_list: Optional[str] = None
     val_list: Optional[str] = None  # the segment stage's evaluation list
     saliency_dir: Optional[str] = None  # RIB-Sal: saliency PNGs that refine the pseudo masks
     allow_missing: bool = False  # skip images whose maps are missing instead of stopping
     irn_auto_thresholds: bool = False  # IRN confident labels at best seed threshold +- 0.1
+    preset: Optional[str] = None  # demo | voc | coco: the settings the stage configs started from
+    cam_checkpoint: Optional[str] = None  # a trained classifier to use instead of train_cam's
+    device: str = "auto"
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
@@ -401,3 +505,51 @@ class PipelineConfig:
     rib: RIBConfig = field(default_factory=RIBConfig)
     irn: IRNConfig = field(default_factory=lambda: IRNConfig.preset("rib"))
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field of the tree (also after in-place edits, which skip __post_init__)."""
+        _require(self.dataset in ("demo", "voc", "coco"),
+                 f"dataset must be demo, voc or coco, got {self.dataset!r}")
+        _require(self.preset is None or self.preset in PIPELINE_PRESETS,
+                 f"preset must be one of {PIPELINE_PRESETS}, got {self.preset!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value) and hasattr(value, "validate"):
+                try:
+                    value.validate()
+                except ConfigError:
+                    raise
+                except ValueError as err:  # IRN / segment configs raise plain ValueErrors
+                    raise ConfigError(f"{f.name}: {err}") from err
+
+
+def from_plain(cls, values: Dict[str, Any], where: str = "config"):
+    """A dataclass (nested ones too) from plain values such as :func:`plain_dict` gives: lists become
+    tuples where the field is a tuple; unknown names are an error naming them."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    hints = _type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints.get(name)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_plain(hint, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _type_hints(cls) -> Dict[str, Any]:
+    import typing
+    return typing.get_type_hints(cls)

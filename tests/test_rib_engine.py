@@ -159,3 +159,13 @@ def test_other_batch_shapes_and_padding(setup):
         mask = torch.ones(48, 48, dtype=torch.bool)
         mask[dt:db, dl:dr] = False
         assert images[b][:, mask].abs().sum() == 0
+
+
+def test_non_finite_step_is_an_error_naming_the_image(setup):
+    """A diverging adaptation (NaN target logits) stops with an error, not a silent map."""
+    from rib_ext.training import NonFiniteLossError
+
+    _, model, pool, targets = setup
+    with pytest.raises(NonFiniteLossError, match=r"rib: step 2 of image img0 \(loss nan, target logit sum nan\), "
+                                                 r"img1 .* with learning rate [0-9.e+]+"):
+        RIBEngine(model, pool, tiny_cfg(lr=1e30, group_size=2), "cpu").run(targets[:2])

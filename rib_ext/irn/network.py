@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rib_ext.io import atomic_path
+from rib_ext.checkpoints import read_checkpoint, write_checkpoint
 from rib_ext.models import BACKBONES, CAMNet, load_backbone_weights, load_cam_checkpoint
 from rib_ext.models.resnet_cam import TINY_WIDTHS
 
@@ -236,8 +236,7 @@ def save_irnet(path: str | os.PathLike, net: IRNet, meta: Optional[Dict[str, Any
               "backbone": net.backbone_name,
               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
               "meta": dict(meta or {})}
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    write_checkpoint(path, record)
 
 
 def load_irnet(path: str | os.PathLike, device: torch.device | str = "cpu") -> IRNet:
@@ -245,21 +244,12 @@ def load_irnet(path: str | os.PathLike, device: torch.device | str = "cpu") -> I
     authors' ``res50_irn.pth`` state dicts load too (:mod:`rib_ext.models.authors`)."""
     from rib_ext.models.authors import irnet_from_authors
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"IRN checkpoint not found: {path} (train_irn writes it)")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt zip, pickle or truncated file: several exception types
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from err
-    authors_net = irnet_from_authors(record, str(path))
+    authors_net = irnet_from_authors(
+        read_checkpoint(path, None, None, "IRN checkpoint", " (train_irn writes it)"), str(path))
     if authors_net is not None:
         return authors_net.to(device).eval()
-    if not isinstance(record, dict) or record.get("format") != IRN_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a rib_ext IRN checkpoint (written by train_irn)")
-    if record.get("version") != IRN_CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: IRN checkpoint version {record.get('version')!r} is not "
-                         f"supported (expected {IRN_CHECKPOINT_VERSION})")
+    record = read_checkpoint(path, IRN_CHECKPOINT_FORMAT, IRN_CHECKPOINT_VERSION,
+                             "rib_ext IRN checkpoint", " (train_irn writes it)")
     net = IRNet(record["backbone"])
     try:
         net.load_state_dict(record["state_dict"], strict=True)

@@ -9,6 +9,7 @@ so each image's gradient is its own); a finished image leaves and the next one t
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
@@ -25,6 +26,7 @@ from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.rib.losses import step_loss
 from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio
+from rib_ext.training import NonFiniteLossError
 
 
 class CAMHead(nn.Module):
@@ -202,11 +204,15 @@ class RIBEngine:
         x2_split = x2_others.split([len(r) for r in recipes])
 
         other_cams = self._other_cams(live, x2_split)
-        total, stats = 0, []
+        total, stats, losses = 0, [], []
         for st, cams, cam_o, (_, other_labels) in zip(live, target_cams, other_cams, batches):
             loss, stat = step_loss(cams, st.label, cam_o, other_labels, cfg)
             total = total + loss
             stats.append(stat)
+            losses.append(loss)
+        # One host sync per group step; a diverged image would otherwise end as a NaN-born map.
+        if not all(math.isfinite(s) for s in stats) or not bool(torch.isfinite(total)):
+            self._raise_non_finite(live, losses, stats)
         all_params = [p for st in live for p in st.params]
         grads = torch.autograd.grad(total, all_params)
 
@@ -225,6 +231,16 @@ class RIBEngine:
                     st.stop = STOP_MARGIN
                 elif st.step >= cfg.steps:
                     st.stop = STOP_STEPS
+
+    def _raise_non_finite(self, live: list[_State], losses: list, stats: list[float]) -> None:
+        bad = [f"{st.target.name} (loss {float(loss):.4g}, target logit sum {stat:.4g})"
+               for st, loss, stat in zip(live, losses, stats)
+               if not (math.isfinite(stat) and math.isfinite(float(loss)))]
+        step = live[0].step + 1
+        lr = self.cfg.lr * max(0.0, 1.0 - live[0].step / self.cfg.steps) ** self.cfg.lr_power
+        raise NonFiniteLossError(f"rib: step {step} of image {', '.join(bad)} is not finite with "
+                                 f"learning rate {lr:g}: the adaptation diverged; lower the RIB "
+                                 f"learning rate (no map is written for it)")
 
     def run(self, targets: Iterable[Target],
             on_result: Optional[Callable[[Result], None]] = None) -> list[Result]:
