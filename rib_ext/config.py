@@ -205,7 +205,10 @@ class RIBConfig:
     stop_on_explosion: bool = True
     explosion_threshold: float = 0.3
     explosion_ratio: float = 0.7
-    disjoint_prob: float = 1.0  # probability that the other images share no class with the target
+    # Per step, the probability that the other images come from the pool sharing no class with the
+    # target (else from all other images). Ours: the authors' p_disjoint < 1 branch is dead code
+    # that always draws from the disjoint pool (rib_ext.rib.sampling.OtherStream).
+    disjoint_prob: float = 1.0
     scales: Tuple[float, ...] = CAM_SCALES  # map scales; the first must be 1.0 (explosion check)
     loss_scales: Tuple[float, ...] = (1.0, 1.5, 2.0)  # target scales that feed the loss (not 0.5)
     other_resize_long: Tuple[int, int] = (320, 640)

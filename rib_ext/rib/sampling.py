@@ -20,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rib_ext.config import IMAGENET_MEAN, IMAGENET_STD
 from rib_ext.data.transforms import BICUBIC, crop_boxes, resize
