@@ -201,7 +201,11 @@ class COCODataset(SegmentationDataset):
         image_dir: Optional[str | os.PathLike] = None,
         mask_dir: Optional[str | os.PathLike] = None,
         cache_dir: Union[None, bool, str, os.PathLike] = None,
+        keep_unlabelled: bool = False,
     ):
+        # keep_unlabelled: for RIB's pool of other images, where the authors keep the images with
+        # no annotation (all-zero label rows share no class with any target).
+        self.keep_unlabelled = bool(keep_unlabelled)
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset root not found")
@@ -270,7 +274,8 @@ class COCODataset(SegmentationDataset):
             raise DatasetError(f"{where}: {len(missing)} image(s) missing from {self.image_dir}: {preview(missing)}")
         self._records = {i: by_stem[i] for i in ids}
         self._labels = {i: self._image_labels(by_stem[i]["id"]) for i in ids}
-        self._ids = drop_unlabelled(ids, self._labels, f"{self.ann_file} [{where}]")
+        self._ids = (list(ids) if self.keep_unlabelled
+                     else drop_unlabelled(ids, self._labels, f"{self.ann_file} [{where}]"))
 
     def _check_image_sizes(self) -> None:
         """The json's height/width against each JPEG's header. Reading only the header costs about

@@ -161,15 +161,20 @@ class IRNet(nn.Module):
 
 
 @torch.no_grad()
-def infer_boundary(net: IRNet, views: torch.Tensor) -> torch.Tensor:
+def infer_boundary(net: IRNet, views: torch.Tensor, pad_to: Optional[int] = None) -> torch.Tensor:
     """Boundary probabilities [ceil(H/4), ceil(W/4)] of one image at scale 1.0.
 
     ``views`` [2, 3, H, W]: the normalised image and its horizontal mirror. The mirror's logits are
     flipped back and averaged with the image's before the sigmoid (IRN's EdgeDisplacement).
+    ``pad_to``: each view is first padded with zeros on the right and bottom to this size, as IRN's
+    and RIB's VOC inference pads to 512 (GroupNorm then sees the padding; the map changes
+    everywhere); ``None`` runs unpadded (RIB's COCO path).
     """
     if views.dim() != 4 or views.shape[0] != 2:
         raise ValueError(f"expected views [2, 3, H, W] (image, mirror), got {tuple(views.shape)}")
     h, w = (views.shape[2] + 3) // 4, (views.shape[3] + 3) // 4
+    if pad_to is not None:
+        views = F.pad(views, (0, max(0, pad_to - views.shape[3]), 0, max(0, pad_to - views.shape[2])))
     logits = net.boundary_logits(net.backbone_features(views))[:, 0, :h, :w]
     return torch.sigmoid((logits[0] + logits[1].flip(-1)) / 2)
 
@@ -235,7 +240,14 @@ def save_irnet(path: str | os.PathLike, net: IRNet, meta: Optional[Dict[str, Any
 
 
 def load_irnet(path: str | os.PathLike, device: torch.device | str = "cpu") -> IRNet:
-    """The network saved by :func:`save_irnet`, on ``device``, in eval mode."""
+    """The network saved by :func:`save_irnet`, on ``device``, in eval mode. The IRN / RIB
+    authors' ``res50_irn.pth`` state dicts load too (:mod:`rib_ext.models.authors`)."""
+    from rib_ext.models.authors import irnet_from_authors
+
+    authors_net = irnet_from_authors(
+        read_checkpoint(path, None, None, "IRN checkpoint", " (train_irn writes it)"), str(path))
+    if authors_net is not None:
+        return authors_net.to(device).eval()
     record = read_checkpoint(path, IRN_CHECKPOINT_FORMAT, IRN_CHECKPOINT_VERSION,
                              "rib_ext IRN checkpoint", " (train_irn writes it)")
     net = IRNet(record["backbone"])

@@ -173,7 +173,15 @@ def load_cam_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
 
 
 def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") -> CAMNet:
-    """Rebuild the network saved by :func:`save_cam_net`, on ``device``, in eval mode."""
+    """Rebuild the network saved by :func:`save_cam_net`, on ``device``, in eval mode. The IRN /
+    RIB authors' ``res50_cam.pth`` state dicts load too, recognised by their keys
+    (:mod:`rib_ext.models.authors`)."""
+    from rib_ext.models import authors
+
+    if Path(path).is_file():
+        model = authors.cam_net_from_authors(_read_torch_file(Path(path)), str(path))
+        if model is not None:
+            return model.to(device).eval()
     record = load_cam_checkpoint(path)
     try:
         model = CAMNet(record["backbone"], record["num_classes"], tuple(record["strides"]))

@@ -38,8 +38,9 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
         mode: ``'reference'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
             sum divided by the number of kept locations; 0 when none is kept).
 
-    A present class whose max is <= 0 keeps every location (no NaN, no division by zero); the
-    authors' unguarded division would give 0 for a negative max. See csrc/gndrp.h.
+    A present class whose max is <= 0: ``'reference'`` divides without a guard as the authors'
+    code does (max < 0 keeps nothing: logit 0, no gradient; max == 0 keeps the negative locations
+    and drops the zeros); ``'paper'`` keeps every location. See csrc/gndrp.h.
 
     Returns:
         logits ``[N, K]`` in cam's dtype, differentiable w.r.t. ``cam``.

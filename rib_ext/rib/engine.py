@@ -34,11 +34,16 @@ from rib_ext.precision import (apply_backend_settings, autocast, check_precision
                                memory_format)
 from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.rib.losses import step_loss
-from rib_ext.rib.sampling import OtherImages, image_generator
+from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio_tensor
 from rib_ext.training import NonFiniteLossError
 
 log = logging.getLogger("rib_ext.rib")
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """bf16 autocast output back to float32; float32 and float64 (the exactness tests) unchanged."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class CAMHead(nn.Module):
@@ -73,6 +78,7 @@ class _State:
     bufs: list
     acc: list  # per scale: accumulated map [K, h, w]
     rng: np.random.Generator
+    others: Optional[OtherStream] = None  # this image's other images, one permutation of its pool
     step: int = 0
     stop: Optional[str] = None
     stats: list = field(default_factory=list)
@@ -196,8 +202,10 @@ class RIBEngine:
         keys = torch.as_tensor(np.nonzero(target.label)[0], device=self.device)
         label = torch.as_tensor(target.label, device=self.device, dtype=torch.float32)
         params = [p.clone().requires_grad_() for p in self.base]
+        rng = image_generator(self.cfg.seed, target.index)
+        others = self.pool.stream(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
         return _State(target, keys, label, x2, params, [None] * len(params), [None] * len(x2),
-                      image_generator(self.cfg.seed, target.index))
+                      rng, others)
 
     def _cam(self, st: _State, x2: torch.Tensor) -> torch.Tensor:
         """Raw CAMs [N, K, h, w] under the image's weights, float32 whatever the precision (the
@@ -205,7 +213,7 @@ class RIBEngine:
         params = dict(zip(self.names, st.params))
         with self._autocast():
             cam = functional_call(self.head, (params, self.buffers), (x2,))
-        return cam.float()
+        return _at_least_float32(cam)
 
     def _other_cams(self, live: list[_State], x2_split) -> list[torch.Tensor]:
         """The other images' CAMs under each image's own weights: one call per image, or one
@@ -219,7 +227,7 @@ class RIBEngine:
 
         with self._autocast():
             cams = torch.func.vmap(head)(stacked, torch.stack(list(x2_split)))
-        return list(cams.float())
+        return list(_at_least_float32(cams))
 
     def _scale_cam(self, st: _State, s: int) -> torch.Tensor:
         """Scale ``s``'s CAMs [2, K, h, w] (differentiable when the scale feeds the loss), added
@@ -227,7 +235,8 @@ class RIBEngine:
         with torch.set_grad_enabled(self.cfg.scales[s] in self.cfg.loss_scales):
             cam = self._cam(st, st.x2[s])
         if st.acc[s] is None:
-            st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=torch.float32)
+            # cam_flip_accumulate_ wants cam's accumulation dtype (float64 for float64 cams).
+            st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=cam.dtype)
         ops.cam_flip_accumulate_(st.acc[s], cam[0], cam[1])
         return cam
 
@@ -275,8 +284,7 @@ class RIBEngine:
 
     # -- a group step -------------------------------------------------------------------------
     def _draw(self, st: _State) -> list[dict]:
-        return self.pool.draw(st.rng, st.target.label, st.target.pool_index, self.cfg.num_others,
-                              self.cfg.disjoint_prob)
+        return st.others.draw(self.cfg.num_others)
 
     @torch.no_grad()
     def _build(self, recipes: list[list[dict]]) -> list:
