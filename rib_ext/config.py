@@ -218,14 +218,18 @@ class RIBConfig:
         _require(self.steps >= 1, f"RIB steps must be >= 1, got {self.steps}")
         _require(self.num_others >= 1, f"num_others must be >= 1, got {self.num_others}")
         _require(self.group_size >= 1, f"group_size must be >= 1, got {self.group_size}")
-        _positive(self, "lr", "margin", "classifier_lr_mult", "other_crop")
+        _positive(self, "lr", "classifier_lr_mult", "other_crop")
+        # margin 0 stops after the first step (tests use it); a negative margin is a typo.
+        _require(self.margin >= 0, f"margin must be >= 0, got {self.margin}")
         _require(self.weight_decay >= 0 and self.lr_power >= 0,
                  f"weight_decay and lr_power must be >= 0, got {self.weight_decay}, {self.lr_power}")
         _require(self.pooling in ("gndrp", "gap"), f"pooling must be gndrp or gap, got {self.pooling!r}")
         _require(self.gndrp_mode in ("reference", "paper"), f"gndrp_mode must be reference or paper, got {self.gndrp_mode!r}")
         _require(self.loss in RIB_LOSSES, f"loss must be one of {RIB_LOSSES}, got {self.loss!r}")
         _require(self.head_batching in ("loop", "vmap"), f"head_batching must be loop or vmap, got {self.head_batching!r}")
-        _unit("explosion_threshold", self.explosion_threshold)
+        # Maps are max-normalised to [0, 1]; a threshold below 0 marks every map exploded (tests).
+        _require(self.explosion_threshold <= 1.0,
+                 f"explosion_threshold must be <= 1, got {self.explosion_threshold}")
         _unit("explosion_ratio", self.explosion_ratio)
         _unit("disjoint_prob", self.disjoint_prob)
         _scales("scales", self.scales)
