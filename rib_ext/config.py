@@ -89,6 +89,7 @@ class TrainCamConfig:
     classifier_lr_mult: float = 10.0
     weight_decay: float = 1e-4
     authors_momentum: bool = True  # SGD momentum = weight_decay (the authors' optimizer quirk)
+    checkpoint_every: int = 100  # steps between resumable states (also at each epoch's end)
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -97,7 +98,7 @@ class TrainCamConfig:
         self.validate()
 
     def validate(self) -> None:
-        _positive(self, "epochs", "batch_size", "crop_size", "lr", "classifier_lr_mult")
+        _positive(self, "epochs", "batch_size", "crop_size", "lr", "classifier_lr_mult", "checkpoint_every")
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _require(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         lo, hi = self.resize_long
@@ -113,12 +114,16 @@ class MakeCamConfig:
     scales: Tuple[float, ...] = CAM_SCALES
     num_workers: int = 0
     device: str = "auto"
+    precision: str = "float32"  # float32 | bf16 (autocast; the maps are float32)
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         _scales("scales", self.scales)
+        _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
 
 
 @dataclass
@@ -178,6 +183,12 @@ class RIBConfig:
     image's classes of max-normalised map > explosion_threshold covers more than explosion_ratio of
     the locations). ``paper``: -t*min(m, y) per row, GNDRP divides by the kept count (<= tau), no
     early stops.
+
+    A present class whose map is never positive: ``reference`` divides by the max unguarded, as
+    the authors' code does (max < 0: nothing kept, logit 0, no gradient; max == 0: the zero
+    locations dropped); ``paper`` average-pools such a plane (csrc/gndrp.h).
+    COCO: ``reference`` reproduces the authors' GNDRP loop over the first 20 classes only
+    (``coco_first20_bug``: classes 20..79 average-pooled); ``paper`` normalises all 80.
     """
 
     preset: str = "reference"
@@ -198,14 +209,29 @@ class RIBConfig:
     stop_on_explosion: bool = True
     explosion_threshold: float = 0.3
     explosion_ratio: float = 0.7
-    disjoint_prob: float = 1.0  # probability that the other images share no class with the target
+    # Per step, the probability that the other images come from the pool sharing no class with the
+    # target (else from all other images). Ours: the authors' p_disjoint < 1 branch is dead code
+    # that always draws from the disjoint pool (rib_ext.rib.sampling.OtherStream).
+    disjoint_prob: float = 1.0
     scales: Tuple[float, ...] = CAM_SCALES  # map scales; the first must be 1.0 (explosion check)
     loss_scales: Tuple[float, ...] = (1.0, 1.5, 2.0)  # target scales that feed the loss (not 0.5)
     other_resize_long: Tuple[int, int] = (320, 640)
     other_crop: int = 512
-    coco_first20_bug: bool = False  # GNDRP only on classes 0..19, as the authors' COCO code did
-    group_size: int = 1  # G: images adapted at once, each with its own weights
+    # GNDRP normalises only classes 0..19, the rest are average-pooled: the authors' GNDRP loops
+    # over range(20) also on COCO, and that produced the published COCO figures. On by preset_for
+    # ("reference", "coco"); the paper preset normalises all 80 classes.
+    coco_first20_bug: bool = False
+    group_size: int = 1  # G: images adapted at once, each with its own weights; 0 = auto
     head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
+    # -- speed settings (benchmarks/RESULTS.md); none changes the method, precision aside
+    precision: str = "float32"  # float32 | bf16 (autocast; maps and weights stay float32)
+    channels_last: bool = False  # NHWC convolutions (pays on GPUs with bf16)
+    cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape
+    fold_stem: bool = True  # stages 1-2 with each fixed BN folded into its convolution
+    foreach_update: bool = True  # the SGD update as torch._foreach_* over the group's weights
+    group_memory_gb: float = 16.0  # group_size=0: the largest G whose step fits this (CUDA)
+    image_cache_mb: int = 4096  # decoded other images kept in (pinned) host memory, LRU beyond
+    prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
     seed: int = 0
     device: str = "auto"
 
@@ -217,19 +243,19 @@ class RIBConfig:
         _require(0.0 < self.tau <= 1.0, f"tau must lie in (0, 1], got {self.tau}")
         _require(self.steps >= 1, f"RIB steps must be >= 1, got {self.steps}")
         _require(self.num_others >= 1, f"num_others must be >= 1, got {self.num_others}")
-        _require(self.group_size >= 1, f"group_size must be >= 1, got {self.group_size}")
-        _positive(self, "lr", "classifier_lr_mult", "other_crop")
-        # margin 0 stops after the first step (tests use it); a negative margin is a typo.
-        _require(self.margin >= 0, f"margin must be >= 0, got {self.margin}")
+        _require(self.group_size >= 0, f"group_size must be >= 1, or 0 for automatic; got {self.group_size}")
+        _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
+        _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
+        _require(self.image_cache_mb >= 0, f"image_cache_mb must be >= 0, got {self.image_cache_mb}")
+        _positive(self, "group_memory_gb")
+        _positive(self, "lr", "margin", "classifier_lr_mult", "other_crop")
         _require(self.weight_decay >= 0 and self.lr_power >= 0,
                  f"weight_decay and lr_power must be >= 0, got {self.weight_decay}, {self.lr_power}")
         _require(self.pooling in ("gndrp", "gap"), f"pooling must be gndrp or gap, got {self.pooling!r}")
         _require(self.gndrp_mode in ("reference", "paper"), f"gndrp_mode must be reference or paper, got {self.gndrp_mode!r}")
         _require(self.loss in RIB_LOSSES, f"loss must be one of {RIB_LOSSES}, got {self.loss!r}")
         _require(self.head_batching in ("loop", "vmap"), f"head_batching must be loop or vmap, got {self.head_batching!r}")
-        # Maps are max-normalised to [0, 1]; a threshold below 0 marks every map exploded (tests).
-        _require(self.explosion_threshold <= 1.0,
-                 f"explosion_threshold must be <= 1, got {self.explosion_threshold}")
+        _unit("explosion_threshold", self.explosion_threshold)
         _unit("explosion_ratio", self.explosion_ratio)
         _unit("disjoint_prob", self.disjoint_prob)
         _scales("scales", self.scales)
@@ -245,7 +271,8 @@ class RIBConfig:
             raise ValueError(f"preset must be 'reference' or 'paper', got {preset!r}")
         values = {}
         if dataset == "coco":
-            values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8)
+            values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8,
+                          coco_first20_bug=preset == "reference")
         if preset == "paper":
             values.update(preset="paper", gndrp_mode="paper", clip_loss=True, stop_on_margin=False,
                           stop_on_explosion=False)
@@ -259,12 +286,17 @@ MISSING_POLICIES = ("error", "skip")
 
 # ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask); see shared/IRN_NOTES.md
 
-# What differs between the IRN and RIB authors' code; everything else is shared.
+# What differs between the IRN and RIB authors' code; everything else is shared. VOC presets pad
+# every image to 512 x 512 before the boundary network (IRN's EdgeDisplacement, which RIB keeps for
+# VOC); RIB's COCO script does not pad and uses a background threshold of 0.22.
 IRN_PRESETS: Dict[str, Dict[str, Any]] = {
-    "irn": {"conf_fg": 0.30, "conf_bg": 0.05, "sem_seg_bg_thres": 0.25, "map_power": 1.0},
-    "rib": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.27, "map_power": 1.3},
+    "irn": {"conf_fg": 0.30, "conf_bg": 0.05, "sem_seg_bg_thres": 0.25, "map_power": 1.0,
+            "boundary_pad_to": 512},
+    "rib": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.27, "map_power": 1.3,
+            "boundary_pad_to": 512},
+    "rib_coco": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.22, "map_power": 1.3,
+                 "boundary_pad_to": None},
 }
-
 
 
 @dataclass
@@ -304,7 +336,12 @@ class IRNConfig:
     beta: float = 10.0
     exp_times: int = 8  # the walk takes 2 ** exp_times steps
     map_power: float = 1.0  # RIB raises the stride-4 maps to 1.3 before the walk
-    sem_seg_bg_thres: float = 0.25
+    sem_seg_bg_thres: float = 0.25  # RIB: 0.27 on VOC, 0.22 on COCO
+    # Pad the image with zeros (right and bottom, after normalisation) to this size before the
+    # boundary network, then crop the map back: IRN's and RIB's VOC inference do, so GroupNorm's
+    # statistics include the padding. None runs the image unpadded (RIB's COCO path). Sides
+    # already longer are left as they are.
+    boundary_pad_to: Optional[int] = 512
 
     # -- RIB-Sal: saliency PNGs 0..255, salient where value > saliency_threshold
     saliency_threshold: int = 127
@@ -315,11 +352,17 @@ class IRNConfig:
         self.validate()
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "IRNConfig":
-        """``"irn"`` (IRN's code) or ``"rib"`` (RIB's code), with keyword overrides."""
+    def preset(cls, name: str, dataset: Optional[str] = None, **overrides: Any) -> "IRNConfig":
+        """``"irn"`` (IRN's code), ``"rib"`` (RIB's VOC code) or ``"rib_coco"``, with keyword
+        overrides. ``dataset="coco"`` selects the COCO variant: ``"rib"`` becomes ``"rib_coco"``
+        (background threshold 0.22, no padding); ``"irn"`` (no COCO script of its own) runs
+        unpadded."""
         if name not in IRN_PRESETS:
             raise ValueError(f"unknown IRN preset {name!r}; expected one of {sorted(IRN_PRESETS)}")
-        return cls(**{**IRN_PRESETS[name], **overrides})
+        values = dict(IRN_PRESETS[name])
+        if dataset == "coco":
+            values = dict(IRN_PRESETS.get(f"{name}_coco", {**values, "boundary_pad_to": None}))
+        return cls(**{**values, **overrides})
 
     def replace(self, **changes: Any) -> "IRNConfig":
         return dataclasses.replace(self, **changes)
@@ -347,6 +390,8 @@ class IRNConfig:
             raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
         if self.map_power <= 0:
             raise ValueError(f"map_power must be > 0, got {self.map_power}")
+        if self.boundary_pad_to is not None and self.boundary_pad_to < 1:
+            raise ValueError(f"boundary_pad_to must be None or >= 1, got {self.boundary_pad_to}")
         if not 0 <= self.saliency_threshold <= 255:
             raise ValueError(f"saliency_threshold must lie in 0..255, got {self.saliency_threshold}")
 

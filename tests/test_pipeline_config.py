@@ -26,7 +26,7 @@ def main(argv):
     (["--tau", "1.5"], "rib: tau must lie in (0, 1]"),
     (["--tau", "-0.5"], "tau must lie in (0, 1]"),
     (["--rib-lr", "-1"], "lr must be > 0"),
-    (["--margin", "-1"], "margin must be >= 0"),
+    (["--margin", "-1"], "margin must be > 0"),
     (["--crf-threshold", "2"], "crf threshold must lie in [0, 1]"),
     (["--rib-steps", "0"], "steps must be >= 1"),
     (["--num-others", "0"], "num_others must be >= 1"),

@@ -47,7 +47,8 @@ BODY_COLOURS = np.array(
     [(122, 96, 72), (140, 138, 132), (168, 148, 112), (102, 104, 72), (92, 82, 88), (150, 120, 96)],
     dtype=np.float32,
 )
-_OWNED = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets", "cls_labels.npy", "classes.txt", STAMP_NAME)
+_OWNED = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets", "cls_labels.npy", "cls_labels.npy.source.json",
+          "classes.txt", STAMP_NAME)
 
 
 class Bird(NamedTuple):

@@ -32,6 +32,10 @@ def pooling_tau(cfg: RIBConfig) -> float:
 
 
 def _present(labels: torch.Tensor, cfg: RIBConfig) -> torch.Tensor:
+    if cfg.pooling == "gap":
+        # The authors' GAP is a plain mean: no class is normalised (an infinite tau alone would
+        # still drop the NaN locations of a plane whose max is 0).
+        return torch.zeros_like(labels, dtype=torch.bool)
     present = labels > 0
     if cfg.coco_first20_bug:
         # The authors' COCO code normalised only the first 20 classes; the rest became plain GAP.
@@ -44,7 +48,8 @@ def group_loss(cam: torch.Tensor, labels: torch.Tensor, cfg: RIBConfig):
     """(loss, logits [N, K] detached) of one row group; ``cam`` [N, K, h, w] raw, differentiable."""
     tau = pooling_tau(cfg)
     loss_mode = "paper" if cfg.clip_loss else "reference"
-    if cfg.loss == "rib" and loss_mode == cfg.gndrp_mode and not cfg.coco_first20_bug:
+    if (cfg.loss == "rib" and loss_mode == cfg.gndrp_mode and not cfg.coco_first20_bug
+            and cfg.pooling == "gndrp"):
         return ops.gndrp_margin_loss(cam, labels, tau, cfg.margin, cfg.gndrp_mode)
     logits = ops.gndrp_pool(cam, _present(labels, cfg), tau, cfg.gndrp_mode)
     if cfg.loss == "rib":
@@ -62,7 +67,8 @@ def step_loss(target_cams, target_label: torch.Tensor, other_cam: torch.Tensor,
     """(total loss, stop statistic) of one image's step.
 
     ``target_cams``: [2, K, h, w] per loss scale (image and flip); the stop statistic is
-    |sum of the target rows' labelled logits|, the authors' margin stop.
+    |sum of the target rows' labelled logits|, the authors' margin stop, as a 0-d tensor on the
+    device (the engine reads a group's statistics with one synchronisation).
     """
     total = 0
     stat = 0
@@ -74,4 +80,4 @@ def step_loss(target_cams, target_label: torch.Tensor, other_cam: torch.Tensor,
     if other_cam is not None and other_cam.shape[0] > 0:
         loss, _ = group_loss(other_cam, other_labels, cfg)
         total = total + loss
-    return total, abs(float(stat))
+    return total, torch.as_tensor(stat, dtype=torch.float32, device=target_label.device).abs()
