@@ -181,3 +181,25 @@ def test_report_table_equals_summary(tmp_path):
     voc = build_report(out, used={"dataset": "voc"})
     assert f"| RIB (paper) | {PAPER_VOC['rib']['seed']:.1f} |" in voc
     assert settings_diff({"a": (1, 2)}, {"a": [1, 2]}) == []
+
+
+def test_step_montage_from_the_engine(tmp_path):
+    """visualize_run with a model re-adapts images with snapshots: one map per step, and the
+    montage draws them (a tiny network, 2 steps)."""
+    from factories import TinyDataset, tiny_cam_net
+    from rib_ext.config import RIBConfig
+    from rib_ext.rib import OtherImages
+    from rib_ext.visualize import step_maps_with_engine
+
+    data = TinyDataset(n=4, k=3)
+    pool = OtherImages(data, "cpu", resize_long=(40, 72), crop=48)
+    cfg = RIBConfig.preset_for("reference", steps=2, lr=0.02, num_others=2, margin=1e9,
+                               stop_on_explosion=False,
+                               scales=(1.0, 0.5), loss_scales=(1.0,), other_resize_long=(40, 72),
+                               other_crop=48)
+    maps = step_maps_with_engine(tiny_cam_net(k=3), pool, cfg, data, [data.ids[1]])
+    scores = maps[data.ids[1]]
+    assert len(scores) == 2 and scores[0].shape == data.image(1).shape[:2]
+    assert not np.allclose(scores[0], scores[1])  # adaptation moved the map
+    out = render_step_montage(data.image(1), scores, tmp_path / "s.png", tile=32)
+    assert _png(out).size[0] == 3 * 32

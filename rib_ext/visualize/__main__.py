@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "background threshold")
     p.add_argument("--ids", nargs="+", help="these images (default: --count spread over the list)")
     p.add_argument("--count", type=int, default=DEFAULT_COUNT)
+    p.add_argument("--steps", type=int, default=0, metavar="N",
+                   help="with --run: re-adapt the first N of the images with the run's classifier "
+                        "and RIB settings and draw the map after each step (CPU: seconds per image)")
     p.add_argument("--out", help="output folder (default: MAPS_DIR/../visualize, or RUN/visualize)")
     return p
 
@@ -44,6 +47,21 @@ def _dataset(args, root: str | None, split: str):
     return build_dataset(args.dataset, root, split)
 
 
+def _run_rib_parts(args, run: Path, root: str, saved: dict):
+    """The run's trained classifier, its other-image pool and its RIB settings (from config.json)."""
+    from rib_ext.config import RIBConfig
+    from rib_ext.rib import OtherImages
+    from rib_ext.stages.train_cam import load_trained
+
+    if "rib" not in saved:
+        raise SystemExit(f"{run / 'config.json'}: no rib settings: --steps needs a pipeline run")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["rib"].items()}
+    rib_cfg = RIBConfig(**{**fields, "device": "cpu"})
+    pool_set = _dataset(args, root, saved.get("train_list") or "train")
+    pool = OtherImages(pool_set, "cpu", rib_cfg.other_resize_long, rib_cfg.other_crop)
+    return load_trained(run / "train_cam"), pool, rib_cfg
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.run:
@@ -53,8 +71,12 @@ def main(argv=None) -> int:
         saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
         root = args.root or saved.get("root") or (str(run / "data") if args.dataset == "demo" else None)
         split = args.list or saved.get("eval_list") or ("val" if args.dataset == "demo" else "train")
-        result = visualize_run(run, _dataset(args, root, split), ids=args.ids, count=args.count,
-                               dest=args.out)
+        dataset = _dataset(args, root, split)
+        model = pool = rib_cfg = None
+        if args.steps > 0:
+            model, pool, rib_cfg = _run_rib_parts(args, run, root, saved)
+        result = visualize_run(run, dataset, ids=args.ids, count=args.count, dest=args.out,
+                               model=model, pool=pool, rib_cfg=rib_cfg, montage_count=args.steps)
         print(f"[visualize] {len(result['images'])} panels in {result['dir']}")
         return 0
     if not args.maps_dir:
