@@ -9,19 +9,22 @@
 //
 // For every plane (n, k):
 //   M = max_u cam[n,k,u]                                   (treated as a constant: no gradient)
-//   kept(u) = true                          if !present[n,k] or M <= 0
-//           = cam[n,k,u] / M <  tau         (reference)
-//           = cam[n,k,u] / M <= tau         (paper)
+//   kept(u) = true                          if !present[n,k]
+//           = cam[n,k,u] / M <  tau         (reference; no guard on M, see below)
+//           = true                          (paper, M <= 0)
+//           = cam[n,k,u] / M <= tau         (paper, M > 0)
 //   pooled[n,k] = sum_{kept} cam[n,k,u] * scale[n,k]
 //   scale = 1 / (H*W)                       (reference)
 //         = 1 / #kept, or 0 if #kept == 0   (paper)
 //
-// M <= 0 means the class has no positive evidence anywhere, so no location is "discriminative" and
-// every one is pooled (the plane degenerates to average pooling). The authors' code divides by M
-// without a guard: for M < 0 every normalised value is >= 1, nothing is kept and the logit is 0; for
-// M == 0 it divides by zero (negative locations become -inf and are kept, zeros become NaN and are
-// dropped, which sums to the same as keeping all). We define both cases as "keep all": no NaN, no
-// division by zero, and a gradient that still pushes the class up.
+// A present class whose map is never positive (it happens on other images whose crop cut their
+// object out). Reference mode divides by M without a guard, exactly as the authors' code does, in
+// IEEE arithmetic: M < 0 makes every ratio >= 1, so nothing is kept (logit 0, no gradient) for
+// tau <= 1; M == 0 turns negative locations into -inf (kept) and zeros into NaN (dropped: a
+// comparison with NaN is false), so the logit is the plain mean but the zero locations get no
+// gradient; an all-zero plane keeps nothing. Paper mode (not the authors' code) guards: with no
+// positive evidence no location is "discriminative", so every location is pooled (average pooling)
+// and no NaN or division by zero appears.
 //
 // Every op returns (pooled-or-logits, plane_max, scale) so that backward is one pass over cam.
 #pragma once
@@ -33,8 +36,9 @@ namespace rib_ext {
 template <typename acc_t>
 C10_HOST_DEVICE inline bool gndrp_kept(acc_t v, acc_t plane_max, bool present, acc_t tau,
                                        bool paper) {
-  if (!present || !(plane_max > acc_t(0))) return true;
-  const acc_t r = v / plane_max;  // divide (not v < tau*M) to match the reference bit for bit
+  if (!present || (paper && !(plane_max > acc_t(0)))) return true;
+  // Divide (not v < tau*M): the authors' arithmetic, NaN and infinities included (see above).
+  const acc_t r = v / plane_max;
   return paper ? (r <= tau) : (r < tau);
 }
 

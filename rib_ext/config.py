@@ -13,6 +13,30 @@ from typing import Any, Dict, Optional, Tuple
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+class ConfigError(ValueError):
+    """A setting out of its range, or a config file that does not fit the dataclasses."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _unit(name: str, value: float) -> None:
+    _require(0.0 <= value <= 1.0, f"{name} must lie in [0, 1], got {value}")
+
+
+def _positive(obj, *names: str) -> None:
+    for name in names:
+        _require(getattr(obj, name) > 0, f"{name} must be > 0, got {getattr(obj, name)}")
+
+
+def _scales(name: str, scales) -> None:
+    _require(len(scales) > 0 and all(s > 0 for s in scales), f"{name} must be positive, got {scales}")
+    # IRN's map format takes its stride-4 'cam' size from the first scale; RIB's explosion check too.
+    _require(float(scales[0]) == 1.0, f"{name} must start with 1.0, got {tuple(scales)}")
+
+
 def plain_dict(cfg) -> Dict[str, Any]:
     """A config as plain values only (tuples as lists), for JSON files and ``weights_only``
     checkpoints."""
@@ -38,6 +62,14 @@ class DemoDataConfig:
     num_val: int = 60
     image_size: int = 128
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _positive(self, "num_train", "num_val")
+        _require(self.seed >= 0, f"demo seed must be >= 0, got {self.seed}")
+        _require(self.image_size >= 32, f"demo image_size must be >= 32, got {self.image_size}")
+
 
 @dataclass
 class TrainCamConfig:
@@ -57,9 +89,22 @@ class TrainCamConfig:
     classifier_lr_mult: float = 10.0
     weight_decay: float = 1e-4
     authors_momentum: bool = True  # SGD momentum = weight_decay (the authors' optimizer quirk)
+    checkpoint_every: int = 100  # steps between resumable states (also at each epoch's end)
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _positive(self, "epochs", "batch_size", "crop_size", "lr", "classifier_lr_mult", "checkpoint_every")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        lo, hi = self.resize_long
+        _require(0 < lo <= hi, f"resize_long must be (lo, hi) with 0 < lo <= hi, got {self.resize_long}")
+        _require(len(self.strides) == 4 and all(s in (1, 2) for s in self.strides),
+                 f"strides must be 4 values, each 1 or 2, got {self.strides}")
 
 
 @dataclass
@@ -70,6 +115,12 @@ class MakeCamConfig:
     num_workers: int = 0
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _scales("scales", self.scales)
+
 
 @dataclass
 class EvalSeedConfig:
@@ -78,6 +129,16 @@ class EvalSeedConfig:
     threshold_start: float = 0.20
     threshold_stop: float = 0.49  # inclusive
     threshold_step: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _unit("threshold_start", self.threshold_start)
+        _unit("threshold_stop", self.threshold_stop)
+        _require(self.threshold_start <= self.threshold_stop,
+                 f"threshold_start {self.threshold_start} is above threshold_stop {self.threshold_stop}")
+        _require(self.threshold_step > 0, f"threshold_step must be > 0, got {self.threshold_step}")
 
 
 @dataclass
@@ -92,6 +153,16 @@ class CRFConfig:
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 10.0
     iterations: int = 10
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.threshold is not None:
+            _unit("crf threshold", self.threshold)
+        _require(0.0 < self.gt_prob < 1.0, f"gt_prob must lie in (0, 1), got {self.gt_prob}")
+        _positive(self, "gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
+        _require(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
 
 
 RIB_LOSSES = ("rib", "bce_sigmoid", "bce_tanh", "bce_softsign")
@@ -108,6 +179,12 @@ class RIBConfig:
     image's classes of max-normalised map > explosion_threshold covers more than explosion_ratio of
     the locations). ``paper``: -t*min(m, y) per row, GNDRP divides by the kept count (<= tau), no
     early stops.
+
+    A present class whose map is never positive: ``reference`` divides by the max unguarded, as
+    the authors' code does (max < 0: nothing kept, logit 0, no gradient; max == 0: the zero
+    locations dropped); ``paper`` average-pools such a plane (csrc/gndrp.h).
+    COCO: ``reference`` reproduces the authors' GNDRP loop over the first 20 classes only
+    (``coco_first20_bug``: classes 20..79 average-pooled); ``paper`` normalises all 80.
     """
 
     preset: str = "reference"
@@ -128,16 +205,47 @@ class RIBConfig:
     stop_on_explosion: bool = True
     explosion_threshold: float = 0.3
     explosion_ratio: float = 0.7
-    disjoint_prob: float = 1.0  # probability that the other images share no class with the target
+    # Per step, the probability that the other images come from the pool sharing no class with the
+    # target (else from all other images). Ours: the authors' p_disjoint < 1 branch is dead code
+    # that always draws from the disjoint pool (rib_ext.rib.sampling.OtherStream).
+    disjoint_prob: float = 1.0
     scales: Tuple[float, ...] = CAM_SCALES  # map scales; the first must be 1.0 (explosion check)
     loss_scales: Tuple[float, ...] = (1.0, 1.5, 2.0)  # target scales that feed the loss (not 0.5)
     other_resize_long: Tuple[int, int] = (320, 640)
     other_crop: int = 512
-    coco_first20_bug: bool = False  # GNDRP only on classes 0..19, as the authors' COCO code did
+    # GNDRP normalises only classes 0..19, the rest are average-pooled: the authors' GNDRP loops
+    # over range(20) also on COCO, and that produced the published COCO figures. On by preset_for
+    # ("reference", "coco"); the paper preset normalises all 80 classes.
+    coco_first20_bug: bool = False
     group_size: int = 1  # G: images adapted at once, each with its own weights
     head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _require(self.preset in ("reference", "paper"), f"preset must be 'reference' or 'paper', got {self.preset!r}")
+        _require(0.0 < self.tau <= 1.0, f"tau must lie in (0, 1], got {self.tau}")
+        _require(self.steps >= 1, f"RIB steps must be >= 1, got {self.steps}")
+        _require(self.num_others >= 1, f"num_others must be >= 1, got {self.num_others}")
+        _require(self.group_size >= 1, f"group_size must be >= 1, got {self.group_size}")
+        _positive(self, "lr", "margin", "classifier_lr_mult", "other_crop")
+        _require(self.weight_decay >= 0 and self.lr_power >= 0,
+                 f"weight_decay and lr_power must be >= 0, got {self.weight_decay}, {self.lr_power}")
+        _require(self.pooling in ("gndrp", "gap"), f"pooling must be gndrp or gap, got {self.pooling!r}")
+        _require(self.gndrp_mode in ("reference", "paper"), f"gndrp_mode must be reference or paper, got {self.gndrp_mode!r}")
+        _require(self.loss in RIB_LOSSES, f"loss must be one of {RIB_LOSSES}, got {self.loss!r}")
+        _require(self.head_batching in ("loop", "vmap"), f"head_batching must be loop or vmap, got {self.head_batching!r}")
+        _unit("explosion_threshold", self.explosion_threshold)
+        _unit("explosion_ratio", self.explosion_ratio)
+        _unit("disjoint_prob", self.disjoint_prob)
+        _scales("scales", self.scales)
+        _require(any(s in self.scales for s in self.loss_scales),
+                 f"no loss scale {tuple(self.loss_scales)} is among the scales {tuple(self.scales)}")
+        lo, hi = self.other_resize_long
+        _require(0 < lo <= hi, f"other_resize_long must be (lo, hi) with 0 < lo <= hi, got {self.other_resize_long}")
 
     @classmethod
     def preset_for(cls, preset: str = "reference", dataset: str = "voc", **overrides) -> "RIBConfig":
@@ -146,7 +254,8 @@ class RIBConfig:
             raise ValueError(f"preset must be 'reference' or 'paper', got {preset!r}")
         values = {}
         if dataset == "coco":
-            values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8)
+            values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8,
+                          coco_first20_bug=preset == "reference")
         if preset == "paper":
             values.update(preset="paper", gndrp_mode="paper", clip_loss=True, stop_on_margin=False,
                           stop_on_explosion=False)
@@ -160,12 +269,17 @@ MISSING_POLICIES = ("error", "skip")
 
 # ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask); see shared/IRN_NOTES.md
 
-# What differs between the IRN and RIB authors' code; everything else is shared.
+# What differs between the IRN and RIB authors' code; everything else is shared. VOC presets pad
+# every image to 512 x 512 before the boundary network (IRN's EdgeDisplacement, which RIB keeps for
+# VOC); RIB's COCO script does not pad and uses a background threshold of 0.22.
 IRN_PRESETS: Dict[str, Dict[str, Any]] = {
-    "irn": {"conf_fg": 0.30, "conf_bg": 0.05, "sem_seg_bg_thres": 0.25, "map_power": 1.0},
-    "rib": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.27, "map_power": 1.3},
+    "irn": {"conf_fg": 0.30, "conf_bg": 0.05, "sem_seg_bg_thres": 0.25, "map_power": 1.0,
+            "boundary_pad_to": 512},
+    "rib": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.27, "map_power": 1.3,
+            "boundary_pad_to": 512},
+    "rib_coco": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.22, "map_power": 1.3,
+                 "boundary_pad_to": None},
 }
-
 
 
 @dataclass
@@ -205,7 +319,12 @@ class IRNConfig:
     beta: float = 10.0
     exp_times: int = 8  # the walk takes 2 ** exp_times steps
     map_power: float = 1.0  # RIB raises the stride-4 maps to 1.3 before the walk
-    sem_seg_bg_thres: float = 0.25
+    sem_seg_bg_thres: float = 0.25  # RIB: 0.27 on VOC, 0.22 on COCO
+    # Pad the image with zeros (right and bottom, after normalisation) to this size before the
+    # boundary network, then crop the map back: IRN's and RIB's VOC inference do, so GroupNorm's
+    # statistics include the padding. None runs the image unpadded (RIB's COCO path). Sides
+    # already longer are left as they are.
+    boundary_pad_to: Optional[int] = 512
 
     # -- RIB-Sal: saliency PNGs 0..255, salient where value > saliency_threshold
     saliency_threshold: int = 127
@@ -216,11 +335,17 @@ class IRNConfig:
         self.validate()
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "IRNConfig":
-        """``"irn"`` (IRN's code) or ``"rib"`` (RIB's code), with keyword overrides."""
+    def preset(cls, name: str, dataset: Optional[str] = None, **overrides: Any) -> "IRNConfig":
+        """``"irn"`` (IRN's code), ``"rib"`` (RIB's VOC code) or ``"rib_coco"``, with keyword
+        overrides. ``dataset="coco"`` selects the COCO variant: ``"rib"`` becomes ``"rib_coco"``
+        (background threshold 0.22, no padding); ``"irn"`` (no COCO script of its own) runs
+        unpadded."""
         if name not in IRN_PRESETS:
             raise ValueError(f"unknown IRN preset {name!r}; expected one of {sorted(IRN_PRESETS)}")
-        return cls(**{**IRN_PRESETS[name], **overrides})
+        values = dict(IRN_PRESETS[name])
+        if dataset == "coco":
+            values = dict(IRN_PRESETS.get(f"{name}_coco", {**values, "boundary_pad_to": None}))
+        return cls(**{**values, **overrides})
 
     def replace(self, **changes: Any) -> "IRNConfig":
         return dataclasses.replace(self, **changes)
@@ -248,6 +373,8 @@ class IRNConfig:
             raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
         if self.map_power <= 0:
             raise ValueError(f"map_power must be > 0, got {self.map_power}")
+        if self.boundary_pad_to is not None and self.boundary_pad_to < 1:
+            raise ValueError(f"boundary_pad_to must be None or >= 1, got {self.boundary_pad_to}")
         if not 0 <= self.saliency_threshold <= 255:
             raise ValueError(f"saliency_threshold must lie in 0..255, got {self.saliency_threshold}")
 
@@ -354,17 +481,25 @@ class SegmentConfig:
         return plain_dict(self)
 
 
+PIPELINE_PRESETS = ("demo", "voc", "coco")
+
+
 @dataclass
 class PipelineConfig:
+    """The whole run: data, output, and every stage's settings (one tree, validated at once)."""
+
     dataset: str = "demo"  # voc | coco | demo
     root: Optional[str] = None
     out_dir: str = "rib_ext_out"
-    train_list: Optional[str] = None
+    train_list: Optional[str] = None  # None: VOC train_aug when its list exists, else train
     eval_list: Optional[str] = None
     val_list: Optional[str] = None  # the segment stage's evaluation list
     saliency_dir: Optional[str] = None  # RIB-Sal: saliency PNGs that refine the pseudo masks
     allow_missing: bool = False  # skip images whose maps are missing instead of stopping
     irn_auto_thresholds: bool = False  # IRN confident labels at best seed threshold +- 0.1
+    preset: Optional[str] = None  # demo | voc | coco: the settings the stage configs started from
+    cam_checkpoint: Optional[str] = None  # a trained classifier to use instead of train_cam's
+    device: str = "auto"
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
@@ -373,3 +508,51 @@ class PipelineConfig:
     rib: RIBConfig = field(default_factory=RIBConfig)
     irn: IRNConfig = field(default_factory=lambda: IRNConfig.preset("rib"))
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field of the tree (also after in-place edits, which skip __post_init__)."""
+        _require(self.dataset in ("demo", "voc", "coco"),
+                 f"dataset must be demo, voc or coco, got {self.dataset!r}")
+        _require(self.preset is None or self.preset in PIPELINE_PRESETS,
+                 f"preset must be one of {PIPELINE_PRESETS}, got {self.preset!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value) and hasattr(value, "validate"):
+                try:
+                    value.validate()
+                except ConfigError:
+                    raise
+                except ValueError as err:  # IRN / segment configs raise plain ValueErrors
+                    raise ConfigError(f"{f.name}: {err}") from err
+
+
+def from_plain(cls, values: Dict[str, Any], where: str = "config"):
+    """A dataclass (nested ones too) from plain values such as :func:`plain_dict` gives: lists become
+    tuples where the field is a tuple; unknown names are an error naming them."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    hints = _type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints.get(name)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_plain(hint, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _type_hints(cls) -> Dict[str, Any]:
+    import typing
+    return typing.get_type_hints(cls)

@@ -8,19 +8,50 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 
+class UnreadableFileError(ValueError):
+    """An existing output or input file is empty, truncated or not in the expected format.
+
+    The message names the file; a stage that meets one while deciding what to skip rebuilds it
+    (see :func:`is_loadable`).
+    """
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    # Elsewhere: set and restore (a brief window in which another thread's files get 0o022).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The final file gets the mode a plain ``open(path, "w")`` would give (0o666 less the umask):
+    ``mkstemp`` creates 0o600 files, which teammates on shared storage cannot read.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -38,8 +69,58 @@ def save_npy(path: str | os.PathLike, obj: Any) -> None:
 
 
 def load_npy_dict(path: str | os.PathLike) -> dict:
-    """Load a dict saved by :func:`save_npy` (IRN's ``.npy`` map format)."""
-    return np.load(path, allow_pickle=True).item()
+    """Load a dict saved by :func:`save_npy` (IRN's ``.npy`` map format).
+
+    Raises :class:`UnreadableFileError` naming ``path`` for an empty, truncated or foreign file, and
+    ``FileNotFoundError`` when it does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        obj = np.load(path, allow_pickle=True)
+        record = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == () else None
+    except Exception as err:  # EOFError, pickle.UnpicklingError, ValueError, OSError... by damage
+        raise UnreadableFileError(f"{path}: cannot read the .npy file (empty or truncated?): "
+                                  f"{type(err).__name__}: {err}") from err
+    if not isinstance(record, dict):
+        raise UnreadableFileError(f"{path}: expected np.save of a dict, found "
+                                  f"{type(record).__name__ if record is not None else 'an array'}")
+    return record
+
+
+def is_loadable(path: str | os.PathLike) -> bool:
+    """Whether an existing output can be read back, by its suffix: ``.npy`` (a dict, fully loaded),
+    ``.png`` (decoded), ``.json`` (parsed), ``.pth``/``.pt`` (a complete torch zip archive; the
+    archive's directory is checked, not unpickled). False for a missing file.
+
+    Stages call it on the outputs they would skip, so a file left empty or cut short by a full disk
+    or a copy is rebuilt rather than trusted.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".png", ".json", ".pth", ".pt"):
+        raise ValueError(f"is_loadable: no reader for {suffix!r} files ({path})")
+    try:
+        if suffix == ".npy":
+            load_npy_dict(path)
+        elif suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as img:
+                img.load()
+        elif suffix == ".json":
+            json.loads(path.read_text())
+        else:
+            # torch.save writes a zip archive whose central directory is at the end: a truncated
+            # file has none, and testzip() checks every member's CRC.
+            with zipfile.ZipFile(path) as zf:
+                return zf.testzip() is None
+    except Exception:  # any decoding failure means "rebuild it"
+        return False
+    return True
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

@@ -15,3 +15,20 @@ def pytest_collection_modifyitems(config, items):
 def cpu_and_cuda():
     """Device parametrisation: CPU always, CUDA as a test that skips without a GPU."""
     return ("cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda))
+
+
+def pytest_generate_tests(metafunc):
+    """OpTester subclasses (tests/op_tester.py) list their cases as class attributes."""
+    if metafunc.cls is None or not hasattr(metafunc.cls, "OPCHECK_CASES"):
+        return
+    for fixture, attr in (("case", "CASES"), ("gcase", "GRADCHECK_CASES"), ("ocase", "OPCHECK_CASES")):
+        if fixture in metafunc.fixturenames:
+            cases = getattr(metafunc.cls, attr)
+            metafunc.parametrize(fixture, cases, ids=["-".join(f"{k}={v}" for k, v in c.items()) or "default"
+                                                      for c in cases])
+    explicit = {name.strip() for m in metafunc.definition.iter_markers("parametrize")
+                for name in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
+    for fixture, attr in (("dtype", "DTYPES"), ("layout", "LAYOUTS")):
+        if fixture in metafunc.fixturenames and fixture not in explicit:
+            values = getattr(metafunc.cls, attr)
+            metafunc.parametrize(fixture, values, ids=[str(v).replace("torch.", "") for v in values])

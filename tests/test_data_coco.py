@@ -182,3 +182,67 @@ def test_bad_annotation_files(coco_root):
     write_instances(ann, categories=[{"id": CAR, "name": "truck"}])
     with pytest.raises(DatasetError, match=r"instances_train2014.json.*category id 3 named 'truck'"):
         COCODataset(coco_root, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotation errors are found at open, naming the file, the image and the annotation
+
+
+def _with(ann_id, **changes):
+    return [dict(a, **changes) if a["id"] == ann_id else a for a in ANNOTATIONS]
+
+
+def test_undeclared_category_is_named_at_open(coco_root):
+    write_instances(coco_root / "annotations" / "instances_train2014.json", _with(1, category_id=91))
+    with pytest.raises(DatasetError, match=rf"instances_train2014.json: annotation 1 of image {STEMS[9]}.jpg uses "
+                                           r"category id 91, which 'categories' does not declare"):
+        COCODataset(coco_root, "train")
+
+
+def test_dangling_image_id_is_an_error(coco_root):
+    write_instances(coco_root / "annotations" / "instances_train2014.json", _with(4, image_id=777))
+    with pytest.raises(DatasetError, match=r"instances_train2014.json: annotation 4 refers to image_id 777"):
+        COCODataset(coco_root, "train")
+
+
+def test_segmentation_size_differing_from_the_image_is_named(coco_root):
+    bad = dict(uncompressed_rle(CROWD), size=[H + 1, W])
+    write_instances(coco_root / "annotations" / "instances_train2014.json", _with(3, segmentation=bad))
+    with pytest.raises(DatasetError, match=rf"annotation 3 of image {STEMS[9]}.jpg: segmentation size 21x30 .*20x30"):
+        COCODataset(coco_root, "train")
+
+
+def test_json_size_differing_from_the_jpeg_is_named(coco_root):
+    Image.new("RGB", (W, H + 4)).save(coco_root / "train2014" / f"{STEMS[25]}.jpg")
+    with pytest.raises(DatasetError, match=rf"instances_train2014.json: image {STEMS[25]}.jpg \(id 25\) is 20x30 "
+                                           r"\(HxW\) in 'images' but its JPEG is 24x30"):
+        COCODataset(coco_root, "train")
+
+
+def test_id_given_twice_is_an_error(coco_root, tmp_path):
+    lst = tmp_path / "ids.txt"
+    lst.write_text(f"{STEMS[25]}\n{STEMS[9]}\n{STEMS[25]}\n")
+    with pytest.raises(DatasetError, match=rf"ids.txt, line 3: id '{STEMS[25]}' is listed again"):
+        COCODataset(coco_root, lst)
+
+
+@pytest.mark.filterwarnings("ignore:.*no class")
+def test_cached_masks_follow_the_annotation_file(coco_root):
+    ann = coco_root / "annotations" / "instances_train2014.json"
+    np.testing.assert_array_equal(COCODataset(coco_root, "train").mask(0), expected_mask_9())
+    cache = coco_root / "SegmentationClassCOCO" / "train"
+    assert (cache / f"{STEMS[9]}.png").is_file() and (cache / coco_mod.CACHE_RECORD).is_file()
+    # the dog becomes a car: labels and masks must both follow the new json
+    write_instances(ann, _with(1, category_id=CAR))
+    with pytest.warns(UserWarning, match=r"1 cached mask\(s\) were not made from .*instances_train2014.json"):
+        ds = COCODataset(coco_root, "train")
+    np.testing.assert_array_equal(ds.labels(0), onehot(V_PERSON, V_CAR))
+    expected = expected_mask_9()
+    expected[expected == V_DOG] = V_CAR
+    np.testing.assert_array_equal(ds.mask(0), expected)
+    np.testing.assert_array_equal(load_label_png(cache / f"{STEMS[9]}.png"), expected)
+    # a cache made before fingerprints existed (no record) is not trusted either
+    (cache / coco_mod.CACHE_RECORD).unlink()
+    save_label_png(cache / f"{STEMS[9]}.png", np.zeros((H, W), np.uint8))
+    with pytest.warns(UserWarning, match="were not made from"):
+        np.testing.assert_array_equal(COCODataset(coco_root, "train").mask(0), expected)

@@ -275,12 +275,55 @@ def test_mask_size_mismatch_names_both_files(voc_root):
         ds.mask(1)
 
 
-def test_unknown_class_in_xml(voc_root):
-    write_xml(voc_root, "2007_000002", [("unicorn", 0)])
-    with pytest.raises(DatasetError, match=r"2007_000002.xml.*'unicorn'"):
+def test_unknown_class_names_are_skipped_with_one_counting_warning(voc_root):
+    """Objects named outside the class list are skipped (as IRN does): one warning for the list."""
+    write_xml(voc_root, "2007_000002", [("unicorn", 0), ("cat", 0), ("unicorn", 0)])
+    write_xml(voc_root, "2008_000003", [("aeroplane", 0), ("griffin", 0)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = VOCDataset(voc_root, "train")
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    msg = str(caught[0].message)
+    assert "skipped 3 object(s) in 2 annotation file(s)" in msg and "'unicorn' x2" in msg and "'griffin' x1" in msg
+    np.testing.assert_array_equal(ds.labels(1), _onehot("cat"))
+    np.testing.assert_array_equal(ds.labels(2), _onehot("aeroplane"))
+    with pytest.warns(UserWarning, match=r"2007_000002.xml: skipped 2 object"):
+        np.testing.assert_array_equal(labels_from_xml(voc_root / "Annotations" / "2007_000002.xml"), _onehot("cat"))
+    with pytest.warns(UserWarning) as rec:
+        write_cls_labels(voc_root, list(SCENES), voc_root / "out.npy", "xml")
+    assert len(rec) == 1 and "skipped 3 object(s)" in str(rec[0].message)
+
+
+def test_id_listed_twice_is_an_error_naming_list_line_and_id(voc_root):
+    lst = voc_root / "ImageSets" / "Segmentation" / "dup.txt"
+    lst.write_text("2007_000001\n2007_000002\n\nJPEGImages/2007_000001.jpg x.png\n")
+    with pytest.raises(DatasetError, match=r"dup.txt, line 4: id '2007_000001' is listed again \(first on line 1\)"):
+        VOCDataset(voc_root, "dup")
+    with pytest.raises(DatasetError, match=r"id '2007_000002' is given twice \(positions 0 and 2\)"):
+        VOCDataset(voc_root, ["2007_000002", "2007_000001", "2007_000002"])
+
+
+def test_cls_labels_written_into_the_root_are_rebuilt_when_annotations_change(voc_root):
+    from rib_ext.data.voc import labels_source_path
+
+    write_cls_labels(voc_root, list(SCENES), voc_root / "cls_labels.npy", "xml")
+    assert labels_source_path(voc_root / "cls_labels.npy").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # up to date: read as it is, no warning
+        np.testing.assert_array_equal(VOCDataset(voc_root, "train").labels(1), _onehot("cat"))
+    write_xml(voc_root, "2007_000002", [("horse", 0)])  # an edited annotation (new size and mtime)
+    with pytest.warns(UserWarning, match=r"cls_labels.npy: annotations changed.*rebuilt"):
+        ds = VOCDataset(voc_root, "train")
+    np.testing.assert_array_equal(ds.labels(1), _onehot("horse"))
+    assert load_cls_labels(voc_root / "cls_labels.npy")[2007000002][CLS["horse"]] == 1
+    # classes.txt is part of the source too
+    (voc_root / "classes.txt").write_text("\n".join(VOC_CLASSES) + "\n")
+    with pytest.warns(UserWarning, match="rebuilt"):
         VOCDataset(voc_root, "train")
-    with pytest.raises(DatasetError, match="unicorn"):
-        labels_from_xml(voc_root / "Annotations" / "2007_000002.xml")
+    # a labels file a user supplied (no fingerprint) is trusted as it is
+    labels_source_path(voc_root / "cls_labels.npy").unlink()
+    write_xml(voc_root, "2007_000002", [("cow", 0)])
+    np.testing.assert_array_equal(VOCDataset(voc_root, "train").labels(1), _onehot("horse"))
 
 
 def test_malformed_or_missing_xml_and_no_mask(voc_root):

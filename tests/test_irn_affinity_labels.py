@@ -107,7 +107,18 @@ def test_irn_loss_total_and_gradients(index):
         irn_loss(logits, disp, torch.zeros(1, 4, 4, dtype=torch.long), index)
 
 
-def test_downsample_takes_the_top_left_of_each_cell():
+def test_downsample_samples_like_pil_nearest():
+    """IRN downsamples the labels with pil_rescale(label, 0.25, order=0): Pillow's nearest resize,
+    which samples pixel 4i + 2 of each 4-pixel cell, not its top-left."""
+    from PIL import Image
+
     labels = np.arange(64).reshape(8, 8)
-    np.testing.assert_array_equal(downsample_labels(labels), [[0, 4], [32, 36]])
+    np.testing.assert_array_equal(downsample_labels(labels), [[18, 22], [50, 54]])
+    rng = np.random.default_rng(0)
+    for h, w in [(512, 512), (128, 96), (36, 20)]:
+        lab = rng.integers(0, 256, (h, w)).astype(np.uint8)
+        pil = np.asarray(Image.fromarray(lab).resize((w // 4, h // 4), Image.NEAREST))
+        np.testing.assert_array_equal(downsample_labels(lab), pil)
     assert downsample_labels(np.zeros((512, 512))).shape == (128, 128)
+    t = torch.from_numpy(lab)
+    np.testing.assert_array_equal(downsample_labels(t).numpy(), downsample_labels(lab))

@@ -176,3 +176,60 @@ def test_sem_seg_writes_the_scores_its_masks_come_from(demo, maps_dir, irn_dir, 
         mask = load_label_png(tmp_path / "masks" / f"{name}.png")
         # float16 storage may flip pixels whose score ties the background threshold
         assert (from_scores == mask).mean() > 0.99
+
+
+def test_train_killed_between_checkpoints_resumes_bitwise_and_logs_once(demo, labels_dir, tmp_path, monkeypatch):
+    """A kill right after step 3 (state last written at step 2) resumes to the uninterrupted weights."""
+    from rib_ext.irn import train_irn as train_irn_mod
+    from rib_ext.training import read_loss_log
+
+    cfg = IRNConfig(**{**TRAIN, "epochs": 2, "checkpoint_every": 2})  # 2 images, batch 1: 4 steps
+
+    class Killed(Exception):
+        pass
+
+    class Dying(train_irn_mod.PolyOptimizer):
+        taken = 0
+
+        def step(self, *a, **k):
+            out = super().step(*a, **k)
+            Dying.taken += 1
+            if Dying.taken == 3:
+                raise Killed
+            return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        train_irn_stage(demo, labels_dir, tmp_path / "straight", cfg)
+        with monkeypatch.context() as m:
+            m.setattr(train_irn_mod, "PolyOptimizer", Dying)
+            with pytest.raises(Killed):
+                train_irn_stage(demo, labels_dir, tmp_path / "killed", cfg)
+        torch.manual_seed(99)
+        train_irn_stage(demo, labels_dir, tmp_path / "killed", cfg)
+    a = load_irnet(tmp_path / "straight" / "irn.pth").state_dict()
+    b = load_irnet(tmp_path / "killed" / "irn.pth").state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log_a = read_loss_log(tmp_path / "straight" / "loss.csv")
+    log_b = read_loss_log(tmp_path / "killed" / "loss.csv")
+    assert [r["step"] for r in log_b] == [1, 2, 3, 4] and [r["epoch"] for r in log_b] == [1, 1, 2, 2]
+    assert [(r["loss"], r["lr"]) for r in log_a] == [(r["loss"], r["lr"]) for r in log_b]
+
+
+def test_train_stops_on_a_non_finite_loss(demo, labels_dir, tmp_path, monkeypatch):
+    from rib_ext.irn import train_irn as train_irn_mod
+    from rib_ext.training import NonFiniteLossError
+
+    real = train_irn_mod.irn_loss
+
+    def diverging(*a, **k):
+        terms = real(*a, **k)
+        return {**terms, "total": terms["total"] * float("nan")}
+
+    monkeypatch.setattr(train_irn_mod, "irn_loss", diverging)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(NonFiniteLossError, match=r"train_irn: the loss is nan at epoch 1/1, step 1 with learning rate 0.1"):
+            train_irn_stage(demo, labels_dir, tmp_path, IRNConfig(**TRAIN))
+    assert not (tmp_path / "irn.pth").exists()

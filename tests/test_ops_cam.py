@@ -6,34 +6,103 @@ import torch.nn.functional as F
 
 from conftest import cpu_and_cuda
 from factories import make_cam
+from op_tester import OpTester
 from rib_ext import ops
 from rib_ext.ops import reference
 
 LAYOUTS = ["contiguous", "channels_last", "noncontiguous"]
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("shape", [(1, 20, 8, 9), (1, 1, 1, 1), (2, 80, 3, 1), (1, 3, 1, 7)])
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_flip_merge_and_accumulate(device, shape, layout):
-    cam = make_cam(*shape, device=device, layout=layout, seed=2, requires_grad=True)
-    cam_flip = make_cam(*shape, device=device, layout=layout, seed=3, requires_grad=True)
-    merged = ops.cam_flip_merge(cam, cam_flip)
-    expected = reference.cam_flip_merge(cam, cam_flip)
-    torch.testing.assert_close(merged, expected)
-    # Flipping back means an image and its exact mirror merge to twice the ReLU'd map.
-    torch.testing.assert_close(ops.cam_flip_merge(cam, cam.flip(-1)), 2 * torch.relu(cam))
-    g = torch.randn_like(merged)
-    grads = torch.autograd.grad(merged, (cam, cam_flip), g)
-    grads_ref = torch.autograd.grad(expected, (cam, cam_flip), g)
-    for a, b in zip(grads, grads_ref):
-        torch.testing.assert_close(a, b)
+class TestCamFlipMerge(OpTester):
+    op = "cam_flip_merge"
+    FALLBACKS = ("cam_flip_merge",)
+    CASES = [dict(shape=s) for s in [(1, 20, 8, 9), (1, 1, 1, 1), (2, 80, 3, 1), (1, 3, 1, 7)]]
+    GRADCHECK_CASES = [dict(shape=(1, 3, 4, 5))]
 
-    acc = torch.rand(shape, device=device)
-    start = acc.clone()
-    ops.cam_flip_accumulate_(acc, cam, cam_flip)
-    ops.cam_flip_accumulate_(acc, cam, cam_flip)
-    torch.testing.assert_close(acc, start + 2 * expected.detach())
+    def make_inputs(self, case, device, dtype, layout):
+        return (make_cam(*case["shape"], device=device, dtype=dtype, layout=layout, seed=2, requires_grad=True),
+                make_cam(*case["shape"], device=device, dtype=dtype, layout=layout, seed=3, requires_grad=True))
+
+    def call(self, args, case):
+        return ops.cam_flip_merge(*args)
+
+    def reference(self, args, case):
+        return reference.cam_flip_merge(*args)
+
+    def opcheck_calls(self, case, device):
+        cam = make_cam(1, 5, 6, 7, device=device, requires_grad=True)
+        cam_flip = make_cam(1, 5, 6, 7, device=device, seed=7, requires_grad=True)
+        return [(torch.ops.rib_ext.cam_flip_merge.default, (cam, cam_flip))]
+
+    @pytest.mark.parametrize("device", cpu_and_cuda())
+    def test_exact_mirror_merges_to_twice_the_relu(self, case, device):
+        cam = make_cam(*case["shape"], device=device, seed=2)
+        torch.testing.assert_close(ops.cam_flip_merge(cam, cam.flip(-1)), 2 * torch.relu(cam))
+
+
+class TestCamFlipAccumulate(OpTester):
+    """The in-place form: ``acc += merge(cam, cam_flip)`` (no autograd; maps are detached)."""
+
+    op = "cam_flip_accumulate_"
+    FALLBACKS = ("cam_flip_merge",)
+    CASES = TestCamFlipMerge.CASES
+    GRADCHECK_CASES = []  # in place, not differentiable
+
+    def make_inputs(self, case, device, dtype, layout):
+        acc = torch.rand(case["shape"], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        return (acc.to(device=device, dtype=dtype),
+                make_cam(*case["shape"], device=device, dtype=dtype, layout=layout, seed=2),
+                make_cam(*case["shape"], device=device, dtype=dtype, layout=layout, seed=3))
+
+    def call(self, args, case):
+        acc, cam, cam_flip = args
+        acc = acc.clone()
+        ops.cam_flip_accumulate_(acc, cam, cam_flip)
+        ops.cam_flip_accumulate_(acc, cam, cam_flip)  # accumulates: twice the merge
+        return acc
+
+    def reference(self, args, case):
+        acc, cam, cam_flip = args
+        return acc + 2 * reference.cam_flip_merge(cam, cam_flip)
+
+    def opcheck_calls(self, case, device):
+        cam = make_cam(1, 5, 6, 7, device=device)
+        cam_flip = make_cam(1, 5, 6, 7, device=device, seed=7)
+        acc = torch.zeros(1, 5, 6, 7, device=device)
+        return [(torch.ops.rib_ext.cam_flip_accumulate_.default, (acc, cam, cam_flip))]
+
+
+class TestCamMaxNormalize(OpTester):
+    op = "cam_max_normalize"
+    FALLBACKS = ("cam_max_normalize",)
+    CASES = [dict(shape=(1, 7, 9, 5)), dict(shape=(2, 3, 1, 1))]
+    GRADCHECK_CASES = [dict(shape=(1, 2, 4, 5))]
+
+    def make_inputs(self, case, device, dtype, layout):
+        # A strictly positive map (one ReLU'd value per plane is the max): the argmax is unique.
+        cam = make_cam(*case["shape"], device=device, dtype=dtype, layout=layout)
+        return ((cam.abs() + 0.1).detach().requires_grad_(),)
+
+    def call(self, args, case):
+        return ops.cam_max_normalize(*args, 1e-5)
+
+    def reference(self, args, case):
+        return reference.cam_max_normalize(*args, 1e-5)
+
+    def opcheck_calls(self, case, device):
+        maps = torch.relu(make_cam(1, 5, 6, 7, device=device)).requires_grad_()
+        return [(torch.ops.rib_ext.cam_max_normalize.default, (maps, 1e-5))]
+
+    @pytest.mark.parametrize("device", cpu_and_cuda())
+    @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
+    def test_relu_maps_end_at_most_one(self, case, device, layout):
+        maps = torch.relu(make_cam(*case["shape"], device=device, layout=layout, requires_grad=True))
+        out = ops.cam_max_normalize(maps, 1e-5)
+        torch.testing.assert_close(out, reference.cam_max_normalize(maps, 1e-5))
+        assert out.amax(dim=(-2, -1)).le(1).all()
+        g = torch.randn_like(out)
+        torch.testing.assert_close(torch.autograd.grad(out, maps, g)[0],
+                                   torch.autograd.grad(reference.cam_max_normalize(maps), maps, g)[0])
 
 
 def test_accumulate_into_noncontiguous_acc():
@@ -43,41 +112,23 @@ def test_accumulate_into_noncontiguous_acc():
     torch.testing.assert_close(acc, reference.cam_flip_merge(cam, cam_flip))
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_max_normalize(device, layout):
-    maps = torch.relu(make_cam(1, 7, 9, 5, device=device, layout=layout, requires_grad=True))
-    out = ops.cam_max_normalize(maps, 1e-5)
-    torch.testing.assert_close(out, reference.cam_max_normalize(maps, 1e-5))
-    assert out.amax(dim=(-2, -1)).le(1).all()
-    g = torch.randn_like(out)
-    torch.testing.assert_close(torch.autograd.grad(out, maps, g)[0],
-                               torch.autograd.grad(reference.cam_max_normalize(maps), maps, g)[0])
-
-
 def test_max_normalize_zero_map_stays_finite():
     out = ops.cam_max_normalize(torch.zeros(2, 3, 4))
     assert torch.isfinite(out).all() and out.abs().sum() == 0
 
 
-def test_gradcheck_float64():
-    cam = make_cam(1, 3, 4, 5, dtype=torch.float64, requires_grad=True)
-    cam_flip = make_cam(1, 3, 4, 5, dtype=torch.float64, seed=9, requires_grad=True)
-    assert torch.autograd.gradcheck(ops.cam_flip_merge, (cam, cam_flip))
-    maps = torch.rand(2, 4, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda m: ops.cam_max_normalize(m, 1e-5), (maps,))
+@pytest.mark.skipif(not ops.HAS_C, reason="the fake kernels exist with the compiled extension")
+def test_fake_kernels_check_inputs_like_the_kernels():
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
-
-@pytest.mark.skipif(not ops.HAS_C, reason="opcheck needs the compiled extension")
-@pytest.mark.parametrize("device", cpu_and_cuda())
-def test_opcheck_cam_ops(device):
-    cam = make_cam(1, 5, 6, 7, device=device, requires_grad=True)
-    cam_flip = make_cam(1, 5, 6, 7, device=device, seed=7, requires_grad=True)
-    torch.library.opcheck(torch.ops.rib_ext.cam_flip_merge, (cam, cam_flip))
-    torch.library.opcheck(torch.ops.rib_ext.cam_max_normalize, (torch.relu(cam), 1e-5))
-    acc = torch.zeros(1, 5, 6, 7, device=device)
-    torch.library.opcheck(torch.ops.rib_ext.cam_flip_accumulate_,
-                          (acc, cam.detach(), cam_flip.detach()))
+    with FakeTensorMode():
+        cam = torch.empty(1, 3, 4, 5)
+        with pytest.raises(RuntimeError, match=r"cam_flip_merge: cam \(1, 3, 4, 5\) and cam_flip \(1, 3, 4, 6\) must"):
+            torch.ops.rib_ext.cam_flip_merge.default(cam, torch.empty(1, 3, 4, 6))
+        with pytest.raises(RuntimeError, match="cam_flip_accumulate_: acc must be torch.float32"):
+            torch.ops.rib_ext.cam_flip_accumulate_.default(torch.empty(1, 3, 4, 5, dtype=torch.float64), cam, cam)
+        with pytest.raises(RuntimeError, match=r"cam_max_normalize: maps must be \[..., H, W\]"):
+            torch.ops.rib_ext.cam_max_normalize.default(torch.empty(5), 1e-5)
 
 
 def _irn_make_cam_transcript(outputs, size, label):

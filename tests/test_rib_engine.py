@@ -88,7 +88,7 @@ def test_vmap_over_group_weights_matches_loop(setup):
 
 def test_margin_stop_fires_and_keeps_steps_so_far(setup):
     _, model, pool, targets = setup
-    cfg = tiny_cfg(margin=0.0)  # any nonzero target logit sum exceeds it after step 0
+    cfg = tiny_cfg(margin=1e-9)  # any nonzero target logit sum exceeds it after step 0
     ours = _run_engine(model, pool, targets[:2], cfg)
     assert all(r.record["stop"] == "margin" and r.record["steps"] == 1 for r in ours)
     _compare(ours, _run_loop(model, pool, targets[:2], cfg))
@@ -96,20 +96,20 @@ def test_margin_stop_fires_and_keeps_steps_so_far(setup):
 
 def test_explosion_stop_fires_from_step_one(setup):
     _, model, pool, targets = setup
-    cfg = tiny_cfg(explosion_threshold=-1.0, explosion_ratio=0.5)  # every map "covers" the image
+    cfg = tiny_cfg(explosion_threshold=0.0, explosion_ratio=0.0)  # any positive map "covers" it
     ours = _run_engine(model, pool, targets[:2], cfg)
     # Step 0 never checks; step 1 stops before its update: one update made.
     assert all(r.record["stop"] == "explosion" and r.record["steps"] == 1 for r in ours)
     _compare(ours, _run_loop(model, pool, targets[:2], cfg))
     # The exploded step's scale-1.0 map is in the sum, its other scales are not: the result differs
     # from stopping after step 0 by the margin rule.
-    margin_stop = _run_engine(model, pool, targets[:1], tiny_cfg(margin=0.0))
+    margin_stop = _run_engine(model, pool, targets[:1], tiny_cfg(margin=1e-9))
     assert not np.allclose(ours[0].maps["high_res"], margin_stop[0].maps["high_res"])
 
 
 def test_paper_preset_has_no_early_stops(setup):
     _, model, pool, targets = setup
-    cfg = tiny_cfg("paper", margin=0.0, explosion_threshold=-1.0)
+    cfg = tiny_cfg("paper", margin=1e-9, explosion_threshold=0.0, explosion_ratio=0.0)
     assert all(r.record["stop"] == "steps" and r.record["steps"] == 3
                for r in _run_engine(model, pool, targets[:2], cfg))
 
@@ -159,3 +159,13 @@ def test_other_batch_shapes_and_padding(setup):
         mask = torch.ones(48, 48, dtype=torch.bool)
         mask[dt:db, dl:dr] = False
         assert images[b][:, mask].abs().sum() == 0
+
+
+def test_non_finite_step_is_an_error_naming_the_image(setup):
+    """A diverging adaptation (NaN target logits) stops with an error, not a silent map."""
+    from rib_ext.training import NonFiniteLossError
+
+    _, model, pool, targets = setup
+    with pytest.raises(NonFiniteLossError, match=r"rib: step 2 of image img0 \(loss nan, target logit sum nan\), "
+                                                 r"img1 .* with learning rate [0-9.e+]+"):
+        RIBEngine(model, pool, tiny_cfg(lr=1e30, group_size=2), "cpu").run(targets[:2])

@@ -112,3 +112,42 @@ def test_wrong_labels_are_named(demo, tmp_path):
         SegmentationTrainSet(demo, bad, demo.ids[:1], 21, (1.0, 1.0))[0]
     with pytest.raises(FileNotFoundError, match="no training labels"):
         train_segmenter(demo, bad, tmp_path / "out", SegmentConfig(**TINY))
+
+
+def test_killed_between_checkpoints_resumes_bitwise(demo, label_dir, tmp_path, monkeypatch):
+    """Killed right after iteration 2 (state last written at 1): the resumed run ends bitwise equal."""
+    from rib_ext.segment import train as train_mod
+
+    cfg = SegmentConfig(**{**TINY, "checkpoint_every": 1})
+
+    class Killed(Exception):
+        pass
+
+    real_step = train_mod.PolyOptimizer.step
+    calls = []
+
+    def dying_step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return out
+
+    straight = train_segmenter(demo, label_dir, tmp_path / "straight", cfg)
+    with monkeypatch.context() as m:
+        m.setattr(train_mod.PolyOptimizer, "step", dying_step)
+        with pytest.raises(Killed):
+            train_segmenter(demo, label_dir, tmp_path / "killed", cfg)
+    torch.manual_seed(7)
+    resumed = train_segmenter(demo, label_dir, tmp_path / "killed", cfg)
+    a, b = load_deeplab(straight["model"]).state_dict(), load_deeplab(resumed["model"]).state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["iteration"] for r in read_log(tmp_path / "killed" / "log.csv")] == [1, 2, 3]
+
+
+def test_non_finite_loss_names_iteration_and_lr(demo, label_dir, tmp_path):
+    from rib_ext.training import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"segment: the loss is (nan|inf) at step \d with learning rate 1e\+30"):
+        train_segmenter(demo, label_dir, tmp_path, SegmentConfig(**{**TINY, "lr": 1e30, "iterations": 3}))

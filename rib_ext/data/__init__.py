@@ -11,7 +11,7 @@ from .coco import COCO_CLASSES, COCODataset, semantic_mask
 from .demo import CLASS_NAMES as DEMO_CLASS_NAMES
 from .demo import generate_demo, render_scene
 from .errors import DatasetError
-from .images import IGNORE_INDEX, load_label_png, load_rgb, save_label_png, voc_palette
+from .images import IGNORE_INDEX, load_label_png, load_rgb, save_index_png, save_label_png, voc_palette
 from .transforms import (
     ClassificationDataset,
     InferenceDataset,
@@ -68,6 +68,6 @@ __all__ = [
     "IGNORE_INDEX", "InferenceDataset", "SegmentationDataset", "TrainTransform", "VOC_CLASSES", "VOCDataset",
     "build_dataset", "generate_demo", "hwc_to_chw", "labels_from_mask", "labels_from_xml", "load_cls_labels",
     "load_label_png", "load_rgb", "multiscale_flip_views", "normalize", "random_crop_pad", "random_hflip",
-    "random_resize_long", "read_id_list", "render_scene", "resize_long", "save_label_png", "semantic_mask",
+    "random_resize_long", "read_id_list", "render_scene", "resize_long", "save_index_png", "save_label_png", "semantic_mask",
     "voc_palette", "write_cls_labels",
 ]

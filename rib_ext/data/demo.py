@@ -54,7 +54,8 @@ BODY_COLOURS = np.array(
 # How much of the class colour a body carries, drawn per bird: enough to be evidence for the class,
 # too little to match the head's saturated colour (and neighbouring hues, red and magenta, overlap).
 BODY_TINT = (0.15, 0.35)
-_OWNED = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets", "cls_labels.npy", "classes.txt", STAMP_NAME)
+_OWNED = ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets", "cls_labels.npy", "cls_labels.npy.source.json",
+          "classes.txt", STAMP_NAME)
 
 
 class Bird(NamedTuple):

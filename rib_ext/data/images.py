@@ -1,7 +1,11 @@
 """Reading and writing images and label PNGs (Pillow only, no OpenCV).
 
-Label PNGs follow PASCAL VOC: a palette ("P" mode) PNG whose pixel values are class indices
-(0 = background, 1..K = classes, 255 = ignore); the palette only matters to human viewers.
+Label PNGs hold class indices (0 = background, 1..K = classes, 255 = ignore). Two writers:
+:func:`save_label_png`, PASCAL VOC's palette ("P") PNG (ground truth, test-server submissions),
+and :func:`save_index_png`, a grayscale ("L") PNG for the intermediate labels that IRN-derived code
+reads with ``imageio.imread`` (ir_label, CRF masks, pseudo masks): imageio expands a palette PNG
+to H x W x 3 colours, but returns a grayscale one as the H x W indices, as IRN's own outputs are.
+:func:`load_label_png` reads both.
 """
 from __future__ import annotations
 
@@ -120,6 +124,13 @@ def label_image(arr: np.ndarray) -> Image.Image:
 def save_label_png(path: str | os.PathLike, arr: np.ndarray) -> None:
     """Write ``arr`` (``[H, W]`` class indices) as a VOC-palette PNG, atomically."""
     save_png(path, label_image(arr))
+
+
+def save_index_png(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Write ``arr`` (``[H, W]`` class indices) as a grayscale PNG, atomically: what IRN's steps
+    write and read back with ``imageio.imread`` as ``H x W`` indices."""
+    img = label_image(arr)
+    save_png(path, Image.frombytes("L", img.size, img.tobytes()))
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

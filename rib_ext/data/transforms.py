@@ -170,9 +170,13 @@ class ClassificationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        # An (index, seed) key fixes the augmentation (rib_ext.training.epoch_batches), so the data
+        # of a resumed run match an uninterrupted one; a plain index draws from torch's RNG.
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        rng = np.random.default_rng(seed) if seed is not None else None
         return {
-            "img": self.transform(self.dataset.image(i)),
+            "img": self.transform(self.dataset.image(i), rng),
             "label": torch.from_numpy(self.dataset.labels(i)),
             "name": self.dataset.name(i),
         }

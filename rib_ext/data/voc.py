@@ -10,14 +10,18 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import warnings
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from rib_ext.io import save_npy, save_text
+from rib_ext.io import save_json, save_npy, save_text
 
 from .base import SegmentationDataset, drop_unlabelled, preview
 from .errors import DatasetError
@@ -56,18 +60,35 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
 
     Only the first token of a line counts, and a path-like token is reduced to its stem, so the
     "JPEGImages/<id>.jpg SegmentationClassAug/<id>.png" lists of some repositories work too.
+    An id listed twice is an error naming both lines: it would count twice in the scores and its
+    outputs would be written twice.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: image list not found")
-    ids = []
-    for line in path.read_text().splitlines():
+    ids, first_line = [], {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         tokens = line.split()
         if tokens:
-            ids.append(Path(tokens[0]).stem if ("/" in tokens[0] or "." in tokens[0]) else tokens[0])
+            image_id = Path(tokens[0]).stem if ("/" in tokens[0] or "." in tokens[0]) else tokens[0]
+            if image_id in first_line:
+                raise DatasetError(f"{path}, line {number}: id {image_id!r} is listed again "
+                                   f"(first on line {first_line[image_id]})")
+            first_line[image_id] = number
+            ids.append(image_id)
     if not ids:
         raise DatasetError(f"{path}: image list is empty")
     return ids
+
+
+def check_unique_ids(ids: Sequence[str], where: str) -> None:
+    """An id given twice in a sequence of ids is an error naming both positions."""
+    seen = {}
+    for pos, image_id in enumerate(ids):
+        if image_id in seen:
+            raise DatasetError(f"{where}: id {image_id!r} is given twice (positions {seen[image_id]} "
+                               f"and {pos})")
+        seen[image_id] = pos
 
 
 def resolve_id_list(root: str | os.PathLike, ids_or_list: IdsOrList) -> tuple[list[str], str]:
@@ -84,16 +105,24 @@ def resolve_id_list(root: str | os.PathLike, ids_or_list: IdsOrList) -> tuple[li
     ids = [str(i) for i in ids_or_list]
     if not ids:
         raise DatasetError(f"{root}: empty id list given")
-    return ids, f"{root} (id list of {len(ids)})"
+    where = f"{root} (id list of {len(ids)})"
+    check_unique_ids(ids, where)
+    return ids, where
 
 
 # ---------------------------------------------------------------------------------------------
 # Image-level labels
 
 
-def labels_from_xml(xml_path: str | os.PathLike, class_names: Sequence[str] = VOC_CLASSES) -> np.ndarray:
+def labels_from_xml(xml_path: str | os.PathLike, class_names: Sequence[str] = VOC_CLASSES,
+                    skipped: Optional[SkippedNames] = None) -> np.ndarray:
     """float32 [K]: 1 for every class named by an ``<object><name>`` (difficult ones included, as
-    IRN's label maker does)."""
+    IRN's label maker does).
+
+    Objects whose name is not in ``class_names`` are skipped, as IRN skips them: their names are
+    counted into ``skipped`` when given (the caller warns once for a whole list), else this call
+    warns.
+    """
     xml_path = Path(xml_path)
     if not xml_path.is_file():
         raise DatasetError(f"{xml_path}: annotation file not found")
@@ -103,12 +132,40 @@ def labels_from_xml(xml_path: str | os.PathLike, class_names: Sequence[str] = VO
         raise DatasetError(f"{xml_path}: malformed XML ({e})") from e
     index = {n: k for k, n in enumerate(class_names)}
     labels = np.zeros(len(class_names), dtype=np.float32)
+    unknown = Counter()
     for obj in tree.getroot().iter("object"):
         name = (obj.findtext("name") or "").strip()
-        if name not in index:
-            raise DatasetError(f"{xml_path}: unknown class name {name!r} (known: {preview(class_names, 4)})")
-        labels[index[name]] = 1.0
+        if name in index:
+            labels[index[name]] = 1.0
+        else:
+            unknown[name] += 1
+    if skipped is None:
+        warn_unknown_names(SkippedNames(unknown, int(bool(unknown))), str(xml_path), class_names)
+    else:
+        skipped.add(unknown)
     return labels
+
+
+class SkippedNames:
+    """Objects skipped for an unknown class name, counted over many XML files for one warning."""
+
+    def __init__(self, names: Optional[Counter] = None, files: int = 0):
+        self.names = Counter(names or {})
+        self.files = files
+
+    def add(self, names: Counter) -> None:
+        self.names.update(names)
+        self.files += bool(names)
+
+
+def warn_unknown_names(skipped: SkippedNames, where: str, class_names: Sequence[str]) -> None:
+    """One warning for all the objects skipped for an unknown class name (if any)."""
+    if not skipped.names:
+        return
+    names = [f"{n!r} x{c}" for n, c in skipped.names.most_common()]
+    warnings.warn(f"{where}: skipped {sum(skipped.names.values())} object(s) in {skipped.files} "
+                  f"annotation file(s) whose class name is not in the class list "
+                  f"({preview(class_names, 3)}): {preview(names)}", stacklevel=3)
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int = len(VOC_CLASSES), where: str = "mask") -> np.ndarray:
@@ -157,25 +214,80 @@ def _label_source(root: Path, image_id: str, source: str) -> Path:
     raise DatasetError(f"{root}: image {image_id} has neither Annotations/{image_id}.xml nor a mask")
 
 
-def labels_for_id(root: Path, image_id: str, class_names: Sequence[str], source: str = "auto") -> np.ndarray:
+def labels_for_id(root: Path, image_id: str, class_names: Sequence[str], source: str = "auto",
+                  skipped: Optional[SkippedNames] = None) -> np.ndarray:
     """Labels of one image from its XML ("xml"), its mask ("mask") or XML else mask ("auto")."""
     if source not in ("xml", "mask", "auto"):
         raise ValueError(f"source must be 'xml', 'mask' or 'auto', got {source!r}")
     path = _label_source(root, image_id, source)
     if path.suffix == ".xml":
-        return labels_from_xml(path, class_names)
+        return labels_from_xml(path, class_names, skipped)
     return labels_from_mask(load_label_png(path), len(class_names), where=str(path))
+
+
+LABELS_SOURCE_FORMAT = "rib_ext.cls_labels_source"
+
+
+def labels_source_path(labels_path: str | os.PathLike) -> Path:
+    """The fingerprint file written beside a ``cls_labels.npy`` that :func:`write_cls_labels` made."""
+    labels_path = Path(labels_path)
+    return labels_path.with_name(labels_path.name + ".source.json")
+
+
+def _labels_fingerprint(root: Path, ids: Sequence[str], source: str) -> str:
+    """Hash of what the labels were computed from: the class list and, per id, the path, size and
+    modification time of the XML or mask read (stat only: cheap for VOC's 10k ids)."""
+    h = hashlib.sha256()
+    classes = root / "classes.txt"
+    h.update(classes.read_bytes() if classes.is_file() else b"<VOC classes>")
+    for image_id in ids:
+        path = _label_source(root, image_id, source)
+        st = path.stat()
+        h.update(f"\n{image_id} {path.relative_to(root)} {st.st_size} {st.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def write_cls_labels(
     root: str | os.PathLike, ids: Iterable[str], out_path: str | os.PathLike, source: str = "auto"
 ) -> dict:
-    """Build and save IRN's ``cls_labels.npy`` for ``ids``; returns the dict written."""
+    """Build and save IRN's ``cls_labels.npy`` for ``ids``; returns the dict written.
+
+    Beside it goes ``<out>.source.json``, a fingerprint of the files the labels came from: a
+    dataset that finds the labels file stale (an XML or mask edited, classes.txt changed) rebuilds
+    it (:meth:`VOCDataset`). IRN reads the ``.npy`` unchanged.
+    """
     root = Path(root)
+    ids = list(ids)
     names = read_class_names(root)
-    table = {id_key(i): labels_for_id(root, i, names, source) for i in ids}
+    skipped = SkippedNames()
+    table = {id_key(i): labels_for_id(root, i, names, source, skipped) for i in ids}
+    warn_unknown_names(skipped, str(root), names)
+    fingerprint = _labels_fingerprint(root, ids, source)
     save_npy(out_path, table)
+    save_json(labels_source_path(out_path), {"format": LABELS_SOURCE_FORMAT, "root": str(root.resolve()),
+                                             "source": source, "fingerprint": fingerprint, "ids": ids})
     return table
+
+
+def stale_labels_file(root: str | os.PathLike, labels_path: str | os.PathLike) -> Optional[dict]:
+    """The fingerprint record of a labels file made by :func:`write_cls_labels` whose sources have
+    changed since, else None (also None for a labels file with no fingerprint: one supplied by the
+    user, which is trusted as it is)."""
+    side = labels_source_path(labels_path)
+    if not side.is_file():
+        return None
+    try:
+        record = json.loads(side.read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("format") != LABELS_SOURCE_FORMAT:
+        raise DatasetError(f"{side}: not a labels fingerprint file; delete it (and {labels_path} "
+                           "if it is not yours) to go on")
+    try:
+        current = _labels_fingerprint(Path(root), record["ids"], record["source"])
+    except DatasetError:  # a source vanished: the file can no longer be trusted either
+        current = None
+    return None if current == record["fingerprint"] else record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,9 +365,27 @@ class VOCDataset(SegmentationDataset):
     def _resolve_labels(self, ids: Sequence[str], labels_path) -> dict[str, np.ndarray]:
         if labels_path is None and (self.root / "cls_labels.npy").is_file():
             labels_path = self.root / "cls_labels.npy"
-        if labels_path is not None:
+        if labels_path is not None and self._refresh_if_stale(Path(labels_path)):
             return self._labels_from_file(Path(labels_path), ids)
-        return {i: labels_for_id(self.root, i, self._class_names, "auto") for i in ids}
+        skipped = SkippedNames()
+        labels = {i: labels_for_id(self.root, i, self._class_names, "auto", skipped) for i in ids}
+        warn_unknown_names(skipped, self.list_source, self._class_names)
+        return labels
+
+    def _refresh_if_stale(self, path: Path) -> bool:
+        """Rebuild a labels file we wrote whose sources changed; False when it cannot be rewritten
+        (the labels then come from the sources directly)."""
+        record = stale_labels_file(self.root, path)
+        if record is None:
+            return True
+        try:
+            write_cls_labels(self.root, record["ids"], path, record["source"])
+        except OSError as err:
+            warnings.warn(f"{path}: out of date with its annotations and not writable ({err}); "
+                          "reading the labels from the annotations instead", stacklevel=3)
+            return False
+        warnings.warn(f"{path}: annotations changed since it was written; rebuilt", stacklevel=3)
+        return True
 
     def _labels_from_file(self, path: Path, ids: Sequence[str]) -> dict[str, np.ndarray]:
         table = load_cls_labels(path)

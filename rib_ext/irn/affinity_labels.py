@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, NamedTuple
 
+import numpy as np
 import torch
 
 from rib_ext.irn.path_index import PathIndex
@@ -25,10 +26,22 @@ class PairLabels(NamedTuple):
     neg: torch.Tensor
 
 
-def downsample_labels(labels: torch.Tensor, stride: int = 4) -> torch.Tensor:
-    """[..., H, W] -> [..., ceil(H/s), ceil(W/s)] by nearest sampling of the top-left pixel of each
-    cell (what IRN's cv2 INTER_NEAREST resize by 0.25 picks)."""
-    return labels[..., ::stride, ::stride]
+def _nearest_rows(n_in: int, n_out: int) -> np.ndarray:
+    # Pillow's NEAREST resize samples source pixel floor((i + 0.5) * n_in / n_out) for output i.
+    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
+    return np.minimum(idx, n_in - 1)
+
+
+def downsample_labels(labels, stride: int = 4):
+    """[..., H, W] -> [..., ceil(H/s), ceil(W/s)] sampled as IRN's ``pil_rescale(label, 0.25, 0)``
+    (Pillow's nearest resize): the centre pixel of each cell, 4i + 2 at stride 4, not its top-left.
+    Works on numpy arrays and tensors."""
+    h, w = labels.shape[-2:]
+    rows = _nearest_rows(h, -(-h // stride))
+    cols = _nearest_rows(w, -(-w // stride))
+    if isinstance(labels, torch.Tensor):
+        rows, cols = torch.from_numpy(rows).to(labels.device), torch.from_numpy(cols).to(labels.device)
+    return labels[..., rows[:, None], cols[None, :]]
 
 
 def pair_labels(labels: torch.Tensor, index: PathIndex) -> PairLabels:

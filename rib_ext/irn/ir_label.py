@@ -15,7 +15,7 @@ import numpy as np
 
 from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
-from rib_ext.data import IGNORE_INDEX, save_label_png
+from rib_ext.data import IGNORE_INDEX, save_index_png
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.stage_io import (check_settings, dataset_index, load_maps, per_image_path,
                                   present_names, progress, split_done)
@@ -45,7 +45,7 @@ def confident_labels(img: np.ndarray, maps: np.ndarray, keys: np.ndarray, conf_f
 
 def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
                    cfg: Optional[IRNConfig] = None) -> dict:
-    """Write ``out_dir/<id>.png`` (VOC palette; 0 bg, class ids, 255 uncertain) for every image.
+    """Write ``out_dir/<id>.png`` (grayscale indices; 0 bg, class ids, 255 uncertain) per image.
 
     Images whose PNG exists are skipped (outputs are atomic, so a rerun resumes); images without
     maps stop the stage with a list, or are skipped with a warning (``cfg.on_missing``).
@@ -66,6 +66,6 @@ def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
         keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes,
                                img.shape[:2], "high_res")
         labels = confident_labels(img, maps, keys, cfg.conf_fg, cfg.conf_bg, cfg.crf)
-        save_label_png(per_image_path(out_dir, name, ".png"), labels)
+        save_index_png(per_image_path(out_dir, name, ".png"), labels)
     return {"written": len(todo), "skipped_existing": len(done), "missing": len(missing),
             "seconds": round(time.time() - t0, 2)}

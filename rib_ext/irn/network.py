@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rib_ext.io import atomic_path
+from rib_ext.checkpoints import read_checkpoint, write_checkpoint
 from rib_ext.models import BACKBONES, CAMNet, load_backbone_weights, load_cam_checkpoint
 from rib_ext.models.resnet_cam import TINY_WIDTHS
 
@@ -161,15 +161,20 @@ class IRNet(nn.Module):
 
 
 @torch.no_grad()
-def infer_boundary(net: IRNet, views: torch.Tensor) -> torch.Tensor:
+def infer_boundary(net: IRNet, views: torch.Tensor, pad_to: Optional[int] = None) -> torch.Tensor:
     """Boundary probabilities [ceil(H/4), ceil(W/4)] of one image at scale 1.0.
 
     ``views`` [2, 3, H, W]: the normalised image and its horizontal mirror. The mirror's logits are
     flipped back and averaged with the image's before the sigmoid (IRN's EdgeDisplacement).
+    ``pad_to``: each view is first padded with zeros on the right and bottom to this size, as IRN's
+    and RIB's VOC inference pads to 512 (GroupNorm then sees the padding; the map changes
+    everywhere); ``None`` runs unpadded (RIB's COCO path).
     """
     if views.dim() != 4 or views.shape[0] != 2:
         raise ValueError(f"expected views [2, 3, H, W] (image, mirror), got {tuple(views.shape)}")
     h, w = (views.shape[2] + 3) // 4, (views.shape[3] + 3) // 4
+    if pad_to is not None:
+        views = F.pad(views, (0, max(0, pad_to - views.shape[3]), 0, max(0, pad_to - views.shape[2])))
     logits = net.boundary_logits(net.backbone_features(views))[:, 0, :h, :w]
     return torch.sigmoid((logits[0] + logits[1].flip(-1)) / 2)
 
@@ -231,24 +236,20 @@ def save_irnet(path: str | os.PathLike, net: IRNet, meta: Optional[Dict[str, Any
               "backbone": net.backbone_name,
               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
               "meta": dict(meta or {})}
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    write_checkpoint(path, record)
 
 
 def load_irnet(path: str | os.PathLike, device: torch.device | str = "cpu") -> IRNet:
-    """The network saved by :func:`save_irnet`, on ``device``, in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"IRN checkpoint not found: {path} (train_irn writes it)")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt zip, pickle or truncated file: several exception types
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from err
-    if not isinstance(record, dict) or record.get("format") != IRN_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a rib_ext IRN checkpoint (written by train_irn)")
-    if record.get("version") != IRN_CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: IRN checkpoint version {record.get('version')!r} is not "
-                         f"supported (expected {IRN_CHECKPOINT_VERSION})")
+    """The network saved by :func:`save_irnet`, on ``device``, in eval mode. The IRN / RIB
+    authors' ``res50_irn.pth`` state dicts load too (:mod:`rib_ext.models.authors`)."""
+    from rib_ext.models.authors import irnet_from_authors
+
+    authors_net = irnet_from_authors(
+        read_checkpoint(path, None, None, "IRN checkpoint", " (train_irn writes it)"), str(path))
+    if authors_net is not None:
+        return authors_net.to(device).eval()
+    record = read_checkpoint(path, IRN_CHECKPOINT_FORMAT, IRN_CHECKPOINT_VERSION,
+                             "rib_ext IRN checkpoint", " (train_irn writes it)")
     net = IRNet(record["backbone"])
     try:
         net.load_state_dict(record["state_dict"], strict=True)

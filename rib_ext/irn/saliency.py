@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from rib_ext.data import IGNORE_INDEX, load_label_png, save_label_png
+from rib_ext.data import IGNORE_INDEX, load_label_png, save_index_png
 from rib_ext.data.base import preview
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.stage_io import (check_settings, dataset_index, per_image_path, present_names,
@@ -88,7 +88,7 @@ def apply_saliency(dataset, label_dir: str | Path, saliency_dir: str | Path, out
         out = refine_with_saliency(labels, sal, cfg.saliency_threshold)
         flipped += int(((out == IGNORE_INDEX) & (labels != IGNORE_INDEX)).sum())
         total += out.size
-        save_label_png(per_image_path(out_dir, name, ".png"), out)
+        save_index_png(per_image_path(out_dir, name, ".png"), out)
     return {"written": len(todo), "skipped_existing": len(done), "missing": len(missing),
             "newly_ignored_fraction": round(flipped / total, 4) if total else None,
             "seconds": round(time.time() - t0, 2)}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
+from rib_ext.data import load_label_png, multiscale_flip_views, save_index_png
 from rib_ext.evaluation import evaluate_label_maps, write_report
 from rib_ext.io import save_npy
 from rib_ext.irn.config import IRNConfig
@@ -86,7 +86,7 @@ def _model_path(irn: str | Path) -> Path:
 def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: str | Path,
                        cfg: Optional[IRNConfig] = None,
                        score_dir: Optional[str | Path] = None) -> dict:
-    """Write ``out_dir/<id>.png`` (VOC palette, class ids) for every image with maps.
+    """Write ``out_dir/<id>.png`` (grayscale class ids) for every image with maps.
 
     ``irn``: the train_irn output folder or its ``irn.pth``. ``score_dir``: also write each image's
     random-walk scores there as ``{'keys', 'score': float16 [K', H, W]}`` (what the segment
@@ -105,7 +105,7 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     score_dir = Path(score_dir) if score_dir is not None else None
     settings = {k: getattr(cfg, k) for k in ("rw_radius", "beta", "exp_times", "map_power",
-                                             "sem_seg_bg_thres")}
+                                             "sem_seg_bg_thres", "boundary_pad_to")}
     check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_digest(model_path)})
     todo, done = split_done(out_dir, present)
     device = resolve_device(cfg.device)
@@ -118,13 +118,13 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
         keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes, size,
                                "cam")
         views = multiscale_flip_views(img, (1.0,))[0].to(device)
-        boundary = infer_boundary(net, views)
+        boundary = infer_boundary(net, views, cfg.boundary_pad_to)
         mask, scores = make_sem_seg(maps, keys, boundary, size, cfg, return_scores=True)
         if score_dir is not None:  # written first: a mask on disk implies its scores are too
             save_npy(per_image_path(score_dir, name, ".npy"),
                      {"keys": np.asarray(keys, dtype=np.int64),
                       "score": scores.cpu().numpy().astype(np.float16)})
-        save_label_png(per_image_path(out_dir, name, ".png"), mask)
+        save_index_png(per_image_path(out_dir, name, ".png"), mask)
     seconds = time.time() - t0
     return {"written": len(todo), "skipped_existing": len(done), "missing": len(missing),
             "seconds": round(seconds, 2),

@@ -45,13 +45,16 @@ def present_names(folder: str | Path, names: Sequence[str], suffix: str, what: s
 
 
 def split_done(out_dir: str | Path, names: Sequence[str], suffix: str = ".png") -> Tuple[List[str], List[str]]:
-    """(names still to do, names whose output already exists): outputs are written atomically, so an
-    existing file is complete."""
+    """(names still to do, names whose output already exists and is whole): outputs are written
+    atomically, but a copied or otherwise damaged file (empty, truncated) is made again, named in
+    a warning."""
+    from rib_ext.stages.common import split_complete
+
     out_dir = Path(out_dir)
     existing = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
-    done = [n for n in names if f"{n}{suffix}" in existing]
-    finished = set(done)
-    return [n for n in names if n not in finished], done
+    found = {n: out_dir / f"{n}{suffix}" for n in names if f"{n}{suffix}" in existing}
+    finished = set(split_complete(found, out_dir.name)[0])
+    return [n for n in names if n not in finished], [n for n in names if n in finished]
 
 
 def dataset_index(dataset) -> Dict[str, int]:

@@ -23,7 +23,6 @@ from PIL import Image
 from rib_ext.data import load_label_png
 from rib_ext.data.transforms import (NEAREST, hwc_to_chw, normalize, random_crop_pad, random_hflip,
                                      rescale)
-from rib_ext.io import atomic_path
 from rib_ext.irn.affinity_labels import IGNORE, downsample_labels, irn_loss
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import IRNet, build_irnet, save_irnet
@@ -31,10 +30,13 @@ from rib_ext.irn.path_index import PathIndex
 from rib_ext.irn.stage_io import (dataset_index, per_image_path, present_names, progress,
                                   resolve_device)
 from rib_ext.optim import PolyOptimizer
+from rib_ext.training import (LossLog, check_finite, epoch_batches, load_training_state,
+                              save_training_state)
 
 MODEL_FILE = "irn.pth"
 STATE_FILE = "irn_train_state.pth"
 STATE_FORMAT = "rib_ext.irn_train_state"
+LOSS_LOG = "loss.csv"
 BICUBIC = Image.Resampling.BICUBIC
 
 # The settings a resumed run must share with the run that wrote the state.
@@ -94,17 +96,6 @@ class AffinityTrainSet(torch.utils.data.Dataset):
         return augment(img, labels, self.crop_size, self.scale_range, np.random.default_rng(seed))
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> List[List[Tuple[int, int]]]:
-    """The batches of one epoch: a seeded shuffle of ``range(n)``, the incomplete batch dropped,
-    each item paired with its own augmentation seed."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(n)
-    seeds = rng.integers(0, 2 ** 63 - 1, size=n)
-    steps = n // batch_size
-    return [[(int(order[s * batch_size + j]), int(seeds[s * batch_size + j]))
-             for j in range(batch_size)] for s in range(steps)]
-
-
 def _training_settings(cfg: IRNConfig) -> Dict:
     d = cfg.as_dict()
     return {k: d[k] for k in _RESUME_KEYS}
@@ -116,30 +107,6 @@ def _make_optimizer(net: IRNet, cfg: IRNConfig, max_step: int) -> PolyOptimizer:
         [{"params": edge, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
          {"params": disp, "lr": cfg.lr * cfg.displacement_lr_mult, "weight_decay": cfg.weight_decay}],
         lr=cfg.lr, weight_decay=cfg.weight_decay, max_step=max_step)
-
-
-def _save_state(path: Path, net: IRNet, optimizer: PolyOptimizer, step: int, cfg: IRNConfig) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format": STATE_FORMAT, "step": step, "settings": _training_settings(cfg),
-                    "model": net.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
-
-
-def _load_state(path: Path, net: IRNet, optimizer: PolyOptimizer, cfg: IRNConfig, device) -> int:
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # corrupt or foreign file: torch raises several types
-        raise ValueError(f"{path}: unreadable IRN training state ({type(err).__name__}: {err}); "
-                         f"delete it to start over") from err
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: not an IRN training state; delete it to start over")
-    if state["settings"] != _training_settings(cfg):
-        ours = _training_settings(cfg)
-        diff = {k: (state["settings"].get(k), ours[k]) for k in ours if state["settings"].get(k) != ours[k]}
-        raise ValueError(f"{path}: written with other training settings (was, now: {diff}); "
-                         f"use the same settings to resume, or delete it to start over")
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
 
 
 def _batches_from(step: int, steps_per_epoch: int, n: int, cfg: IRNConfig, batch_size: int
@@ -181,29 +148,45 @@ def train_irn_stage(dataset, label_dir: str | Path, out_dir: str | Path,
     steps_per_epoch = len(names) // batch_size
     max_step = steps_per_epoch * cfg.epochs
     optimizer = _make_optimizer(net, cfg, max_step)
-    step = _load_state(state_path, net, optimizer, cfg, device) if state_path.exists() else 0
+    step, seconds = 0, 0.0
+    if state_path.exists():
+        state = load_training_state(state_path, format=STATE_FORMAT, settings=_training_settings(cfg),
+                                    model=net, optimizer=optimizer, what="IRN training state",
+                                    map_location=device)
+        step, seconds = state.step, state.seconds
     out_dir.mkdir(parents=True, exist_ok=True)
 
     trainset = AffinityTrainSet(dataset, label_dir, names, cfg.crop_size, cfg.scale_range)
     budget = max_step - step if stop_after is None else min(max_step - step, int(stop_after))
-    taken, terms, t0 = 0, {}, time.time()
+    taken, terms, t0, t_start = 0, {}, time.time() - seconds, time.time()
+    log = LossLog(out_dir / LOSS_LOG, ("epoch", "step", "loss", "lr", "seconds"), resume_step=step)
     net.train()
-    for epoch, batches in _batches_from(step, steps_per_epoch, len(names), cfg, batch_size):
-        if taken >= budget:
-            break
-        batches = batches[:budget - taken]
-        loader = torch.utils.data.DataLoader(trainset, batch_sampler=batches,
-                                             num_workers=cfg.num_workers)
-        bar = progress(loader, f"train_irn epoch {epoch + 1}/{cfg.epochs}", total=len(batches))
-        for img, labels in bar:
-            terms = irn_loss(*net(img.to(device, non_blocking=True)), labels.to(device), index)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            step, taken = step + 1, taken + 1
-            bar.set_postfix(loss=f"{terms['total'].item():.4f}")
-            if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or taken == budget:
-                _save_state(state_path, net, optimizer, step, cfg)
+    try:
+        for epoch, batches in _batches_from(step, steps_per_epoch, len(names), cfg, batch_size):
+            if taken >= budget:
+                break
+            batches = batches[:budget - taken]
+            loader = torch.utils.data.DataLoader(trainset, batch_sampler=batches,
+                                                 num_workers=cfg.num_workers)
+            bar = progress(loader, f"train_irn epoch {epoch + 1}/{cfg.epochs}", total=len(batches))
+            for img, labels in bar:
+                terms = irn_loss(*net(img.to(device, non_blocking=True)), labels.to(device), index)
+                lr = optimizer.param_groups[0]["lr"]
+                loss_value = terms["total"].item()
+                check_finite(loss_value, "train_irn", step=step + 1, lr=lr, epoch=epoch, epochs=cfg.epochs)
+                optimizer.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                optimizer.step()
+                step, taken = step + 1, taken + 1
+                log.write(epoch=epoch + 1, step=step, loss=loss_value, lr=lr,
+                          seconds=round(time.time() - t0, 3))
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or taken == budget:
+                    save_training_state(state_path, format=STATE_FORMAT, settings=_training_settings(cfg),
+                                        step=step, model=net, optimizer=optimizer,
+                                        seconds=time.time() - t0)
+    finally:
+        log.close()
 
     finished = step >= max_step
     if finished:
@@ -212,6 +195,6 @@ def train_irn_stage(dataset, label_dir: str | Path, out_dir: str | Path,
                                           "images": len(names)})
         state_path.unlink(missing_ok=True)
     return {"steps": step, "max_step": max_step, "finished": finished, "skipped_existing": False,
-            "missing": len(missing), "seconds": round(time.time() - t0, 2),
+            "missing": len(missing), "seconds": round(time.time() - t_start, 2),
             "loss": {k: round(v.item(), 5) for k, v in terms.items()} or None,
             "model": str(model_path) if finished else None}

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from rib_ext.io import atomic_path
+from rib_ext.checkpoints import MissingCheckpointError, read_checkpoint, write_checkpoint
 from rib_ext.models.resnet_cam import CAMNet
 
 # torchvision's IMAGENET1K_V1 files (what IRN / RIB start from), for the error messages.
@@ -51,11 +51,7 @@ def missing_weights_message(backbone: str, path: Optional[os.PathLike | str] = N
 
 
 def _read_torch_file(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt files (zip, pickle, EOF)
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or not a "
-                         f"torch.save file?): {type(err).__name__}: {err}") from err
+    return read_checkpoint(path, None, None, "PyTorch checkpoint")
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
@@ -162,8 +158,7 @@ def save_cam_net(path: os.PathLike | str, model: CAMNet,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    write_checkpoint(path, record)
 
 
 def load_cam_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
@@ -171,19 +166,22 @@ def load_cam_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
     meta), checked for format."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CAM network checkpoint not found: {path} (train_cam writes it)")
-    record = _read_torch_file(path)
-    if not isinstance(record, Mapping) or record.get("format") != CAM_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a rib_ext CAM network checkpoint (written by save_cam_net); "
-                         f"for ImageNet backbone weights use load_backbone_weights")
-    if record.get("version") != CAM_CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {record.get('version')!r} is not supported "
-                         f"(expected {CAM_CHECKPOINT_VERSION})")
-    return dict(record)
+        raise MissingCheckpointError(f"CAM network checkpoint not found: {path} (train_cam writes it)")
+    return read_checkpoint(path, CAM_CHECKPOINT_FORMAT, CAM_CHECKPOINT_VERSION,
+                           "rib_ext CAM network checkpoint",
+                           " (written by save_cam_net; for ImageNet backbone weights use load_backbone_weights)")
 
 
 def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") -> CAMNet:
-    """Rebuild the network saved by :func:`save_cam_net`, on ``device``, in eval mode."""
+    """Rebuild the network saved by :func:`save_cam_net`, on ``device``, in eval mode. The IRN /
+    RIB authors' ``res50_cam.pth`` state dicts load too, recognised by their keys
+    (:mod:`rib_ext.models.authors`)."""
+    from rib_ext.models import authors
+
+    if Path(path).is_file():
+        model = authors.cam_net_from_authors(_read_torch_file(Path(path)), str(path))
+        if model is not None:
+            return model.to(device).eval()
     record = load_cam_checkpoint(path)
     try:
         model = CAMNet(record["backbone"], record["num_classes"], tuple(record["strides"]))

@@ -31,9 +31,25 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 HAS_C = _C is not None
 
-# Public operator names (torch.ops.rib_ext.<name>).
-OPS = ("gndrp_pool", "gndrp_margin_loss", "margin_loss", "cam_flip_merge", "cam_flip_accumulate_",
-       "cam_max_normalize")
+NAMESPACE = "rib_ext"
+
+
+def registered_ops() -> tuple[str, ...]:
+    """Every operator the loaded extension registered under ``torch.ops.rib_ext`` (backward ops,
+    named ``_<op>_backward``, included), read from the dispatcher's schemas: a new op in the C++
+    schema list is picked up without touching Python."""
+    if not HAS_C:
+        return ()
+    prefix = f"{NAMESPACE}::"
+    return tuple(sorted(n[len(prefix):] for n in torch._C._dispatch_get_all_op_names()
+                        if n.startswith(prefix)))
+
+
+# Public operator names (torch.ops.rib_ext.<name>), from the schemas when the extension is loaded;
+# without it, the names the pure-PyTorch fallbacks stand in for.
+OPS = tuple(n for n in registered_ops() if not n.startswith("_")) or (
+    "cam_flip_accumulate_", "cam_flip_merge", "cam_max_normalize", "gndrp_margin_loss", "gndrp_pool",
+    "margin_loss")
 
 
 def compiled_with_cuda() -> bool:
@@ -55,10 +71,14 @@ def has_kernel(op: str, device_type: str) -> bool:
 
 
 # Looked up once: a plain dict read is something torch.compile traces without a graph break.
-_COMPILED = {(op, dev): has_kernel(op, dev) for op in OPS for dev in ("cpu", "cuda")}
+_COMPILED = {(op, dev): has_kernel(op, dev) for op in registered_ops() for dev in ("cpu", "cuda")}
 
 
 def use_compiled(op: str, tensor: torch.Tensor) -> bool:
+    """Whether the wrapper of ``op`` should call the compiled kernel for ``tensor``'s device.
+    An op name the extension does not register raises (a typo must not silently fall back)."""
+    if HAS_C and op not in OPS:
+        raise KeyError(f"rib_ext: no operator {op!r} is registered (registered: {', '.join(OPS)})")
     return _COMPILED.get((op, tensor.device.type), False)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from ._checks import check_planes, check_same_shape
 from ._extension import HAS_C, use_compiled
 
 IRN_EPS = 1e-5
@@ -29,7 +30,7 @@ def cam_flip_merge(cam: torch.Tensor, cam_flip: torch.Tensor) -> torch.Tensor:
         differentiable (the gradient passes where each ReLU is active).
     """
     if use_compiled("cam_flip_merge", cam):
-        return torch.ops.rib_ext.cam_flip_merge(cam, cam_flip)
+        return torch.ops.rib_ext.cam_flip_merge.default(cam, cam_flip)
     return reference.cam_flip_merge(cam, cam_flip)
 
 
@@ -40,7 +41,7 @@ def cam_flip_accumulate_(acc: torch.Tensor, cam: torch.Tensor, cam_flip: torch.T
     differentiable: maps are accumulated outside the autograd graph.
     """
     if use_compiled("cam_flip_accumulate_", cam):
-        torch.ops.rib_ext.cam_flip_accumulate_(acc, cam.detach(), cam_flip.detach())
+        torch.ops.rib_ext.cam_flip_accumulate_.default(acc, cam.detach(), cam_flip.detach())
     else:
         with torch.no_grad():
             acc.add_(reference.cam_flip_merge(cam, cam_flip))
@@ -53,7 +54,7 @@ def cam_max_normalize(maps: torch.Tensor, eps: float = IRN_EPS) -> torch.Tensor:
     Differentiable, through the max too (its gradient goes to the first maximal location).
     """
     if use_compiled("cam_max_normalize", maps):
-        return torch.ops.rib_ext.cam_max_normalize(maps, float(eps))
+        return torch.ops.rib_ext.cam_max_normalize.default(maps, float(eps))
     return reference.cam_max_normalize(maps, eps)
 
 
@@ -106,15 +107,25 @@ if HAS_C:
 
     @torch.library.register_fake("rib_ext::cam_flip_merge")
     def _cam_flip_merge_fake(cam, cam_flip):
+        check_planes(cam, "cam", "cam_flip_merge")
+        check_same_shape(cam, cam_flip, "cam", "cam_flip", "cam_flip_merge")
         acc = torch.float64 if cam.dtype == torch.float64 else torch.float32
         return torch.empty_like(cam, dtype=acc, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("rib_ext::cam_flip_accumulate_")
     def _cam_flip_accumulate_fake(acc, cam, cam_flip):
+        check_planes(cam, "cam", "cam_flip_accumulate_")
+        check_same_shape(cam, cam_flip, "cam", "cam_flip", "cam_flip_accumulate_")
+        check_same_shape(acc, cam, "acc", "cam", "cam_flip_accumulate_")
+        opmath = torch.float64 if cam.dtype == torch.float64 else torch.float32
+        torch._check(acc.dtype == opmath, lambda: f"cam_flip_accumulate_: acc must be {opmath} for a "
+                                                  f"{cam.dtype} cam, got {acc.dtype}")
         return None
 
     @torch.library.register_fake("rib_ext::cam_max_normalize")
     def _cam_max_normalize_fake(maps, eps):
+        check_planes(maps, "maps", "cam_max_normalize")
+        torch._check(maps.dtype.is_floating_point, lambda: "cam_max_normalize: maps must be floating point")
         return torch.empty_like(maps, memory_format=torch.contiguous_format)
 
     def _merge_setup_context(ctx, inputs, output):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
+from ._checks import check_cam, check_rows
 from ._extension import HAS_C, use_compiled
 
 MODES = ("reference", "paper")
@@ -37,8 +38,9 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
         mode: ``'reference'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
             sum divided by the number of kept locations; 0 when none is kept).
 
-    A present class whose max is <= 0 keeps every location (no NaN, no division by zero); the
-    authors' unguarded division would give 0 for a negative max. See csrc/gndrp.h.
+    A present class whose max is <= 0: ``'reference'`` divides without a guard as the authors'
+    code does (max < 0 keeps nothing: logit 0, no gradient; max == 0 keeps the negative locations
+    and drops the zeros); ``'paper'`` keeps every location. See csrc/gndrp.h.
 
     Returns:
         logits ``[N, K]`` in cam's dtype, differentiable w.r.t. ``cam``.
@@ -46,7 +48,7 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
     paper = _is_paper(mode)
     present = present if present.dtype == torch.bool else present > 0
     if use_compiled("gndrp_pool", cam):
-        return torch.ops.rib_ext.gndrp_pool(cam, present, float(tau), paper)[0]
+        return torch.ops.rib_ext.gndrp_pool.default(cam, present, float(tau), paper)[0]
     return reference.gndrp_pool(cam, present, tau, paper)
 
 
@@ -70,7 +72,7 @@ def gndrp_margin_loss(cam: torch.Tensor, labels: torch.Tensor, tau: float = 0.4,
     paper = _is_paper(mode)
     labels = labels.to(_acc_dtype(cam.dtype))
     if use_compiled("gndrp_margin_loss", cam):
-        loss, logits, _, _ = torch.ops.rib_ext.gndrp_margin_loss(cam, labels, float(tau),
+        loss, logits, _, _ = torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, float(tau),
                                                                  float(margin), paper)
         return loss, logits.detach()
     loss, logits = reference.gndrp_margin_loss(cam, labels, tau, margin, paper)
@@ -81,16 +83,24 @@ if HAS_C:
 
     @torch.library.register_fake("rib_ext::gndrp_pool")
     def _gndrp_pool_fake(cam, present, tau, paper):
+        check_cam(cam, "gndrp_pool")
+        check_rows(cam, present, "present", "gndrp_pool")
+        torch._check(present.dtype == torch.bool, lambda: f"gndrp_pool: present must be bool, got {present.dtype}")
         rows = cam.shape[:2]
         acc = _acc_dtype(cam.dtype)
         return cam.new_empty(rows), cam.new_empty(rows, dtype=acc), cam.new_empty(rows, dtype=acc)
 
     @torch.library.register_fake("rib_ext::_gndrp_pool_backward")
     def _gndrp_pool_backward_fake(grad, cam, present, plane_max, scale, tau, paper):
+        check_cam(cam, "_gndrp_pool_backward")
+        check_rows(cam, grad, "grad", "_gndrp_pool_backward")
+        check_rows(cam, present, "present", "_gndrp_pool_backward")
         return torch.empty_like(cam, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("rib_ext::gndrp_margin_loss")
     def _gndrp_margin_loss_fake(cam, labels, tau, margin, paper):
+        check_cam(cam, "gndrp_margin_loss")
+        check_rows(cam, labels, "labels", "gndrp_margin_loss")
         rows = cam.shape[:2]
         acc = _acc_dtype(cam.dtype)
         return (cam.new_empty((), dtype=acc), cam.new_empty(rows),
@@ -99,6 +109,10 @@ if HAS_C:
     @torch.library.register_fake("rib_ext::_gndrp_margin_loss_backward")
     def _gndrp_margin_loss_backward_fake(grad_loss, cam, labels, logits, plane_max, scale, tau,
                                          margin, paper):
+        check_cam(cam, "_gndrp_margin_loss_backward")
+        check_rows(cam, labels, "labels", "_gndrp_margin_loss_backward")
+        check_rows(cam, logits, "logits", "_gndrp_margin_loss_backward")
+        torch._check(grad_loss.numel() == 1, lambda: "_gndrp_margin_loss_backward: grad_loss must be a scalar")
         return torch.empty_like(cam, memory_format=torch.contiguous_format)
 
     def _pool_setup_context(ctx, inputs, output):
@@ -109,7 +123,7 @@ if HAS_C:
 
     def _pool_backward(ctx, grad_pooled, _grad_max, _grad_scale):
         cam, present, plane_max, scale = ctx.saved_tensors
-        grad_cam = torch.ops.rib_ext._gndrp_pool_backward(
+        grad_cam = torch.ops.rib_ext._gndrp_pool_backward.default(
             grad_pooled, cam, present, plane_max, scale, ctx.tau, ctx.paper)
         return grad_cam, None, None, None
 
@@ -124,7 +138,7 @@ if HAS_C:
 
     def _fused_backward(ctx, grad_loss, _grad_logits, _grad_max, _grad_scale):
         cam, labels, logits, plane_max, scale = ctx.saved_tensors
-        grad_cam = torch.ops.rib_ext._gndrp_margin_loss_backward(
+        grad_cam = torch.ops.rib_ext._gndrp_margin_loss_backward.default(
             grad_loss, cam, labels, logits, plane_max, scale, ctx.tau, ctx.margin, ctx.paper)
         return grad_cam, None, None, None, None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
+from ._checks import check_same_shape
 from ._extension import HAS_C, use_compiled
 from .gndrp import _is_paper
 
@@ -28,7 +29,7 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 600.
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if use_compiled("margin_loss", logits):
-        out = torch.ops.rib_ext.margin_loss(logits, labels, float(margin), paper)
+        out = torch.ops.rib_ext.margin_loss.default(logits, labels, float(margin), paper)
     else:
         out = reference.margin_loss(logits, labels, margin, paper)
     if reduction == "sum":
@@ -53,10 +54,14 @@ if HAS_C:
 
     @torch.library.register_fake("rib_ext::margin_loss")
     def _margin_loss_fake(logits, labels, margin, paper):
+        check_same_shape(logits, labels, "logits", "labels", "margin_loss")
+        torch._check(logits.dtype.is_floating_point, lambda: "margin_loss: logits must be floating point")
         return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("rib_ext::_margin_loss_backward")
     def _margin_loss_backward_fake(grad, logits, labels, margin, paper):
+        check_same_shape(logits, labels, "logits", "labels", "_margin_loss_backward")
+        check_same_shape(logits, grad, "logits", "grad", "_margin_loss_backward")
         return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
@@ -66,7 +71,7 @@ if HAS_C:
 
     def _backward(ctx, grad):
         logits, labels = ctx.saved_tensors
-        grad_logits = torch.ops.rib_ext._margin_loss_backward(grad, logits, labels, ctx.margin,
+        grad_logits = torch.ops.rib_ext._margin_loss_backward.default(grad, logits, labels, ctx.margin,
                                                               ctx.paper)
         return grad_logits, None, None, None
 

@@ -13,14 +13,19 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def gndrp_kept_mask(cam: torch.Tensor, present: torch.Tensor, tau: float, paper: bool):
-    """(kept [N,K,H,W] bool, plane_max [N,K]) of GNDRP; the max is detached."""
+    """(kept [N,K,H,W] bool, plane_max [N,K]) of GNDRP; the max is detached.
+
+    Reference mode divides by the max without a guard (a max <= 0 gives ratios >= 1, -inf or NaN,
+    as in the authors' code); paper mode keeps every location of a plane whose max is <= 0.
+    """
     x = cam.detach().to(_acc_dtype(cam.dtype))
     plane_max = x.amax(dim=(2, 3))
     m = plane_max[..., None, None]
-    positive = m > 0
-    ratio = x / torch.where(positive, m, torch.ones_like(m))
+    ratio = x / m
     below = ratio <= tau if paper else ratio < tau
-    normalised = present.bool()[..., None, None] & positive
+    normalised = present.bool()[..., None, None]
+    if paper:
+        normalised = normalised & (m > 0)
     return torch.where(normalised, below, torch.ones_like(below)), plane_max
 
 
@@ -71,25 +76,23 @@ def cam_max_normalize(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (x / (m + eps)).to(maps.dtype)
 
 
-def gndrp_pool_loop(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4) -> torch.Tensor:
-    """A transcription of the authors' per-row, per-class Python loop (reference semantics).
+def gndrp_pool_loop(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
+                    visited: int | None = None) -> torch.Tensor:
+    """A literal transcription of the authors' GNDRP (their ``gndp2d``), reference semantics.
 
-    Kept for the benchmarks only: it is what the released code does, and what we replace.
+    Per row and class: a present class is divided by its (detached) max with no guard, absent
+    classes get the marker -1; the kept locations are those whose marker is below ``tau`` and the
+    pooled value is the mean over all H*W locations of the kept CAM values. ``visited``: how many
+    classes the loop visits (the authors' code: 20, so on COCO classes >= 20 keep the marker 0,
+    which is below tau > 0: every location pooled, the ``coco_first20_bug``); None visits all.
+    The tests' oracle, degenerate planes included (max < 0, max == 0, all zero); slow, unused by
+    the package.
     """
-    n_rows, n_cls, h, w = cam.shape
-    rows = []
-    for n in range(n_rows):
-        logits = []
-        for k in range(n_cls):
-            plane = cam[n, k]
+    norm = torch.zeros_like(cam)
+    for n in range(cam.shape[0]):
+        for k in range(cam.shape[1] if visited is None else min(visited, cam.shape[1])):
             if present[n, k]:
-                m = plane.detach().max()
-                if m > 0:
-                    mask = (plane.detach() / m < tau).to(plane.dtype)
-                else:
-                    mask = torch.ones_like(plane)
-                logits.append((plane * mask).sum() / (h * w))
+                norm[n, k] = (cam[n, k] / cam[n, k].max()).detach()
             else:
-                logits.append(plane.sum() / (h * w))
-        rows.append(torch.stack(logits))
-    return torch.stack(rows)
+                norm[n, k] = -1
+    return torch.mean((cam * (norm < tau)).view(cam.shape[0], cam.shape[1], -1), -1)

@@ -9,6 +9,7 @@ so each image's gradient is its own); a finished image leaves and the next one t
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
@@ -23,8 +24,9 @@ from rib_ext import ops
 from rib_ext.config import RIBConfig
 from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.rib.losses import step_loss
-from rib_ext.rib.sampling import OtherImages, image_generator
+from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio
+from rib_ext.training import NonFiniteLossError
 
 
 class CAMHead(nn.Module):
@@ -59,6 +61,7 @@ class _State:
     bufs: list
     acc: list  # per scale: accumulated map [K, h, w]
     rng: np.random.Generator
+    others: Optional[OtherStream] = None  # this image's other images, one permutation of its pool
     step: int = 0
     stop: Optional[str] = None
     stats: list = field(default_factory=list)
@@ -126,8 +129,10 @@ class RIBEngine:
         keys = torch.as_tensor(np.nonzero(target.label)[0], device=self.device)
         label = torch.as_tensor(target.label, device=self.device, dtype=torch.float32)
         params = [p.clone().requires_grad_() for p in self.base]
+        rng = image_generator(self.cfg.seed, target.index)
+        others = self.pool.stream(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
         return _State(target, keys, label, x2, params, [None] * len(params), [None] * len(x2),
-                      image_generator(self.cfg.seed, target.index))
+                      rng, others)
 
     def _cam(self, st: _State, x2: torch.Tensor) -> torch.Tensor:
         params = dict(zip(self.names, st.params))
@@ -153,7 +158,9 @@ class RIBEngine:
             with torch.set_grad_enabled(scale in cfg.loss_scales):
                 cam = self._cam(st, x2)
             if st.acc[s] is None:
-                st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=torch.float32)
+                # cam_flip_accumulate_ wants cam's accumulation dtype (float64 for float64 cams).
+                acc_dtype = torch.promote_types(cam.dtype, torch.float32)
+                st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=acc_dtype)
             ops.cam_flip_accumulate_(st.acc[s], cam[0], cam[1])
             if s == 0 and st.step >= 1 and cfg.stop_on_explosion:
                 merged = ops.cam_flip_merge(cam[0].detach(), cam[1].detach())
@@ -188,8 +195,7 @@ class RIBEngine:
                 continue
             live.append(st)
             target_cams.append(cams)
-            recipes.append(self.pool.draw(st.rng, st.target.label, st.target.pool_index,
-                                          cfg.num_others, cfg.disjoint_prob))
+            recipes.append(st.others.draw(cfg.num_others))
         if not live:
             return
         with torch.no_grad():
@@ -198,11 +204,15 @@ class RIBEngine:
         x2_split = x2_others.split([len(r) for r in recipes])
 
         other_cams = self._other_cams(live, x2_split)
-        total, stats = 0, []
+        total, stats, losses = 0, [], []
         for st, cams, cam_o, (_, other_labels) in zip(live, target_cams, other_cams, batches):
             loss, stat = step_loss(cams, st.label, cam_o, other_labels, cfg)
             total = total + loss
             stats.append(stat)
+            losses.append(loss)
+        # One host sync per group step; a diverged image would otherwise end as a NaN-born map.
+        if not all(math.isfinite(s) for s in stats) or not bool(torch.isfinite(total)):
+            self._raise_non_finite(live, losses, stats)
         all_params = [p for st in live for p in st.params]
         grads = torch.autograd.grad(total, all_params)
 
@@ -221,6 +231,16 @@ class RIBEngine:
                     st.stop = STOP_MARGIN
                 elif st.step >= cfg.steps:
                     st.stop = STOP_STEPS
+
+    def _raise_non_finite(self, live: list[_State], losses: list, stats: list[float]) -> None:
+        bad = [f"{st.target.name} (loss {float(loss):.4g}, target logit sum {stat:.4g})"
+               for st, loss, stat in zip(live, losses, stats)
+               if not (math.isfinite(stat) and math.isfinite(float(loss)))]
+        step = live[0].step + 1
+        lr = self.cfg.lr * max(0.0, 1.0 - live[0].step / self.cfg.steps) ** self.cfg.lr_power
+        raise NonFiniteLossError(f"rib: step {step} of image {', '.join(bad)} is not finite with "
+                                 f"learning rate {lr:g}: the adaptation diverged; lower the RIB "
+                                 f"learning rate (no map is written for it)")
 
     def run(self, targets: Iterable[Target],
             on_result: Optional[Callable[[Result], None]] = None) -> list[Result]:

@@ -32,6 +32,10 @@ def pooling_tau(cfg: RIBConfig) -> float:
 
 
 def _present(labels: torch.Tensor, cfg: RIBConfig) -> torch.Tensor:
+    if cfg.pooling == "gap":
+        # The authors' GAP is a plain mean: no class is normalised (an infinite tau alone would
+        # still drop the NaN locations of a plane whose max is 0).
+        return torch.zeros_like(labels, dtype=torch.bool)
     present = labels > 0
     if cfg.coco_first20_bug:
         # The authors' COCO code normalised only the first 20 classes; the rest became plain GAP.
@@ -44,7 +48,8 @@ def group_loss(cam: torch.Tensor, labels: torch.Tensor, cfg: RIBConfig):
     """(loss, logits [N, K] detached) of one row group; ``cam`` [N, K, h, w] raw, differentiable."""
     tau = pooling_tau(cfg)
     loss_mode = "paper" if cfg.clip_loss else "reference"
-    if cfg.loss == "rib" and loss_mode == cfg.gndrp_mode and not cfg.coco_first20_bug:
+    if (cfg.loss == "rib" and loss_mode == cfg.gndrp_mode and not cfg.coco_first20_bug
+            and cfg.pooling == "gndrp"):
         return ops.gndrp_margin_loss(cam, labels, tau, cfg.margin, cfg.gndrp_mode)
     logits = ops.gndrp_pool(cam, _present(labels, cfg), tau, cfg.gndrp_mode)
     if cfg.loss == "rib":

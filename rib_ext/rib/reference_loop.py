@@ -26,6 +26,8 @@ def _rows_loss(cam, labels, cfg: RIBConfig, per_row_loop: bool):
     """Loss and logits of rows ``cam`` [N, K, h, w] with ``labels`` [N, K], plain PyTorch."""
     tau = math.inf if cfg.pooling == "gap" else cfg.tau
     present = labels > 0
+    if cfg.pooling == "gap":  # a plain mean: no class normalised
+        present = torch.zeros_like(present)
     if cfg.coco_first20_bug:
         present[:, 20:] = False
     if per_row_loop:  # the authors' per-row, per-class Python loop
@@ -59,6 +61,7 @@ def adapt_one(model0, target: Target, pool: OtherImages, cfg: RIBConfig,
     keys = torch.nonzero(label)[:, 0]
     sums = [0.0] * len(views)
     rng = image_generator(cfg.seed, target.index)
+    others_stream = pool.stream(rng, target.label, target.pool_index, cfg.disjoint_prob)
     stats, stop, steps = [], STOP_STEPS, 0
 
     for k in range(cfg.steps):
@@ -81,7 +84,7 @@ def adapt_one(model0, target: Target, pool: OtherImages, cfg: RIBConfig,
         if exploded:
             stop = STOP_EXPLOSION
             break
-        recipes = pool.draw(rng, target.label, target.pool_index, cfg.num_others, cfg.disjoint_prob)
+        recipes = others_stream.draw(cfg.num_others)
         others, other_labels = pool.batch(recipes)
         loss_rows.append((model.cam(others), other_labels))
 

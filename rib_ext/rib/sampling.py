@@ -1,8 +1,18 @@
 """The B "other" images of each RIB step: who is drawn, and how they are augmented.
 
 Both the engine and the slow reference loop draw through :class:`OtherImages`, so given the same
-per-image generator they see the same crops. Images are decoded once into a uint8 cache (on the
-adaptation device) and augmented there: resize-long, flip, normalise, crop/pad with 0, IRN's recipe.
+per-image generator they see the same crops.
+
+Who, as the authors' code: per target, one shuffled pass over the images that share no class with
+it (their ``DataLoader(shuffle=True, batch_size=B, drop_last=True)`` over that pool), step k taking
+the k-th slice of B: 200 distinct images over 10 steps at B=20. Where the pool holds fewer than
+``steps * B`` images the authors' loop simply stops early (and takes no step at all below B
+images); here the pass goes on with a fresh permutation instead, so every target gets its K steps.
+Images with no class at all (COCO has some) share no class with anyone: they stay in the pool.
+
+How, as IRN's loader: resize-long with Pillow bicubic on the uint8 image (the authors'
+``pil_rescale``), flip, normalise, crop/pad with 0. The resize runs on the host, since no device
+resampler reproduces Pillow's two clipped passes; the rest runs on the adaptation device.
 """
 from __future__ import annotations
 
@@ -10,10 +20,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rib_ext.config import IMAGENET_MEAN, IMAGENET_STD
-from rib_ext.data.transforms import crop_boxes
+from rib_ext.data.transforms import BICUBIC, crop_boxes, resize
 
 
 def image_generator(seed: int, index: int) -> np.random.Generator:
@@ -57,24 +66,27 @@ class OtherImages:
                 ok &= no_shared
         return np.flatnonzero(ok)
 
+    def stream(self, rng: np.random.Generator, target_label: np.ndarray, exclude: int | None,
+               disjoint_prob: float = 1.0) -> "OtherStream":
+        """The other images of one target, drawn step by step (see the module docstring)."""
+        return OtherStream(self, rng, target_label, exclude, disjoint_prob)
+
     def draw(self, rng: np.random.Generator, target_label: np.ndarray, exclude: int | None,
              count: int, disjoint_prob: float) -> list[dict]:
-        """``count`` augmentation recipes (pool index, long side, flip, crop boxes) for one step."""
-        disjoint = bool(rng.random() < disjoint_prob)
-        pool = self.candidates(target_label, exclude, disjoint)
-        if len(pool) == 0:
-            raise ValueError("RIB needs at least one other training image to draw from")
-        chosen = rng.choice(pool, size=count, replace=len(pool) < count)
-        recipes = []
-        for idx in chosen:
-            h, w = self.size(int(idx))
-            long_side = int(rng.integers(self.resize_long[0], self.resize_long[1] + 1))
-            scale = long_side / max(h, w)
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            flip = bool(rng.random() < 0.5)
-            src, dst = crop_boxes(size, self.crop, rng)
-            recipes.append({"index": int(idx), "size": size, "flip": flip, "src": src, "dst": dst})
-        return recipes
+        """One step's ``count`` recipes from a fresh stream (a single draw; adaptation uses
+        :meth:`stream` so that successive steps continue one permutation)."""
+        return self.stream(rng, target_label, exclude, disjoint_prob).draw(count)
+
+    def recipe(self, idx: int, rng: np.random.Generator) -> dict:
+        """Augmentation of pool image ``idx``: long side, flip, crop boxes (IRN's draw order)."""
+        h, w = self.size(idx)
+        long_side = int(rng.integers(self.resize_long[0], self.resize_long[1] + 1))
+        scale = long_side / max(h, w)
+        # np.round per side, as the authors' pil_rescale.
+        size = (max(1, int(np.round(h * scale))), max(1, int(np.round(w * scale))))
+        flip = bool(rng.random() < 0.5)
+        src, dst = crop_boxes(size, self.crop, rng)
+        return {"index": int(idx), "size": size, "flip": flip, "src": src, "dst": dst}
 
     def size(self, idx: int) -> tuple[int, int]:
         return tuple(self.image(idx).shape[:2])
@@ -87,13 +99,17 @@ class OtherImages:
             self._cache[idx] = cached
         return cached
 
+    def resized(self, idx: int, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 [h, w, 3] on the device: pool image ``idx`` resized with Pillow's bicubic, as the
+        authors' ``pil_rescale`` (decoded through :meth:`image`)."""
+        host = self.image(idx).cpu().numpy()
+        return torch.from_numpy(np.array(resize(host, size, BICUBIC))).to(self.device)  # writable
+
     def batch(self, recipes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """(images [B, 3, crop, crop] normalised, labels [B, K]) for a step's recipes."""
         out = torch.zeros(len(recipes), 3, self.crop, self.crop, device=self.device)
         for b, r in enumerate(recipes):
-            img = self.image(r["index"]).permute(2, 0, 1)[None].float()
-            img = F.interpolate(img, size=r["size"], mode="bilinear", align_corners=False,
-                                antialias=True)[0]
+            img = self.resized(r["index"], r["size"]).permute(2, 0, 1).float()
             if r["flip"]:
                 img = img.flip(-1)
             img = (img / 255.0 - self.mean) / self.std
@@ -101,3 +117,44 @@ class OtherImages:
             out[b, :, dt:db, dl:dr] = img[:, st:sb, sl:sr]
         index = torch.tensor([r["index"] for r in recipes], device=self.device)
         return out, self.labels_t.index_select(0, index)
+
+
+class OtherStream:
+    """The other images of one target image: consecutive slices of one permutation of its pool.
+
+    ``disjoint_prob`` < 1 (an option of ours): each step draws, with that probability, its slice
+    from the permutation of the disjoint pool, else from a permutation of every other image (which
+    may share classes with the target). The authors' ``p_disjoint`` < 1 branch differs and is
+    effectively dead: ``random.randrange(0, 1)`` is always 0, so it always takes the disjoint pool,
+    then draws each image uniformly with replacement (their "joint" pool, images holding all the
+    target's classes, is never used).
+    """
+
+    def __init__(self, pool: OtherImages, rng: np.random.Generator, target_label: np.ndarray,
+                 exclude: int | None, disjoint_prob: float = 1.0):
+        self.pool, self.rng, self.disjoint_prob = pool, rng, float(disjoint_prob)
+        self._pools = {True: pool.candidates(target_label, exclude, True),
+                       False: pool.candidates(target_label, exclude, False)}
+        if len(self._pools[False]) == 0:
+            raise ValueError("RIB needs at least one other training image to draw from")
+        self._order: dict[bool, np.ndarray] = {}
+        self._pos: dict[bool, int] = {}
+
+    def _take(self, disjoint: bool, count: int) -> list[int]:
+        chosen = []
+        while len(chosen) < count:
+            order = self._order.get(disjoint)
+            if order is None or self._pos[disjoint] >= len(order):
+                # The pool is exhausted (or not started): a fresh pass over it.
+                order = self._order[disjoint] = self.rng.permutation(self._pools[disjoint])
+                self._pos[disjoint] = 0
+            pos = self._pos[disjoint]
+            take = order[pos:pos + count - len(chosen)]
+            self._pos[disjoint] = pos + len(take)
+            chosen.extend(int(i) for i in take)
+        return chosen
+
+    def draw(self, count: int) -> list[dict]:
+        """The next step's ``count`` augmentation recipes (pool index, size, flip, crop boxes)."""
+        disjoint = True if self.disjoint_prob >= 1.0 else bool(self.rng.random() < self.disjoint_prob)
+        return [self.pool.recipe(i, self.rng) for i in self._take(disjoint, count)]

@@ -17,14 +17,14 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from rib_ext.io import atomic_path
+from rib_ext.checkpoints import read_checkpoint, write_checkpoint
 from rib_ext.models import FixedBatchNorm, MissingWeightsError, convert_to_fixed_bn, load_backbone_weights
 from rib_ext.models.checkpoint import missing_weights_message
 from rib_ext.models.resnet_cam import BACKBONES, TORCHVISION_PARTS
@@ -184,25 +184,13 @@ def save_deeplab(path: os.PathLike | str, model: DeepLabV2, meta: Optional[Dict[
               "num_classes": model.num_classes, "dilations": list(model.dilations),
               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
               "meta": dict(meta or {})}
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    write_checkpoint(path, record)
 
 
 def load_deeplab(path: os.PathLike | str, device: torch.device | str = "cpu") -> DeepLabV2:
     """Rebuild the network saved by :func:`save_deeplab`, on ``device``, in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"segmentation model not found: {path} (the segment stage's training "
-                                f"writes it)")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable PyTorch file ({type(err).__name__}: {err})") from err
-    if not isinstance(record, Mapping) or record.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not a rib_ext DeepLab-v2 model (written by save_deeplab)")
-    if record.get("version") != MODEL_VERSION:
-        raise ValueError(f"{path}: model version {record.get('version')!r} is not supported "
-                         f"(expected {MODEL_VERSION})")
+    record = read_checkpoint(path, MODEL_FORMAT, MODEL_VERSION, "rib_ext DeepLab-v2 model",
+                             " (the segment stage's training writes it)")
     try:
         model = DeepLabV2(record["backbone"], record["num_classes"], record["dilations"])
         model.load_state_dict(record["state_dict"], strict=True)

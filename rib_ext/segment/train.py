@@ -12,21 +12,20 @@ is then removed). A rerun resumes from the state file, or returns at once when `
 """
 from __future__ import annotations
 
-import csv
-import random
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rib_ext.data import IGNORE_INDEX
-from rib_ext.io import atomic_path, save_text
+from rib_ext.checkpoints import CheckpointError
 from rib_ext.irn.stage_io import present_names
 from rib_ext.optim import PolyOptimizer
 from rib_ext.stages.common import progress, resolve_device
+from rib_ext.training import (LossLog, check_finite, load_training_state, read_loss_log,
+                              save_training_state, settings_diff)
 
 from .config import SegmentConfig
 from .data import IterationBatches, SegmentationTrainSet, names_digest
@@ -65,27 +64,6 @@ def make_optimizer(model: DeepLabV2, cfg: SegmentConfig) -> PolyOptimizer:
         momentum=cfg.momentum, authors_momentum=False)
 
 
-# ------------------------------------------------------------------------------------ RNG states
-
-def rng_state() -> Dict:
-    """Global RNG states as plain values and tensors (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-            "python": random.getstate()}
-
-
-def set_rng_state(state: Dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
 # ---------------------------------------------------------------------------------- train state
 
 def training_settings(cfg: SegmentConfig) -> Dict:
@@ -100,74 +78,45 @@ def data_order(names: Sequence[str], cfg: SegmentConfig, iteration: int) -> Dict
 
 
 def save_state(path: Path, model: DeepLabV2, optimizer: PolyOptimizer, iteration: int,
-               names: Sequence[str], cfg: SegmentConfig) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format": STATE_FORMAT, "iteration": iteration, "settings": training_settings(cfg),
-                    "data_order": data_order(names, cfg, iteration), "rng": rng_state(),
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
-
-
-def _diff(old: Dict, new: Dict) -> Dict:
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+               names: Sequence[str], cfg: SegmentConfig, seconds: float = 0.0) -> None:
+    save_training_state(path, format=STATE_FORMAT, settings=training_settings(cfg), step=iteration,
+                        model=model, optimizer=optimizer, seconds=seconds,
+                        extra={"data_order": data_order(names, cfg, iteration)})
 
 
 def load_state(path: Path, model: DeepLabV2, optimizer: PolyOptimizer, names: Sequence[str],
-               cfg: SegmentConfig) -> int:
-    """Restore model, optimizer and RNG states from ``path``; returns the iteration to go on from."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file: torch raises several types
-        raise ValueError(f"{path}: unreadable segmentation training state ({type(err).__name__}: "
-                         f"{err}); delete it to start over") from err
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: not a segmentation training state; delete it to start over")
-    if state["settings"] != training_settings(cfg):
-        raise ValueError(f"{path}: written with other training settings (was, now: "
-                         f"{_diff(state['settings'], training_settings(cfg))}); use the same "
-                         f"settings to resume, or delete it to start over")
-    iteration = int(state["iteration"])
-    expected = data_order(names, cfg, iteration)
-    if state["data_order"] != expected:
-        raise ValueError(f"{path}: the training images changed since this state was written (was, "
-                         f"now: {_diff(state['data_order'], expected)}); resume with the same "
-                         f"labels folder and image list, or delete it to start over")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    return iteration
+               cfg: SegmentConfig) -> Tuple[int, float]:
+    """Restore model, optimizer and RNG states from ``path``; returns (iteration to go on from,
+    training seconds so far)."""
+    state = load_training_state(path, format=STATE_FORMAT, settings=training_settings(cfg), model=model,
+                                optimizer=optimizer, what="segmentation training state")
+    expected = data_order(names, cfg, state.step)
+    if state.extra.get("data_order") != expected:
+        raise CheckpointError(f"{path}: the training images changed since this state was written "
+                              f"({settings_diff(state.extra.get('data_order') or {}, expected)}); resume "
+                              f"with the same labels folder and image list, or delete it to start over")
+    return state.step, state.seconds
 
 
 # ------------------------------------------------------------------------------------------ logs
 
 class TrainLog:
-    """``log.csv`` (one row per iteration) and, when installed, TensorBoard."""
+    """``log.csv`` (one row per iteration, see :class:`rib_ext.training.LossLog`) and, when
+    installed, TensorBoard."""
 
     def __init__(self, out_dir: Path, start: int, tensorboard: bool):
         self.path = out_dir / LOG_FILE
-        self._keep_rows_up_to(start)
-        self._file = open(self.path, "a", newline="")
-        self._csv = csv.writer(self._file)
+        self._log = LossLog(self.path, LOG_HEADER, resume_step=start, step_column="iteration")
         self._tb = _tensorboard_writer(out_dir / "tensorboard") if tensorboard else None
 
-    def _keep_rows_up_to(self, iteration: int) -> None:
-        # Rows logged after the last checkpoint belong to iterations that will run again.
-        rows = []
-        if iteration > 0 and self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.reader(f) if r and r[0].isdigit() and int(r[0]) <= iteration]
-        lines = [",".join(LOG_HEADER)] + [",".join(r) for r in rows]
-        save_text(self.path, "\n".join(lines) + "\n")
-
     def write(self, iteration: int, loss: float, lr: float) -> None:
-        # repr keeps every digit, so logs of a straight and a resumed run compare exactly.
-        self._csv.writerow([iteration, repr(loss), repr(lr)])
-        self._file.flush()
+        self._log.write(iteration=iteration, loss=float(loss), lr=float(lr))
         if self._tb is not None:
             self._tb.add_scalar("loss", loss, iteration)
             self._tb.add_scalar("lr", lr, iteration)
 
     def close(self) -> None:
-        self._file.close()
+        self._log.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -182,9 +131,8 @@ def _tensorboard_writer(log_dir: Path):
 
 def read_log(path: str | Path) -> List[Dict[str, float]]:
     """The rows of a ``log.csv`` as dicts (iteration int, loss and lr float)."""
-    with open(path, newline="") as f:
-        return [{"iteration": int(r["iteration"]), "loss": float(r["loss"]), "lr": float(r["lr"])}
-                for r in csv.DictReader(f)]
+    return [{"iteration": int(r["iteration"]), "loss": float(r["loss"]), "lr": float(r["lr"])}
+            for r in read_loss_log(path)]
 
 
 # -------------------------------------------------------------------------------------- training
@@ -230,9 +178,9 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
     optimizer = make_optimizer(model, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     if state_path.exists():
-        iteration = load_state(state_path, model, optimizer, names, cfg)
+        iteration, seconds = load_state(state_path, model, optimizer, names, cfg)
     else:
-        iteration = 0
+        iteration, seconds = 0, 0.0
         _calibrate_if_random(model, trainset, cfg, device)
 
     stop = cfg.iterations if stop_after is None else min(cfg.iterations, iteration + int(stop_after))
@@ -240,7 +188,7 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
                                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp)
     log = TrainLog(out_dir, iteration, cfg.tensorboard)
-    loss_value, t0 = None, time.time()
+    loss_value, t0, t_start = None, time.time() - seconds, time.time()
     model.train()
     try:
         bar = progress(loader, f"segment: train ({out_dir.name})", total=stop - iteration)
@@ -249,11 +197,8 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
                 logits = model(img.to(device, non_blocking=True))
             loss = segmentation_loss(logits, labels.to(device, non_blocking=True))
             loss_value = loss.item()
-            if not np.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"segment: the loss is {loss_value} at iteration {iteration + 1} (training in "
-                    f"{out_dir}); check the labels or lower lr, then delete {state_path} to "
-                    f"start over")
+            check_finite(loss_value, "segment", step=iteration + 1, lr=optimizer.param_groups[0]["lr"],
+                         hint=f" (training in {out_dir})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -261,7 +206,7 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
             log.write(iteration, loss_value, optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{loss_value:.4f}", it=iteration)
             if iteration % cfg.checkpoint_every == 0 or iteration == stop:
-                save_state(state_path, model, optimizer, iteration, names, cfg)
+                save_state(state_path, model, optimizer, iteration, names, cfg, time.time() - t0)
     finally:
         log.close()
 
@@ -272,5 +217,5 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
                                               "images": len(names), "label_dir": str(label_dir)})
         state_path.unlink(missing_ok=True)
     return {**summary, "iterations": iteration, "finished": finished, "skipped_existing": False,
-            "seconds": round(time.time() - t0, 2), "loss": loss_value,
+            "seconds": round(time.time() - t_start, 2), "loss": loss_value,
             "model": str(model_path) if finished else None}

@@ -1,12 +1,20 @@
-"""Small helpers the stages share: device choice, output listing, progress bars."""
+"""Small helpers the stages share: device choice, output listing and checking, progress bars."""
 from __future__ import annotations
 
+import ast
+import logging
+import sys
+import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+log = logging.getLogger("rib_ext.progress")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -19,7 +27,137 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, **kw):
-    return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, leave=False, **kw)
+    """A tqdm bar on a terminal; elsewhere (a log file, CI) a line every 10 % at most every few
+    seconds, and one at the end, instead of hundreds of redraws."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, leave=False, **kw)
+    return LineProgress(iterable, desc, total)
+
+
+class LineProgress:
+    """The part of tqdm's interface the stages use (iterate, update, set_postfix, close)."""
+
+    min_seconds = 5.0
+
+    def __init__(self, iterable: Iterable | None, desc: str, total: int | None = None):
+        self.iterable, self.desc = iterable, desc
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self.postfix = total, 0, ""
+        self.t0 = self.t_last = time.time()
+        self.next_fraction = 0.1
+        self.closed = False
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def __len__(self):
+        return self.total or 0
+
+    def set_postfix(self, **kw) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if not self.total:
+            return
+        now = time.time()
+        if self.n / self.total >= self.next_fraction and now - self.t_last >= self.min_seconds \
+                and self.n < self.total:
+            self._line(now)
+        while self.next_fraction <= self.n / self.total:
+            self.next_fraction += 0.1
+
+    def _line(self, now: float) -> None:
+        self.t_last = now
+        done = f"{self.n}/{self.total}" if self.total else str(self.n)
+        extra = f" ({self.postfix})" if self.postfix else ""
+        log.info("%s: %s in %.0f s%s", self.desc, done, now - self.t0, extra)
+
+    def close(self) -> None:
+        if not self.closed and self.n:
+            self._line(time.time())
+        self.closed = True
+
+
+# ------------------------------------------------------------------ existing outputs that load
+
+def file_is_complete(path: str | Path) -> bool:
+    """Whether an existing output file is whole, by a cheap check of its format (no full load):
+    .npy header and length (or, for IRN's pickled map dicts, pickle's final STOP opcode), a PNG's
+    signature and IEND chunk, a .pth zip's central directory, a .json that parses. Outputs are
+    written atomically, so a broken one comes from elsewhere (a copy, a full disk, an older tool)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return False
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            return _npy_is_complete(path, size)
+        if suffix == ".png":
+            with open(path, "rb") as f:
+                head = f.read(8)
+                f.seek(max(size - 12, 0))
+                tail = f.read(12)
+            return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
+        if suffix in (".pth", ".pt"):
+            return zipfile.is_zipfile(path)
+        if suffix == ".json":
+            import json
+            json.loads(path.read_text())
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def _npy_is_complete(path: Path, size: int) -> bool:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            header_len = int.from_bytes(f.read(4), "little")
+            header = ast.literal_eval(f.read(header_len).decode("utf8"))
+            shape, dtype = header["shape"], np.dtype(header["descr"])
+        else:
+            shape, _, dtype = reader(f)
+        data_start = f.tell()
+        if dtype.hasobject:  # a pickle: complete when it ends with the STOP opcode
+            f.seek(size - 1)
+            return size > data_start and f.read(1) == b"."
+    return size == data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def split_complete(paths: dict, what: str) -> tuple[list, list]:
+    """(keys whose file exists and is whole, keys to (re)make); broken files are named in one
+    warning, then made again."""
+    done, todo, broken = [], [], []
+    for key, path in paths.items():
+        if not Path(path).exists():
+            todo.append(key)
+        elif file_is_complete(path):
+            done.append(key)
+        else:
+            broken.append(str(path))
+            todo.append(key)
+    if broken:
+        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        warnings.warn(f"{what}: {len(broken)} existing file(s) are empty or truncated and are made "
+                      f"again: {shown}", stacklevel=3)
+    return done, todo
+
+
+def result_settings(section, drop: Sequence[str] = ()) -> dict:
+    """A stage config's fields that shape its outputs, as plain values (for provenance): the
+    device, worker count, checkpoint cadence and missing-file policy do not."""
+    from rib_ext.config import plain_dict
+
+    skip = {"device", "num_workers", "checkpoint_every", "tensorboard", "on_missing", *drop}
+    return {k: v for k, v in plain_dict(section).items() if k not in skip}
 
 
 def map_path(maps_dir: Path, name: str) -> Path:

@@ -10,7 +10,34 @@ from rib_ext.crf import crf_from_maps
 from rib_ext.data import load_label_png, save_label_png
 from rib_ext.evaluation import confusion_matrix, summarize_confusion, write_report
 from rib_ext.io import load_npy_dict
-from rib_ext.stages.common import map_path, progress, require_maps
+from rib_ext.stages.common import map_path, progress, require_maps, result_settings, split_complete
+
+UPSTREAM = ("make_cam", "rib", "eval_seed", "data:eval")
+
+
+def settings(cfg) -> dict:
+    return result_settings(cfg.crf)
+
+
+def run(ctx, cfg) -> dict:
+    from rib_ext.stages.eval_seed import headline
+
+    results = {}
+    if not ctx.is_main:  # light enough for one rank; the others wait
+        ctx.barrier()
+        return results
+    for name, maps_dir in ctx.require_map_sets("crf").items():
+        threshold = cfg.crf.threshold
+        if threshold is None:
+            threshold = ctx.best_threshold(name)
+        result = crf(ctx.eval_set, maps_dir, threshold, cfg.crf, ctx.stage_dir("crf", name),
+                     allow_missing=cfg.allow_missing)
+        results[name] = headline(result)
+        if "miou" in result:
+            ctx.info(f"[crf] {name.upper()} + CRF mIoU {100 * result['miou']:.1f} at threshold "
+                     f"{threshold:.2f}")
+    ctx.barrier()
+    return results
 
 
 def crf(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig, out_dir: str | Path,
@@ -28,10 +55,11 @@ def crf(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig, out_dir
     conf = 0
     evaluated = 0
     t0 = time.time()
+    done = set(split_complete({n: mask_dir / f"{n}.png" for n in names}, "crf")[0])
     for name in progress(names, "crf"):
         i = index[name]
         png = mask_dir / f"{name}.png"
-        if png.exists():
+        if name in done:
             pred = load_label_png(png)
         else:
             maps = load_npy_dict(map_path(maps_dir, name))

@@ -9,7 +9,32 @@ from rib_ext import distributed
 from rib_ext.config import EvalSeedConfig
 from rib_ext.evaluation import ThresholdSweep, plot_sweep, write_report
 from rib_ext.io import load_npy_dict
-from rib_ext.stages.common import map_path, progress, require_maps
+from rib_ext.stages.common import map_path, progress, require_maps, result_settings
+
+UPSTREAM = ("make_cam", "rib", "data:eval")
+
+
+def settings(cfg) -> dict:
+    return result_settings(cfg.eval_seed)
+
+
+def run(ctx, cfg) -> dict:
+    results = {}
+    for name, maps_dir in ctx.require_map_sets("eval_seed").items():
+        out = ctx.stage_dir("eval_seed", name)
+        result = eval_seed(ctx.eval_set, maps_dir, cfg.eval_seed, out,
+                           allow_missing=cfg.allow_missing, title=f"{name.upper()} seed")
+        results[name] = headline(result)
+        ctx.info(f"[eval_seed] {name.upper()} seed mIoU {100 * result['miou']:.1f} at threshold "
+                 f"{result['best_threshold']:.2f} (precision {100 * result['precision']:.1f}, "
+                 f"recall {100 * result['recall']:.1f}) -> {out / 'result.md'}")
+    return results
+
+
+def headline(result: dict) -> dict:
+    """The figures a summary keeps of an evaluation."""
+    keep = ("best_threshold", "threshold", "miou", "precision", "recall", "f1", "num_images", "seconds")
+    return {k: result[k] for k in keep if k in result}
 
 
 def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str | Path,

@@ -11,7 +11,20 @@ from rib_ext import distributed, ops
 from rib_ext.config import MakeCamConfig
 from rib_ext.data import InferenceDataset
 from rib_ext.io import save_npy
-from rib_ext.stages.common import map_path, progress, resolve_device
+from rib_ext.stages.common import map_path, progress, resolve_device, result_settings, split_complete
+
+UPSTREAM = ("train_cam", "data:eval")
+
+
+def settings(cfg) -> dict:
+    return result_settings(cfg.make_cam)
+
+
+def run(ctx, cfg) -> dict:
+    result = make_cam(ctx.load_classifier(), ctx.eval_set, cfg.make_cam, ctx.maps_dir("cam"))
+    ctx.info(f"[make_cam] {result}")
+    return result
+
 
 
 @torch.no_grad()
@@ -35,7 +48,8 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     device = resolve_device(cfg.device)
     model = model.to(device).eval()
     mine = distributed.shard(list(range(len(dataset))))
-    todo = [i for i in mine if not map_path(out_dir, dataset.name(i)).exists()]
+    # An existing map counts as done only when it is whole (a broken one is made again, named).
+    todo = split_complete({i: map_path(out_dir, dataset.name(i)) for i in mine}, "make_cam")[1]
     subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), todo)
     loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
     t0 = time.time()

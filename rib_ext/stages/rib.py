@@ -16,7 +16,20 @@ from rib_ext import distributed
 from rib_ext.config import RIBConfig
 from rib_ext.io import save_json, save_npy, save_text
 from rib_ext.rib import OtherImages, RIBEngine, Target
-from rib_ext.stages.common import map_path, progress, resolve_device
+from rib_ext.stages.common import (file_is_complete, map_path, progress, resolve_device,
+                                   result_settings, split_complete)
+
+UPSTREAM = ("train_cam", "data:eval", "data:train")
+
+
+def settings(cfg) -> dict:
+    return result_settings(cfg.rib)
+
+
+def run(ctx, cfg) -> dict:
+    result = rib(ctx.load_classifier(), ctx.eval_set, ctx.train_set, cfg.rib, ctx.stage_dir("rib"))
+    ctx.info(f"[rib] {result}")
+    return result
 
 
 def rib(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | Path) -> dict:
@@ -28,7 +41,11 @@ def rib(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | Path) -> di
     device = resolve_device(cfg.device)  # under torchrun, "cuda" is this rank's current device
 
     mine = distributed.shard(list(range(len(dataset))))
-    todo = [i for i in mine if not map_path(maps_dir, dataset.name(i)).exists()]
+    # Done = a whole map and its record; a map without record (a kill between the two files, in
+    # runs older than the record-first order below) is adapted again.
+    complete = split_complete({i: map_path(maps_dir, dataset.name(i)) for i in mine}, "rib")[0]
+    with_record = {i for i in complete if (records_dir / f"{dataset.name(i)}.json").exists()}
+    todo = [i for i in mine if i not in with_record]
     pool = OtherImages(pool_dataset, device, cfg.other_resize_long, cfg.other_crop)
     pool_index = {name: j for j, name in enumerate(pool_dataset.ids)}
 
@@ -42,8 +59,10 @@ def rib(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | Path) -> di
     t0 = time.time()
 
     def write(result) -> None:
-        save_npy(map_path(maps_dir, result.name), result.maps)
+        # The record first: the map's existence marks the image done, so a kill between the two
+        # writes leaves a record without map, which the next run redoes (and rewrites).
         save_json(records_dir / f"{result.name}.json", result.record)
+        save_npy(map_path(maps_dir, result.name), result.maps)
         bar.update(1)
 
     RIBEngine(model, pool, cfg, device).run(targets(), on_result=write)
@@ -62,7 +81,7 @@ def merge_records(dataset, records_dir: Path, out_dir: Path) -> dict:
     records = []
     for name in dataset.ids:
         path = records_dir / f"{name}.json"
-        if path.exists():
+        if path.exists() and file_is_complete(map_path(out_dir / "maps", name)):
             records.append(json.loads(path.read_text()))
     save_text(out_dir / "records.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     stops = Counter(r["stop"] for r in records)

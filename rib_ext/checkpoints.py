@@ -1,0 +1,59 @@
+"""Reading and writing the package's own torch files (models and training states), in one place.
+
+Every file is ``torch.save`` of a dict with a ``format`` name and a ``version``; reading checks
+both and loads with ``weights_only=True`` (tensors and plain Python values only), so a foreign or
+damaged file is refused with a message naming it instead of failing somewhere later.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from rib_ext.io import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or training state is unreadable, of another kind or version, or was written with
+    other settings. The message names the file and what to do about it."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (the message says which stage writes it)."""
+
+
+def write_checkpoint(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """``torch.save(record)`` atomically (a killed write never leaves a partial file under ``path``)."""
+    with atomic_path(path) as tmp:
+        torch.save(dict(record), tmp)
+
+
+def read_checkpoint(path: str | os.PathLike, format: Optional[str], version: Optional[int] = None,
+                    what: str = "checkpoint", hint: str = "",
+                    map_location: str | torch.device = "cpu") -> Dict[str, Any]:
+    """The dict saved in ``path``, checked to be a ``format`` file of ``version``.
+
+    ``what`` names the kind of file in messages (``"rib_ext IRN checkpoint"``); ``hint`` is appended
+    to them (``" (train_irn writes it)"``, ``"; delete it to start over"``). ``format=None`` accepts
+    any dict (third-party files). Raises :class:`MissingCheckpointError` or :class:`CheckpointError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingCheckpointError(f"{what} not found: {path}{hint}")
+    try:
+        record = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files (zip, pickle, EOF)
+        raise CheckpointError(f"{path}: not a readable {what} (truncated, corrupt or not a torch.save "
+                              f"file?): {type(err).__name__}: {err}{hint}") from err
+    if not isinstance(record, Mapping):
+        raise CheckpointError(f"{path}: not a {what}: expected a state dict or a record (a dict), found "
+                              f"a {type(record).__name__}{hint}")
+    if format is not None and record.get("format") != format:
+        found = f"format {record['format']!r}" if "format" in record else "no format field"
+        raise CheckpointError(f"{path}: not a {what} ({found}, expected {format!r}){hint}")
+    if version is not None and record.get("version") != version:
+        raise CheckpointError(f"{path}: {what} version {record.get('version')!r} is not supported "
+                              f"(expected {version}){hint}")
+    return dict(record)

@@ -1,0 +1,202 @@
+"""The run context every stage's ``run(ctx, cfg)`` gets: output layout, datasets, map sets, rank,
+missing-file policy, device, logging and writing, in one place (stage modules hold no path literals).
+
+Layout under ``ctx.out``::
+
+    config.json, summary.json          the run's resolved settings / headline figures (merged)
+    <stage>/provenance.json            settings + input fingerprints the stage folder was made with
+    train_cam/cam_net.pth              the classifier (or --cam-checkpoint)
+    make_cam/maps, rib/maps            the map sets ("cam", "rib")
+    <stage>/<map set>/                 per-map-set outputs of eval_seed, crf, ir_label, train_irn,
+                                       make_sem_seg (+ <set>_scores, <set>_saliency), eval_mask
+    segment/                           the segmentation network
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Optional
+
+from rib_ext import distributed
+from rib_ext.config import PipelineConfig
+from rib_ext.io import save_json
+
+log = logging.getLogger("rib_ext.pipeline")
+
+# Which stage folder holds each map set's maps: (stage, sub-folder).
+MAP_SETS: Dict[str, tuple] = {"cam": ("make_cam", "maps"), "rib": ("rib", "maps")}
+CAM_MODEL_FILE = "cam_net.pth"
+
+
+class PipelineError(Exception):
+    """A user error (missing root, bad list or config, provenance mismatch...): the command line
+    prints ``error: <message>`` and exits with status 2."""
+
+
+class RunContext:
+    """What a stage needs from the run, besides its own settings.
+
+    Attributes: ``cfg`` (PipelineConfig), ``out`` (Path), ``rank``, ``device`` (torch.device),
+    ``on_missing`` ("error" | "skip"), ``log`` (logging.Logger), ``lists`` (split or list file
+    used for train / eval / val). Datasets (``train_set``, ``eval_set``, ``val_set``) are opened on
+    first use, once.
+    """
+
+    def __init__(self, cfg: PipelineConfig, overwrite: bool = False):
+        from rib_ext.stages.common import resolve_device
+
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise PipelineError(f"--out {self.out} names a file, not a folder")
+        self.overwrite = overwrite
+        self.rank = distributed.rank()
+        self.log = log
+        self.on_missing = "skip" if cfg.allow_missing else "error"
+        try:
+            self.device = resolve_device(cfg.device)
+        except RuntimeError as err:
+            raise PipelineError(str(err)) from err
+        self.lists = {"train": cfg.train_list or "train", "eval": cfg.eval_list or "train",
+                      "val": cfg.val_list or "val"}
+        self._datasets: Dict[str, object] = {}
+
+    # ------------------------------------------------------------------ rank, logging, writing
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        distributed.barrier()
+
+    def info(self, message: str) -> None:
+        if self.is_main:
+            self.log.info(message)
+
+    def warn(self, message: str) -> None:
+        self.log.warning(message)
+
+    def write_json(self, path: Path, obj) -> None:
+        """Atomic JSON write, by rank 0 only."""
+        if self.is_main:
+            save_json(path, obj)
+
+    # -------------------------------------------------------------------------- output layout
+    def stage_dir(self, stage: str, *sub: str) -> Path:
+        return self.out.joinpath(stage, *sub)
+
+    def maps_dir(self, name: str) -> Path:
+        stage, sub = MAP_SETS[name]
+        return self.stage_dir(stage, sub)
+
+    def map_sets(self) -> Dict[str, Path]:
+        """The map sets made so far (cam: make_cam's, rib: the rib stage's), in that order."""
+        found = {}
+        for name in MAP_SETS:
+            d = self.maps_dir(name)
+            if d.is_dir() and any(d.glob("*.npy")):
+                found[name] = d
+        return found
+
+    def require_map_sets(self, stage: str) -> Dict[str, Path]:
+        found = self.map_sets()
+        if not found:
+            raise PipelineError(f"{stage}: no maps under {self.out} yet: run make_cam or rib first")
+        return found
+
+    def score_dir(self, name: str) -> Path:
+        """make_sem_seg's random-walk scores of a map set (the segment stage re-trains from them)."""
+        return self.stage_dir("make_sem_seg", f"{name}_scores")
+
+    def mask_dir(self, name: str) -> Path:
+        return self.stage_dir("make_sem_seg", name)
+
+    def saliency_mask_dir(self, name: str) -> Path:
+        return self.stage_dir("make_sem_seg", f"{name}_saliency")
+
+    def classifier_path(self) -> Path:
+        """The classifier make_cam and rib start from: --cam-checkpoint, else train_cam's."""
+        if self.cfg.cam_checkpoint:
+            return Path(self.cfg.cam_checkpoint)
+        return self.stage_dir("train_cam", CAM_MODEL_FILE)
+
+    def load_classifier(self):
+        from rib_ext.models import load_cam_net
+
+        path = self.classifier_path()
+        if not path.is_file():
+            raise PipelineError(f"no classifier at {path}: run train_cam first or pass --cam-checkpoint")
+        return load_cam_net(path, "cpu")
+
+    def best_threshold(self, name: str) -> float:
+        """eval_seed's best background threshold of a map set."""
+        path = self.stage_dir("eval_seed", name, "result.json")
+        if not path.exists():
+            raise PipelineError(f"a background threshold is needed: pass --crf-threshold or run "
+                                f"eval_seed first (no {path})")
+        return float(json.loads(path.read_text())["best_threshold"])
+
+    # ------------------------------------------------------------------------------- datasets
+    def dataset_root(self) -> Path:
+        cfg = self.cfg
+        if cfg.root is not None:
+            root = Path(cfg.root)
+            if not root.is_dir():
+                raise PipelineError(f"dataset root not found: {root}")
+            return root
+        if cfg.dataset == "demo":
+            return self.out / "data"
+        raise PipelineError(f"--root is required for --dataset {cfg.dataset}")
+
+    def dataset(self, which: str):
+        """``"train"`` (classifier training, RIB's other images), ``"eval"`` (maps made and
+        evaluated) or ``"val"`` (the segment stage's evaluation), each opened once."""
+        if which not in self._datasets:
+            from rib_ext.data import build_dataset
+
+            kw = {"demo": self.cfg.demo} if self.cfg.dataset == "demo" else {}
+            self._datasets[which] = build_dataset(self.cfg.dataset, self.dataset_root(),
+                                                  self.lists[which], **kw)
+        return self._datasets[which]
+
+    @property
+    def train_set(self):
+        return self.dataset("train")
+
+    @property
+    def eval_set(self):
+        return self.dataset("eval")
+
+    @property
+    def val_set(self):
+        return self.dataset("val")
+
+    def dataset_description(self, which: str) -> dict:
+        """What identifies a list's images, for provenance. The demo is described by its generator
+        settings (a new seed draws new images under the same ids), so it is not opened here; other
+        datasets by root, list and a hash of the ids."""
+        import hashlib
+
+        cfg = self.cfg
+        desc: dict = {"dataset": cfg.dataset, "list": self.lists[which]}
+        if cfg.dataset == "demo":
+            from rib_ext.config import plain_dict
+
+            desc["demo"] = plain_dict(cfg.demo)
+            return desc
+        ds = self.dataset(which)
+        desc.update(root=str(self.dataset_root().resolve()), num_images=len(ds),
+                    ids_sha256=hashlib.sha256("\n".join(ds.ids).encode()).hexdigest())
+        return desc
+
+
+def default_train_list(cfg: PipelineConfig) -> Optional[str]:
+    """VOC: ``train_aug`` when the root has ImageSets/Segmentation/train_aug.txt (the list the papers
+    train on), else ``train``; other datasets: ``train``."""
+    if cfg.train_list:
+        return cfg.train_list
+    if cfg.dataset == "voc" and cfg.root and (Path(cfg.root) / "ImageSets" / "Segmentation"
+                                               / "train_aug.txt").is_file():
+        return "train_aug"
+    return "train"

@@ -1,0 +1,24 @@
+"""Stage ``eval_mask``: mIoU of each map set's pseudo masks (:func:`rib_ext.irn.eval_mask_stage`)."""
+from __future__ import annotations
+
+UPSTREAM = ("make_sem_seg", "data:eval")
+
+
+def settings(cfg) -> dict:
+    return {}
+
+
+def run(ctx, cfg) -> dict:
+    from rib_ext.irn import eval_mask_stage
+    from rib_ext.stages.eval_seed import headline
+    from rib_ext.stages.ir_label import rank0_map_sets
+    from rib_ext.stages.train_irn import irn_config
+
+    results = {}
+    for name, _ in rank0_map_sets(ctx, "eval_mask"):
+        out = ctx.stage_dir("eval_mask", name)
+        result = eval_mask_stage(ctx.eval_set, ctx.mask_dir(name), out, irn_config(ctx, cfg))
+        results[name] = headline(result)
+        ctx.info(f"[eval_mask] {name.upper()} -> IRN pseudo-mask mIoU {100 * result['miou']:.1f} "
+                 f"-> {out / 'result.md'}")
+    return results

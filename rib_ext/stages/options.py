@@ -1,0 +1,322 @@
+"""The pipeline's command line, generated from the config dataclasses, and the presets.
+
+Every field of :class:`PipelineConfig` is a flag: top-level ones by name (``--dataset``), stage
+ones as ``--<section>.<field>`` (``--rib.lr``, ``--train_cam.epochs``, ``--irn.crf.gt_prob``).
+The short flags of earlier versions stay as aliases (``--rib-lr``, ``--epochs``...); a few reach
+several sections (``--seed``, ``--device``, ``--num-workers``, ``--scales``, ``--allow-missing``).
+
+A config is built in this order: the preset (``--preset demo|voc|coco``, default: the dataset's
+own) gives each section its starting values, a section may follow earlier ones (IRN starts from
+the classifier's backbone), then the flags given override single fields. ``--config FILE`` starts
+from a saved ``config.json`` instead, with the flags given on top.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from rib_ext.config import (ConfigError, DemoDataConfig, EvalSeedConfig, IRNConfig, PipelineConfig,
+                            RIBConfig, SegmentConfig, TrainCamConfig, from_plain)
+
+PREFIX = "cfg:"
+# Settings chosen by a preset selector, not flags of their own.
+NOT_FLAGS = {"rib.preset", "preset", "device"}  # device: the --device alias sets it
+
+# flag -> the config fields it sets (single-field aliases become extra names of the generated flag).
+ALIASES: Dict[str, tuple] = {
+    "--out": ("out_dir",), "--train-list": ("train_list",), "--eval-list": ("eval_list",),
+    "--val-list": ("val_list",), "--saliency-dir": ("saliency_dir",),
+    "--cam-checkpoint": ("cam_checkpoint",), "--irn-auto-thresholds": ("irn_auto_thresholds",),
+    "--demo-seed": ("demo.seed",), "--demo-images": ("demo.num_train",),
+    "--demo-val-images": ("demo.num_val",), "--demo-size": ("demo.image_size",),
+    "--backbone": ("train_cam.backbone",), "--weights": ("train_cam.weights",),
+    "--random-init": ("train_cam.random_init",), "--epochs": ("train_cam.epochs",),
+    "--batch-size": ("train_cam.batch_size",), "--crop-size": ("train_cam.crop_size",),
+    "--lr": ("train_cam.lr",), "--rib-steps": ("rib.steps",), "--rib-lr": ("rib.lr",),
+    "--num-others": ("rib.num_others",), "--margin": ("rib.margin",), "--tau": ("rib.tau",),
+    "--pooling": ("rib.pooling",), "--rib-loss": ("rib.loss",), "--group-size": ("rib.group_size",),
+    "--irn-epochs": ("irn.epochs",), "--segment-backbone": ("segment.backbone",),
+    "--segment-weights": ("segment.weights",), "--segment-iterations": ("segment.iterations",),
+    "--crf-threshold": ("crf.threshold",),
+    # Several sections:
+    "--device": ("device", "train_cam.device", "make_cam.device", "rib.device", "irn.device",
+                 "segment.device"),
+    "--num-workers": ("train_cam.num_workers", "make_cam.num_workers", "irn.num_workers",
+                      "segment.num_workers"),
+    "--seed": ("train_cam.seed", "rib.seed", "irn.seed", "segment.seed"),
+    "--scales": ("make_cam.scales", "rib.scales"),
+    "--allow-missing": ("allow_missing",),
+}
+ALIAS_HELP = {
+    "--device": "auto (CUDA when present), cpu, cuda, cuda:1 ... (every stage)",
+    "--num-workers": "data-loading worker processes (every stage)",
+    "--seed": "random seed of train_cam, rib, train_irn and segment",
+    "--scales": "inference scales of make_cam and rib, 1.0 first (default 1.0 0.5 1.5 2.0)",
+    "--allow-missing": "skip images whose inputs (maps, labels) are missing instead of stopping",
+}
+
+
+# ------------------------------------------------------------------------------ flag generation
+
+def _leaves(cls, prefix: str = ""):
+    """(dotted path, type) of every non-dataclass field under ``cls``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _leaves(hint, path + ".")
+        elif path not in NOT_FLAGS:
+            yield path, hint
+
+
+def _parse_bool(text: str) -> bool:
+    low = str(text).lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _argspec(hint) -> dict:
+    """argparse keywords for a field type: bools take an optional true/false, Optional[T] also
+    'none', tuples several values."""
+    optional = False
+    if typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if typing.get_origin(hint) in (tuple, typing.Tuple):
+        args = typing.get_args(hint)
+        spec = {"type": _maybe_none(args[0], optional),
+                "nargs": "+" if (len(args) == 2 and args[1] is Ellipsis) else len(args)}
+        return spec
+    if hint is bool:
+        return {"type": _parse_bool, "nargs": "?", "const": True}
+    return {"type": _maybe_none(hint, optional)}
+
+
+def _maybe_none(tp, optional: bool):
+    if not optional:
+        return tp
+
+    def convert(text):
+        return None if str(text).lower() == "none" else tp(text)
+    convert.__name__ = tp.__name__
+    return convert
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    singles = {targets[0]: flag for flag, targets in ALIASES.items() if len(targets) == 1}
+    groups: Dict[str, Any] = {}
+    for path, hint in _leaves(PipelineConfig):
+        section = path.split(".")[0] if "." in path else "run"
+        if section not in groups:
+            groups[section] = parser.add_argument_group(
+                f"{section} settings" if section != "run" else "data and run")
+        names = [f"--{path}"]
+        if path in singles:
+            names.append(singles[path])
+        groups[section].add_argument(*names, dest=PREFIX + path, default=argparse.SUPPRESS,
+                                     metavar=path.split(".")[-1].upper(), **_argspec(hint))
+    multi = parser.add_argument_group("flags that reach several stages")
+    hints = dict(_leaves(PipelineConfig))
+    for flag, targets in ALIASES.items():
+        if len(targets) > 1:
+            multi.add_argument(flag, dest="alias:" + flag, default=argparse.SUPPRESS,
+                               help=ALIAS_HELP.get(flag), **_argspec(hints[targets[1]]))
+    # The threshold sweep in one flag, as before.
+    multi.add_argument("--thresholds", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
+                       default=argparse.SUPPRESS, dest="alias:--thresholds",
+                       help="eval_seed's background-threshold sweep, STOP inclusive (default "
+                            "0.20 0.49 0.01)")
+
+
+def given_fields(args: argparse.Namespace) -> Dict[str, Any]:
+    """The config fields the command line sets: aliases first, then the dotted flags on top."""
+    values: Dict[str, Any] = {}
+    ns = vars(args)
+    for key, value in ns.items():
+        if key == "alias:--thresholds":
+            values.update({"eval_seed.threshold_start": value[0],
+                           "eval_seed.threshold_stop": value[1], "eval_seed.threshold_step": value[2]})
+        elif key.startswith("alias:"):
+            for path in ALIASES[key[6:]]:
+                values[path] = value
+    if ns.get(PREFIX + "allow_missing"):  # the one missing-file policy reaches IRN and segment
+        values.update({"irn.on_missing": "skip", "segment.on_missing": "skip"})
+    for key, value in ns.items():
+        if key.startswith(PREFIX):
+            values[key[len(PREFIX):]] = value
+    if "train_cam.weights" in values and "train_cam.random_init" not in values:
+        values["train_cam.random_init"] = values["train_cam.weights"] is None
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+# ----------------------------------------------------------------------------------- presets
+
+def _section(values: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """The given fields of one section, nested dicts for deeper dataclasses."""
+    out: Dict[str, Any] = {}
+    for path, value in values.items():
+        parts = path.split(".")
+        if parts[0] != name or len(parts) < 2:
+            continue
+        node = out
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def apply(obj, changes: Dict[str, Any], where: str = ""):
+    """``obj`` with ``changes`` (nested dicts for nested dataclasses), validated again; errors
+    name the section (``where``)."""
+    if not changes:
+        return obj
+    flat = {}
+    for key, value in changes.items():
+        if isinstance(value, dict) and dataclasses.is_dataclass(getattr(obj, key, None)):
+            value = apply(getattr(obj, key), value, f"{where}.{key}" if where else key)
+        flat[key] = value
+    try:
+        return dataclasses.replace(obj, **flat)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from err
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from err
+
+
+def demo_train_cam(size: int) -> TrainCamConfig:
+    """From random weights: a narrow ResNet whose every stage trains with batch-statistics BN and
+    ordinary momentum (the authors' recipe fine-tunes ImageNet weights, which the demo lacks);
+    output stride 8: at 128 pixels an OS-16 CAM is 8x8, too coarse for objects of ~40 pixels."""
+    return TrainCamConfig(backbone="resnet_tiny", random_init=True, from_scratch=True, epochs=12,
+                          batch_size=16, crop_size=size, resize_long=(int(size * 0.75), int(size * 1.25)),
+                          lr=0.1, classifier_lr_mult=1.0, authors_momentum=False, strides=(2, 2, 1, 1))
+
+
+def demo_rib_settings(size: int) -> dict:
+    """RIB on the demo: its small images and classifier (the VOC numbers are for ResNet-50 on
+    512-pixel crops), and fewer other images per step so that the CPU run stays short."""
+    # lr: the VOC 8e-6 barely moves this small network's logits; 1e-4 grows the target logit sum
+    # from ~10 to a few hundred over the 10 steps, the regime the VOC margin of 600 is set for.
+    return dict(lr=1e-4, num_others=8, other_resize_long=(int(size * 0.75), int(size * 1.25)),
+                other_crop=size)
+
+
+def build_config(args: argparse.Namespace) -> PipelineConfig:
+    """The validated config tree of a command line (see the module docstring for the order)."""
+    given = given_fields(args)
+    if getattr(args, "config", None):
+        return _from_file(args, given)
+    top = {k: v for k, v in given.items() if "." not in k}
+    dataset = top.get("dataset", "demo")
+    preset = top.get("preset") or ("demo" if dataset == "demo" else dataset)
+    top["preset"] = preset
+    demo = apply(DemoDataConfig(), _section(given, "demo"), "demo")
+    size = demo.image_size
+    is_demo = preset == "demo"
+    numbers = "coco" if (preset == "coco" or (dataset == "coco" and preset != "voc")) else "voc"
+
+    train_cam = apply(demo_train_cam(size) if is_demo else TrainCamConfig(), _section(given, "train_cam"), "train_cam")
+    eval_seed = apply(EvalSeedConfig(0.05, 0.95, 0.01) if is_demo else EvalSeedConfig(),
+                      _section(given, "eval_seed"), "eval_seed")
+    rib = apply(RIBConfig.preset_for(getattr(args, "rib_preset", None) or "reference", numbers,
+                                     **(demo_rib_settings(size) if is_demo else {})),
+                _section(given, "rib"), "rib")
+    out_dir = top.get("out_dir", "rib_ext_out")
+    # IRN on the classifier's backbone: ImageNet weights when given; from scratch, the trained
+    # classifier's own backbone (there are no ImageNet weights to start from).
+    if is_demo:
+        weights = top.get("cam_checkpoint") or str(Path(out_dir) / "train_cam" / "cam_net.pth")
+        irn_base = dict(backbone=train_cam.backbone, crop_size=size - size % 4, batch_size=16,
+                        epochs=15, weights=weights)
+    else:
+        irn_base = dict(backbone=train_cam.backbone, weights=train_cam.weights,
+                        random_init=train_cam.random_init)
+    irn = apply(IRNConfig.preset(getattr(args, "irn_preset", None) or "rib", **irn_base),
+                _section(given, "irn"), "irn")
+    seg_base = dict(backbone="resnet18", random_init=True, iterations=200, batch_size=8,
+                    crop_size=size, lr=1e-2, retrain=False, use_crf=False) if is_demo else {}
+    segment = apply(SegmentConfig.preset_for(numbers, **seg_base), _section(given, "segment"), "segment")
+    if is_demo:
+        top.setdefault("irn_auto_thresholds", True)
+        if dataset == "demo":  # maps of the held-out split: fewer images, a short CPU run
+            top.setdefault("eval_list", "val")
+    cfg = PipelineConfig(**top, demo=demo, train_cam=train_cam,
+                         make_cam=apply(PipelineConfig().make_cam, _section(given, "make_cam"), "make_cam"),
+                         eval_seed=eval_seed, crf=apply(PipelineConfig().crf, _section(given, "crf"), "crf"),
+                         rib=rib, irn=irn, segment=segment)
+    return _resolve_lists(cfg)
+
+
+def _from_file(args, given: Dict[str, Any]) -> PipelineConfig:
+    chosen = [flag for flag, on in (("--preset", "preset" in given),
+                                    ("--rib-preset", getattr(args, "rib_preset", None)),
+                                    ("--irn-preset", getattr(args, "irn_preset", None))) if on]
+    if chosen:
+        raise ConfigError(f"{chosen[0]} starts a fresh config; with --config give single fields "
+                          f"(e.g. --rib.lr) instead")
+    path = Path(args.config)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found")
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"--config {path}: not JSON ({err})") from err
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object")
+    known = {f.name for f in dataclasses.fields(PipelineConfig)}
+    cfg = from_plain(PipelineConfig, {k: v for k, v in saved.items() if k in known}, str(path))
+    changes: Dict[str, Any] = {k: v for k, v in given.items() if "." not in k}
+    for section in {k.split(".")[0] for k in given if "." in k}:
+        changes[section] = _section(given, section)
+    return _resolve_lists(apply(cfg, changes))
+
+
+def _resolve_lists(cfg: PipelineConfig) -> PipelineConfig:
+    from rib_ext.stages.context import default_train_list
+
+    if cfg.train_list is None:
+        cfg = dataclasses.replace(cfg, train_list=default_train_list(cfg))
+    cfg.validate()
+    return cfg
+
+
+def stage_flag_help(registry: Dict[str, str]) -> str:
+    return "stages:\n" + "\n".join(f"  {s:12s} {h}" for s, h in registry.items())
+
+
+def add_preset_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("presets and config files")
+    g.add_argument("--config", metavar="FILE",
+                   help="start from a saved config.json (the flags given override its fields)")
+    g.add_argument("--preset", dest=PREFIX + "preset", default=argparse.SUPPRESS,
+                   type=_preset_name, metavar="{demo,voc,coco}",
+                   help="starting values of every stage: demo (from-scratch classifier, small "
+                        "images; works on any small VOC-layout folder too), voc or coco (the "
+                        "paper's numbers). Default: the dataset's own")
+    g.add_argument("--rib-preset", choices=("reference", "paper"),
+                   help="RIB behaviour: reference = the authors' released code (default); paper = "
+                        "the equations")
+    g.add_argument("--irn-preset", choices=("rib", "irn"),
+                   help="IRN thresholds of the RIB authors (0.35/0.17, bg 0.27, map power 1.3; "
+                        "default) or of IRN's own code (0.30/0.05, 0.25, 1.0)")
+
+
+def _preset_name(text: str) -> str:
+    if text in ("reference", "paper"):
+        raise argparse.ArgumentTypeError(f"--preset {text}: the RIB behaviour preset is now "
+                                         f"--rib-preset {text}")
+    if text not in ("demo", "voc", "coco"):
+        raise argparse.ArgumentTypeError(f"--preset must be demo, voc or coco, got {text!r}")
+    return text
+
+
+def describe(cfg: PipelineConfig) -> Optional[str]:
+    return f"preset {cfg.preset}, train list {cfg.train_list}, eval list {cfg.eval_list or 'train'}"

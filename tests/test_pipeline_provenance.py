@@ -1,0 +1,128 @@
+"""Provenance of the pipeline's stage folders: reruns with other settings or data stop (naming the
+fields) unless --overwrite; summary.json is merged; config.json says what was used. Each silent
+wrong result of issue 11 at this level is reproduced first (it used to exit 0)."""
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from rib_ext import pipeline
+
+# Smaller than test_stages.TINY: one scale, 3 images to map; enough to make every file once.
+TINY = ["--demo-images", "8", "--demo-val-images", "3", "--demo-size", "64", "--epochs", "1",
+        "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1",
+        "--scales", "1.0", "--irn-epochs", "1"]
+FIRST = "train_cam,make_cam,rib,eval_seed"
+
+
+def main(argv):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipeline.main(argv)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prov") / "run"
+    assert main(["--out", str(out), "--stages", FIRST] + TINY) == 0
+    return out
+
+
+def copy_run(finished, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    return out
+
+
+def test_rerun_with_other_rib_settings_stops_and_names_the_fields(finished, capsys):
+    before = (finished / "config.json").read_text()
+    code = main(["--out", str(finished), "--stages", "rib,eval_seed"] + TINY
+                + ["--rib-steps", "1", "--rib-lr", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ")
+    assert "settings.steps 2 -> 1" in err and "settings.lr 0.0001 -> 0.5" in err
+    assert "--overwrite" in err and "Traceback" not in err
+    # Nothing was rewritten: config.json still says what the outputs were made with.
+    assert (finished / "config.json").read_text() == before
+
+
+def test_overwrite_recomputes_the_stage_and_what_follows(finished, tmp_path):
+    out = copy_run(finished, tmp_path)
+    old_eval = (out / "eval_seed" / "rib" / "result.json").stat().st_mtime_ns
+    args = ["--out", str(out), "--stages", "rib", "--overwrite"] + TINY + ["--rib-steps", "1"]
+    assert main(args) == 0
+    records = [json.loads(x) for x in (out / "rib" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["steps"] == 1 for r in records)
+    # eval_seed read the old maps: it was removed and made again, though not asked for.
+    assert (out / "eval_seed" / "rib" / "result.json").stat().st_mtime_ns != old_eval
+    assert json.loads((out / "rib" / "provenance.json").read_text())["settings"]["steps"] == 1
+    # Now the folder matches: the same command resumes without --overwrite.
+    assert main(args[:4] + TINY + ["--rib-steps", "1"]) == 0
+
+
+def test_new_demo_seed_is_caught_before_the_images_are_regenerated(finished, capsys):
+    image = next((finished / "data" / "JPEGImages").glob("*.jpg"))
+    stamp = image.stat().st_mtime_ns
+    code = main(["--out", str(finished), "--stages", "eval_seed", "--demo-seed", "1"] + TINY)
+    err = capsys.readouterr().err
+    assert code == 2 and "demo.seed 0 -> 1" in err
+    assert image.stat().st_mtime_ns == stamp
+
+
+def test_classifier_trained_with_other_epochs_is_not_reused(finished, capsys):
+    assert main(["--out", str(finished), "--stages", "make_cam"] + TINY + ["--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "train_cam" in err and "settings.epochs 1 -> 3" in err
+
+
+def test_summary_is_merged_not_replaced(finished, tmp_path):
+    out = copy_run(finished, tmp_path)
+    assert main(["--out", str(out), "--stages", "eval_seed"] + TINY) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"train_cam", "make_cam", "rib", "eval_seed"} <= set(summary)
+    assert summary["rib"]["written"] == 3
+
+
+def test_config_json_records_what_was_used(finished):
+    config = json.loads((finished / "config.json").read_text())
+    env = config["environment"]
+    assert env["device"] == "cpu" and env["torch"] and "git_commit" in env
+    assert isinstance(env["operator_backends"], dict) and env["operator_backends"]
+    assert config["train_list"] == "train" and config["eval_list"] == "val"
+    assert config["preset"] == "demo"
+    for stage in FIRST.split(","):
+        assert (finished / stage / "provenance.json").is_file()
+
+
+def test_config_file_reruns_the_same_settings(finished, tmp_path):
+    args = pipeline.build_parser().parse_args(["--config", str(finished / "config.json")])
+    cfg = pipeline.config_from_args(args)
+    fresh = pipeline.config_from_args(pipeline.build_parser().parse_args(["--out", str(finished)] + TINY))
+    assert cfg == fresh
+    # A field given with --config overrides the file's.
+    args = pipeline.build_parser().parse_args(["--config", str(finished / "config.json"), "--rib.tau", "0.3"])
+    assert pipeline.config_from_args(args).rib.tau == 0.3
+    out = copy_run(finished, tmp_path)
+    shutil.copy(finished / "config.json", tmp_path / "saved.json")
+    assert main(["--config", str(tmp_path / "saved.json"), "--out", str(out),
+                 "--stages", "eval_seed"]) == 0
+
+
+def test_cam_checkpoint_skips_train_cam_and_enters_provenance(finished, tmp_path, capsys):
+    from factories import tiny_cam_net
+    from rib_ext.models import save_cam_net
+
+    ckpt = tmp_path / "mine.pth"
+    shutil.copy(finished / "train_cam" / "cam_net.pth", ckpt)
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--stages", "train_cam,make_cam", "--cam-checkpoint", str(ckpt)] + TINY
+    assert main(args) == 0
+    assert not (out / "train_cam").exists() and len(list((out / "make_cam" / "maps").glob("*.npy"))) == 3
+    inputs = json.loads((out / "make_cam" / "provenance.json").read_text())["inputs"]
+    assert len(inputs["train_cam"]["sha256"]) == 64
+    save_cam_net(ckpt, tiny_cam_net(5))  # another classifier under the same name
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "inputs.train_cam.sha256" in capsys.readouterr().err
