@@ -125,10 +125,11 @@ def stage_times(summary: Mapping[str, Any]) -> List[str]:
 
 
 def settings_diff(preset: Mapping[str, Any], used: Mapping[str, Any], prefix: str = "") -> List[tuple]:
-    """``(dotted key, preset value, used value)`` for every leaf where the two dicts differ
-    (a key missing on one side shows as None there); tuples and lists compare as lists."""
+    """``(dotted key, preset value, used value)`` for every leaf of ``preset`` where ``used``
+    differs (a key ``used`` lacks shows as None); keys only ``used`` has (a run's stage list, its
+    environment) are records, not settings, and are left out. Tuples and lists compare as lists."""
     out = []
-    for key in sorted(set(preset) | set(used), key=str):
+    for key in sorted(preset, key=str):
         a, b = preset.get(key), used.get(key)
         name = f"{prefix}{key}"
         if isinstance(a, Mapping) and isinstance(b, Mapping):

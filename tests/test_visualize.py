@@ -181,6 +181,7 @@ def test_report_table_equals_summary(tmp_path):
     voc = build_report(out, used={"dataset": "voc"})
     assert f"| RIB (paper) | {PAPER_VOC['rib']['seed']:.1f} |" in voc
     assert settings_diff({"a": (1, 2)}, {"a": [1, 2]}) == []
+    assert settings_diff({"a": {"b": 1}}, {"a": {"b": 2}, "stages": ["rib"]}) == [("a.b", 1, 2)]
 
 
 def test_step_montage_from_the_engine(tmp_path):
