@@ -235,8 +235,26 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                                 description="write OUT/report.md for a finished pipeline run")
     p.add_argument("out", help="the run's output folder")
     args = p.parse_args(argv)
-    print(write_report(args.out))
+    print(write_report(args.out, preset=preset_of_run(args.out)))
     return 0
+
+
+def preset_of_run(out_dir) -> Optional[dict]:
+    """The settings a run's preset starts from (its dataset, preset and output folder, no other
+    flag), as a plain dict; None when the run has no readable config.json."""
+    from rib_ext import pipeline
+    from rib_ext.config import plain_dict
+    from rib_ext.stages.options import build_config
+
+    used = _load_json(Path(out_dir) / "config.json")
+    if not used:
+        return None
+    argv = ["--out", str(out_dir), "--dataset", used.get("dataset", "demo")]
+    if used.get("preset"):
+        argv += ["--preset", used["preset"]]
+    if used.get("root"):
+        argv += ["--root", used["root"]]
+    return plain_dict(build_config(pipeline.build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
