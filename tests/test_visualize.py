@@ -204,3 +204,17 @@ def test_step_montage_from_the_engine(tmp_path):
     assert not np.allclose(scores[0], scores[1])  # adaptation moved the map
     out = render_step_montage(data.image(1), scores, tmp_path / "s.png", tile=32)
     assert _png(out).size[0] == 3 * 32
+
+
+def test_report_cli_diffs_against_the_runs_preset(tmp_path):
+    from rib_ext.report import main, preset_of_run
+
+    _, out = _tiny_run(tmp_path)
+    preset = preset_of_run(out)
+    assert preset["rib"]["margin"] == 600.0
+    save_json(out / "config.json", {**preset, "stages": ["rib"]})
+    assert main([str(out)]) == 0
+    assert "None: the run used the preset as it is." in (out / "report.md").read_text()
+    save_json(out / "config.json", {**preset, "rib": {**preset["rib"], "margin": 150.0}})
+    main([str(out)])
+    assert "| `rib.margin` | `600.0` | `150.0` |" in (out / "report.md").read_text()
