@@ -9,7 +9,9 @@ Environment variables:
     RIB_EXT_CUDA=1|0|auto   force the CUDA kernels on or off (default auto: on when torch is a CUDA
                             build and a CUDA toolkit is found; a GPU is not needed to compile them)
     CUDA_HOME               the toolkit (else /usr/local/cuda, else the folder of the real nvcc)
-    TORCH_CUDA_ARCH_LIST    target architectures (default "8.0;8.6;9.0": Ampere and Hopper)
+    TORCH_CUDA_ARCH_LIST    target architectures (default: the visible GPU's, else
+                            "7.0;7.5;8.0;8.6;8.9;9.0+PTX": V100, T4/RTX 20xx, A100, RTX 30xx, L4/RTX 40xx,
+                            H100, and PTX for newer GPUs)
     DEBUG=1                 -O0 -g, no optimisation
     MAX_JOBS                parallel compile jobs (ninja)
 """
@@ -24,7 +26,41 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).parent.resolve()
-DEFAULT_ARCH_LIST = "8.0;8.6;9.0"
+DEFAULT_ARCH_LIST = "7.0;7.5;8.0;8.6;8.9;9.0+PTX"
+
+
+def default_arch_list(torch) -> tuple[str, str]:
+    """(arch list, why): the visible GPUs' architectures when there are any (a build for this
+    machine: faster to compile, nothing unused), else the common list of data-centre and desktop GPUs."""
+    try:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a driver problem must not stop a build that needs no GPU
+        count = 0
+    if count:
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(count)})
+        return ";".join(f"{a}.{b}" for a, b in caps), f"the visible GPU(s) ({count})"
+    return DEFAULT_ARCH_LIST, "no GPU visible: the common list"
+
+
+def supported_by_toolkit(arch_list: str, cuda_home: str) -> tuple[str, list[str]]:
+    """(arch list, dropped): the entries the toolkit's nvcc can compile (CUDA 13 dropped sm_70,
+    V100), so the common default still builds with any toolkit; an explicit list is never filtered."""
+    import subprocess
+
+    try:
+        out = subprocess.run([str(Path(cuda_home) / "bin" / "nvcc"), "--list-gpu-arch"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return arch_list, []
+    known = {tok.split("_")[-1] for tok in out.split() if tok.startswith("compute_")}
+    if not known:
+        return arch_list, []
+    keep, dropped = [], []
+    for arch in arch_list.split(";"):
+        (keep if arch.replace("+PTX", "").replace(".", "") in known else dropped).append(arch)
+    if not keep:  # nothing left: let nvcc say what is wrong with the list
+        return arch_list, []
+    return ";".join(keep), dropped
 
 
 def log(msg: str) -> None:
@@ -111,12 +147,19 @@ def extensions():
         py_limited_api=False,
     )
     if use_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            why = "TORCH_CUDA_ARCH_LIST"
+        else:
+            arch_list, why = default_arch_list(torch)
+            arch_list, dropped = supported_by_toolkit(arch_list, cuda_home)
+            if dropped:
+                why += f"; dropped {', '.join(dropped)}: this nvcc cannot compile for them"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         kwargs["include_dirs"] += pip_cuda_include_dirs(cuda_home)
         nvcc_flags = opt + ["--expt-relaxed-constexpr", "-DRIB_EXT_WITH_CUDA"]
         log(f"CUDA build: toolkit {cuda_home}, torch CUDA {torch.version.cuda}, "
-            f"arch {os.environ['TORCH_CUDA_ARCH_LIST']}")
+            f"arch {os.environ['TORCH_CUDA_ARCH_LIST']} ({why})")
         ext = CUDAExtension(
             "rib_ext._C", sources,
             extra_compile_args={"cxx": cxx_flags + ["-DRIB_EXT_WITH_CUDA"], "nvcc": nvcc_flags},

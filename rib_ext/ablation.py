@@ -105,7 +105,8 @@ def step_curve(cfg, model, train_set, eval_set, out: Path) -> dict:
     from rib_ext.stages.common import resolve_device
 
     device = resolve_device(cfg.rib.device)
-    pool = OtherImages(train_set, device, cfg.rib.other_resize_long, cfg.rib.other_crop)
+    pool = OtherImages(train_set, device, cfg.rib.other_resize_long, cfg.rib.other_crop,
+                       cache_bytes=cfg.rib.image_cache_mb << 20)
     pool_index = {n: j for j, n in enumerate(train_set.ids)}
     curves = {}
     for pooling in ("gap", "gndrp"):

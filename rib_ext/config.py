@@ -114,12 +114,16 @@ class MakeCamConfig:
     scales: Tuple[float, ...] = CAM_SCALES
     num_workers: int = 0
     device: str = "auto"
+    precision: str = "float32"  # float32 | bf16 (autocast; the maps are float32)
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         _scales("scales", self.scales)
+        _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
 
 
 @dataclass
@@ -217,8 +221,17 @@ class RIBConfig:
     # over range(20) also on COCO, and that produced the published COCO figures. On by preset_for
     # ("reference", "coco"); the paper preset normalises all 80 classes.
     coco_first20_bug: bool = False
-    group_size: int = 1  # G: images adapted at once, each with its own weights
+    group_size: int = 1  # G: images adapted at once, each with its own weights; 0 = auto
     head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
+    # -- speed settings (benchmarks/RESULTS.md); none changes the method, precision aside
+    precision: str = "float32"  # float32 | bf16 (autocast; maps and weights stay float32)
+    channels_last: bool = False  # NHWC convolutions (pays on GPUs with bf16)
+    cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape
+    fold_stem: bool = True  # stages 1-2 with each fixed BN folded into its convolution
+    foreach_update: bool = True  # the SGD update as torch._foreach_* over the group's weights
+    group_memory_gb: float = 16.0  # group_size=0: the largest G whose step fits this (CUDA)
+    image_cache_mb: int = 4096  # decoded other images kept in (pinned) host memory, LRU beyond
+    prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
     seed: int = 0
     device: str = "auto"
 
@@ -230,7 +243,11 @@ class RIBConfig:
         _require(0.0 < self.tau <= 1.0, f"tau must lie in (0, 1], got {self.tau}")
         _require(self.steps >= 1, f"RIB steps must be >= 1, got {self.steps}")
         _require(self.num_others >= 1, f"num_others must be >= 1, got {self.num_others}")
-        _require(self.group_size >= 1, f"group_size must be >= 1, got {self.group_size}")
+        _require(self.group_size >= 0, f"group_size must be >= 1, or 0 for automatic; got {self.group_size}")
+        _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
+        _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
+        _require(self.image_cache_mb >= 0, f"image_cache_mb must be >= 0, got {self.image_cache_mb}")
+        _positive(self, "group_memory_gb")
         _positive(self, "lr", "margin", "classifier_lr_mult", "other_crop")
         _require(self.weight_decay >= 0 and self.lr_power >= 0,
                  f"weight_decay and lr_power must be >= 0, got {self.weight_decay}, {self.lr_power}")

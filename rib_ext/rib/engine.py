@@ -6,11 +6,19 @@ runs without gradients: the target's stage-2 features are computed once per imag
 images' once per step for the whole group in one batch. A group of up to ``cfg.group_size``
 images steps together (one autograd call for the group's summed losses: the weights are disjoint,
 so each image's gradient is its own); a finished image leaves and the next one takes its place.
+
+Speed settings (:class:`RIBConfig`): bf16 autocast and channels_last for the convolutions, the stem
+with its batch norms folded in, the SGD update as ``torch._foreach_*`` over the whole group, host
+synchronisation only twice per group step (the explosion ratios, then the margin statistics), the
+other images built in a background thread while the device runs the target pass, G chosen from a
+memory budget (``group_size=0``).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
@@ -22,11 +30,20 @@ from torch.func import functional_call
 
 from rib_ext import ops
 from rib_ext.config import RIBConfig
+from rib_ext.precision import (apply_backend_settings, autocast, check_precision, fold_batch_norms,
+                               memory_format)
 from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.rib.losses import step_loss
 from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
-from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio
+from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio_tensor
 from rib_ext.training import NonFiniteLossError
+
+log = logging.getLogger("rib_ext.rib")
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """bf16 autocast output back to float32; float32 and float64 (the exactness tests) unchanged."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class CAMHead(nn.Module):
@@ -92,6 +109,36 @@ def sgd_update_(params, grads, bufs, lrs, weight_decay: float, momentum: float) 
         p.add_(d, alpha=-lrs[i])
 
 
+def sgd_update_foreach_(params, grads, bufs, lrs, weight_decay: float, momentum: float) -> None:
+    """:func:`sgd_update_` over any number of parameters (a whole group's) in a few
+    ``torch._foreach_*`` calls: the same operations per element, so the same result bit for bit."""
+    if not params:
+        return
+    d = torch._foreach_add(list(grads), params, alpha=weight_decay) if weight_decay else list(grads)
+    if momentum:
+        old = [i for i, b in enumerate(bufs) if b is not None]
+        for i, b in enumerate(bufs):
+            if b is None:
+                bufs[i] = torch.clone(d[i]).detach()
+        if old:
+            kept = [bufs[i] for i in old]
+            torch._foreach_mul_(kept, momentum)
+            torch._foreach_add_(kept, [d[i] for i in old])
+        d = list(bufs)
+    by_lr: dict[float, list[int]] = {}
+    for i, lr in enumerate(lrs):  # one call per learning rate: alpha is one scalar per call
+        by_lr.setdefault(float(lr), []).append(i)
+    for lr, idx in by_lr.items():
+        torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)
+
+
+def choose_group_size(per_image_bytes: float, budget_bytes: float, max_group: int = 16) -> int:
+    """The largest G (1..max_group) whose step, at ``per_image_bytes`` each, fits the budget."""
+    if per_image_bytes <= 0:
+        return max_group
+    return int(max(1, min(max_group, budget_bytes // per_image_bytes)))
+
+
 class RIBEngine:
     """Adapts images from the trained classifier ``model`` (θ0) as :class:`RIBConfig` says.
 
@@ -107,25 +154,51 @@ class RIBEngine:
             raise ValueError(f"RIB needs at least one step, got steps={cfg.steps}")
         if cfg.scales[0] != 1.0:
             raise ValueError(f"RIB scales must start with 1.0 (the explosion check), got {cfg.scales}")
+        if cfg.prefetch not in ("auto", "on", "off"):
+            raise ValueError(f"prefetch must be 'auto', 'on' or 'off', got {cfg.prefetch!r}")
+        if cfg.group_size < 0:
+            raise ValueError(f"group_size must be >= 1, or 0 for automatic; got {cfg.group_size}")
         self.cfg = cfg
         self.device = torch.device(device)
+        self.precision = check_precision(cfg.precision)
+        self.fmt = memory_format(cfg.channels_last)
+        apply_backend_settings(self.device, cfg.cudnn_benchmark)
         self.model = model.to(self.device).eval()
         self.pool = pool
         self.head = CAMHead(self.model)
+        # The stem never trains: a copy with its batch norms folded into the convolutions (the
+        # model itself stays as it was).
+        stem = nn.Sequential(self.model.stage1, self.model.stage2)
+        self.stem = (fold_batch_norms(stem) if cfg.fold_stem else stem).to(memory_format=self.fmt)
         names, base = zip(*[(n, p) for n, p in self.head.named_parameters() if p.requires_grad])
         self.names = list(names)
-        self.base = [p.detach() for p in base]
+        # clone() keeps the memory format, so every image's weight copy is channels_last too.
+        self.base = [p.detach().contiguous(memory_format=self.fmt) if p.dim() == 4 else p.detach()
+                     for p in base]
         self.lr_mults = [cfg.classifier_lr_mult if n.startswith("classifier.") else 1.0
                          for n in self.names]
         self.buffers = {n: b for n, b in self.head.named_buffers()}
         self.momentum = cfg.weight_decay if cfg.authors_momentum else 0.9
         self.snapshot_steps = snapshot_steps  # keep the map after every step (the per-step curve)
+        # Prefetch pays where the device works asynchronously; on the CPU the thread would only
+        # take cores from the convolutions.
+        self.prefetch = cfg.prefetch == "on" or (cfg.prefetch == "auto" and self.device.type == "cuda")
+        self.group_size = cfg.group_size  # 0 until chosen (run)
+        self.group_choice: Optional[dict] = None  # how G was chosen, when automatic
+
+    def _autocast(self):
+        return autocast(self.device, self.precision)
+
+    @torch.no_grad()
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.stem(x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt))
 
     # -- per image ----------------------------------------------------------------------------
     @torch.no_grad()
     def _start(self, target: Target) -> _State:
         views = multiscale_flip_views(target.image, self.cfg.scales)
-        x2 = [self.model.stem(v.to(self.device)) for v in views]
+        x2 = [self._stem(v) for v in views]
         keys = torch.as_tensor(np.nonzero(target.label)[0], device=self.device)
         label = torch.as_tensor(target.label, device=self.device, dtype=torch.float32)
         params = [p.clone().requires_grad_() for p in self.base]
@@ -135,8 +208,12 @@ class RIBEngine:
                       rng, others)
 
     def _cam(self, st: _State, x2: torch.Tensor) -> torch.Tensor:
+        """Raw CAMs [N, K, h, w] under the image's weights, float32 whatever the precision (the
+        maps accumulate and the loss pools in float32)."""
         params = dict(zip(self.names, st.params))
-        return functional_call(self.head, (params, self.buffers), (x2,))
+        with self._autocast():
+            cam = functional_call(self.head, (params, self.buffers), (x2,))
+        return _at_least_float32(cam)
 
     def _other_cams(self, live: list[_State], x2_split) -> list[torch.Tensor]:
         """The other images' CAMs under each image's own weights: one call per image, or one
@@ -148,29 +225,50 @@ class RIBEngine:
         def head(params, x2):
             return functional_call(self.head, (dict(zip(self.names, params)), self.buffers), (x2,))
 
-        return list(torch.func.vmap(head)(stacked, torch.stack(list(x2_split))))
+        with self._autocast():
+            cams = torch.func.vmap(head)(stacked, torch.stack(list(x2_split)))
+        return list(_at_least_float32(cams))
 
-    def _target_pass(self, st: _State):
-        """Accumulate this step's maps; return the loss-scale CAMs, or None if the map exploded."""
+    def _scale_cam(self, st: _State, s: int) -> torch.Tensor:
+        """Scale ``s``'s CAMs [2, K, h, w] (differentiable when the scale feeds the loss), added
+        to the image's accumulated map."""
+        with torch.set_grad_enabled(self.cfg.scales[s] in self.cfg.loss_scales):
+            cam = self._cam(st, st.x2[s])
+        if st.acc[s] is None:
+            # cam_flip_accumulate_ wants cam's accumulation dtype (float64 for float64 cams).
+            st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=cam.dtype)
+        ops.cam_flip_accumulate_(st.acc[s], cam[0], cam[1])
+        return cam
+
+    def _explosion(self, st: _State, cam: torch.Tensor) -> Optional[torch.Tensor]:
+        """The explosion ratio of the step's scale-1.0 CAMs, on the device; None if not checked."""
+        if st.step < 1 or not self.cfg.stop_on_explosion:
+            return None
+        merged = ops.cam_flip_merge(cam[0].detach(), cam[1].detach())
+        return explosion_ratio_tensor(merged, st.keys, self.cfg.explosion_threshold)
+
+    def _target_pass(self, group: list[_State]) -> list:
+        """Accumulate the group's maps for this step: per image its loss-scale CAMs, or None if
+        its scale-1.0 map exploded (then only that map was added). One host read for the group."""
         cfg = self.cfg
-        loss_cams = []
-        for s, (scale, x2) in enumerate(zip(cfg.scales, st.x2)):
-            with torch.set_grad_enabled(scale in cfg.loss_scales):
-                cam = self._cam(st, x2)
-            if st.acc[s] is None:
-                # cam_flip_accumulate_ wants cam's accumulation dtype (float64 for float64 cams).
-                acc_dtype = torch.promote_types(cam.dtype, torch.float32)
-                st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=acc_dtype)
-            ops.cam_flip_accumulate_(st.acc[s], cam[0], cam[1])
-            if s == 0 and st.step >= 1 and cfg.stop_on_explosion:
-                merged = ops.cam_flip_merge(cam[0].detach(), cam[1].detach())
-                if explosion_ratio(merged, st.keys, cfg.explosion_threshold) > cfg.explosion_ratio:
-                    return None
-            if scale in cfg.loss_scales:
-                loss_cams.append(cam)
-        if self.snapshot_steps:
-            st.snapshots.append(self._maps(st))
-        return loss_cams
+        first = [self._scale_cam(st, 0) for st in group]
+        ratios = [self._explosion(st, cam) for st, cam in zip(group, first)]
+        checked = [r for r in ratios if r is not None]
+        values = iter(torch.stack(checked).tolist() if checked else [])
+        out = []
+        for st, cam, ratio in zip(group, first, ratios):
+            if ratio is not None and next(values) > cfg.explosion_ratio:
+                out.append(None)
+                continue
+            loss_cams = [cam] if cfg.scales[0] in cfg.loss_scales else []
+            for s in range(1, len(cfg.scales)):
+                cam_s = self._scale_cam(st, s)
+                if cfg.scales[s] in cfg.loss_scales:
+                    loss_cams.append(cam_s)
+            if self.snapshot_steps:
+                st.snapshots.append(self._maps(st))
+            out.append(loss_cams)
+        return out
 
     def _maps(self, st: _State) -> dict:
         return ops.finalize_maps(st.acc, st.target.image.shape[:2], st.keys.cpu().numpy())
@@ -185,23 +283,36 @@ class RIBEngine:
         return Result(st.target.name, maps, record, st.snapshots)
 
     # -- a group step -------------------------------------------------------------------------
-    def _step(self, group: list[_State]) -> None:
+    def _draw(self, st: _State) -> list[dict]:
+        return st.others.draw(self.cfg.num_others)
+
+    @torch.no_grad()
+    def _build(self, recipes: list[list[dict]]) -> list:
+        return [self.pool.batch(r) for r in recipes]
+
+    def _step(self, group: list[_State], executor: Optional[ThreadPoolExecutor] = None) -> None:
         cfg = self.cfg
-        live, target_cams, recipes = [], [], []
-        for st in group:
-            cams = self._target_pass(st)
+        pending = None
+        if executor is not None:
+            # Draw before the target pass, so the other images are built while the device works.
+            # The same draws: the target pass uses no randomness, and an image that explodes now
+            # is finished, so its one extra draw changes nothing.
+            early = [self._draw(st) for st in group]
+            pending = executor.submit(self._build, early)
+        target_cams = self._target_pass(group)
+        live = [st for st, cams in zip(group, target_cams) if cams is not None]
+        for st, cams in zip(group, target_cams):
             if cams is None:
                 st.stop = STOP_EXPLOSION
-                continue
-            live.append(st)
-            target_cams.append(cams)
-            recipes.append(st.others.draw(cfg.num_others))
+        if pending is not None:
+            batches = [b for b, cams in zip(pending.result(), target_cams) if cams is not None]
+        else:
+            batches = self._build([self._draw(st) for st in live])
+        target_cams = [cams for cams in target_cams if cams is not None]
         if not live:
             return
-        with torch.no_grad():
-            batches = [self.pool.batch(r) for r in recipes]
-            x2_others = self.model.stem(torch.cat([b[0] for b in batches]))
-        x2_split = x2_others.split([len(r) for r in recipes])
+        x2_others = self._stem(torch.cat([b[0] for b in batches]))
+        x2_split = x2_others.split([len(b[0]) for b in batches])
 
         other_cams = self._other_cams(live, x2_split)
         total, stats, losses = 0, [], []
@@ -210,27 +321,61 @@ class RIBEngine:
             total = total + loss
             stats.append(stat)
             losses.append(loss)
-        # One host sync per group step; a diverged image would otherwise end as a NaN-born map.
-        if not all(math.isfinite(s) for s in stats) or not bool(torch.isfinite(total)):
-            self._raise_non_finite(live, losses, stats)
         all_params = [p for st in live for p in st.params]
         grads = torch.autograd.grad(total, all_params)
 
-        offset = 0
         with torch.no_grad():
-            for st, stat in zip(live, stats):
-                n = len(st.params)
+            lrs = []
+            for st in live:
                 factor = max(0.0, 1.0 - st.step / cfg.steps) ** cfg.lr_power
-                lrs = [cfg.lr * m * factor for m in self.lr_mults]
-                sgd_update_(st.params, grads[offset:offset + n], st.bufs, lrs, cfg.weight_decay,
-                            self.momentum)
-                offset += n
-                st.step += 1
-                st.stats.append(stat)
-                if cfg.stop_on_margin and stat > cfg.margin:
-                    st.stop = STOP_MARGIN
-                elif st.step >= cfg.steps:
-                    st.stop = STOP_STEPS
+                lrs += [cfg.lr * m * factor for m in self.lr_mults]
+            if cfg.foreach_update:
+                all_bufs = [b for st in live for b in st.bufs]
+                sgd_update_foreach_(all_params, grads, all_bufs, lrs, cfg.weight_decay,
+                                    self.momentum)
+                offset = 0
+                for st in live:
+                    st.bufs = all_bufs[offset:offset + len(st.params)]
+                    offset += len(st.params)
+            else:
+                offset = 0
+                for st in live:
+                    n = len(st.params)
+                    sgd_update_(st.params, grads[offset:offset + n], st.bufs,
+                                lrs[offset:offset + n], cfg.weight_decay, self.momentum)
+                    offset += n
+        # The step's one read of the statistics, after the update is queued. A diverged image
+        # would otherwise end as a NaN-born map; the run stops here, so the update does not matter.
+        values = torch.stack([*stats, total.detach().float()]).tolist()
+        stats = values[:-1]
+        if not all(math.isfinite(v) for v in values):
+            self._raise_non_finite(live, losses, stats)
+        for st, stat in zip(live, stats):
+            st.step += 1
+            st.stats.append(stat)
+            if cfg.stop_on_margin and stat > cfg.margin:
+                st.stop = STOP_MARGIN
+            elif st.step >= cfg.steps:
+                st.stop = STOP_STEPS
+
+    def _choose_group_size(self, first: Optional[_State]) -> int:
+        """G for ``group_size=0``: on CUDA the largest G whose step fits ``group_memory_gb``,
+        from one measured step of the first image; on the CPU 1 (the convolutions already use
+        every core, and a group only adds memory)."""
+        cfg = self.cfg
+        if self.device.type != "cuda" or first is None:
+            self.group_choice = {"group_size": 1, "why": f"{self.device.type}: no gain from groups"}
+            return 1
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._step([first])
+        torch.cuda.synchronize(self.device)
+        per_image = torch.cuda.max_memory_allocated(self.device) - base
+        g = choose_group_size(per_image, cfg.group_memory_gb * 2**30)
+        self.group_choice = {"group_size": g, "step_bytes_per_image": int(per_image),
+                             "budget_bytes": int(cfg.group_memory_gb * 2**30)}
+        return g
 
     def _raise_non_finite(self, live: list[_State], losses: list, stats: list[float]) -> None:
         bad = [f"{st.target.name} (loss {float(loss):.4g}, target logit sum {stat:.4g})"
@@ -244,25 +389,39 @@ class RIBEngine:
 
     def run(self, targets: Iterable[Target],
             on_result: Optional[Callable[[Result], None]] = None) -> list[Result]:
-        """Adapt every target; ``on_result`` gets each finished image as soon as it is done
-        (results are also returned, in finishing order)."""
+        """Adapt every target. Without ``on_result`` the results are returned, in finishing
+        order; with it, each finished image goes to ``on_result`` as soon as it is done and is not
+        kept (memory stays bounded at any dataset size): the list returned is then empty."""
         queue = iter(targets)
         active: list[_State] = []
         results = []
         exhausted = False
-        while True:
-            while not exhausted and len(active) < max(1, self.cfg.group_size):
-                nxt = next(queue, None)
-                if nxt is None:
-                    exhausted = True
-                else:
-                    active.append(self._start(nxt))
-            if not active:
-                return results
-            self._step(active)
-            for st in [s for s in active if s.stop is not None]:
-                active.remove(st)
-                res = self._finish(st)
-                results.append(res)
-                if on_result is not None:
-                    on_result(res)
+        executor = ThreadPoolExecutor(1, thread_name_prefix="rib-prefetch") if self.prefetch else None
+        try:
+            while True:
+                if self.group_size == 0:  # automatic: measure a step of the first image alone
+                    nxt = next(queue, None)
+                    active = [self._start(nxt)] if nxt is not None else []
+                    exhausted = nxt is None
+                    self.group_size = self._choose_group_size(active[0] if active else None)
+                    log.info("RIB group size %d (%s)", self.group_size, self.group_choice)
+                while not exhausted and len(active) < max(1, self.group_size):
+                    nxt = next(queue, None)
+                    if nxt is None:
+                        exhausted = True
+                    else:
+                        active.append(self._start(nxt))
+                if not active:
+                    return results
+                if not all(st.stop is not None for st in active):
+                    self._step([st for st in active if st.stop is None], executor)
+                for st in [s for s in active if s.stop is not None]:
+                    active.remove(st)
+                    res = self._finish(st)
+                    if on_result is not None:
+                        on_result(res)
+                    else:
+                        results.append(res)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True)

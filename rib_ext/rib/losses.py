@@ -67,7 +67,8 @@ def step_loss(target_cams, target_label: torch.Tensor, other_cam: torch.Tensor,
     """(total loss, stop statistic) of one image's step.
 
     ``target_cams``: [2, K, h, w] per loss scale (image and flip); the stop statistic is
-    |sum of the target rows' labelled logits|, the authors' margin stop.
+    |sum of the target rows' labelled logits|, the authors' margin stop, as a 0-d tensor on the
+    device (the engine reads a group's statistics with one synchronisation).
     """
     total = 0
     stat = 0
@@ -79,4 +80,4 @@ def step_loss(target_cams, target_label: torch.Tensor, other_cam: torch.Tensor,
     if other_cam is not None and other_cam.shape[0] > 0:
         loss, _ = group_loss(other_cam, other_labels, cfg)
         total = total + loss
-    return total, abs(float(stat))
+    return total, torch.as_tensor(stat, dtype=torch.float32, device=target_label.device).abs()

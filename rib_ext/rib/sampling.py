@@ -13,6 +13,8 @@ Images with no class at all (COCO has some) share no class with anyone: they sta
 How, as IRN's loader: resize-long with Pillow bicubic on the uint8 image (the authors'
 ``pil_rescale``), flip, normalise, crop/pad with 0. The resize runs on the host, since no device
 resampler reproduces Pillow's two clipped passes; the rest runs on the adaptation device.
+Decoded images are kept in a host-memory uint8 cache under a byte budget
+(:mod:`rib_ext.rib.image_cache`): a whole dataset's worth may not fit.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 
 from rib_ext.config import IMAGENET_MEAN, IMAGENET_STD
 from rib_ext.data.transforms import BICUBIC, crop_boxes, resize
+from rib_ext.rib.image_cache import ImageCache
 
 
 def image_generator(seed: int, index: int) -> np.random.Generator:
@@ -41,14 +44,15 @@ class OtherImages:
     """
 
     def __init__(self, dataset, device: torch.device, resize_long: Sequence[int] = (320, 640),
-                 crop: int = 512):
+                 crop: int = 512, cache_bytes: int = 4 << 30):
         self.dataset = dataset
         self.device = torch.device(device)
         self.labels = np.array(dataset.label_matrix(), dtype=np.float32)  # [N, K], built once, writable
         self.labels_t = torch.from_numpy(self.labels).to(self.device)
         self.resize_long = (int(resize_long[0]), int(resize_long[1]))
         self.crop = int(crop)
-        self._cache: dict[int, torch.Tensor] = {}
+        # Decoded images in (pinned) host memory under a byte budget, least recently used out.
+        self.cache = ImageCache(dataset.image, cache_bytes, pin=self.device.type == "cuda")
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
 
@@ -89,20 +93,16 @@ class OtherImages:
         return {"index": int(idx), "size": size, "flip": flip, "src": src, "dst": dst}
 
     def size(self, idx: int) -> tuple[int, int]:
-        return tuple(self.image(idx).shape[:2])
+        return self.cache.size(idx)
 
     def image(self, idx: int) -> torch.Tensor:
-        """uint8 [H, W, 3] on the device, decoded once."""
-        cached = self._cache.get(idx)
-        if cached is None:
-            cached = torch.from_numpy(np.array(self.dataset.image(idx))).to(self.device)  # writable copy
-            self._cache[idx] = cached
-        return cached
+        """uint8 [H, W, 3] on the device (from the host cache; decoded when not cached)."""
+        return self.cache.get(idx).to(self.device, non_blocking=True)
 
     def resized(self, idx: int, size: tuple[int, int]) -> torch.Tensor:
         """uint8 [h, w, 3] on the device: pool image ``idx`` resized with Pillow's bicubic, as the
         authors' ``pil_rescale`` (decoded through :meth:`image`)."""
-        host = self.image(idx).cpu().numpy()
+        host = self.cache.get(idx).numpy()
         return torch.from_numpy(np.array(resize(host, size, BICUBIC))).to(self.device)  # writable
 
     def batch(self, recipes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,7 +46,8 @@ def rib(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | Path) -> di
     complete = split_complete({i: map_path(maps_dir, dataset.name(i)) for i in mine}, "rib")[0]
     with_record = {i for i in complete if (records_dir / f"{dataset.name(i)}.json").exists()}
     todo = [i for i in mine if i not in with_record]
-    pool = OtherImages(pool_dataset, device, cfg.other_resize_long, cfg.other_crop)
+    pool = OtherImages(pool_dataset, device, cfg.other_resize_long, cfg.other_crop,
+                       cache_bytes=cfg.image_cache_mb << 20)
     pool_index = {name: j for j, name in enumerate(pool_dataset.ids)}
 
     def targets():
