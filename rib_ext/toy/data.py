@@ -1,4 +1,4 @@
-"""Toy images: handwritten '2' and '8', a tenth of them carrying a class-correlated shape.
+"""Toy images: handwritten '2' and '8', a tenth of each carrying a class-correlated shape.
 
 A '2' gets a filled circle and an '8' a filled square, placed where they barely touch the digit,
 so the shape is class-relevant (it only ever appears with its class) but not what a classifier
@@ -102,8 +102,13 @@ def make_toy_data(cfg: ToyConfig, seed: int) -> ToyData:
         digits, labels = _sklearn_digits(cfg, rng)
         source = "sklearn-digits"
     n = len(digits)
+    # The paper: a circle on 10 % of the '2's and a square on 10 % of the '8's. Drawn per class,
+    # so each class gets its exact share (one draw over both would leave it to chance).
     has_shape = np.zeros(n, bool)
-    has_shape[rng.choice(n, size=int(round(cfg.shape_fraction * n)), replace=False)] = True
+    for c in (0, 1):
+        members = np.flatnonzero(labels == c)
+        has_shape[rng.choice(members, size=int(round(cfg.shape_fraction * len(members))),
+                             replace=False)] = True
     stamps = (shape_stamp(CIRCLE, cfg), shape_stamp(SQUARE, cfg))
     shapes = np.zeros(digits.shape, bool)
     for i in np.flatnonzero(has_shape):

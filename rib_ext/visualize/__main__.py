@@ -1,0 +1,103 @@
+"""``python -m rib_ext.visualize``: pictures of a folder of IRN-format ``.npy`` maps, or of a run.
+
+    python -m rib_ext.visualize MAPS_DIR --dataset voc --root VOC2012 [--list train] [--gt]
+    python -m rib_ext.visualize --run rib_ext_out          # a finished pipeline output folder
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rib_ext.visualize import DEFAULT_COUNT, visualize_maps, visualize_run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rib_ext.visualize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("maps_dir", nargs="*", help="folder(s) of <id>.npy maps (IRN's format); "
+                                              "NAME=DIR to caption one")
+    p.add_argument("--run", help="a pipeline output folder: draw its maps, seeds, CRF and IRN masks "
+                                 "and RIB's logit curves")
+    p.add_argument("--dataset", choices=("voc", "coco", "demo"), default="demo")
+    p.add_argument("--root", help="dataset root (the demo: OUT/data of the run)")
+    p.add_argument("--list", default=None, help="split name or id-list file the maps belong to "
+                                                "(default: train; the demo: val; --run: the run's)")
+    p.add_argument("--gt", action="store_true", help="draw the ground-truth mask too")
+    p.add_argument("--threshold", type=float, help="also draw each map set's seed at this "
+                                                   "background threshold")
+    p.add_argument("--ids", nargs="+", help="these images (default: --count spread over the list)")
+    p.add_argument("--count", type=int, default=DEFAULT_COUNT)
+    p.add_argument("--steps", type=int, default=0, metavar="N",
+                   help="with --run: re-adapt the first N of the images with the run's classifier "
+                        "and RIB settings and draw the map after each step (CPU: seconds per image)")
+    p.add_argument("--out", help="output folder (default: MAPS_DIR/../visualize, or RUN/visualize)")
+    return p
+
+
+def _dataset(args, root: str | None, split: str):
+    from rib_ext.data import VOCDataset, build_dataset
+
+    if root is None:
+        raise SystemExit("--root is required (the dataset the maps were made from)")
+    if args.dataset == "demo":
+        # An existing demo folder is read as it is (VOC layout): regenerating it with default
+        # settings could replace the images the maps were made from.
+        return VOCDataset(root, split)
+    return build_dataset(args.dataset, root, split)
+
+
+def _run_rib_parts(args, run: Path, root: str, saved: dict):
+    """The run's trained classifier, its other-image pool and its RIB settings (from config.json)."""
+    from rib_ext.config import RIBConfig
+    from rib_ext.rib import OtherImages
+    from rib_ext.stages.train_cam import load_trained
+
+    if "rib" not in saved:
+        raise SystemExit(f"{run / 'config.json'}: no rib settings: --steps needs a pipeline run")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["rib"].items()}
+    rib_cfg = RIBConfig(**{**fields, "device": "cpu"})
+    pool_set = _dataset(args, root, saved.get("train_list") or "train")
+    pool = OtherImages(pool_set, "cpu", rib_cfg.other_resize_long, rib_cfg.other_crop)
+    return load_trained(run / "train_cam"), pool, rib_cfg
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.run:
+        import json
+
+        run = Path(args.run)
+        saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+        root = args.root or saved.get("root") or (str(run / "data") if args.dataset == "demo" else None)
+        split = args.list or saved.get("eval_list") or ("val" if args.dataset == "demo" else "train")
+        dataset = _dataset(args, root, split)
+        model = pool = rib_cfg = None
+        if args.steps > 0:
+            model, pool, rib_cfg = _run_rib_parts(args, run, root, saved)
+        result = visualize_run(run, dataset, ids=args.ids, count=args.count, dest=args.out,
+                               model=model, pool=pool, rib_cfg=rib_cfg, montage_count=args.steps)
+        print(f"[visualize] {len(result['images'])} panels in {result['dir']}")
+        return 0
+    if not args.maps_dir:
+        raise SystemExit("give a maps folder or --run OUT")
+    maps_dirs = {}
+    for item in args.maps_dir:
+        caption, _, path = item.partition("=") if "=" in item else ("", "", item)
+        path = Path(path)
+        if not path.is_dir():
+            raise SystemExit(f"{path}: not a folder")
+        # ".../make_cam/maps" reads better as "make_cam" than as "maps".
+        caption = caption or (path.resolve().parent.name if path.name == "maps" else path.name)
+        maps_dirs[caption] = path
+    dataset = _dataset(args, args.root, args.list or ("val" if args.dataset == "demo" else "train"))
+    out = Path(args.out) if args.out else Path(next(iter(maps_dirs.values()))).parent / "visualize"
+    thresholds = {k: args.threshold for k in maps_dirs} if args.threshold is not None else None
+    paths = visualize_maps(maps_dirs, dataset, out, ids=args.ids, count=args.count, gt=args.gt,
+                           thresholds=thresholds)
+    print(f"[visualize] {len(paths)} panels in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
