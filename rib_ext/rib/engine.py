@@ -378,7 +378,7 @@ class RIBEngine:
         return g
 
     def _raise_non_finite(self, live: list[_State], losses: list, stats: list[float]) -> None:
-        bad = [f"{st.target.name} (loss {float(loss):.4g}, target logit sum {stat:.4g})"
+        bad = [f"{st.target.name} (loss {float(loss.detach()):.4g}, target logit sum {stat:.4g})"
                for st, loss, stat in zip(live, losses, stats)
                if not (math.isfinite(stat) and math.isfinite(float(loss)))]
         step = live[0].step + 1

@@ -18,7 +18,7 @@ UPSTREAM = ("train_cam", "data:eval")
 
 
 def settings(cfg) -> dict:
-    return result_settings(cfg.make_cam)
+    return result_settings(cfg.make_cam, drop=("channels_last", "cudnn_benchmark"))
 
 
 def run(ctx, cfg) -> dict:

@@ -22,8 +22,13 @@ from rib_ext.stages.common import (file_is_complete, map_path, progress, resolve
 UPSTREAM = ("train_cam", "data:eval", "data:train")
 
 
+# Speed settings that leave the maps as they are (benchmarks/RESULTS.md); precision does not.
+SPEED_ONLY = ("group_size", "head_batching", "channels_last", "cudnn_benchmark", "fold_stem",
+              "foreach_update", "group_memory_gb", "image_cache_mb", "prefetch")
+
+
 def settings(cfg) -> dict:
-    return result_settings(cfg.rib)
+    return result_settings(cfg.rib, drop=SPEED_ONLY)
 
 
 def run(ctx, cfg) -> dict:
