@@ -502,6 +502,22 @@ PIPELINE_PRESETS = ("demo", "voc", "coco")
 
 
 @dataclass
+class VisualizeConfig:
+    """Pictures of a run (the ``visualize`` stage)."""
+
+    count: int = 12  # image panels, evenly spread over the evaluated list
+    montage_count: int = 3  # of those, images re-adapted for the per-step montage of RIB's map
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _require(self.count >= 1, f"count must be >= 1, got {self.count}")
+        _require(0 <= self.montage_count <= self.count,
+                 f"montage_count must lie in 0..count ({self.count}), got {self.montage_count}")
+
+
+@dataclass
 class PipelineConfig:
     """The whole run: data, output, and every stage's settings (one tree, validated at once)."""
 
@@ -525,6 +541,7 @@ class PipelineConfig:
     rib: RIBConfig = field(default_factory=RIBConfig)
     irn: IRNConfig = field(default_factory=lambda: IRNConfig.preset("rib"))
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -34,6 +34,7 @@ REGISTRY = {
     "make_sem_seg": "IRN: random walk of the maps over the learnt affinities -> pseudo masks "
                     "(then, with --saliency-dir, the RIB-Sal saliency refinement)",
     "eval_mask": "mIoU of the pseudo masks",
+    "visualize": "pictures: maps, seeds and masks per image, RIB's map per step, logit curves",
     "segment": "DeepLab-v2 trained on the pseudo masks (of rib, else cam), evaluated on --val-list",
 }
 STAGES = tuple(REGISTRY)
@@ -148,7 +149,16 @@ def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict
     if ctx.is_main:
         save_json(summary_path, {**_read_json(summary_path), **summary})
     ctx.info(f"[pipeline] done in {summary['seconds']} s; summary in {summary_path}")
+    if ctx.is_main:
+        ctx.info(f"[pipeline] report: {write_run_report(ctx.out, cfg)}")
     return summary
+
+
+def write_run_report(out: Path, cfg: PipelineConfig) -> Path:
+    """OUT/report.md from everything the folder holds (every run's stages, merged)."""
+    from rib_ext.report import preset_of_run, write_report
+
+    return write_report(out, preset=preset_of_run(out), used=plain_dict(cfg))
 
 
 def _read_json(path: Path) -> dict:
@@ -180,8 +190,12 @@ def user_error_types() -> tuple:
     from rib_ext.data import DatasetError
     from rib_ext.stages.context import PipelineError
 
-    return (ConfigError, DatasetError, PipelineError, FileNotFoundError, NotADirectoryError,
-            FileExistsError)
+    from rib_ext.checkpoints import CheckpointError
+    from rib_ext.io import UnreadableFileError
+    from rib_ext.training import NonFiniteLossError
+
+    return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
+            NonFiniteLossError, FileNotFoundError, NotADirectoryError, FileExistsError)
 
 
 def main(argv=None) -> int:

@@ -3,6 +3,7 @@ import json
 import warnings
 
 from rib_ext import ablation, pipeline
+from rib_ext.data.demo import demo_preset
 
 TINY = ["--demo-images", "12", "--demo-val-images", "4", "--demo-size", "64", "--epochs", "1",
         "--rib-steps", "2", "--num-others", "2"]
@@ -22,7 +23,9 @@ def test_sweep_gives_one_row_per_value_and_a_curve(tmp_path, capsys):
     assert all(0 <= r["miou"] <= 1 for r in rows)
     assert "| tau=0.5 |" in (run / "ablation" / "tau" / "results.md").read_text()
     pairs = json.loads((tmp_path / "pairs" / "margin_lr" / "results.json").read_text())
-    assert [r["value"] for r in pairs] == ["margin=600,lr=0.0001", "margin=300,lr=0.0002"]
+    rib0 = demo_preset(64)["rib"]  # the run's own margin and lr (x1), then 300 and twice the lr
+    assert [r["value"] for r in pairs] == [f"margin={rib0['margin']:g},lr={rib0['lr']:g}",
+                                           f"margin=300,lr={2 * rib0['lr']:g}"]
     curve = json.loads((run / "ablation" / "curve" / "results.json").read_text())
     assert set(curve) == {"gap", "gndrp"} and all(len(v) == 3 for v in curve.values())
     assert (run / "ablation" / "curve" / "curve.png").stat().st_size > 0

@@ -9,6 +9,7 @@ import pytest
 
 from rib_ext import pipeline
 from rib_ext.config import ConfigError, PipelineConfig, RIBConfig, TrainCamConfig
+from rib_ext.data.demo import demo_preset
 
 
 def config(argv):
@@ -114,7 +115,7 @@ def test_demo_preset_on_a_voc_layout_folder(tmp_path):
     cfg = config(["--dataset", "voc", "--root", str(root), "--preset", "demo"])
     assert cfg.preset == "demo" and cfg.train_cam.backbone == "resnet_tiny"
     assert cfg.train_cam.from_scratch and cfg.train_cam.random_init and cfg.irn_auto_thresholds
-    assert cfg.rib.lr == 1e-4 and cfg.irn.backbone == "resnet_tiny"
+    assert cfg.rib.lr == demo_preset(128)["rib"]["lr"] and cfg.irn.backbone == "resnet_tiny"
     assert cfg.train_list == "train" and cfg.eval_list is None  # the folder's own lists
     # VOC: train_aug is the default training list where it exists.
     (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("a\n")

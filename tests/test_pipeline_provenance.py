@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rib_ext import pipeline
+from rib_ext.data.demo import demo_preset
 
 # Smaller than test_stages.TINY: one scale, 3 images to map; enough to make every file once.
 TINY = ["--demo-images", "8", "--demo-val-images", "3", "--demo-size", "64", "--epochs", "1",
@@ -42,7 +43,8 @@ def test_rerun_with_other_rib_settings_stops_and_names_the_fields(finished, caps
                 + ["--rib-steps", "1", "--rib-lr", "0.5"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ")
-    assert "settings.steps 2 -> 1" in err and "settings.lr 0.0001 -> 0.5" in err
+    lr0 = demo_preset(128)["rib"]["lr"]
+    assert "settings.steps 2 -> 1" in err and f"settings.lr {lr0} -> 0.5" in err
     assert "--overwrite" in err and "Traceback" not in err
     # Nothing was rewritten: config.json still says what the outputs were made with.
     assert (finished / "config.json").read_text() == before

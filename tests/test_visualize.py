@@ -207,14 +207,16 @@ def test_step_montage_from_the_engine(tmp_path):
 
 
 def test_report_cli_diffs_against_the_runs_preset(tmp_path):
+    from rib_ext.data.demo import demo_preset
     from rib_ext.report import main, preset_of_run
 
     _, out = _tiny_run(tmp_path)
     preset = preset_of_run(out)
-    assert preset["rib"]["margin"] == 600.0
+    m0 = demo_preset(128)["rib"]["margin"]
+    assert preset["rib"]["margin"] == m0
     save_json(out / "config.json", {**preset, "stages": ["rib"]})
     assert main([str(out)]) == 0
     assert "None: the run used the preset as it is." in (out / "report.md").read_text()
-    save_json(out / "config.json", {**preset, "rib": {**preset["rib"], "margin": 150.0}})
+    save_json(out / "config.json", {**preset, "rib": {**preset["rib"], "margin": 2 * m0}})
     main([str(out)])
-    assert "| `rib.margin` | `600.0` | `150.0` |" in (out / "report.md").read_text()
+    assert f"| `rib.margin` | `{m0}` | `{2 * m0}` |" in (out / "report.md").read_text()

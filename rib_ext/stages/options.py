@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 
 from rib_ext.config import (ConfigError, DemoDataConfig, EvalSeedConfig, IRNConfig, PipelineConfig,
                             RIBConfig, SegmentConfig, TrainCamConfig, from_plain)
+from rib_ext.data.demo import demo_preset
 
 PREFIX = "cfg:"
 # Settings chosen by a preset selector, not flags of their own.
@@ -191,24 +192,6 @@ def apply(obj, changes: Dict[str, Any], where: str = ""):
         raise ConfigError(f"{where}: {err}" if where else str(err)) from err
 
 
-def demo_train_cam(size: int) -> TrainCamConfig:
-    """From random weights: a narrow ResNet whose every stage trains with batch-statistics BN and
-    ordinary momentum (the authors' recipe fine-tunes ImageNet weights, which the demo lacks);
-    output stride 8: at 128 pixels an OS-16 CAM is 8x8, too coarse for objects of ~40 pixels."""
-    return TrainCamConfig(backbone="resnet_tiny", random_init=True, from_scratch=True, epochs=12,
-                          batch_size=16, crop_size=size, resize_long=(int(size * 0.75), int(size * 1.25)),
-                          lr=0.1, classifier_lr_mult=1.0, authors_momentum=False, strides=(2, 2, 1, 1))
-
-
-def demo_rib_settings(size: int) -> dict:
-    """RIB on the demo: its small images and classifier (the VOC numbers are for ResNet-50 on
-    512-pixel crops), and fewer other images per step so that the CPU run stays short."""
-    # lr: the VOC 8e-6 barely moves this small network's logits; 1e-4 grows the target logit sum
-    # from ~10 to a few hundred over the 10 steps, the regime the VOC margin of 600 is set for.
-    return dict(lr=1e-4, num_others=8, other_resize_long=(int(size * 0.75), int(size * 1.25)),
-                other_crop=size)
-
-
 def build_config(args: argparse.Namespace) -> PipelineConfig:
     """The validated config tree of a command line (see the module docstring for the order)."""
     given = given_fields(args)
@@ -223,31 +206,35 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     is_demo = preset == "demo"
     numbers = "coco" if (preset == "coco" or (dataset == "coco" and preset != "voc")) else "voc"
 
-    train_cam = apply(demo_train_cam(size) if is_demo else TrainCamConfig(), _section(given, "train_cam"), "train_cam")
-    eval_seed = apply(EvalSeedConfig(0.05, 0.95, 0.01) if is_demo else EvalSeedConfig(),
-                      _section(given, "eval_seed"), "eval_seed")
+    # The demo's settings live in one place, with the reasons: rib_ext.data.demo.demo_preset.
+    demo_settings = demo_preset(size) if is_demo else {}
+
+    def base(section: str) -> Dict[str, Any]:
+        return dict(demo_settings.get(section, {}))
+
+    train_cam = apply(TrainCamConfig(**base("train_cam")), _section(given, "train_cam"), "train_cam")
+    eval_seed = apply(EvalSeedConfig(**base("eval_seed")), _section(given, "eval_seed"), "eval_seed")
     rib = apply(RIBConfig.preset_for(getattr(args, "rib_preset", None) or "reference", numbers,
-                                     **(demo_rib_settings(size) if is_demo else {})),
+                                     **base("rib")),
                 _section(given, "rib"), "rib")
     out_dir = top.get("out_dir", "rib_ext_out")
     # IRN on the classifier's backbone: ImageNet weights when given; from scratch, the trained
     # classifier's own backbone (there are no ImageNet weights to start from).
     if is_demo:
         weights = top.get("cam_checkpoint") or str(Path(out_dir) / "train_cam" / "cam_net.pth")
-        irn_base = dict(backbone=train_cam.backbone, crop_size=size - size % 4, batch_size=16,
-                        epochs=15, weights=weights)
+        irn_base = dict(backbone=train_cam.backbone, weights=weights, **base("irn"))
     else:
         irn_base = dict(backbone=train_cam.backbone, weights=train_cam.weights,
                         random_init=train_cam.random_init)
-    irn = apply(IRNConfig.preset(getattr(args, "irn_preset", None) or "rib", **irn_base),
+    irn = apply(IRNConfig.preset(getattr(args, "irn_preset", None) or "rib", numbers, **irn_base),
                 _section(given, "irn"), "irn")
-    seg_base = dict(backbone="resnet18", random_init=True, iterations=200, batch_size=8,
-                    crop_size=size, lr=1e-2, retrain=False, use_crf=False) if is_demo else {}
-    segment = apply(SegmentConfig.preset_for(numbers, **seg_base), _section(given, "segment"), "segment")
-    if is_demo:
-        top.setdefault("irn_auto_thresholds", True)
-        if dataset == "demo":  # maps of the held-out split: fewer images, a short CPU run
-            top.setdefault("eval_list", "val")
+    segment = apply(SegmentConfig.preset_for(numbers, **base("segment")), _section(given, "segment"),
+                    "segment")
+    pipeline_defaults = base("pipeline")
+    if dataset != "demo":  # the held-out split is the generated demo's; a user's folder keeps its lists
+        pipeline_defaults.pop("eval_list", None)
+    for key, value in pipeline_defaults.items():
+        top.setdefault(key, value)
     cfg = PipelineConfig(**top, demo=demo, train_cam=train_cam,
                          make_cam=apply(PipelineConfig().make_cam, _section(given, "make_cam"), "make_cam"),
                          eval_seed=eval_seed, crf=apply(PipelineConfig().crf, _section(given, "crf"), "crf"),
