@@ -4,6 +4,7 @@ Every stage writes through these helpers, so a rerun can trust that an existing 
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -19,7 +20,7 @@ class UnreadableFileError(ValueError):
     """An existing output or input file is empty, truncated or not in the expected format.
 
     The message names the file; a stage that meets one while deciding what to skip rebuilds it
-    (see :func:`is_loadable`).
+    (see :func:`file_is_complete`).
     """
 
 
@@ -89,38 +90,50 @@ def load_npy_dict(path: str | os.PathLike) -> dict:
     return record
 
 
-def is_loadable(path: str | os.PathLike) -> bool:
-    """Whether an existing output can be read back, by its suffix: ``.npy`` (a dict, fully loaded),
-    ``.png`` (decoded), ``.json`` (parsed), ``.pth``/``.pt`` (a complete torch zip archive; the
-    archive's directory is checked, not unpickled). False for a missing file.
-
-    Stages call it on the outputs they would skip, so a file left empty or cut short by a full disk
-    or a copy is rebuilt rather than trusted.
-    """
+def file_is_complete(path: str | Path) -> bool:
+    """Whether an existing output file is whole, by a cheap check of its format (no full load):
+    .npy header and length (or, for IRN's pickled map dicts, pickle's final STOP opcode), a PNG's
+    signature and IEND chunk, a .pth zip's central directory, a .json that parses. Outputs are
+    written atomically, so a broken one comes from elsewhere (a copy, a full disk, an older tool)."""
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
-    suffix = path.suffix.lower()
-    if suffix not in (".npy", ".png", ".json", ".pth", ".pt"):
-        raise ValueError(f"is_loadable: no reader for {suffix!r} files ({path})")
     try:
+        size = path.stat().st_size
+        if size == 0:
+            return False
+        suffix = path.suffix.lower()
         if suffix == ".npy":
-            load_npy_dict(path)
-        elif suffix == ".png":
-            from PIL import Image
-
-            with Image.open(path) as img:
-                img.load()
-        elif suffix == ".json":
+            return _npy_is_complete(path, size)
+        if suffix == ".png":
+            with open(path, "rb") as f:
+                head = f.read(8)
+                f.seek(max(size - 12, 0))
+                tail = f.read(12)
+            return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
+        if suffix in (".pth", ".pt"):
+            return zipfile.is_zipfile(path)
+        if suffix == ".json":
             json.loads(path.read_text())
-        else:
-            # torch.save writes a zip archive whose central directory is at the end: a truncated
-            # file has none, and testzip() checks every member's CRC.
-            with zipfile.ZipFile(path) as zf:
-                return zf.testzip() is None
-    except Exception:  # any decoding failure means "rebuild it"
+        return True
+    except (OSError, ValueError, SyntaxError):
         return False
-    return True
+
+
+def _npy_is_complete(path: Path, size: int) -> bool:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            header_len = int.from_bytes(f.read(4), "little")
+            header = ast.literal_eval(f.read(header_len).decode("utf8"))
+            shape, dtype = header["shape"], np.dtype(header["descr"])
+        else:
+            shape, _, dtype = reader(f)
+        data_start = f.tell()
+        if dtype.hasobject:  # a pickle: complete when it ends with the STOP opcode
+            f.seek(size - 1)
+            return size > data_start and f.read(1) == b"."
+    return size == data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

@@ -1,18 +1,17 @@
 """Small helpers the stages share: device choice, output listing and checking, progress bars."""
 from __future__ import annotations
 
-import ast
 import logging
 import sys
 import time
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from rib_ext.io import file_is_complete  # noqa: F401  (the stages' skip check)
 
 log = logging.getLogger("rib_ext.progress")
 
@@ -84,53 +83,6 @@ class LineProgress:
 
 
 # ------------------------------------------------------------------ existing outputs that load
-
-def file_is_complete(path: str | Path) -> bool:
-    """Whether an existing output file is whole, by a cheap check of its format (no full load):
-    .npy header and length (or, for IRN's pickled map dicts, pickle's final STOP opcode), a PNG's
-    signature and IEND chunk, a .pth zip's central directory, a .json that parses. Outputs are
-    written atomically, so a broken one comes from elsewhere (a copy, a full disk, an older tool)."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return False
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            return _npy_is_complete(path, size)
-        if suffix == ".png":
-            with open(path, "rb") as f:
-                head = f.read(8)
-                f.seek(max(size - 12, 0))
-                tail = f.read(12)
-            return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
-        if suffix in (".pth", ".pt"):
-            return zipfile.is_zipfile(path)
-        if suffix == ".json":
-            import json
-            json.loads(path.read_text())
-        return True
-    except (OSError, ValueError, SyntaxError):
-        return False
-
-
-def _npy_is_complete(path: Path, size: int) -> bool:
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        reader = {(1, 0): np.lib.format.read_array_header_1_0,
-                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if reader is None:
-            header_len = int.from_bytes(f.read(4), "little")
-            header = ast.literal_eval(f.read(header_len).decode("utf8"))
-            shape, dtype = header["shape"], np.dtype(header["descr"])
-        else:
-            shape, _, dtype = reader(f)
-        data_start = f.tell()
-        if dtype.hasobject:  # a pickle: complete when it ends with the STOP opcode
-            f.seek(size - 1)
-            return size > data_start and f.read(1) == b"."
-    return size == data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-
 
 def split_complete(paths: dict, what: str) -> tuple[list, list]:
     """(keys whose file exists and is whole, keys to (re)make); broken files are named in one

@@ -372,8 +372,9 @@ def visualize_run(out_dir, dataset, ids: Optional[Sequence[str]] = None, count: 
         index = {name: i for i, name in enumerate(dataset.ids)}
         for name, scores in step_maps_with_engine(model, pool, rib_cfg, dataset, few, device).items():
             i = index[name]
-            path = render_step_montage(dataset.image(i), scores, dest_dir / "steps" / f"{name}.png",
-                                       gt=dataset.mask(i), title=f"{name}: RIB map after each step")
+            path = render_step_montage(
+                dataset.image(i), scores, dest_dir / "steps" / f"{name}.png", gt=dataset.mask(i),
+                title=f"{name}: RIB map after step k (summed over steps 0..k, as the stage saves it)")
             result["steps"].append(str(path))
     records_path = out_dir / "rib" / "records.jsonl"
     if records_path.is_file():
