@@ -101,7 +101,7 @@ class OtherImages:
 
     def resized(self, idx: int, size: tuple[int, int]) -> torch.Tensor:
         """uint8 [h, w, 3] on the device: pool image ``idx`` resized with Pillow's bicubic, as the
-        authors' ``pil_rescale`` (decoded through :meth:`image`)."""
+        authors' ``pil_rescale`` (from the host cache: Pillow runs on the host)."""
         host = self.cache.get(idx).numpy()
         return torch.from_numpy(np.array(resize(host, size, BICUBIC))).to(self.device)  # writable
 
