@@ -38,13 +38,14 @@ SIZES = {
     "small": dict(backbone="resnet18", image_size=128, others=8, crop=128),
     "voc": dict(backbone="resnet50", image_size=448, others=20, crop=512),
 }
-_FAST = dict(precision="bf16", channels_last=True, cudnn_benchmark=True)
+_FAST = dict(precision="bf16", channels_last=True, cudnn_benchmark=True, fold_stem=True)
 # name -> RIBConfig overrides; "loop" / "authors" are the per-image reference loops.
 VARIANTS = {
     "authors": None,
     "loop": None,
     "engine-before": dict(fold_stem=False, foreach_update=False, prefetch="off"),  # as before issue 13
     "engine": {},
+    "engine+fold": dict(fold_stem=True),
     "engine+bf16": dict(precision="bf16"),
     "engine+cl": dict(channels_last=True, cudnn_benchmark=True),
     "engine+bf16+cl": _FAST,

@@ -150,19 +150,29 @@ class RunContext:
         raise PipelineError(f"--root is required for --dataset {cfg.dataset}")
 
     def dataset(self, which: str):
-        """``"train"`` (classifier training, RIB's other images), ``"eval"`` (maps made and
-        evaluated) or ``"val"`` (the segment stage's evaluation), each opened once."""
+        """``"train"`` (classifier training), ``"pool"`` (RIB's other images: the training list;
+        on COCO with its images of no class kept, as the authors' code keeps them), ``"eval"``
+        (maps made and evaluated) or ``"val"`` (the segment stage's evaluation), each opened once."""
         if which not in self._datasets:
             from rib_ext.data import build_dataset
 
             kw = {"demo": self.cfg.demo} if self.cfg.dataset == "demo" else {}
+            listed = "train" if which == "pool" else which
+            if which == "pool" and self.cfg.dataset == "coco":
+                kw["keep_unlabelled"] = True
+            elif which == "pool":
+                return self.train_set  # VOC lists hold no image without a class
             self._datasets[which] = build_dataset(self.cfg.dataset, self.dataset_root(),
-                                                  self.lists[which], **kw)
+                                                  self.lists[listed], **kw)
         return self._datasets[which]
 
     @property
     def train_set(self):
         return self.dataset("train")
+
+    @property
+    def pool_set(self):
+        return self.dataset("pool")
 
     @property
     def eval_set(self):

@@ -1,5 +1,5 @@
 """Stage ``crf``: dense-CRF refinement of the seeds (IRN's unary from the thresholded maps), written
-as palette PNGs and evaluated with the same code as eval_seed."""
+as class-index PNGs and evaluated with the same code as eval_seed."""
 from __future__ import annotations
 
 import time
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
-from rib_ext.data import load_label_png, save_label_png
+from rib_ext.data import load_label_png, save_index_png
 from rib_ext.evaluation import confusion_matrix, summarize_confusion, write_report
 from rib_ext.io import load_npy_dict
 from rib_ext.stages.common import map_path, progress, require_maps, result_settings, split_complete
@@ -64,7 +64,7 @@ def crf(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig, out_dir
         else:
             maps = load_npy_dict(map_path(maps_dir, name))
             pred = crf_from_maps(dataset.image(i), maps["high_res"], maps["keys"], threshold, cfg)
-            save_label_png(png, pred)
+            save_index_png(png, pred)  # class indices, as IRN-derived code reads them
         gt = dataset.mask(i)
         if gt is not None:
             conf = conf + confusion_matrix(pred, gt, dataset.num_classes + 1)

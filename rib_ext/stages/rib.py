@@ -32,7 +32,7 @@ def settings(cfg) -> dict:
 
 
 def run(ctx, cfg) -> dict:
-    result = rib(ctx.load_classifier(), ctx.eval_set, ctx.train_set, cfg.rib, ctx.stage_dir("rib"))
+    result = rib(ctx.load_classifier(), ctx.eval_set, ctx.pool_set, cfg.rib, ctx.stage_dir("rib"))
     ctx.info(f"[rib] {result}")
     return result
 

@@ -29,7 +29,7 @@ def run(ctx, cfg) -> dict:
     model = pool = None
     if vis.montage_count > 0 and ctx.maps_dir("rib").is_dir():
         model = ctx.load_classifier()
-        pool = OtherImages(ctx.train_set, ctx.device, cfg.rib.other_resize_long, cfg.rib.other_crop,
+        pool = OtherImages(ctx.pool_set, ctx.device, cfg.rib.other_resize_long, cfg.rib.other_crop,
                            cache_bytes=cfg.rib.image_cache_mb << 20)
     result = visualize_run(ctx.out, ctx.eval_set, count=vis.count, model=model, pool=pool,
                            rib_cfg=cfg.rib if model is not None else None,
