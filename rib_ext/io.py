@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -134,6 +135,15 @@ def _npy_is_complete(path: Path, size: int) -> bool:
             f.seek(size - 1)
             return size > data_start and f.read(1) == b"."
     return size == data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (checkpoints can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

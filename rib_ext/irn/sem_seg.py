@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 from rib_ext.data import load_label_png, multiscale_flip_views, save_index_png
 from rib_ext.evaluation import evaluate_label_maps, write_report
-from rib_ext.io import save_npy
+from rib_ext.io import file_sha256, save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
 from rib_ext.irn.random_walk import propagate_maps
 from rib_ext.irn.stage_io import (check_settings, dataset_index, load_maps, per_image_path,
-                                  file_digest, present_names, progress, resolve_device,
+                                  present_names, progress, resolve_device,
                                   split_done, strided_size)
 from rib_ext.irn.train_irn import MODEL_FILE
 
@@ -106,7 +106,7 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
     score_dir = Path(score_dir) if score_dir is not None else None
     settings = {k: getattr(cfg, k) for k in ("rw_radius", "beta", "exp_times", "map_power",
                                              "sem_seg_bg_thres", "boundary_pad_to")}
-    check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_digest(model_path)})
+    check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_sha256(model_path)})
     todo, done = split_done(out_dir, present)
     device = resolve_device(cfg.device)
     net = load_irnet(model_path, device) if todo else None

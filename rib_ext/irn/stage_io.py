@@ -2,7 +2,6 @@
 exist (resume), and loading the maps in IRN's ``.npy`` format with checks that name the file."""
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -120,11 +119,3 @@ def check_settings(out_dir: str | Path, stage: str, settings: Dict) -> None:
         return
     save_json(path, record)
 
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file (e.g. the IRN checkpoint a folder of masks was made with)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

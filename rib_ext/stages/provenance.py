@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, List
 
+from rib_ext.io import file_sha256
 from rib_ext.stages.context import PipelineError, RunContext
 
 RECORD = "provenance.json"
@@ -28,14 +29,6 @@ class ProvenanceError(PipelineError):
 
 def stage_module(name: str):
     return importlib.import_module(f"rib_ext.stages.{name}")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def digest(obj) -> str:
