@@ -220,3 +220,18 @@ def test_report_cli_diffs_against_the_runs_preset(tmp_path):
     save_json(out / "config.json", {**preset, "rib": {**preset["rib"], "margin": 2 * m0}})
     main([str(out)])
     assert f"| `rib.margin` | `{m0}` | `{2 * m0}` |" in (out / "report.md").read_text()
+
+
+def test_report_reading_says_which_way_it_went():
+    from rib_ext.report import reading
+
+    rows = {"cam": {"seed": 0.353, "crf": 0.532, "mask": 0.213},
+            "rib": {"seed": 0.353, "crf": 0.441, "mask": 0.28}}
+    text = "\n".join(reading(rows))
+    assert "RIB left the seed level: +0.0 points over CAM" in text
+    assert "CAM: the CRF above the seed (+17.9 points)" in text
+    assert "RIB: IRN's masks not above the seed (-7.3 points)" in text
+    rows["rib"]["seed"] = 0.40
+    assert reading(rows)[0].startswith("- RIB raised the seed: +4.7")
+    rows["rib"]["seed"] = 0.30
+    assert reading(rows)[0].startswith("- RIB lowered the seed: -5.3")
