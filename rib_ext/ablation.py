@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from rib_ext.config import DemoDataConfig, EvalSeedConfig, RIBConfig
-from rib_ext.io import save_json, save_text
+from rib_ext.io import save_figure, save_json, save_text
 
 # The paper's ablations (Table 5, Table A1, Figure 5). Margin and lr pairs are multiples of the
 # run's own values, so that they make sense on the demo's scale as on VOC's (600, 8e-6).
@@ -144,8 +144,7 @@ def plot_curves(path: Path, curves: dict) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(path, fig, dpi=100)
 
 
 def table(option: str, rows: list[dict]) -> str:

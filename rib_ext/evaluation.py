@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from rib_ext.config import EvalSeedConfig
-from rib_ext.io import atomic_path, save_json, save_text
+from rib_ext.io import atomic_path, save_figure, save_json, save_text
 
 
 # --------------------------------------------------------------------------- confusion and scores
@@ -344,8 +344,4 @@ def plot_sweep(path: os.PathLike | str, result: Dict[str, Any]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png")
-    return path
+    return save_figure(path, fig)

@@ -156,6 +156,15 @@ def save_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def save_figure(path: str | os.PathLike, fig, **savefig_kw) -> Path:
+    """Save a matplotlib figure as PNG atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, format="png", **savefig_kw)
+    return path
+
+
 def save_png(path: str | os.PathLike, image) -> None:
     """Save a PIL image atomically (format inferred from the final name, not the temp name)."""
     with atomic_path(path) as tmp:

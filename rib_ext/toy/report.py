@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rib_ext.io import atomic_path, save_json, save_text  # noqa: E402
+from rib_ext.io import save_figure, save_json, save_text  # noqa: E402
 
 TABLES = ("table.md", "results.json")
 FIGURES = ("fig1c_hgr_per_layer.png", "fig2b_hgr_rib.png", "gradient_maps.png")
@@ -95,8 +95,7 @@ def _grid_section(results: dict) -> list[str]:
 
 
 def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    save_figure(path, fig, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

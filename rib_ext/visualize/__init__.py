@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from rib_ext.data.images import voc_palette
-from rib_ext.io import atomic_path, load_npy_dict, save_png
+from rib_ext.io import load_npy_dict, save_figure, save_png
 
 CAPTION_HEIGHT = 14  # pixels of the caption strip above each tile
 DEFAULT_COUNT = 12  # images with a panel
@@ -221,11 +221,7 @@ def plot_logit_curves(records: Sequence[Mapping[str, Any]], margin: Optional[flo
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png")
-    return out_png
+    return save_figure(out_png, fig)
 
 
 # ---------------------------------------------------------------------------------------------
