@@ -15,6 +15,7 @@ memory budget (``group_size=0``).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -55,6 +56,24 @@ class CAMHead(nn.Module):
 
     def forward(self, x2: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self.stage4(self.stage3(x2)), self.classifier.weight)
+
+
+class AffineBatchNorm(nn.Module):
+    """A fixed batch norm as the per-channel affine map it is, computed in float32 and returned in
+    the input's dtype: what autocast's mixed-dtype batch norm does for a bf16 input, written so
+    that vmap can batch it over per-image affine parameters (its batch-norm rule cannot)."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.eps = bn.eps
+        self.weight, self.bias = bn.weight, bn.bias
+        self.register_buffer("running_mean", bn.running_mean)
+        self.register_buffer("running_var", bn.running_var)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return (x.float() * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)).to(x.dtype)
 
 
 @dataclass
@@ -185,6 +204,7 @@ class RIBEngine:
         self.prefetch = cfg.prefetch == "on" or (cfg.prefetch == "auto" and self.device.type == "cuda")
         self.group_size = cfg.group_size  # 0 until chosen (run)
         self.group_choice: Optional[dict] = None  # how G was chosen, when automatic
+        self._affine: Optional[CAMHead] = None  # the bf16 vmap head (built when first needed)
 
     def _autocast(self):
         return autocast(self.device, self.precision)
@@ -221,13 +241,33 @@ class RIBEngine:
         if self.cfg.head_batching == "loop" or len(live) == 1:
             return [self._cam(st, x2o) for st, x2o in zip(live, x2_split)]
         stacked = [torch.stack(ps) for ps in zip(*(st.params for st in live))]
+        x2 = torch.stack(list(x2_split))
+        module = self.head
+        if self.precision == "bf16":
+            # CPU autocast does not reach inside vmap, and vmap's batch-norm rule refuses a bf16
+            # input with (batched) float32 affine parameters: cast as autocast would (convolution
+            # weights and inputs to bf16) and run the fixed batch norms as their float32 affine
+            # map, so the vmapped head computes what the loop's autocast head computes.
+            stacked = [p.to(torch.bfloat16) if p.dim() == 5 else p for p in stacked]
+            x2 = x2.to(torch.bfloat16)
+            module = self._affine_head()
 
         def head(params, x2):
-            return functional_call(self.head, (dict(zip(self.names, params)), self.buffers), (x2,))
+            return functional_call(module, (dict(zip(self.names, params)), self.buffers), (x2,))
 
         with self._autocast():
-            cams = torch.func.vmap(head)(stacked, torch.stack(list(x2_split)))
+            cams = torch.func.vmap(head)(stacked, x2)
         return list(_at_least_float32(cams))
+
+    def _affine_head(self) -> CAMHead:
+        """A copy of the head whose fixed batch norms are :class:`AffineBatchNorm` (same names)."""
+        if self._affine is None:
+            self._affine = copy.deepcopy(self.head)
+            for m in list(self._affine.modules()):
+                for name, child in m.named_children():
+                    if isinstance(child, nn.BatchNorm2d):
+                        setattr(m, name, AffineBatchNorm(child))
+        return self._affine
 
     def _scale_cam(self, st: _State, s: int) -> torch.Tensor:
         """Scale ``s``'s CAMs [2, K, h, w] (differentiable when the scale feeds the loss), added
