@@ -231,7 +231,9 @@ class RIBConfig:
     # differs (~1e-7), so off by default, keeping the authors' maps bit for bit.
     fold_stem: bool = False
     foreach_update: bool = True  # the SGD update as torch._foreach_* over the group's weights
-    group_memory_gb: float = 16.0  # group_size=0: the largest G whose step fits this (CUDA)
+    # group_size=0 (CUDA): the largest G whose step, measured on the largest target, fits the
+    # device's free memory (less a tenth); a positive value caps that budget, in GiB.
+    group_memory_gb: float = 0.0
     image_cache_mb: int = 4096  # decoded other images kept in (pinned) host memory, LRU beyond
     prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
     seed: int = 0
@@ -249,7 +251,8 @@ class RIBConfig:
         _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
         _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
         _require(self.image_cache_mb >= 0, f"image_cache_mb must be >= 0, got {self.image_cache_mb}")
-        _positive(self, "group_memory_gb")
+        _require(self.group_memory_gb >= 0,
+                 f"group_memory_gb must be >= 0 (0: the device's free memory), got {self.group_memory_gb}")
         _positive(self, "lr", "margin", "classifier_lr_mult", "other_crop")
         _require(self.weight_decay >= 0 and self.lr_power >= 0,
                  f"weight_decay and lr_power must be >= 0, got {self.weight_decay}, {self.lr_power}")

@@ -32,10 +32,19 @@ def memory_format(channels_last: bool):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def apply_backend_settings(device: torch.device, cudnn_benchmark: bool) -> None:
-    """cudnn.benchmark is process-wide: set only where it was asked for, on CUDA."""
-    if cudnn_benchmark and torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool):
+    """``torch.backends.cudnn.benchmark = enabled`` inside the block, the previous value after.
+
+    The flag is process-wide and cuDNN times its algorithms once per new shape: worth it around
+    work whose shapes repeat (RIB's other images: B crops of one size), a loss where every image
+    brings new sizes. Never left set for the rest of the process."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:

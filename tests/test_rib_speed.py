@@ -307,3 +307,52 @@ def test_affine_batch_norm_under_vmap_in_bf16_matches_each_image():
     with pytest.raises(RuntimeError):  # why AffineBatchNorm exists: vmap's rule refuses this
         raw = _bn()
         vmap(lambda w, b, xi: functional_call(raw, {"weight": w, "bias": b}, (xi,)))(weights, biases, x)
+
+
+def test_cudnn_benchmark_is_set_only_inside_the_block():
+    from rib_ext.precision import cudnn_benchmark
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with cudnn_benchmark(True):
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(KeyError), cudnn_benchmark(True):
+            raise KeyError("restored on the way out of an error too")
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_split_backward_of_the_benchmarked_pass_keeps_the_maps(setup):
+    """With cudnn_benchmark on CUDA the other images' backward runs apart (timed by cuDNN), the
+    target's apart (not timed): the same gradients. Forced on here on the CPU."""
+    _, model, pool, targets = setup
+    for batching in ("loop", "vmap"):
+        cfg = small_cfg(group_size=2, head_batching=batching)
+        engine = RIBEngine(model, pool, cfg, "cpu")
+        engine.bench_others = True
+        before = torch.backends.cudnn.benchmark
+        split = sorted(engine.run(targets), key=lambda r: r.name)
+        assert torch.backends.cudnn.benchmark == before  # not left set
+        _same(split, _run(model, pool, targets, cfg), atol=1e-6)
+
+
+def test_automatic_group_size_from_free_memory_and_the_largest_target(setup, monkeypatch):
+    _, model, pool, _ = setup
+    gib = 2**30
+    engine = RIBEngine(model, pool, small_cfg(group_size=0), "cpu")
+    engine.device = torch.device("cuda")  # only the choice runs: memory figures are faked
+    probed = []
+    monkeypatch.setattr(engine, "_probe_step_bytes", lambda size: probed.append(size) or 3 * gib)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * gib, 141 * gib))
+    assert engine._choose_group_size((333, 500)) == 12  # 40 GiB less a tenth, 3 GiB a step
+    assert probed == [(333, 500)]
+    assert engine.group_choice["free_bytes"] == 40 * gib
+    assert engine.group_choice["largest_target"] == [333, 500]
+    engine.cfg = small_cfg(group_size=0, group_memory_gb=16.0)  # a cap below the free memory
+    assert engine._choose_group_size((333, 500)) == 5
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 141 * gib))
+    assert engine._choose_group_size((333, 500)) == 1  # never below one image
+    with pytest.raises(ValueError, match="group_memory_gb"):
+        small_cfg(group_memory_gb=-1.0)

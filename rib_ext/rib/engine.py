@@ -15,7 +15,9 @@ memory budget (``group_size=0``).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import logging
 import math
 import time
@@ -32,7 +34,7 @@ from torch.func import functional_call
 
 from rib_ext import ops
 from rib_ext.config import RIBConfig
-from rib_ext.precision import (apply_backend_settings, autocast, check_precision, fold_batch_norms,
+from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_batch_norms,
                                memory_format)
 from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.rib.losses import step_loss
@@ -204,6 +206,9 @@ def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: 
         torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)
 
 
+GROUP_MEMORY_SLACK = 0.1  # the part of the free device memory the automatic G leaves alone
+
+
 def choose_group_size(per_image_bytes: float, budget_bytes: float, max_group: int = 16) -> int:
     """The largest G (1..max_group) whose step, at ``per_image_bytes`` each, fits the budget."""
     if per_image_bytes <= 0:
@@ -234,7 +239,9 @@ class RIBEngine:
         self.device = torch.device(device)
         self.precision = check_precision(cfg.precision)
         self.fmt = memory_format(cfg.channels_last)
-        apply_backend_settings(self.device, cfg.cudnn_benchmark)
+        # cuDNN's algorithm timing only around the other images' pass (fixed shapes): targets
+        # come in every size, and timing each new one costs more than it saves.
+        self.bench_others = cfg.cudnn_benchmark and self.device.type == "cuda"
         self.model = model.to(self.device).eval()
         self.pool = pool
         self.head = CAMHead(self.model)
@@ -437,10 +444,10 @@ class RIBEngine:
             st.queued += 1
         if not live:
             return readout
-        x2_others = self._stem(torch.cat([b[0] for b in batches]))
-        x2_split = x2_others.split([len(b[0]) for b in batches])
-
-        other_cams = self._other_cams(live, x2_split)
+        with self._fixed_shapes():
+            x2_others = self._stem(torch.cat([b[0] for b in batches]))
+            x2_split = x2_others.split([len(b[0]) for b in batches])
+            other_cams = self._other_cams(live, x2_split)
         total, stats, losses = 0, [], []
         for st, cams, cam_o, (_, other_labels) in zip(live, target_cams, other_cams, batches):
             loss, stat = step_loss(cams, st.label, cam_o, other_labels, cfg)
@@ -448,7 +455,7 @@ class RIBEngine:
             stats.append(stat)
             losses.append(loss.detach())
         all_params = [p for st in live for p in st.params]
-        grads = torch.autograd.grad(total, all_params)
+        grads = self._grads(total, all_params, target_cams, other_cams)
 
         with torch.no_grad():
             lrs = []
@@ -487,6 +494,22 @@ class RIBEngine:
             readout.event = torch.cuda.Event()
             readout.event.record()
         return readout
+
+    def _fixed_shapes(self):
+        return cudnn_benchmark(True) if self.bench_others else contextlib.nullcontext()
+
+    def _grads(self, total, params, target_cams, other_cams):
+        """d total / d params: one backward, or with ``bench_others`` two, so that cuDNN times
+        the other images' backward (fixed shapes) and not the target's (a new size per image):
+        first to the CAMs, then from the target's CAMs and the other images' CAMs apart."""
+        if not self.bench_others:
+            return torch.autograd.grad(total, params)
+        t_cams = [c for cams in target_cams for c in cams]
+        g = torch.autograd.grad(total, t_cams + list(other_cams))
+        g_t = torch.autograd.grad(t_cams, params, g[:len(t_cams)])
+        with cudnn_benchmark(True):
+            g_o = torch.autograd.grad(list(other_cams), params, g[len(t_cams):])
+        return torch._foreach_add(list(g_t), list(g_o))
 
     def _figures(self, live, exploded, stats, losses, go) -> torch.Tensor:
         """The step's [n, 3] float64 figures (exploded, stop statistic, loss); on late reads also
@@ -530,24 +553,44 @@ class RIBEngine:
             elif st.step >= cfg.steps:
                 st.stop = STOP_STEPS
 
-    def _choose_group_size(self, first: Optional[_State]) -> int:
-        """G for ``group_size=0``: on CUDA the largest G whose step fits ``group_memory_gb``,
-        from one measured step of the first image; on the CPU 1 (the convolutions already use
-        every core, and a group only adds memory)."""
+    def _choose_group_size(self, largest: Optional[tuple]) -> int:
+        """G for ``group_size=0``: on CUDA the largest G whose step fits the device's free memory
+        (less a tenth for the allocator's slack; capped by ``group_memory_gb`` when positive),
+        from one measured step at the size of the largest target, ``largest`` (H, W); on the CPU
+        1 (the convolutions already use every core, and a group only adds memory)."""
         cfg = self.cfg
-        if self.device.type != "cuda" or first is None:
+        if self.device.type != "cuda" or largest is None:
             self.group_choice = {"group_size": 1, "why": f"{self.device.type}: no gain from groups"}
             return 1
+        per_image = self._probe_step_bytes(largest)
+        free = torch.cuda.mem_get_info(self.device)[0]
+        budget = free * (1 - GROUP_MEMORY_SLACK)
+        if cfg.group_memory_gb:
+            budget = min(budget, cfg.group_memory_gb * 2**30)
+        g = choose_group_size(per_image, budget)
+        self.group_choice = {"group_size": g, "step_bytes_per_image": int(per_image),
+                             "free_bytes": int(free), "budget_bytes": int(budget),
+                             "largest_target": [int(largest[0]), int(largest[1])]}
+        return g
+
+    def _probe_step_bytes(self, size: tuple) -> int:
+        """Device memory one image's step takes at target size ``size`` (its weights, maps and
+        the step's activations): one step of a blank image of that size, measured, then freed."""
+        k = len(self.pool.labels[0])
+        label = np.zeros(k, np.float32)
+        label[0] = 1.0
+        probe = Target(0, "(group size probe)", np.zeros((*size, 3), np.uint8), label)
         torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        self._read(self._step([first]))
+        st = self._start(probe)
+        self._read(self._step([st]))
         torch.cuda.synchronize(self.device)
-        per_image = torch.cuda.max_memory_allocated(self.device) - base
-        g = choose_group_size(per_image, cfg.group_memory_gb * 2**30)
-        self.group_choice = {"group_size": g, "step_bytes_per_image": int(per_image),
-                             "budget_bytes": int(cfg.group_memory_gb * 2**30)}
-        return g
+        used = torch.cuda.max_memory_allocated(self.device) - base
+        del st
+        torch.cuda.empty_cache()
+        return int(used)
 
     def _raise_non_finite(self, updated: list) -> None:
         bad = [f"{st.target.name} (loss {loss:.4g}, target logit sum {stat:.4g})"
@@ -559,10 +602,25 @@ class RIBEngine:
                                  f"learning rate (no map is written for it)")
 
     def run(self, targets: Iterable[Target],
-            on_result: Optional[Callable[[Result], None]] = None) -> list[Result]:
+            on_result: Optional[Callable[[Result], None]] = None,
+            largest: Optional[tuple] = None) -> list[Result]:
         """Adapt every target. Without ``on_result`` the results are returned, in finishing
         order; with it, each finished image goes to ``on_result`` as soon as it is done and is not
-        kept (memory stays bounded at any dataset size): the list returned is then empty."""
+        kept (memory stays bounded at any dataset size): the list returned is then empty.
+        ``largest``: (H, W) of the largest target, for the automatic group size (``group_size``
+        0 on CUDA); found here when ``targets`` is a list, else the first target's size."""
+        if largest is None and self.group_size == 0 and self.device.type == "cuda":
+            if isinstance(targets, (list, tuple)):
+                largest = max((t.image.shape[:2] for t in targets), key=lambda hw: hw[0] * hw[1],
+                              default=None)
+            else:
+                targets = iter(targets)
+                first = next(targets, None)
+                if first is not None:
+                    largest = first.image.shape[:2]
+                    log.warning("RIB group size measured on the first target's size %s: pass "
+                                "run(largest=) to size G for the largest", largest)
+                    targets = itertools.chain([first], targets)
         queue = iter(targets)
         active: list[_State] = []
         results = []
@@ -571,11 +629,8 @@ class RIBEngine:
         executor = ThreadPoolExecutor(1, thread_name_prefix="rib-prefetch") if self.prefetch else None
         try:
             while True:
-                if self.group_size == 0:  # automatic: measure a step of the first image alone
-                    nxt = next(queue, None)
-                    active = [self._start(nxt)] if nxt is not None else []
-                    exhausted = nxt is None
-                    self.group_size = self._choose_group_size(active[0] if active else None)
+                if self.group_size == 0:  # automatic: measured at the largest target's size
+                    self.group_size = self._choose_group_size(largest)
                     log.info("RIB group size %d (%s)", self.group_size, self.group_choice)
                 stepping = [st for st in active if self._to_step(st)]
                 while not exhausted and len(stepping) < max(1, self.group_size):
