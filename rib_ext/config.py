@@ -236,6 +236,10 @@ class RIBConfig:
     group_memory_gb: float = 0.0
     image_cache_mb: int = 4096  # decoded other images kept in (pinned) host memory, LRU beyond
     prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
+    # CUDA: the other images' forward and backward (fixed shapes) replayed from a CUDA graph per
+    # group size G, captured at a group's first full step. Off until measured on a GPU; ignored
+    # (with a warning) on the CPU.
+    cuda_graphs: bool = False
     seed: int = 0
     device: str = "auto"
 
@@ -250,6 +254,7 @@ class RIBConfig:
         _require(self.group_size >= 0, f"group_size must be >= 1, or 0 for automatic; got {self.group_size}")
         _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
         _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
+        _require(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         _require(self.image_cache_mb >= 0, f"image_cache_mb must be >= 0, got {self.image_cache_mb}")
         _require(self.group_memory_gb >= 0,
                  f"group_memory_gb must be >= 0 (0: the device's free memory), got {self.group_memory_gb}")

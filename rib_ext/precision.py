@@ -21,11 +21,13 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``precision`` on ``device`` (a no-op context for float32)."""
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
+    """The autocast context of ``precision`` on ``device`` (a no-op context for float32).
+    ``cache_enabled=False`` inside CUDA graph capture (autocast's weight cache would be baked in)."""
     if check_precision(precision) == "float32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                          cache_enabled=cache_enabled)
 
 
 def memory_format(channels_last: bool):

@@ -57,3 +57,30 @@ def test_peak_tflops_by_device_name(bench_rib):
     assert bench_rib.peak_tflops("NVIDIA H200") == 989.0
     assert bench_rib.peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert bench_rib.peak_tflops("NVIDIA A100-SXM4-80GB") is None
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_leaves_two_files(tmp_path):
+    """``benchmarks/gpu_check.sh OUT --dry-run``: every step at a tiny size on the CPU; OUT holds
+    exactly summary.txt and gpu_check.tar.gz (every log and JSON), the limits add up to 480 s."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=1800)
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 0, summary
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.tar.gz", "summary.txt"]
+    steps = ["build", "ops_backend", "cuda_tests", "bench_ops", "bench_rib_small", "bench_rib_voc",
+             "make_cam_voc"]
+    for name in steps:
+        assert f"== {name} " in summary
+    assert "status 0; step limits 480 s" in summary
+    with tarfile.open(out / "gpu_check.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {f"{n}.log" for n in steps} | {"summary.txt", "env.txt", "bench_rib_small.json",
+                                          "bench_rib_voc.json", "make_cam_voc.json"} <= names

@@ -356,3 +356,33 @@ def test_automatic_group_size_from_free_memory_and_the_largest_target(setup, mon
     assert engine._choose_group_size((333, 500)) == 1  # never below one image
     with pytest.raises(ValueError, match="group_memory_gb"):
         small_cfg(group_memory_gb=-1.0)
+
+
+def test_cuda_graphs_setting_is_validated_and_ignored_on_the_cpu(setup):
+    from rib_ext import pipeline
+    from rib_ext.config import ConfigError
+
+    _, model, pool, targets = setup
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        small_cfg(cuda_graphs="yes")
+    args = pipeline.build_parser().parse_args(["--rib.cuda_graphs", "true"])
+    assert pipeline.config_from_args(args).rib.cuda_graphs is True
+    with pytest.warns(UserWarning, match="cuda_graphs is for CUDA devices: ignored on cpu"):
+        engine = RIBEngine(model, pool, small_cfg(cuda_graphs=True), "cpu")
+    assert engine.graphs is None
+    _same(sorted(engine.run(targets), key=lambda r: r.name), _run(model, pool, targets, small_cfg()))
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("extra", [{}, dict(precision="bf16", channels_last=True, head_batching="vmap",
+                                            cudnn_benchmark=True)])
+def test_cuda_graphs_keep_the_maps(setup, extra):
+    data, model, _, _ = setup
+    cuda_pool = OtherImages(data, "cuda", resize_long=(40, 56), crop=40)
+    targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
+    cfg = small_cfg(group_size=2, steps=3, **extra)  # full groups of 2, then a tail of 1 (eager)
+    eager = _run(model, cuda_pool, targets, cfg, "cuda")
+    engine = RIBEngine(model, cuda_pool, dataclasses.replace(cfg, cuda_graphs=True), "cuda")
+    graphed = sorted(engine.run(targets), key=lambda r: r.name)
+    assert list(engine.graphs) == [2]  # captured for G = 2, replayed at every full step
+    _same(graphed, eager, atol=1e-5 if not extra else 2e-2)

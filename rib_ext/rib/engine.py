@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -272,9 +273,17 @@ class RIBEngine:
         self.group_size = cfg.group_size  # 0 until chosen (run)
         self.group_choice: Optional[dict] = None  # how G was chosen, when automatic
         self._affine: Optional[CAMHead] = None  # the bf16 vmap head (built when first needed)
+        # group size -> the graphed other-images pass (cuda_graphs on CUDA only)
+        self.graphs: Optional[dict] = None
+        if cfg.cuda_graphs and self.device.type == "cuda":
+            self.graphs = {}
+        elif cfg.cuda_graphs:
+            warnings.warn(f"rib.cuda_graphs is for CUDA devices: ignored on {self.device.type}, "
+                          f"which runs eagerly", stacklevel=2)
 
     def _autocast(self):
-        return autocast(self.device, self.precision)
+        # autocast's cast cache must stay off where a CUDA graph may be captured
+        return autocast(self.device, self.precision, cache_enabled=self.graphs is None)
 
     @torch.no_grad()
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,20 +304,21 @@ class RIBEngine:
         return _State(target, keys, label, x2, params, [None] * len(params), [None] * len(x2),
                       rng, others, alive=alive)
 
-    def _cam(self, st: _State, x2: torch.Tensor) -> torch.Tensor:
-        """Raw CAMs [N, K, h, w] under the image's weights, float32 whatever the precision (the
-        maps accumulate and the loss pools in float32)."""
-        params = dict(zip(self.names, st.params))
+    def _cam(self, params: list, x2: torch.Tensor) -> torch.Tensor:
+        """Raw CAMs [N, K, h, w] under one image's weights ``params``, float32 whatever the
+        precision (the maps accumulate and the loss pools in float32)."""
+        params = dict(zip(self.names, params))
         with self._autocast():
             cam = functional_call(self.head, (params, self.buffers), (x2,))
         return _at_least_float32(cam)
 
-    def _other_cams(self, live: list[_State], x2_split) -> list[torch.Tensor]:
-        """The other images' CAMs under each image's own weights: one call per image, or one
-        ``vmap`` over the group's stacked weights (the crops share a size, the targets do not)."""
-        if self.cfg.head_batching == "loop" or len(live) == 1:
-            return [self._cam(st, x2o) for st, x2o in zip(live, x2_split)]
-        stacked = [torch.stack(ps) for ps in zip(*(st.params for st in live))]
+    def _other_cams(self, params: list[list], x2_split) -> list[torch.Tensor]:
+        """The other images' CAMs under each image's own weights (``params``, one list per
+        image): one call per image, or one ``vmap`` over the group's stacked weights (the crops
+        share a size, the targets do not)."""
+        if self.cfg.head_batching == "loop" or len(params) == 1:
+            return [self._cam(ps, x2o) for ps, x2o in zip(params, x2_split)]
+        stacked = [torch.stack(ps) for ps in zip(*params)]
         x2 = torch.stack(list(x2_split))
         module = self.head
         if self.precision == "bf16":
@@ -341,7 +351,7 @@ class RIBEngine:
         """Scale ``s``'s CAMs [2, K, h, w] (differentiable when the scale feeds the loss), added
         to the image's accumulated map (only where the 0-d ``mask`` is True, when given)."""
         with torch.set_grad_enabled(self.cfg.scales[s] in self.cfg.loss_scales):
-            cam = self._cam(st, st.x2[s])
+            cam = self._cam(st.params, st.x2[s])
         if st.acc[s] is None:
             # cam_flip_accumulate_ wants cam's accumulation dtype (float64 for float64 cams).
             st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=cam.dtype)
@@ -444,10 +454,13 @@ class RIBEngine:
             st.queued += 1
         if not live:
             return readout
-        with self._fixed_shapes():
-            x2_others = self._stem(torch.cat([b[0] for b in batches]))
-            x2_split = x2_others.split([len(b[0]) for b in batches])
-            other_cams = self._other_cams(live, x2_split)
+        images = torch.cat([b[0] for b in batches])
+        if self.graphs is not None and len(live) == self.group_size:
+            other_cams = self._graphed_other_cams(live, images)
+        else:
+            with self._fixed_shapes():
+                x2_split = self._stem(images).split([len(b[0]) for b in batches])
+                other_cams = self._other_cams([st.params for st in live], x2_split)
         total, stats, losses = 0, [], []
         for st, cams, cam_o, (_, other_labels) in zip(live, target_cams, other_cams, batches):
             loss, stat = step_loss(cams, st.label, cam_o, other_labels, cfg)
@@ -494,6 +507,25 @@ class RIBEngine:
             readout.event = torch.cuda.Event()
             readout.event.record()
         return readout
+
+    def _graphed_other_cams(self, live: list[_State], images: torch.Tensor) -> list:
+        """The other images' pass (stem, head; forward and backward) replayed from the CUDA graph
+        of this group size, captured on first use (warm-up on a side stream, as
+        ``torch.cuda.make_graphed_callables`` does). Inputs (the crops and every image's weights)
+        are copied into the graph's static buffers; the loss and the update run eagerly."""
+        g, n = len(live), len(self.names)
+        flat = [p for st in live for p in st.params]
+        fn = self.graphs.get(g)
+        if fn is None:
+            def others(images, *flat):
+                x2 = self._stem(images)
+                params = [list(flat[i * n:(i + 1) * n]) for i in range(g)]
+                return torch.stack(self._other_cams(params, x2.chunk(g)))
+
+            with self._fixed_shapes():
+                fn = self.graphs[g] = torch.cuda.make_graphed_callables(others, (images, *flat))
+        with self._fixed_shapes():
+            return list(fn(images, *flat).unbind(0))
 
     def _fixed_shapes(self):
         return cudnn_benchmark(True) if self.bench_others else contextlib.nullcontext()
