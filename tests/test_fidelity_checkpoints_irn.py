@@ -8,7 +8,8 @@ from authors_nets import AuthorsCAM, AuthorsIRN
 from rib_ext.config import IRNConfig, PipelineConfig
 from rib_ext.irn.network import IRNet, infer_boundary, load_irnet, save_irnet
 from rib_ext.models import load_cam_net
-from rib_ext.models.authors import is_authors_cam_state, is_authors_irn_state
+from rib_ext.irn.authors import is_authors_irn_state
+from rib_ext.models.authors import is_authors_cam_state
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def test_rib_writes_the_record_before_the_map(tiny_data, tmp_path, monkeypatch):
 
 
 def test_irn_stages_remake_a_broken_png(tmp_path):
-    from rib_ext.irn.stage_io import split_done
+    from rib_ext.outputs import split_done
 
     for name in ("a", "b"):
         save_label_png(tmp_path / f"{name}.png", np.zeros((8, 8), np.uint8))

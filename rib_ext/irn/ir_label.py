@@ -17,8 +17,9 @@ from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
 from rib_ext.data import IGNORE_INDEX, save_index_png
 from rib_ext.irn.config import IRNConfig
-from rib_ext.irn.stage_io import (check_settings, dataset_index, load_maps, per_image_path,
-                                  present_names, progress, split_done)
+from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
+                             split_done)
+from rib_ext.runtime import progress
 
 
 def combine_confident(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:

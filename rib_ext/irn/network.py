@@ -241,8 +241,8 @@ def save_irnet(path: str | os.PathLike, net: IRNet, meta: Optional[Dict[str, Any
 
 def load_irnet(path: str | os.PathLike, device: torch.device | str = "cpu") -> IRNet:
     """The network saved by :func:`save_irnet`, on ``device``, in eval mode. The IRN / RIB
-    authors' ``res50_irn.pth`` state dicts load too (:mod:`rib_ext.models.authors`)."""
-    from rib_ext.models.authors import irnet_from_authors
+    authors' ``res50_irn.pth`` state dicts load too (:mod:`rib_ext.irn.authors`)."""
+    from rib_ext.irn.authors import irnet_from_authors
 
     authors_net = irnet_from_authors(
         read_checkpoint(path, None, None, "IRN checkpoint", " (train_irn writes it)"), str(path))

@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from rib_ext.data import IGNORE_INDEX, load_label_png, save_index_png
-from rib_ext.data.base import preview
+from rib_ext.io import preview
 from rib_ext.irn.config import IRNConfig
-from rib_ext.irn.stage_io import (check_settings, dataset_index, per_image_path, present_names,
-                                  progress, split_done)
+from rib_ext.outputs import check_settings, dataset_index, per_image_path, present_names, split_done
+from rib_ext.runtime import progress
 
 
 class SaliencyError(ValueError):

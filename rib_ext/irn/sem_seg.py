@@ -21,9 +21,10 @@ from rib_ext.io import file_sha256, save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
 from rib_ext.irn.random_walk import propagate_maps
-from rib_ext.irn.stage_io import (check_settings, dataset_index, load_maps, per_image_path,
-                                  present_names, progress, resolve_device,
-                                  split_done, strided_size)
+from rib_ext.ops.cam import strided_size
+from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
+                             split_done)
+from rib_ext.runtime import progress, resolve_device
 from rib_ext.irn.train_irn import MODEL_FILE
 
 
@@ -67,9 +68,9 @@ def make_sem_seg(maps: torch.Tensor, keys: Sequence[int], boundary: torch.Tensor
     [0, 1]; computed on ``boundary``'s device.
     """
     cfg = cfg if cfg is not None else IRNConfig()
-    if tuple(boundary.shape) != strided_size(image_size):
+    if tuple(boundary.shape) != strided_size(image_size, 4):
         raise ValueError(f"boundary {tuple(boundary.shape)} is not the stride-4 grid "
-                         f"{strided_size(image_size)} of a {image_size[0]}x{image_size[1]} image")
+                         f"{strided_size(image_size, 4)} of a {image_size[0]}x{image_size[1]} image")
     maps = torch.as_tensor(maps).to(boundary.device)
     walked = propagate_maps(maps, boundary.float(), cfg.rw_radius, cfg.beta, cfg.exp_times,
                             cfg.map_power)

@@ -27,8 +27,8 @@ from rib_ext.irn.affinity_labels import IGNORE, downsample_labels, irn_loss
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import IRNet, build_irnet, save_irnet
 from rib_ext.irn.path_index import PathIndex
-from rib_ext.irn.stage_io import (dataset_index, per_image_path, present_names, progress,
-                                  resolve_device)
+from rib_ext.outputs import dataset_index, per_image_path, present_names
+from rib_ext.runtime import progress, resolve_device
 from rib_ext.optim import PolyOptimizer
 from rib_ext.training import (LossLog, check_finite, epoch_batches, load_training_state,
                               save_training_state)

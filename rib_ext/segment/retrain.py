@@ -18,7 +18,7 @@ import numpy as np
 
 from rib_ext.data import IGNORE_INDEX, load_label_png, save_label_png
 from rib_ext.io import load_npy_dict
-from rib_ext.stages.common import progress
+from rib_ext.runtime import progress
 
 from .data import check_labels
 

@@ -25,8 +25,8 @@ from typing import Optional
 
 from rib_ext.crf import _densecrf
 from rib_ext.io import save_json
-from rib_ext.irn.stage_io import present_names
-from rib_ext.stages.common import resolve_device
+from rib_ext.outputs import present_names
+from rib_ext.runtime import resolve_device
 
 from .config import SegmentConfig
 from .infer import infer_stage, predict_folder

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from rib_ext.data import IGNORE_INDEX
 from rib_ext.checkpoints import CheckpointError
-from rib_ext.irn.stage_io import present_names
+from rib_ext.outputs import present_names
 from rib_ext.optim import PolyOptimizer
-from rib_ext.stages.common import progress, resolve_device
+from rib_ext.runtime import progress, resolve_device
 from rib_ext.training import (LossLog, check_finite, load_training_state, read_loss_log,
                               save_training_state, settings_diff)
 
