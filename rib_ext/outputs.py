@@ -20,11 +20,11 @@ def per_image_path(folder: str | Path, name: str, suffix: str) -> Path:
 
 
 def present_names(folder: str | Path, names: Sequence[str], suffix: str, what: str, stage: str,
-                  on_missing: str = "error") -> Tuple[List[str], List[str]]:
+                  allow_missing: bool = False) -> Tuple[List[str], List[str]]:
     """(names whose ``folder/<name><suffix>`` exists, names without it).
 
-    Missing files raise ``FileNotFoundError`` listing them (``on_missing="error"``) or warn, listing
-    them, and are left out (``"skip"``).
+    Missing files raise ``FileNotFoundError`` listing them or, with ``allow_missing``, are named
+    in a warning and left out.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -34,10 +34,8 @@ def present_names(folder: str | Path, names: Sequence[str], suffix: str, what: s
     if missing:
         msg = (f"{stage}: {len(missing)} of {len(names)} images have no {what} in {folder}: "
                f"{preview(missing)}")
-        if on_missing == "error":
-            raise FileNotFoundError(msg + " (make them first, or set on_missing='skip')")
-        if on_missing != "skip":
-            raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+        if not allow_missing:
+            raise FileNotFoundError(msg + " (run the stage that makes them, or pass --allow-missing)")
         warnings.warn(msg + "; they are skipped", stacklevel=3)
     gone = set(missing)
     return [n for n in names if n not in gone], missing
@@ -132,3 +130,11 @@ def check_settings(out_dir: str | Path, stage: str, settings: Dict) -> None:
         return
     save_json(path, record)
 
+
+def map_path(maps_dir: Path, name: str) -> Path:
+    return Path(maps_dir) / f"{name}.npy"
+
+
+def require_maps(maps_dir: Path, names: Sequence[str], stage: str, allow_missing: bool = False) -> list[str]:
+    """The names whose maps exist in ``maps_dir`` (:func:`present_names` for IRN map files)."""
+    return present_names(maps_dir, names, ".npy", "maps", stage, allow_missing)[0]

@@ -18,7 +18,6 @@ from typing import Any, Dict
 
 import torch
 
-from rib_ext.irn.network import IRNet
 from rib_ext.models.authors import rename_keys, plain_state_dict
 
 # Prefixes registered twice in the authors' modules (the same tensors under other names).
@@ -54,17 +53,3 @@ def irn_state_from_authors(obj: Any, source: str = "checkpoint") -> Dict[str, to
         raise ValueError(f"{source}: not the authors' res50_irn.pth layout (stage5.0.*, "
                          f"fc_edge6.weight, fc_dp7.3.weight)")
     return rename_keys(state, _IRN_RENAMES, _IRN_DUPLICATES, source, _IRN_LOSS_BUFFERS)
-
-
-def irnet_from_authors(obj: Any, source: str = "checkpoint"):
-    """A ResNet-50 :class:`IRNet` holding the authors' IRN weights, or None when ``obj`` is not
-    in their layout."""
-    if not is_authors_irn_state(obj):
-        return None
-    state = irn_state_from_authors(obj, source)
-    net = IRNet("resnet50")
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{source}: authors' IRN checkpoint does not fit a ResNet-50 IRNet: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return net

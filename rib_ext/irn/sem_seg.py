@@ -92,13 +92,13 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
     ``irn``: the train_irn output folder or its ``irn.pth``. ``score_dir``: also write each image's
     random-walk scores there as ``{'keys', 'score': float16 [K', H, W]}`` (what the segment
     stage's re-training starts from). Existing PNGs are kept (resume);
-    missing maps stop the stage or are skipped (``cfg.on_missing``). Returns ``{'written',
+    missing maps stop the stage or are skipped (``cfg.allow_missing``). Returns ``{'written',
     'skipped_existing', 'missing', 'seconds', 'seconds_per_image'}``.
     """
     cfg = cfg if cfg is not None else IRNConfig()
     out_dir = Path(out_dir)
     present, missing = present_names(maps_dir, dataset.ids, ".npy", "maps", "make_sem_seg",
-                                     cfg.on_missing)
+                                     cfg.allow_missing)
     model_path = _model_path(irn)
     if not model_path.is_file():
         raise FileNotFoundError(f"make_sem_seg: IRN checkpoint not found: {model_path} "
@@ -158,7 +158,7 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
     if not with_gt:
         raise ValueError("eval_mask: no image of the dataset has a ground-truth mask")
     names, missing = present_names(mask_dir, with_gt, ".png", "pseudo masks", "eval_mask",
-                                   cfg.on_missing)
+                                   cfg.allow_missing)
     if not names:
         raise ValueError(f"eval_mask: none of the {len(with_gt)} images with ground truth has a "
                          f"mask in {mask_dir}")

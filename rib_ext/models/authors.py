@@ -63,26 +63,3 @@ def cam_state_from_authors(obj: Any, source: str = "checkpoint") -> Dict[str, to
         raise ValueError(f"{source}: not the authors' res50_cam.pth layout (stage1.0.weight, "
                          f"stage1.4.*, stage4.0.*, classifier.weight)")
     return rename_keys(state, _CAM_RENAMES + (("classifier.", "classifier."),), _CAM_DUPLICATES, source)
-
-
-def cam_net_from_authors(obj: Any, source: str = "checkpoint"):
-    """A :class:`CAMNet` (strides (2, 2, 2, 1)) holding the authors' classifier weights, or None
-    when ``obj`` is not in their layout."""
-    from rib_ext.models.checkpoint import _state_dict_problems, guess_resnet_depth
-    from rib_ext.models.resnet_cam import CAMNet
-
-    if not is_authors_cam_state(obj):
-        return None
-    state = cam_state_from_authors(obj, source)
-    tv_keys = [re.sub(r"^stage\d\.", "", k) for k in state if not k.startswith("classifier.")]
-    backbone = guess_resnet_depth(tv_keys)
-    if backbone is None:
-        raise ValueError(f"{source}: the authors' layout, but its backbone matches no torchvision "
-                         f"ResNet depth")
-    model = CAMNet(backbone, int(state["classifier.weight"].shape[0]), (2, 2, 2, 1))
-    problems = _state_dict_problems(model.state_dict(), state)
-    if problems:
-        raise ValueError(f"{source}: authors' CAM checkpoint does not fit a {backbone} CAMNet: "
-                         + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
-    return model

@@ -1,14 +1,9 @@
-"""Small helpers the stages share: their settings records and the maps they read. Device choice,
-progress bars and the skip check live one layer down, in :mod:`rib_ext.runtime`."""
+"""What the stage shells share: the settings their provenance records, the figures their summaries
+keep, and which rank runs the IRN stages. Device choice and progress bars are in
+:mod:`rib_ext.runtime`, per-image files and skip checks in :mod:`rib_ext.outputs`."""
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Sequence
-
-from rib_ext.io import file_is_complete  # noqa: F401  (the stages' skip check)
-from rib_ext.outputs import split_complete  # noqa: F401
-from rib_ext.runtime import progress, resolve_device  # noqa: F401  (the stages' helpers)
 
 
 def result_settings(section, drop: Sequence[str] = ()) -> dict:
@@ -16,26 +11,21 @@ def result_settings(section, drop: Sequence[str] = ()) -> dict:
     device, worker count, checkpoint cadence and missing-file policy do not."""
     from rib_ext.config import plain_dict
 
-    skip = {"device", "num_workers", "checkpoint_every", "tensorboard", "on_missing", *drop}
+    skip = {"device", "num_workers", "checkpoint_every", "tensorboard", "allow_missing", *drop}
     return {k: v for k, v in plain_dict(section).items() if k not in skip}
 
 
-def map_path(maps_dir: Path, name: str) -> Path:
-    return Path(maps_dir) / f"{name}.npy"
+def headline(result: dict) -> dict:
+    """The figures a summary keeps of an evaluation."""
+    keep = ("best_threshold", "threshold", "miou", "precision", "recall", "f1", "num_images", "seconds")
+    return {k: result[k] for k in keep if k in result}
 
 
-def missing_maps(maps_dir: Path, names: Sequence[str]) -> list[str]:
-    return [n for n in names if not map_path(maps_dir, n).exists()]
+def brief(result: dict) -> dict:
+    """The plain values of a stage function's result, for the summary."""
+    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, type(None)))}
 
 
-def require_maps(maps_dir: Path, names: Sequence[str], stage: str, allow_missing: bool = False) -> list[str]:
-    """The names whose maps exist; missing ones raise (naming a few) or warn when allowed."""
-    missing = missing_maps(maps_dir, names)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        msg = f"{stage}: {len(missing)} of {len(names)} images have no maps in {maps_dir}: {shown}"
-        if not allow_missing:
-            raise FileNotFoundError(msg + " (run the stage that makes them, or pass --allow-missing)")
-        warnings.warn(msg + "; they are skipped", stacklevel=2)
-    missing_set = set(missing)
-    return [n for n in names if n not in missing_set]
+def rank0_map_sets(ctx, stage: str):
+    """IRN's stages run on rank 0 (one network per map set); the other ranks get nothing."""
+    return list(ctx.require_map_sets(stage).items()) if ctx.is_main else []
