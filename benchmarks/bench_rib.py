@@ -38,7 +38,7 @@ from rib_ext.config import DemoDataConfig, RIBConfig  # noqa: E402
 from rib_ext.data import build_dataset  # noqa: E402
 from rib_ext.io import save_text  # noqa: E402
 from rib_ext.rib import OtherImages, RIBEngine, Target  # noqa: E402
-from rib_ext.rib import reference_loop  # noqa: E402
+from rib_ext.rib import oracle_loop  # noqa: E402
 
 SIZES = {
     "tiny": dict(backbone="resnet_tiny", image_size=48, others=2, crop=48),  # the tests' size
@@ -140,7 +140,7 @@ def measure(v, model, pool, targets, cfg, device, flops, peak) -> dict:
     extra, engine = {}, None
     if v in ("loop", "authors"):
         def run(ts):
-            return [reference_loop.adapt_one(model, t, pool, cfg, per_row_loop=v == "authors")
+            return [oracle_loop.adapt_one(model, t, pool, cfg, per_row_loop=v == "authors")
                     for t in ts]
         settings = {"per_row_loop": v == "authors"}
     else:
