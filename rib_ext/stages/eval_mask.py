@@ -11,11 +11,10 @@ def settings(cfg) -> dict:
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import eval_mask_stage
     from rib_ext.stages.eval_seed import headline
-    from rib_ext.stages.ir_label import rank0_map_sets
     from rib_ext.stages.train_irn import irn_config
 
     results = {}
-    for name, _ in rank0_map_sets(ctx, "eval_mask"):
+    for name in ctx.require_map_sets("eval_mask"):  # each rank scores its shard of the masks
         out = ctx.stage_dir("eval_mask", name)
         result = eval_mask_stage(ctx.eval_set, ctx.mask_dir(name), out, irn_config(ctx, cfg))
         results[name] = headline(result)

@@ -59,8 +59,9 @@ def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str |
         raise ValueError(f"eval_seed: no image of the list has a ground-truth mask ({len(dataset)} images)")
     result = sweep.result()
     out_dir = Path(out_dir)
-    if distributed.rank() != 0:
-        return result
-    write_report(out_dir, result, ("background",) + tuple(dataset.class_names), title=title)
-    plot_sweep(out_dir / "sweep.png", result)
+    if distributed.rank() == 0:
+        write_report(out_dir, result, ("background",) + tuple(dataset.class_names), title=title)
+        plot_sweep(out_dir / "sweep.png", result)
+    # The next stages (crf, ir_label) read the best threshold from result.json on every rank.
+    distributed.barrier()
     return result

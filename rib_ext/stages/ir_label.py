@@ -18,16 +18,17 @@ def run(ctx, cfg) -> dict:
     from rib_ext.stages.train_irn import brief, irn_config
 
     results = {}
-    for name, maps_dir in rank0_map_sets(ctx, "ir_label"):
+    for name, maps_dir in ctx.require_map_sets("ir_label").items():
         irn = irn_config(ctx, cfg)
         if cfg.irn_auto_thresholds:
             t = ctx.best_threshold(name)
             irn = irn.replace(conf_fg=round(min(t + 0.1, 0.99), 2), conf_bg=round(max(t - 0.1, 0.0), 2))
-        results[name] = brief(ir_label_stage(ctx.eval_set, maps_dir, ctx.stage_dir("ir_label", name), irn))
+        results[name] = brief(ir_label_stage(ctx.eval_set, maps_dir, ctx.stage_dir("ir_label", name), irn,
+                                             workers=cfg.cpu_workers))
         ctx.info(f"[ir_label] {name}: fg > {irn.conf_fg}, bg <= {irn.conf_bg}: {results[name]}")
     return results
 
 
 def rank0_map_sets(ctx, stage: str):
-    """IRN's stages run on rank 0 (one network per map set); the other ranks get nothing."""
+    """The map sets for a stage that runs on rank 0 alone (train_irn); the other ranks get none."""
     return list(ctx.require_map_sets(stage).items()) if ctx.is_main else []

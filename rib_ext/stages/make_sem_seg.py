@@ -16,12 +16,14 @@ def settings(cfg) -> dict:
 
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import make_sem_seg_stage
-    from rib_ext.stages.ir_label import rank0_map_sets
     from rib_ext.stages.train_irn import brief, irn_config
 
     results = {}
     irn = irn_config(ctx, cfg)
-    for name, maps_dir in rank0_map_sets(ctx, "make_sem_seg"):
+    # Every rank walks its shard of the images with the network train_irn wrote: wait until it is
+    # there (train_irn may have run on rank 0 alone).
+    ctx.barrier()
+    for name, maps_dir in ctx.require_map_sets("make_sem_seg").items():
         results[name] = brief(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.stage_dir("train_irn", name),
                                                  ctx.mask_dir(name), irn, score_dir=ctx.score_dir(name)))
         ctx.info(f"[make_sem_seg] {name}: {results[name]}")
