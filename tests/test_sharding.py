@@ -207,3 +207,97 @@ def test_two_gloo_ranks_match_one_process(inputs, tmp_path):
         np.testing.assert_array_equal(np.load(one / folder / "confusion.npy"),
                                       np.load(two / folder / "confusion.npy"))
         assert _figures(two / folder)["num_images"] == n
+
+
+# ------------------------------------------------------------- a rank killed mid-stage (torchrun)
+
+RUN = ["--stages", "make_cam,rib", "--demo-images", "8", "--demo-val-images", "8",
+       "--demo-size", "48", "--rib-steps", "2", "--num-others", "2", "--device", "cpu"]
+RUN_DEMO = DemoDataConfig(num_train=8, num_val=8, image_size=48)
+
+
+def _torchrun(out: Path, checkpoint: Path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), "-m", "rib_ext.pipeline", "--out", str(out),
+           "--cam-checkpoint", str(checkpoint)] + RUN
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _descendants(pid: int) -> list:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            out += [int(child)] + _descendants(int(child))
+    return out
+
+
+def _rank_pid(agent: int, rank: int) -> int:
+    """The process torchrun started for ``rank`` (its environment says RANK=<rank>)."""
+    for pid in _descendants(agent):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no process of rank {rank} under {agent}")
+
+
+def _map_files(out: Path) -> dict:
+    return {f"{stage}/{p.name}": load_npy_dict(p)
+            for stage in ("make_cam", "rib") for p in sorted((out / stage / "maps").glob("*.npy"))}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's ranks in /proc")
+def test_rank_killed_mid_stage_leaves_whole_files_and_a_rerun_reaches_the_clean_maps(tmp_path):
+    """kill -9 of rank 1 while rib adapts its shard: every map and record on disk is whole; the
+    same torchrun command run again finishes the stage, and the maps equal a clean run's."""
+    import signal
+    import time
+
+    from factories import tiny_cam_net
+    from rib_ext.models import save_cam_net
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    for out in (killed, clean):  # the demo generated beforehand (the fresh-out race is not this test's)
+        ds = build_dataset("demo", out / "data", "val", demo=RUN_DEMO)
+    save_cam_net(tmp_path / "cam.pth", tiny_cam_net(ds.num_classes))
+    rank1 = set(ds.ids[1::2])  # distributed.shard: interleaved
+
+    proc = _torchrun(killed, tmp_path / "cam.pth")
+    maps = killed / "rib" / "maps"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = {p.stem for p in maps.glob("*.npy")} if maps.is_dir() else set()
+        if done and len(done & rank1) < len(rank1) - 1:
+            os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, f"the run was not killed mid-stage:\n{log[-3000:]}"
+    left = _map_files(killed)  # every file loads: nothing half-written under a final name
+    assert 0 < sum(k.startswith("rib/") for k in left) < len(ds), sorted(left)
+    for record in (killed / "rib" / "records").glob("*.json"):
+        json.loads(record.read_text())
+
+    for out in (killed, clean):
+        proc = _torchrun(out, tmp_path / "cam.pth")
+        log = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, log[-3000:]
+    resumed, straight = _map_files(killed), _map_files(clean)
+    assert sorted(resumed) == sorted(straight) and len(straight) == 2 * len(ds)
+    # Bit for bit: each image is adapted alone (group_size 1) with random draws seeded by its
+    # position in the list, under the same thread count (torchrun's OMP_NUM_THREADS=1), so an
+    # image adapted after the rerun is computed exactly as in the clean run.
+    for key in straight:
+        for field in ("keys", "cam", "high_res"):
+            assert np.array_equal(np.asarray(resumed[key][field]), np.asarray(straight[key][field])), key
+    def records(out):  # what each adaptation did, less its timing
+        lines = (out / "rib" / "records.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+    assert records(killed) == records(clean) and len(records(clean)) == len(ds)
