@@ -84,9 +84,9 @@ def crf(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig, out_dir
     """
     out_dir = Path(out_dir)
     mask_dir = out_dir / "masks"
-    mask_dir.mkdir(parents=True, exist_ok=True)
     maps_dir = Path(maps_dir)
     names = require_maps(maps_dir, dataset.ids, "crf", allow_missing)
+    mask_dir.mkdir(parents=True, exist_ok=True)
     mine = distributed.shard(names)
     done = split_complete({n: mask_dir / f"{n}.png" for n in mine}, "crf")[0]
     job = _Job(dataset, {n: i for i, n in enumerate(dataset.ids)}, maps_dir, mask_dir, threshold,
