@@ -2,7 +2,7 @@
 (crf, ir_label) with 1 and 2 worker processes, side by side in one run.
 
     python benchmarks/bench_scale.py [--images 16] [--size 96] [--crf-size 448] [--crf-images 12]
-        [--json PATH]
+        [--threads N] [--stages ...] [--json PATH]
 
 Ranks: torch.multiprocessing starts 1 or 2 processes (the 2 with a gloo process group, as torchrun
 would), each with the machine's cores divided among them as intra-op threads (torchrun's
@@ -64,7 +64,7 @@ def prepare(root: Path, images: int, size: int) -> dict:
     return {"root": str(root), "images": images, "size": size}
 
 
-def _irn_cfg(size: int):
+def _irn_cfg():
     from rib_ext.irn import IRNConfig
 
     return IRNConfig.preset("rib", device="cpu", boundary_pad_to=None, conf_fg=0.35, conf_bg=0.15)
@@ -85,7 +85,7 @@ def run_stages(inputs: dict, out: Path, stages, workers: int, maps_dir: Path | N
     ds = _demo(root, inputs["images"], inputs["size"])
     maps = Path(maps_dir) if maps_dir is not None else out / "make_cam"
     size = inputs["size"]
-    irn = _irn_cfg(size)
+    irn = _irn_cfg()
     seg = SegmentConfig(backbone="resnet18", random_init=True, scales=(1.0,), device="cpu")
     rib_cfg = RIBConfig(steps=2, num_others=2, other_resize_long=(size * 3 // 4, size * 5 // 4),
                         other_crop=size, device="cpu")
@@ -119,10 +119,10 @@ def _free_port() -> int:
 
 
 def _rank(rank: int, world: int, port: int, inputs: dict, out: str, stages, workers: int,
-          maps_dir, result: str) -> None:
+          maps_dir, result: str, threads: int | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(max(1, available_cores() // world))
+    torch.set_num_threads(threads or max(1, available_cores() // world))
     if world > 1:
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -134,10 +134,12 @@ def _rank(rank: int, world: int, port: int, inputs: dict, out: str, stages, work
             torch.distributed.destroy_process_group()
 
 
-def measure(inputs: dict, out: Path, world: int, stages, workers: int = 1, maps_dir=None) -> dict:
+def measure(inputs: dict, out: Path, world: int, stages, workers: int = 1, maps_dir=None,
+            threads: int | None = None) -> dict:
     result = out / "seconds.json"
     torch.multiprocessing.spawn(_rank, args=(world, _free_port(), inputs, str(out), tuple(stages),
-                                             workers, maps_dir, str(result)), nprocs=world, join=True)
+                                             workers, maps_dir, str(result), threads),
+                                nprocs=world, join=True)
     return json.loads(result.read_text())
 
 
@@ -152,27 +154,32 @@ def main(argv=None) -> None:
     p.add_argument("--crf-images", type=int, default=12, help="images of the worker comparison")
     p.add_argument("--crf-size", type=int, default=448, help="their size (VOC: about 500x375)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads per rank (default: the cores divided among the ranks; "
+                        "1 isolates the sharding from threading, e.g. on a loaded machine)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     load_before = os.getloadavg()
     small = prepare(work / "small", args.images, args.size)
-    ranks = {w: measure(small, work / f"ranks{w}", w, args.stages) for w in (1, 2)}
+    ranks = {w: measure(small, work / f"ranks{w}", w, args.stages, threads=args.threads)
+             for w in (1, 2)}
     pooled = [s for s in args.stages if s in POOLED]
     workers = {}
     if pooled:
         big = prepare(work / "big", args.crf_images, args.crf_size)
         maps = work / "big_maps"
-        measure(big, work / "big_prep", 1, ["make_cam"], maps_dir=str(maps))
-        workers = {n: measure(big, work / f"workers{n}", 1, pooled, workers=n, maps_dir=str(maps))
-                   for n in (1, 2)}
+        measure(big, work / "big_prep", 1, ["make_cam"], maps_dir=str(maps), threads=args.threads)
+        workers = {n: measure(big, work / f"workers{n}", 1, pooled, workers=n, maps_dir=str(maps),
+                              threads=args.threads) for n in (1, 2)}
     load_after = os.getloadavg()
 
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"bench_scale: {date}; {available_cores()} cores; torch {torch.__version__}; load average "
           f"(1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print(f"\nRanks (gloo, CPU; cores / ranks threads each): {args.images} demo images of "
+    threads = args.threads or "cores / ranks"
+    print(f"\nRanks (gloo, CPU; {threads} intra-op threads each): {args.images} demo images of "
           f"{args.size} px, seconds per image (stage wall time / images)")
     print("| stage | 1 rank | 2 ranks | speed-up |")
     print("|---|---:|---:|---:|")
