@@ -67,7 +67,7 @@ def prepare(root: Path, images: int, size: int) -> dict:
 def _irn_cfg():
     from rib_ext.irn import IRNConfig
 
-    return IRNConfig.preset("rib", device="cpu", boundary_pad_to=None, conf_fg=0.35, conf_bg=0.15)
+    return IRNConfig.preset("voc", device="cpu", boundary_pad_to=None, conf_fg=0.35, conf_bg=0.15)
 
 
 def run_stages(inputs: dict, out: Path, stages, workers: int, maps_dir: Path | None = None) -> dict:
@@ -76,10 +76,10 @@ def run_stages(inputs: dict, out: Path, stages, workers: int, maps_dir: Path | N
     from rib_ext.models import load_cam_net
     from rib_ext.segment.infer import infer_stage
     from rib_ext.segment.model import load_deeplab
-    from rib_ext.stages.crf import crf
-    from rib_ext.stages.eval_seed import eval_seed
-    from rib_ext.stages.make_cam import make_cam
-    from rib_ext.stages.rib import rib
+    from rib_ext.cam.maps import make_cam
+    from rib_ext.crf import refine_seeds
+    from rib_ext.evaluation import eval_seed
+    from rib_ext.rib.run import adapt_dataset
 
     root = Path(inputs["root"])
     ds = _demo(root, inputs["images"], inputs["size"])
@@ -91,9 +91,9 @@ def run_stages(inputs: dict, out: Path, stages, workers: int, maps_dir: Path | N
                         other_crop=size, device="cpu")
     jobs = {
         "make_cam": lambda: make_cam(load_cam_net(root / "cam.pth"), ds, MakeCamConfig(device="cpu"), maps),
-        "rib": lambda: rib(load_cam_net(root / "cam.pth"), ds, ds, rib_cfg, out / "rib"),
+        "rib": lambda: adapt_dataset(load_cam_net(root / "cam.pth"), ds, ds, rib_cfg, out / "rib"),
         "eval_seed": lambda: eval_seed(ds, maps, EvalSeedConfig(), out / "eval_seed"),
-        "crf": lambda: crf(ds, maps, THRESHOLD, CRFConfig(), out / "crf", workers=workers),
+        "crf": lambda: refine_seeds(ds, maps, THRESHOLD, CRFConfig(), out / "crf", workers=workers),
         "ir_label": lambda: ir_label_stage(ds, maps, out / "ir_label", irn, workers=workers),
         "make_sem_seg": lambda: make_sem_seg_stage(ds, maps, root / "irn.pth", out / "sem_seg", irn),
         "eval_mask": lambda: eval_mask_stage(ds, out / "sem_seg", out / "eval_mask", irn),

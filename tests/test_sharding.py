@@ -14,7 +14,7 @@ from rib_ext.config import CRFConfig, DemoDataConfig, SegmentConfig
 from rib_ext.data import build_dataset
 from rib_ext.io import load_npy_dict, save_npy
 from rib_ext.irn import IRNConfig, eval_mask_stage, ir_label_stage, make_sem_seg_stage
-from rib_ext.stages.crf import crf
+from rib_ext.crf import refine_seeds as crf
 from rib_ext.workers import resolve_workers, run_tasks
 
 pytest.importorskip("pydensecrf.densecrf")

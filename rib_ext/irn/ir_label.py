@@ -18,8 +18,9 @@ from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
 from rib_ext.data import IGNORE_INDEX, save_index_png
 from rib_ext.irn.config import IRNConfig
-from rib_ext.irn.stage_io import (check_settings, dataset_index, load_maps, per_image_path,
-                                  present_names, progress, split_done)
+from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
+                             split_done)
+from rib_ext.runtime import progress
 from rib_ext.workers import resolve_workers, run_tasks
 
 
@@ -60,7 +61,7 @@ def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
     """Write ``out_dir/<id>.png`` (grayscale indices; 0 bg, class ids, 255 uncertain) per image.
 
     Images whose PNG exists are skipped (outputs are atomic, so a rerun resumes); images without
-    maps stop the stage with a list, or are skipped with a warning (``cfg.on_missing``). Under
+    maps stop the stage with a list, or are skipped with a warning (``cfg.allow_missing``). Under
     torchrun each rank labels its shard; within a rank ``workers`` processes share the images
     (None: the cores available; 0 or 1: this process). Returns ``{'written',
     'skipped_existing', 'missing', 'seconds'}``, the counts summed over the ranks.
@@ -68,10 +69,12 @@ def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
     cfg = cfg if cfg is not None else IRNConfig()
     out_dir = Path(out_dir)
     present, missing = present_names(maps_dir, dataset.ids, ".npy", "maps", "ir_label",
-                                     cfg.on_missing)
+                                     cfg.allow_missing)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, "ir_label", {"conf_fg": cfg.conf_fg, "conf_bg": cfg.conf_bg,
                                          "crf": cfg.as_dict()["crf"]})
+    # Sharded before the done ones are dropped, so the shards stay disjoint whatever the other
+    # ranks have written already.
     todo, done = split_done(out_dir, distributed.shard(present))
     job = (dataset, dataset_index(dataset), Path(maps_dir), out_dir, cfg)
     t0 = time.time()
