@@ -211,8 +211,9 @@ def test_two_gloo_ranks_match_one_process(inputs, tmp_path):
 
 # ------------------------------------------------------------- a rank killed mid-stage (torchrun)
 
-RUN = ["--stages", "make_cam,rib", "--demo-images", "8", "--demo-val-images", "8",
-       "--demo-size", "48", "--rib-steps", "2", "--num-others", "2", "--device", "cpu"]
+RUN = ["--stages", "make_cam,rib,eval_seed,crf,ir_label", "--demo-images", "8",
+       "--demo-val-images", "8", "--demo-size", "48", "--rib-steps", "2", "--num-others", "2",
+       "--device", "cpu", "--cpu_workers", "2"]
 RUN_DEMO = DemoDataConfig(num_train=8, num_val=8, image_size=48)
 
 
@@ -256,7 +257,9 @@ def _map_files(out: Path) -> dict:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's ranks in /proc")
 def test_rank_killed_mid_stage_leaves_whole_files_and_a_rerun_reaches_the_clean_maps(tmp_path):
     """kill -9 of rank 1 while rib adapts its shard: every map and record on disk is whole; the
-    same torchrun command run again finishes the stage, and the maps equal a clean run's."""
+    same torchrun command run again finishes the stage and the next ones (eval_seed, then crf and
+    ir_label on both ranks with 2 CRF workers each), and the maps, masks, labels and figures equal
+    a clean run's."""
     import signal
     import time
 
@@ -301,3 +304,8 @@ def test_rank_killed_mid_stage_leaves_whole_files_and_a_rerun_reaches_the_clean_
         lines = (out / "rib" / "records.jsonl").read_text().splitlines()
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
     assert records(killed) == records(clean) and len(records(clean)) == len(ds)
+    for folder in ("crf/cam/masks", "crf/rib/masks", "ir_label/cam", "ir_label/rib"):
+        assert len(_pngs(clean / folder)) == len(ds), folder
+        assert _pngs(killed / folder) == _pngs(clean / folder), folder
+    for folder in ("eval_seed/rib", "crf/rib"):
+        assert _figures(killed / folder) == _figures(clean / folder), folder
