@@ -186,14 +186,15 @@ def test_non_finite_step_is_an_error_naming_the_image(setup, read_lag):
 
 @pytest.mark.parametrize("read_lag", [0, 1])
 def test_late_reads_keep_a_stopped_image_as_it_is(setup, read_lag):
-    """Margin stops at different steps in a group of 2 over 4 images (images join as others
-    leave): read late or at once, the same steps, stops, sums and maps as the reference loop."""
+    """Margin (and explosion) stops at different steps in a group of 2 over 4 images (images join
+    as others leave): read late or at once, the same steps, stops, sums and maps as the reference loop."""
     _, model, pool, targets = setup
     free = _run_engine(model, pool, targets, tiny_cfg())
     margin = float(np.median([max(r.record["target_logit_sums"]) for r in free]))
     cfg = tiny_cfg(margin=margin, group_size=2)
     ours = _run_engine(model, pool, targets, cfg, read_lag)
-    assert {r.record["stop"] for r in ours} == {"margin", "steps"}
+    stops = {r.record["stop"] for r in ours}
+    assert "margin" in stops and len(stops) >= 2, stops  # images stop at different steps, for different reasons
     _compare(ours, _run_loop(model, pool, targets, cfg))
     with pytest.raises(ValueError, match="read_lag"):
         RIBEngine(model, pool, cfg, "cpu", read_lag=2)
