@@ -39,6 +39,9 @@ def plain_dict(cfg) -> Dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+# The numerics of the GPU stages (rib_ext.precision says what each means).
+PRECISIONS = ("float32", "tf32", "bf16")
+
 # Multi-scale inference views of IRN / RIB: each scale is run as (image, horizontal flip).
 CAM_SCALES = (1.0, 0.5, 1.5, 2.0)
 
@@ -99,7 +102,7 @@ class MakeCamConfig:
     scales: Tuple[float, ...] = setting(CAM_SCALES, "> 0")
     num_workers: int = setting(0, ">= 0")
     device: str = "auto"
-    precision: str = "float32"  # float32 | bf16 (autocast; the maps are float32)
+    precision: str = "float32"  # float32 (no TF32) | tf32 | bf16 (autocast; the maps are float32)
     channels_last: bool = False
     cudnn_benchmark: bool = False
 
@@ -109,7 +112,7 @@ class MakeCamConfig:
     def validate(self) -> None:
         check_fields(self)
         _scales("scales", self.scales)
-        _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
+        _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
@@ -209,7 +212,9 @@ class RIBConfig:
     group_size: int = setting(1, ">= 0")
     head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
     # -- speed settings (benchmarks/RESULTS.md); none changes the method, precision aside
-    precision: str = "float32"  # float32 | bf16 (autocast; maps and weights stay float32)
+    # float32 (no TF32) | tf32 (TF32 convolutions and matrix products on Ampere+) | bf16 (autocast;
+    # maps and weights stay float32): rib_ext.precision
+    precision: str = "float32"
     channels_last: bool = False  # NHWC convolutions (pays on GPUs with bf16)
     cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape
     # Stages 1-2 with each fixed BN folded into its convolution: fewer kernels, but float rounding
@@ -230,7 +235,7 @@ class RIBConfig:
     def validate(self) -> None:
         check_fields(self)
         _require(self.preset in ("reference", "paper"), f"preset must be 'reference' or 'paper', got {self.preset!r}")
-        _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
+        _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
         _require(self.pooling in ("gndrp", "gap"), f"pooling must be gndrp or gap, got {self.pooling!r}")
         _require(self.gndrp_mode in ("reference", "paper"), f"gndrp_mode must be reference or paper, got {self.gndrp_mode!r}")
