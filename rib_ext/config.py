@@ -166,7 +166,9 @@ class RIBConfig:
     logits| > margin, or when the scale-1.0 map "explodes" (from step 1 on, the union over the
     image's classes of max-normalised map > explosion_threshold covers more than explosion_ratio of
     the locations). ``paper``: -t*min(m, y) per row, GNDRP divides by the kept count (<= tau), no
-    early stops.
+    early stops, the map sums K+1 maps (theta_0..theta_K: ``final_map``) and a step draws B-1 = 19
+    other images (the paper's B = 20 counts the target; an explicit ``num_others`` is the count
+    of others as given).
 
     A present class whose map is never positive: ``reference`` divides by the max unguarded, as
     the authors' code does (max < 0: nothing kept, logit 0, no gradient; max == 0: the zero
@@ -192,6 +194,10 @@ class RIBConfig:
     clip_loss: bool = False  # paper: -t * min(m, y); reference: -t * y
     stop_on_margin: bool = True
     stop_on_explosion: bool = True
+    # After the last update, add the map of the final weights too: the paper's M sums the maps of
+    # theta_0..theta_K (K+1 maps); the authors' code takes each map before its step's update, so
+    # theta_K's is never added. On in the paper preset.
+    final_map: bool = False
     explosion_threshold: float = setting(0.3, "[0, 1]")
     explosion_ratio: float = setting(0.7, "[0, 1]")
     # Per step, the probability that the other images come from the pool sharing no class with the
@@ -257,8 +263,11 @@ class RIBConfig:
             values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8,
                           coco_first20_bug=preset == "reference")
         if preset == "paper":
+            # The paper's B (20 on VOC) counts the target among the step's images; the authors'
+            # code draws B images besides it.
             values.update(preset="paper", gndrp_mode="paper", clip_loss=True, stop_on_margin=False,
-                          stop_on_explosion=False)
+                          stop_on_explosion=False, final_map=True,
+                          num_others=values.get("num_others", cls.num_others) - 1)
         values.update(overrides)
         return cls(**values)
 
