@@ -207,3 +207,20 @@ def test_python_construction_is_checked_too():
     with pytest.raises(ConfigError, match='^authors_momentum: expected true or false, got "false"'):
         RIBConfig(authors_momentum="false")
     assert RIBConfig(scales=[1.0, 0.5]).scales == (1.0, 0.5)
+
+
+def test_toy_settings_state_their_ranges_too(capsys):
+    from rib_ext.toy.__main__ import config_from_args, parse_args
+    from rib_ext.toy.config import ToyConfig
+
+    for f in dataclasses.fields(ToyConfig):
+        if is_numeric(typing.get_type_hints(ToyConfig)[f.name]):
+            assert field_range(f) is not None, f.name
+    with pytest.raises(ConfigError, match=r"^rib_lr must be finite, got inf"):
+        ToyConfig(rib_lr=math.inf)
+    with pytest.raises(ConfigError, match=r"^rib_grid must be > 0 \(each value\)"):
+        ToyConfig(rib_grid=((1e-3, -5.0),))
+    with pytest.raises(SystemExit) as info:
+        config_from_args(parse_args(["--rib-batch", "0"]))
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: rib_batch must be >= 1, got 0")
