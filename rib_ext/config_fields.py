@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import numbers
@@ -194,7 +195,7 @@ def check_value(f: dataclasses.Field, hint, value: Any) -> Any:
 def check_fields(obj) -> None:
     """Check every field of the config dataclass ``obj`` (see the module docstring). Nested
     config dataclasses are validated again (an in-place edit skips their ``__post_init__``)."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
@@ -208,6 +209,11 @@ def check_fields(obj) -> None:
         checked = check_value(f, hints[f.name], value)
         if type(checked) is not type(value) or checked != value:  # a list, an int for a float
             object.__setattr__(obj, f.name, checked)
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
 
 
 def nearest(name: str, known) -> str:
