@@ -24,6 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 
+# The numerics of the GPU stages' ``precision`` setting (rib_ext.precision says what each means);
+# here, below both the configs and rib_ext.precision, which are independent of each other.
+PRECISIONS = ("float32", "tf32", "bf16")
+
+
 class ConfigError(ValueError):
     """A setting out of its range, or a config file that does not fit the dataclasses.
 

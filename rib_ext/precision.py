@@ -16,7 +16,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from rib_ext.config import PRECISIONS  # noqa: F401 (one list, stated with the configs)
+from rib_ext.config_fields import PRECISIONS
 
 
 def check_precision(precision: str) -> str:

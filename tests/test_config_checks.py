@@ -121,9 +121,7 @@ def test_every_out_of_range_or_non_finite_value_is_refused(path, f, hint):
     (["--irn.saliency_threshold", "256"], "irn.saliency_threshold must be in [0, 255], got 256"),
     (["--irn.beta", "-1"], "irn.beta must be > 0, got -1.0"),
     (["--segment.lr", "-1"], "segment.lr must be > 0, got -1.0"),
-    pytest.param(["--visualize.count", "-1"], "visualize.count must be >= 1, got -1",
-                 marks=pytest.mark.xfail(reason="build_config does not apply the visualize section "
-                                                "yet (issue 20 item 3, with the lead's issue 19)")),
+    (["--visualize.count", "-1"], "visualize.count must be >= 1, got -1"),
     (["--lr", "inf"], "train_cam.lr must be finite, got inf"),
     (["--irn.lr", "-1"], "irn.lr must be > 0, got -1.0"),
     (["--seed", "-1"], "seed must be in [0, 4294967295], got -1"),

@@ -1,4 +1,4 @@
-"""How many maps each preset sums and how many other images it draws (issue 20, items 10, 11).
+"""How many maps each behaviour sums and how many other images it draws (issue 20, items 10, 11).
 
 The paper: M = sum_{k=0..K} CAM(x; theta_k), K+1 maps; B = 20 images per step, the target among
 them. The authors' code: the maps of theta_0..theta_{K-1} (taken before each update), and B = 20
@@ -11,7 +11,7 @@ import torch
 from factories import TinyDataset, tiny_cam_net
 from rib_ext.config import RIBConfig
 from rib_ext.rib import OtherImages, RIBEngine, Target
-from rib_ext.rib import reference_loop
+from rib_ext.rib import oracle_loop
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +38,17 @@ def _counting(monkeypatch, model, pool):
     return counts, model.stage3.register_forward_pre_hook(count_map)
 
 
-@pytest.mark.parametrize("preset, maps, others", [("reference", 3, 20), ("paper", 4, 19)])
+@pytest.mark.parametrize("behaviour, maps, others", [("authors", 3, 20), ("paper", 4, 19)])
 @pytest.mark.parametrize("run", ["engine", "loop"])
-def test_maps_summed_and_other_images_drawn_per_preset(setup, monkeypatch, preset, maps, others, run):
+def test_maps_summed_and_other_images_drawn_per_behaviour(setup, monkeypatch, behaviour, maps, others,
+                                                          run):
     data, model = setup
-    assert RIBConfig.preset_for(preset).num_others == others
-    assert RIBConfig.preset_for(preset, "coco").num_others == {"reference": 15, "paper": 14}[preset]
+    assert RIBConfig.preset("voc", behaviour).num_others == others
+    assert RIBConfig.preset("coco", behaviour).num_others == {"authors": 15, "paper": 14}[behaviour]
     image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
-    cfg = RIBConfig.preset_for(preset, steps=3, lr=0.02, margin=1e9, scales=(1.0,),
-                               loss_scales=(1.0,), other_resize_long=(40, 72), other_crop=48,
-                               stop_on_explosion=False, stop_on_margin=False)
+    cfg = RIBConfig.preset("voc", behaviour, steps=3, lr=0.02, margin=1e9, scales=(1.0,),
+                           loss_scales=(1.0,), other_resize_long=(40, 72), other_crop=48,
+                           stop_on_explosion=False, stop_on_margin=False)
     pool = OtherImages(data, "cpu", resize_long=(40, 72), crop=48)
     counts, hook = _counting(monkeypatch, model, pool)
     target = Target(0, "t", image, data.labels(0))
@@ -55,11 +56,11 @@ def test_maps_summed_and_other_images_drawn_per_preset(setup, monkeypatch, prese
         if run == "engine":
             result = RIBEngine(model, pool, cfg, "cpu").run([target])[0]
         else:
-            result = reference_loop.adapt_one(model, target, pool, cfg)
+            result = oracle_loop.adapt_one(model, target, pool, cfg)
     finally:
         hook.remove()
     assert result.record["steps"] == 3
-    assert counts["maps"] == maps  # reference: theta_0..theta_2; paper: theta_0..theta_3
+    assert counts["maps"] == maps  # authors: theta_0..theta_2; paper: theta_0..theta_3
     assert counts["others"] == [others] * 3
 
 
@@ -68,8 +69,8 @@ def test_paper_final_map_is_the_map_of_the_last_weights(setup):
     data, model = setup
     pool = OtherImages(data, "cpu", resize_long=(40, 72), crop=48)
     target = Target(0, "t", data.image(0), data.labels(0), pool_index=0)
-    cfg = RIBConfig.preset_for("paper", steps=2, lr=0.02, num_others=3, scales=(1.0,),
-                               loss_scales=(1.0,), other_resize_long=(40, 72), other_crop=48)
+    cfg = RIBConfig.preset("voc", "paper", steps=2, lr=0.02, num_others=3, scales=(1.0,),
+                           loss_scales=(1.0,), other_resize_long=(40, 72), other_crop=48)
     with_final = RIBEngine(model, pool, cfg, "cpu", snapshot_steps=True).run([target])[0]
     without = RIBEngine(model, pool, RIBConfig(**{**cfg.__dict__, "final_map": False}), "cpu",
                         snapshot_steps=True).run([target])[0]
