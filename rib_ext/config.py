@@ -529,6 +529,9 @@ class PipelineConfig:
     preset: Optional[str] = None  # demo | voc | coco: the settings the stage configs started from
     cam_checkpoint: Optional[str] = None  # a trained classifier to use instead of train_cam's
     device: str = "auto"
+    # Worker processes per rank of the CPU-bound stages (the dense CRF of crf and ir_label); None:
+    # the cores available to the process, shared among the ranks of the machine; 0 or 1: no pool.
+    cpu_workers: Optional[int] = setting(None, ">= 0")
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
