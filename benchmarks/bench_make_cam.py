@@ -28,6 +28,7 @@ from rib_ext.io import load_npy_dict, save_text  # noqa: E402
 from rib_ext.cam.maps import make_cam  # noqa: E402
 
 VARIANTS = {"float32": {}, "float32+cl": dict(channels_last=True, cudnn_benchmark=True),
+            "tf32": dict(precision="tf32"),
             "bf16": dict(precision="bf16"),
             "bf16+cl": dict(precision="bf16", channels_last=True, cudnn_benchmark=True)}
 

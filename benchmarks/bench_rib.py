@@ -53,6 +53,7 @@ VARIANTS = {
     "engine-before": dict(fold_stem=False, foreach_update=False, prefetch="off"),  # as before issue 13
     "engine": {},
     "engine+fold": dict(fold_stem=True),
+    "engine+tf32": dict(precision="tf32"),
     "engine+bf16": dict(precision="bf16"),
     "engine+cl": dict(channels_last=True, cudnn_benchmark=True),
     "engine+bf16+cl": _FAST,

@@ -2,7 +2,7 @@
 per-image Pearson correlation of ``high_res`` (>= 0.99), seed mIoU (within 0.3), the same stop
 decision (>= 95 % of images).
 
-    python benchmarks/precision_fidelity.py OUT [--device cpu|cuda] [--variant bf16|bf16+cl]
+    python benchmarks/precision_fidelity.py OUT [--device cpu|cuda] [--variant tf32|bf16|bf16+cl]
         [--pipeline-args "--epochs 4 --demo-val-images 30"]
 
 Trains the demo classifier once (OUT/float32/train_cam, reused when present), runs the rib and
@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rib_ext import pipeline  # noqa: E402
 from rib_ext.io import load_npy_dict, save_json  # noqa: E402
 
-VARIANTS = {"bf16": dict(precision="bf16"),
+VARIANTS = {"tf32": dict(precision="tf32"),
+            "bf16": dict(precision="bf16"),
             "bf16+cl": dict(precision="bf16", channels_last=True, cudnn_benchmark=True)}
 
 

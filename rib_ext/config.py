@@ -6,34 +6,25 @@ beside the outputs (``dataclasses.asdict``), so a run can always be traced back 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional, Tuple
+
+from rib_ext.config_fields import (PRECISIONS, ConfigError, check_fields, coerce,  # noqa: F401
+                                   nearest, setting, shown)
 
 # ImageNet statistics used by torchvision's ResNet checkpoints (and IRN's normalisation).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-class ConfigError(ValueError):
-    """A setting out of its range, or a config file that does not fit the dataclasses."""
-
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
 
-def _unit(name: str, value: float) -> None:
-    _require(0.0 <= value <= 1.0, f"{name} must lie in [0, 1], got {value}")
-
-
-def _positive(obj, *names: str) -> None:
-    for name in names:
-        _require(getattr(obj, name) > 0, f"{name} must be > 0, got {getattr(obj, name)}")
-
-
 def _scales(name: str, scales) -> None:
-    _require(len(scales) > 0 and all(s > 0 for s in scales), f"{name} must be positive, got {scales}")
     # IRN's map format takes its stride-4 'cam' size from the first scale; RIB's explosion check too.
+    _require(len(scales) > 0, f"{name} must not be empty")
     _require(float(scales[0]) == 1.0, f"{name} must start with 1.0, got {tuple(scales)}")
 
 
@@ -73,18 +64,16 @@ CAM_SCALES = (1.0, 0.5, 1.5, 2.0)
 class DemoDataConfig(Section):
     """The embedded default dataset, generated deterministically in the VOC layout."""
 
-    seed: int = 0
-    num_train: int = 240
-    num_val: int = 60
-    image_size: int = 128
+    seed: int = setting(0, "[0, 4294967295]")
+    num_train: int = setting(240, ">= 1")
+    num_val: int = setting(60, ">= 1")
+    image_size: int = setting(128, ">= 32")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        _positive(self, "num_train", "num_val")
-        _require(self.seed >= 0, f"demo seed must be >= 0, got {self.seed}")
-        _require(self.image_size >= 32, f"demo image_size must be >= 32, got {self.image_size}")
+        check_fields(self)
 
 
 @dataclass
@@ -95,42 +84,39 @@ class TrainCamConfig(Section):
     backbone: str = "resnet50"
     weights: Optional[str] = None  # a torchvision ImageNet checkpoint file (no download)
     random_init: bool = False  # allowed only when asked for; warns
-    strides: Tuple[int, int, int, int] = (2, 2, 2, 1)  # output stride 16
+    strides: Tuple[int, int, int, int] = setting((2, 2, 2, 1), "[1, 2]")  # output stride 16
     from_scratch: bool = False  # every stage trains, batch-stat BN (random weights only)
-    epochs: int = 5
-    batch_size: int = 16
-    crop_size: int = 512
-    resize_long: Tuple[int, int] = (320, 640)
-    lr: float = 0.1  # the classifier's; the backbone gets lr / classifier_lr_mult
-    classifier_lr_mult: float = 10.0
-    weight_decay: float = 1e-4
+    epochs: int = setting(5, ">= 1")
+    batch_size: int = setting(16, ">= 1")
+    crop_size: int = setting(512, ">= 1")
+    resize_long: Tuple[int, int] = setting((320, 640), ">= 1")
+    lr: float = setting(0.1, "> 0")  # the classifier's; the backbone gets lr / classifier_lr_mult
+    classifier_lr_mult: float = setting(10.0, "> 0")
+    weight_decay: float = setting(1e-4, ">= 0")
     authors_momentum: bool = True  # SGD momentum = weight_decay (the authors' optimizer quirk)
-    checkpoint_every: int = 100  # steps between resumable states (also at each epoch's end)
-    num_workers: int = 0
-    seed: int = 0
+    # Steps between resumable states (also at each epoch's end)
+    checkpoint_every: int = setting(100, ">= 1")
+    num_workers: int = setting(0, ">= 0")
+    seed: int = setting(0, "[0, 4294967295]")
     device: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        _positive(self, "epochs", "batch_size", "crop_size", "lr", "classifier_lr_mult", "checkpoint_every")
-        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        _require(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        check_fields(self)
         lo, hi = self.resize_long
-        _require(0 < lo <= hi, f"resize_long must be (lo, hi) with 0 < lo <= hi, got {self.resize_long}")
-        _require(len(self.strides) == 4 and all(s in (1, 2) for s in self.strides),
-                 f"strides must be 4 values, each 1 or 2, got {self.strides}")
+        _require(lo <= hi, f"resize_long must be (lo, hi) with lo <= hi, got {self.resize_long}")
 
 
 @dataclass
 class MakeCamConfig(Section):
     """Plain multi-scale + flip CAMs in IRN's .npy format."""
 
-    scales: Tuple[float, ...] = CAM_SCALES
-    num_workers: int = 0
+    scales: Tuple[float, ...] = setting(CAM_SCALES, "> 0")
+    num_workers: int = setting(0, ">= 0")
     device: str = "auto"
-    precision: str = "float32"  # float32 | bf16 (autocast; the maps are float32)
+    precision: str = "float32"  # float32 (no TF32) | tf32 | bf16 (autocast; the maps are float32)
     channels_last: bool = False
     cudnn_benchmark: bool = False
 
@@ -138,51 +124,47 @@ class MakeCamConfig(Section):
         self.validate()
 
     def validate(self) -> None:
+        check_fields(self)
         _scales("scales", self.scales)
-        _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
+        _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
 class EvalSeedConfig(Section):
     """Threshold sweep of the seed evaluation (the authors sweep 0.20..0.49)."""
 
-    threshold_start: float = 0.20
-    threshold_stop: float = 0.49  # inclusive
-    threshold_step: float = 0.01
+    threshold_start: float = setting(0.20, "[0, 1]")
+    threshold_stop: float = setting(0.49, "[0, 1]")  # inclusive
+    threshold_step: float = setting(0.01, "(0, 1]")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        _unit("threshold_start", self.threshold_start)
-        _unit("threshold_stop", self.threshold_stop)
+        check_fields(self)
         _require(self.threshold_start <= self.threshold_stop,
                  f"threshold_start {self.threshold_start} is above threshold_stop {self.threshold_stop}")
-        _require(self.threshold_step > 0, f"threshold_step must be > 0, got {self.threshold_step}")
 
 
 @dataclass
 class CRFConfig(Section):
     """Dense CRF on seeds (IRN's settings, DESIGN.md / IRN_NOTES.md)."""
 
-    threshold: Optional[float] = None  # background threshold; None = the best one of eval_seed
-    gt_prob: float = 0.7
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 50.0
-    bilateral_srgb: float = 5.0
-    bilateral_compat: float = 10.0
-    iterations: int = 10
+    # Background threshold; None = the best one of eval_seed
+    threshold: Optional[float] = setting(None, "[0, 1]")
+    gt_prob: float = setting(0.7, "(0, 1)")
+    gaussian_sxy: float = setting(3.0, "> 0")
+    gaussian_compat: float = setting(3.0, ">= 0")
+    bilateral_sxy: float = setting(50.0, "> 0")
+    bilateral_srgb: float = setting(5.0, "> 0")
+    bilateral_compat: float = setting(10.0, ">= 0")
+    iterations: int = setting(10, ">= 0")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        if self.threshold is not None:
-            _unit("crf threshold", self.threshold)
-        _require(0.0 < self.gt_prob < 1.0, f"gt_prob must lie in (0, 1), got {self.gt_prob}")
-        _positive(self, "gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
-        _require(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
+        check_fields(self)
 
 
 RIB_LOSSES = ("rib", "bce_sigmoid", "bce_tanh", "bce_softsign")
@@ -198,7 +180,9 @@ class RIBConfig(Section):
     logits| > margin, or when the scale-1.0 map "explodes" (from step 1 on, the union over the
     image's classes of max-normalised map > explosion_threshold covers more than explosion_ratio of
     the locations). ``paper``: -t*min(m, y) per row, GNDRP divides by the kept count (<= tau), no
-    early stops.
+    early stops, the map sums K+1 maps (theta_0..theta_K: ``final_map``) and a step draws B-1 = 19
+    other images (the paper's B = 20 counts the target; an explicit ``num_others`` is the count
+    of others as given).
 
     A present class whose map is never positive: ``authors`` divides by the max unguarded, as
     the authors' code does (max < 0: nothing kept, logit 0, no gradient; max == 0: the zero
@@ -208,39 +192,49 @@ class RIBConfig(Section):
     """
 
     behaviour: str = "authors"  # set by preset(behaviour=...), recorded: authors | paper
-    steps: int = 10  # K
-    lr: float = 8e-6  # lambda, of the backbone (stages 3-4); the classifier gets lr * classifier_lr_mult
-    classifier_lr_mult: float = 10.0
-    weight_decay: float = 1e-4
+    steps: int = setting(10, ">= 1")  # K
+    # Lambda, of the backbone (stages 3-4); the classifier gets lr * classifier_lr_mult
+    lr: float = setting(8e-6, "> 0")
+    classifier_lr_mult: float = setting(10.0, "> 0")
+    weight_decay: float = setting(1e-4, ">= 0")
     authors_momentum: bool = True  # SGD momentum = weight_decay, the authors' optimizer quirk
-    lr_power: float = 0.9  # lr * (1 - step / steps) ** lr_power
-    num_others: int = 20  # B
-    margin: float = 600.0  # m
-    tau: float = 0.4
+    lr_power: float = setting(0.9, ">= 0")  # lr * (1 - step / steps) ** lr_power
+    num_others: int = setting(20, ">= 1")  # B
+    margin: float = setting(600.0, "> 0")  # m
+    tau: float = setting(0.4, "(0, 1]")
     pooling: str = "gndrp"  # gndrp | gap
     gndrp_mode: str = "authors"  # authors (sum / HW, < tau) | paper (sum / kept, <= tau)
     loss: str = "rib"  # rib | bce_sigmoid | bce_tanh | bce_softsign (the paper's ablation)
     clip_loss: bool = False  # paper: -t * min(m, y); authors: -t * y
     stop_on_margin: bool = True
     stop_on_explosion: bool = True
-    explosion_threshold: float = 0.3
-    explosion_ratio: float = 0.7
+    # After the last update, add the map of the final weights too: the paper's M sums the maps of
+    # theta_0..theta_K (K+1 maps); the authors' code takes each map before its step's update, so
+    # theta_K's is never added. On in the paper behaviour.
+    final_map: bool = False
+    explosion_threshold: float = setting(0.3, "[0, 1]")
+    explosion_ratio: float = setting(0.7, "[0, 1]")
     # Per step, the probability that the other images come from the pool sharing no class with the
     # target (else from all other images). Ours: the authors' p_disjoint < 1 branch is dead code
     # that always draws from the disjoint pool (rib_ext.rib.sampling.OtherStream).
-    disjoint_prob: float = 1.0
-    scales: Tuple[float, ...] = CAM_SCALES  # map scales; the first must be 1.0 (explosion check)
-    loss_scales: Tuple[float, ...] = (1.0, 1.5, 2.0)  # target scales that feed the loss (not 0.5)
-    other_resize_long: Tuple[int, int] = (320, 640)
-    other_crop: int = 512
+    disjoint_prob: float = setting(1.0, "[0, 1]")
+    # Map scales; the first must be 1.0 (explosion check)
+    scales: Tuple[float, ...] = setting(CAM_SCALES, "> 0")
+    # Target scales that feed the loss (not 0.5)
+    loss_scales: Tuple[float, ...] = setting((1.0, 1.5, 2.0), "> 0")
+    other_resize_long: Tuple[int, int] = setting((320, 640), ">= 1")
+    other_crop: int = setting(512, ">= 1")
     # GNDRP normalises only classes 0..19, the rest are average-pooled: the authors' GNDRP loops
     # over range(20) also on COCO, and that produced the published COCO figures. On by preset("coco",
     # behaviour="authors"); the paper behaviour normalises all 80 classes.
     coco_first20_bug: bool = False
-    group_size: int = 1  # G: images adapted at once, each with its own weights; 0 = auto
+    # G: images adapted at once, each with its own weights; 0 = auto
+    group_size: int = setting(1, ">= 0")
     head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
     # -- speed settings (benchmarks/RESULTS.md); none changes the method, precision aside
-    precision: str = "float32"  # float32 | bf16 (autocast; maps and weights stay float32)
+    # float32 (no TF32) | tf32 (TF32 convolutions and matrix products on Ampere+) | bf16 (autocast;
+    # maps and weights stay float32): rib_ext.precision
+    precision: str = "float32"
     channels_last: bool = False  # NHWC convolutions (pays on GPUs with bf16)
     cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape
     # Stages 1-2 with each fixed BN folded into its convolution: fewer kernels, but float rounding
@@ -249,46 +243,34 @@ class RIBConfig(Section):
     foreach_update: bool = True  # the SGD update as torch._foreach_* over the group's weights
     # group_size=0 (CUDA): the largest G whose step, measured on the largest target, fits the
     # device's free memory (less a tenth); a positive value caps that budget, in GiB.
-    group_memory_gb: float = 0.0
-    image_cache_mb: int = 4096  # decoded other images kept in (pinned) host memory, LRU beyond
+    group_memory_gb: float = setting(0.0, ">= 0")
+    # Decoded other images kept in (pinned) host memory, LRU beyond
+    image_cache_mb: int = setting(4096, ">= 0")
     prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
     # CUDA: the other images' forward and backward (fixed shapes) replayed from a CUDA graph per
     # group size G, captured at a group's first full step. Off until measured on a GPU; ignored
     # (with a warning) on the CPU.
     cuda_graphs: bool = False
-    seed: int = 0
+    seed: int = setting(0, "[0, 4294967295]")
     device: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
+        check_fields(self)
         _require(self.behaviour in ("authors", "paper"), f"behaviour must be 'authors' or 'paper', got {self.behaviour!r}")
-        _require(0.0 < self.tau <= 1.0, f"tau must lie in (0, 1], got {self.tau}")
-        _require(self.steps >= 1, f"RIB steps must be >= 1, got {self.steps}")
-        _require(self.num_others >= 1, f"num_others must be >= 1, got {self.num_others}")
-        _require(self.group_size >= 0, f"group_size must be >= 1, or 0 for automatic; got {self.group_size}")
-        _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
+        _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
-        _require(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
-        _require(self.image_cache_mb >= 0, f"image_cache_mb must be >= 0, got {self.image_cache_mb}")
-        _require(self.group_memory_gb >= 0,
-                 f"group_memory_gb must be >= 0 (0: the device's free memory), got {self.group_memory_gb}")
-        _positive(self, "lr", "margin", "classifier_lr_mult", "other_crop")
-        _require(self.weight_decay >= 0 and self.lr_power >= 0,
-                 f"weight_decay and lr_power must be >= 0, got {self.weight_decay}, {self.lr_power}")
         _require(self.pooling in ("gndrp", "gap"), f"pooling must be gndrp or gap, got {self.pooling!r}")
         _require(self.gndrp_mode in ("authors", "paper"), f"gndrp_mode must be authors or paper, got {self.gndrp_mode!r}")
         _require(self.loss in RIB_LOSSES, f"loss must be one of {RIB_LOSSES}, got {self.loss!r}")
         _require(self.head_batching in ("loop", "vmap"), f"head_batching must be loop or vmap, got {self.head_batching!r}")
-        _unit("explosion_threshold", self.explosion_threshold)
-        _unit("explosion_ratio", self.explosion_ratio)
-        _unit("disjoint_prob", self.disjoint_prob)
         _scales("scales", self.scales)
         _require(any(s in self.scales for s in self.loss_scales),
                  f"no loss scale {tuple(self.loss_scales)} is among the scales {tuple(self.scales)}")
         lo, hi = self.other_resize_long
-        _require(0 < lo <= hi, f"other_resize_long must be (lo, hi) with 0 < lo <= hi, got {self.other_resize_long}")
+        _require(lo <= hi, f"other_resize_long must be (lo, hi) with lo <= hi, got {self.other_resize_long}")
 
     @classmethod
     def preset(cls, dataset: str = "voc", behaviour: str = "authors", **overrides: Any) -> "RIBConfig":
@@ -300,8 +282,11 @@ class RIBConfig(Section):
             values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8,
                           coco_first20_bug=behaviour == "authors")
         if behaviour == "paper":
+            # The paper's B (20 on VOC) counts the target among the step's images; the authors'
+            # code draws B images besides it.
             values.update(behaviour="paper", gndrp_mode="paper", clip_loss=True, stop_on_margin=False,
-                          stop_on_explosion=False)
+                          stop_on_explosion=False, final_map=True,
+                          num_others=values.get("num_others", cls.num_others) - 1)
         values.update(overrides)
         return cls(**values)
 
@@ -334,8 +319,8 @@ class IRNConfig(Section):
                                        "saliency_threshold")
 
     # -- confident labels (ir_label): fg where a map > conf_fg, bg where every map <= conf_bg
-    conf_fg: float = 0.30
-    conf_bg: float = 0.05
+    conf_fg: float = setting(0.30, "[0, 1]")
+    conf_bg: float = setting(0.05, "[0, 1]")
     crf: CRFConfig = field(default_factory=CRFConfig)
     # An image without its input file (maps, labels, masks): False lists them and stops, True
     # warns (listing them) and goes on without them. Set with the run's --allow-missing.
@@ -347,34 +332,37 @@ class IRNConfig(Section):
     # checkpoint (useful where no ImageNet weights exist, e.g. the demo).
     weights: Optional[str] = None
     random_init: bool = False  # smoke tests only
-    crop_size: int = 512
-    batch_size: int = 32
-    epochs: int = 3
-    lr: float = 0.1  # the boundary branch's
-    displacement_lr_mult: float = 10.0  # the displacement branch trains at 10x (IRN)
-    weight_decay: float = 1e-4
+    crop_size: int = setting(512, ">= 4")
+    batch_size: int = setting(32, ">= 1")
+    epochs: int = setting(3, ">= 1")
+    lr: float = setting(0.1, "> 0")  # the boundary branch's
+    # The displacement branch trains at 10x (IRN)
+    displacement_lr_mult: float = setting(10.0, "> 0")
+    weight_decay: float = setting(1e-4, ">= 0")
     # IRN's random_scale draws uniformly from [lo, hi] (train_irn passes rescale=(0.5, 1.5)).
-    scale_range: Tuple[float, float] = (0.5, 1.5)
-    path_radius: int = 10  # pairs for the affinity loss, at stride 4
-    mean_shift_momentum: float = 0.1  # running mean of the displacement field (IRN's BN momentum)
-    checkpoint_every: int = 100  # steps between resumable checkpoints (also at each epoch's end)
-    num_workers: int = 0
-    seed: int = 0
+    scale_range: Tuple[float, float] = setting((0.5, 1.5), "> 0")
+    path_radius: int = setting(10, ">= 1")  # pairs for the affinity loss, at stride 4
+    # Running mean of the displacement field (IRN's BN momentum)
+    mean_shift_momentum: float = setting(0.1, "[0, 1]")
+    # Steps between resumable checkpoints (also at each epoch's end)
+    checkpoint_every: int = setting(100, ">= 1")
+    num_workers: int = setting(0, ">= 0")
+    seed: int = setting(0, "[0, 4294967295]")
 
     # -- random walk (make_sem_seg)
-    rw_radius: int = 5
-    beta: float = 10.0
-    exp_times: int = 8  # the walk takes 2 ** exp_times steps
-    map_power: float = 1.0  # RIB raises the stride-4 maps to 1.3 before the walk
-    sem_seg_bg_thres: float = 0.25  # RIB: 0.27 on VOC, 0.22 on COCO
+    rw_radius: int = setting(5, ">= 1")
+    beta: float = setting(10.0, "> 0")
+    exp_times: int = setting(8, ">= 0")  # the walk takes 2 ** exp_times steps
+    map_power: float = setting(1.0, "> 0")  # RIB raises the stride-4 maps to 1.3 before the walk
+    sem_seg_bg_thres: float = setting(0.25, "[0, 1]")  # RIB: 0.27 on VOC, 0.22 on COCO
     # Pad the image with zeros (right and bottom, after normalisation) to this size before the
     # boundary network, then crop the map back: IRN's and RIB's VOC inference do, so GroupNorm's
     # statistics include the padding. None runs the image unpadded (RIB's COCO path). Sides
     # already longer are left as they are.
-    boundary_pad_to: Optional[int] = 512
+    boundary_pad_to: Optional[int] = setting(512, ">= 1")
 
     # -- RIB-Sal: saliency PNGs 0..255, salient where value > saliency_threshold
-    saliency_threshold: int = 127
+    saliency_threshold: int = setting(127, "[0, 255]")
 
     device: str = "auto"
 
@@ -399,26 +387,16 @@ class IRNConfig(Section):
         return 2 ** self.exp_times
 
     def validate(self) -> None:
-        if not 0.0 <= self.conf_bg <= self.conf_fg:
-            raise ValueError(f"need 0 <= conf_bg <= conf_fg, got conf_bg={self.conf_bg}, "
+        check_fields(self)
+        if not self.conf_bg <= self.conf_fg:
+            raise ValueError(f"need conf_bg <= conf_fg, got conf_bg={self.conf_bg}, "
                              f"conf_fg={self.conf_fg}")
         if self.crop_size % 4:
             raise ValueError(f"crop_size must be a multiple of 4 (the label grid is at stride 4), "
                              f"got {self.crop_size}")
-        for name in ("batch_size", "epochs", "path_radius", "rw_radius", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.exp_times < 0:
-            raise ValueError(f"exp_times must be >= 0, got {self.exp_times}")
         lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
-        if self.map_power <= 0:
-            raise ValueError(f"map_power must be > 0, got {self.map_power}")
-        if self.boundary_pad_to is not None and self.boundary_pad_to < 1:
-            raise ValueError(f"boundary_pad_to must be None or >= 1, got {self.boundary_pad_to}")
-        if not 0 <= self.saliency_threshold <= 255:
-            raise ValueError(f"saliency_threshold must lie in 0..255, got {self.saliency_threshold}")
+        if not lo <= hi:
+            raise ValueError(f"scale_range must be (lo, hi) with lo <= hi, got {self.scale_range}")
 
     def as_dict(self) -> Dict[str, Any]:
         return plain_dict(self)
@@ -452,34 +430,38 @@ class SegmentConfig(Section):
     backbone: str = "resnet101"  # resnet18/34/50 for CPU runs
     weights: Optional[str] = None  # torchvision ImageNet checkpoint of the backbone (no download)
     random_init: bool = False  # smoke tests only; warns
-    aspp_dilations: Tuple[int, ...] = (6, 12, 18, 24)
+    aspp_dilations: Tuple[int, ...] = setting((6, 12, 18, 24), ">= 1")
 
     # -- training
-    iterations: int = 30000
-    batch_size: int = 10
-    lr: float = 2e-4  # the backbone's; the ASPP head gets lr * head_lr_mult
-    head_lr_mult: float = 10.0
-    head_bias_lr_mult: float = 20.0  # DeepLab's caffe convention: biases at 2x, no weight decay
-    lr_power: float = 0.9
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    crop_size: int = 321
-    scale_range: Tuple[float, float] = (0.5, 1.5)  # random rescale, drawn uniformly
+    iterations: int = setting(30000, ">= 1")
+    batch_size: int = setting(10, ">= 1")
+    lr: float = setting(2e-4, "> 0")  # the backbone's; the ASPP head gets lr * head_lr_mult
+    head_lr_mult: float = setting(10.0, "> 0")
+    # DeepLab's caffe convention: biases at 2x, no weight decay
+    head_bias_lr_mult: float = setting(20.0, "> 0")
+    lr_power: float = setting(0.9, ">= 0")
+    momentum: float = setting(0.9, "[0, 1)")
+    weight_decay: float = setting(5e-4, ">= 0")
+    crop_size: int = setting(321, ">= 1")
+    scale_range: Tuple[float, float] = setting((0.5, 1.5), "> 0")  # random rescale, drawn uniformly
     hflip: bool = True
     amp: bool = True  # bf16 autocast, on CUDA only (CPU runs stay float32)
-    checkpoint_every: int = 1000  # iterations between resumable checkpoints
+    checkpoint_every: int = setting(1000, ">= 1")  # iterations between resumable checkpoints
     tensorboard: bool = True  # also log to TensorBoard when it is installed
-    num_workers: int = 0
-    seed: int = 0
+    num_workers: int = setting(0, ">= 0")
+    seed: int = setting(0, "[0, 4294967295]")
 
     # -- re-training (paper appendix): train on confident random-walk labels, fill the ignored
     # pixels with that network's predictions, train again on the filled labels
     retrain: bool = True
-    retrain_fg: float = 0.3  # random-walk score above this: foreground (the best class)
-    retrain_bg: float = 0.2  # every score below this: background; in between: ignored
+    # Random-walk score above this: foreground (the best class)
+    retrain_fg: float = setting(0.3, "[0, 1]")
+    # Every score below this: background; in between: ignored
+    retrain_bg: float = setting(0.2, "[0, 1]")
 
     # -- inference
-    scales: Tuple[float, ...] = (0.5, 0.75, 1.0)  # each with its horizontal flip; softmax averaged
+    # Each with its horizontal flip; softmax averaged
+    scales: Tuple[float, ...] = setting((0.5, 0.75, 1.0), "> 0")
     flip: bool = True
     use_crf: bool = True
     crf: CRFConfig = field(default_factory=deeplab_crf)
@@ -498,21 +480,19 @@ class SegmentConfig(Section):
         return cls(**{**SEGMENT_PRESETS[dataset], **overrides})
 
     def validate(self) -> None:
+        check_fields(self)
         if self.backbone not in SEGMENT_BACKBONES:
             raise ValueError(f"backbone must be one of {SEGMENT_BACKBONES}, got {self.backbone!r}")
-        for name in ("iterations", "batch_size", "crop_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.aspp_dilations or any(d < 1 for d in self.aspp_dilations):
-            raise ValueError(f"aspp_dilations must be positive integers, got {self.aspp_dilations}")
+        if not self.aspp_dilations:
+            raise ValueError("aspp_dilations must not be empty")
         lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
-        if not 0.0 <= self.retrain_bg <= self.retrain_fg <= 1.0:
-            raise ValueError(f"need 0 <= retrain_bg <= retrain_fg <= 1, got retrain_bg="
+        if not lo <= hi:
+            raise ValueError(f"scale_range must be (lo, hi) with lo <= hi, got {self.scale_range}")
+        if not self.retrain_bg <= self.retrain_fg:
+            raise ValueError(f"need retrain_bg <= retrain_fg, got retrain_bg="
                              f"{self.retrain_bg}, retrain_fg={self.retrain_fg}")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"scales must be positive, got {self.scales}")
+        if not self.scales:
+            raise ValueError("scales must not be empty")
 
     def as_dict(self) -> Dict[str, Any]:
         return plain_dict(self)
@@ -525,15 +505,16 @@ PIPELINE_PRESETS = ("demo", "voc", "coco")
 class VisualizeConfig(Section):
     """Pictures of a run (the ``visualize`` stage)."""
 
-    count: int = 12  # image panels, evenly spread over the evaluated list
-    montage_count: int = 3  # of those, images re-adapted for the per-step montage of RIB's map
+    count: int = setting(12, ">= 1")  # image panels, evenly spread over the evaluated list
+    # Of those, images re-adapted for the per-step montage of RIB's map
+    montage_count: int = setting(3, ">= 0")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        _require(self.count >= 1, f"count must be >= 1, got {self.count}")
-        _require(0 <= self.montage_count <= self.count,
+        check_fields(self)
+        _require(self.montage_count <= self.count,
                  f"montage_count must lie in 0..count ({self.count}), got {self.montage_count}")
 
 
@@ -555,7 +536,7 @@ class PipelineConfig:
     device: str = "auto"
     # Worker processes per rank of the CPU-bound stages (the dense CRF of crf and ir_label); None:
     # the cores available to the process, shared among the ranks of the machine; 0 or 1: no pool.
-    cpu_workers: Optional[int] = None
+    cpu_workers: Optional[int] = setting(None, ">= 0")
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
@@ -575,43 +556,36 @@ class PipelineConfig:
                  f"dataset must be demo, voc or coco, got {self.dataset!r}")
         _require(self.preset is None or self.preset in PIPELINE_PRESETS,
                  f"preset must be one of {PIPELINE_PRESETS}, got {self.preset!r}")
-        _require(self.cpu_workers is None or self.cpu_workers >= 0,
-                 f"cpu_workers must be >= 0 (or none: the cores available), got {self.cpu_workers}")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value) and hasattr(value, "validate"):
-                try:
-                    value.validate()
-                except ConfigError:
-                    raise
-                except ValueError as err:  # IRN / segment configs raise plain ValueErrors
-                    raise ConfigError(f"{f.name}: {err}") from err
+        check_fields(self)
 
 
-def from_plain(cls, values: Dict[str, Any], where: str = "config"):
-    """A dataclass (nested ones too) from plain values such as :func:`plain_dict` gives: lists become
-    tuples where the field is a tuple; unknown names are an error naming them."""
+def from_plain(cls, values: Any, where: str = ""):
+    """A dataclass (nested ones too) from plain values such as :func:`plain_dict` gives (a JSON
+    file). Every value must have its field's type (lists stand for tuples, integers for floats);
+    an unknown name, a wrong type or a value out of range is a :class:`ConfigError` naming the
+    dotted key (``where`` is the enclosing one) and, for an unknown name, the nearest known one."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise ConfigError(f"expected a mapping of {cls.__name__} settings, got {shown(values)}",
+                          where or None)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    hints = _type_hints(cls)
+    for name in values:
+        if name not in fields:
+            raise ConfigError(f"unknown setting{nearest(name, fields)}", _join(where, name))
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        hint = hints.get(name)
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_plain(hint, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
+        key = _join(where, name)
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = from_plain(hints[name], value, key)
+        else:
+            kwargs[name] = coerce(hints[name], value, key)
     try:
         return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from err
+    except ConfigError as err:
+        raise err.within(where) from err
+    except ValueError as err:  # IRN / segment relations raise plain ValueErrors
+        raise ConfigError(str(err)).within(where) from err
 
 
-def _type_hints(cls) -> Dict[str, Any]:
-    import typing
-    return typing.get_type_hints(cls)
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name

@@ -1,8 +1,12 @@
 """Precision and memory-layout settings shared by the GPU stages (rib, make_cam, ...).
 
-``precision="bf16"`` runs the convolutions under autocast (weights, gradients, accumulated maps stay
-float32); ``float32`` is exact reproduction. ``channels_last`` stores activations and weights NHWC,
-which the GPU's bf16 convolution kernels want. Every setting is also valid on the CPU.
+``precision="float32"`` is float32 throughout: TF32 is turned off for cuDNN convolutions and CUDA
+matrix products (PyTorch lets cuDNN use TF32 by default on Ampere and newer GPUs, a 10-bit mantissa
+the authors' GPUs did not have). ``"tf32"`` allows TF32 for both, its own named choice.
+``"bf16"`` runs the convolutions under autocast (weights, gradients, accumulated maps stay float32;
+the float32 rest without TF32). ``channels_last`` stores activations and weights NHWC, which the
+GPU's bf16 convolution kernels want. Every setting is also valid on the CPU (where the TF32 flags
+change nothing).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import copy
 import torch
 import torch.nn as nn
 
-PRECISIONS = ("float32", "bf16")
+from rib_ext.config_fields import PRECISIONS
 
 
 def check_precision(precision: str) -> str:
@@ -21,13 +25,34 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+@contextlib.contextmanager
+def tf32_flags(precision: str):
+    """TF32 allowed for cuDNN convolutions and CUDA matrix products exactly when ``precision`` is
+    ``"tf32"``; the process-wide flags as they were afterwards. (The legacy ``allow_tf32`` flags:
+    the GPU machine's older torch has them too, and mixing them with the newer ``fp32_precision``
+    API is an error in PyTorch.)"""
+    tf32 = check_precision(precision) == "tf32"
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
 def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
-    """The autocast context of ``precision`` on ``device`` (a no-op context for float32).
-    ``cache_enabled=False`` inside CUDA graph capture (autocast's weight cache would be baked in)."""
-    if check_precision(precision) == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                          cache_enabled=cache_enabled)
+    """The numerics of ``precision`` on ``device``: the TF32 flags (:func:`tf32_flags`), and for
+    bf16 the autocast context. ``cache_enabled=False`` inside CUDA graph capture (autocast's
+    weight cache would be baked in)."""
+    with tf32_flags(precision):
+        if precision == "bf16":
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                                cache_enabled=cache_enabled):
+                yield
+        else:
+            yield
 
 
 def memory_format(channels_last: bool):

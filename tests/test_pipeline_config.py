@@ -24,15 +24,15 @@ def main(argv):
 
 # Each of these ran (exit 0) or failed late, after training, before the config was validated.
 @pytest.mark.parametrize("flags, message", [
-    (["--tau", "1.5"], "rib: tau must lie in (0, 1]"),
-    (["--tau", "-0.5"], "tau must lie in (0, 1]"),
+    (["--tau", "1.5"], "rib.tau must be in (0, 1], got 1.5"),
+    (["--tau", "-0.5"], "rib.tau must be in (0, 1]"),
     (["--rib-lr", "-1"], "lr must be > 0"),
     (["--margin", "-1"], "margin must be > 0"),
-    (["--crf-threshold", "2"], "crf threshold must lie in [0, 1]"),
+    (["--crf-threshold", "2"], "crf.threshold must be in [0, 1], got 2.0"),
     (["--rib-steps", "0"], "steps must be >= 1"),
     (["--num-others", "0"], "num_others must be >= 1"),
     (["--scales", "0.5", "1.0"], "must start with 1.0"),
-    (["--epochs", "0"], "train_cam: epochs must be > 0"),
+    (["--epochs", "0"], "train_cam.epochs must be >= 1, got 0"),
     (["--thresholds", "0.5", "0.2", "0.1"], "above threshold_stop"),
     (["--irn.conf_fg", "0.01"], "conf_bg <= conf_fg"),
 ])

@@ -406,7 +406,19 @@ class RIBEngine:
         return ops.finalize_maps(st.acc if acc is None else acc, st.target.image.shape[:2],
                                  st.keys.cpu().numpy())
 
+    @torch.no_grad()
+    def _add_final_map(self, st: _State) -> None:
+        """The map of the weights after the last update, every scale (``cfg.final_map``)."""
+        for s, x2 in enumerate(st.x2):
+            cam = self._cam(st, x2)
+            ops.cam_flip_accumulate_(st.acc[s], cam[0], cam[1])
+        if self.snapshot_steps:
+            st.snapshots.append(self._maps(st))
+
     def _finish(self, st: _State) -> Result:
+        # The paper's sum runs to theta_K; an image that exploded made no update after its last map.
+        if self.cfg.final_map and st.step > 0 and st.stop != STOP_EXPLOSION:
+            self._add_final_map(st)
         # An exploded step added its scale-1.0 map only: the other scales hold one step fewer.
         maps = self._maps(st)
         record = {"name": st.target.name, "index": st.target.index, "steps": st.step,

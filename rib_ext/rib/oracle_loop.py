@@ -102,6 +102,11 @@ def adapt_one(model0, target: Target, pool: OtherImages, cfg: RIBConfig,
             stop = STOP_MARGIN
             break
 
+    if cfg.final_map and steps > 0 and stop != STOP_EXPLOSION:  # the paper's map of theta_K
+        with torch.no_grad():
+            for s, view in enumerate(views):
+                cam = model.cam(view)
+                sums[s] = sums[s] + F.relu(cam[0]) + F.relu(cam[1]).flip(-1)
     maps = finalize_maps(sums, target.image.shape[:2], keys.cpu().numpy())
     record = {"name": target.name, "index": target.index, "steps": steps, "stop": stop,
               "target_logit_sums": [round(v, 4) for v in stats],

@@ -5,10 +5,18 @@ per-image generator they see the same crops.
 
 Who, as the authors' code: per target, one shuffled pass over the images that share no class with
 it (their ``DataLoader(shuffle=True, batch_size=B, drop_last=True)`` over that pool), step k taking
-the k-th slice of B: 200 distinct images over 10 steps at B=20. Where the pool holds fewer than
-``steps * B`` images the authors' loop simply stops early (and takes no step at all below B
-images); here the pass goes on with a fresh permutation instead, so every target gets its K steps.
-Images with no class at all (COCO has some) share no class with anyone: they stay in the pool.
+the k-th slice of B: 200 distinct images over 10 steps at B=20. A pool of fewer than ``steps * B``
+images (P of them), where this differs from the authors' code on purpose:
+
+- here every target gets its K steps of B images: when the permutation runs out, a fresh one
+  continues it (a step may then hold an image twice; with P < B, every step does);
+- their loop (``DataLoader(drop_last=True)``) takes floor(P / B) steps, so its map sums fewer
+  maps; with P < B it takes none and fails saving an empty sum;
+- with no image sharing no class with the target (P = 0), here the other images come from every
+  other image (sharing a class or not); their loop has no batch and fails the same way.
+
+tests/test_rib_map_counts.py shows each case against a transcription of their loop. Images with
+no class at all (COCO has some) share no class with anyone: they stay in the pool.
 
 How, as IRN's loader: resize-long with Pillow bicubic on the uint8 image (the authors'
 ``pil_rescale``), flip, normalise, crop/pad with 0. The resize runs on the host, since no device

@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from rib_ext.config import ConfigError, PipelineConfig, from_plain
+from rib_ext.config_fields import field_range
 from rib_ext.data.demo import demo_preset
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
 PREFIX = "cfg:"
+# Keys of a config.json that record the run (rib_ext.pipeline.run writes them), not settings.
+RUN_RECORD_KEYS = ("stages", "environment")
 # Settings chosen by a preset selector, not flags of their own.
 NOT_FLAGS = {"rib.behaviour", "preset", "device"}  # device: the --device alias sets it
 
@@ -76,6 +79,18 @@ def _leaves(cls, prefix: str = ""):
             yield path, hint
 
 
+def _range_help(cls, prefix: str = "") -> Dict[str, str]:
+    """dotted path -> "in [0, 1]" / ">= 1": the range each numeric field states."""
+    hints = typing.get_type_hints(cls)
+    out: Dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(_range_help(hints[f.name], f"{prefix}{f.name}."))
+        elif field_range(f) is not None:
+            out[prefix + f.name] = field_range(f).describe().replace("%", "%%")
+    return out
+
+
 def _parse_bool(text: str) -> bool:
     low = str(text).lower()
     if low in ("1", "true", "yes", "on"):
@@ -115,6 +130,7 @@ def _maybe_none(tp, optional: bool):
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     singles = {targets[0]: flag for flag, targets in ALIASES.items() if len(targets) == 1}
     groups: Dict[str, Any] = {}
+    ranges = _range_help(PipelineConfig)
     for path, hint in _leaves(PipelineConfig):
         section = path.split(".")[0] if "." in path else "run"
         if section not in groups:
@@ -124,7 +140,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if path in singles:
             names.append(singles[path])
         groups[section].add_argument(*names, dest=PREFIX + path, default=argparse.SUPPRESS,
-                                     metavar=path.split(".")[-1].upper(), **_argspec(hint))
+                                     metavar=path.split(".")[-1].upper(), help=ranges.get(path),
+                                     **_argspec(hint))
     multi = parser.add_argument_group("flags that reach several stages")
     hints = dict(_leaves(PipelineConfig))
     for flag, targets in ALIASES.items():
@@ -186,9 +203,9 @@ def apply(obj, changes: Dict[str, Any], where: str = ""):
     try:
         return dataclasses.replace(obj, **flat)
     except ConfigError as err:
-        raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from err
+        raise err.within(where) from err
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{where}: {err}" if where else str(err)) from err
+        raise ConfigError(str(err)).within(where) from err
 
 
 def sections(cls=PipelineConfig):
@@ -258,8 +275,12 @@ def _from_file(args, given: Dict[str, Any]) -> PipelineConfig:
         raise ConfigError(f"--config {path}: not JSON ({err})") from err
     if not isinstance(saved, dict):
         raise ConfigError(f"--config {path}: expected a JSON object")
-    known = {f.name for f in dataclasses.fields(PipelineConfig)}
-    cfg = from_plain(PipelineConfig, {k: v for k, v in saved.items() if k in known}, str(path))
+    # What the pipeline writes beside the settings in its config.json (a record, not settings).
+    settings = {k: v for k, v in saved.items() if k not in RUN_RECORD_KEYS}
+    try:
+        cfg = from_plain(PipelineConfig, settings)
+    except ConfigError as err:
+        raise ConfigError(f"--config {path}: {err}") from err
     changes: Dict[str, Any] = {k: v for k, v in given.items() if "." not in k}
     for section in {k.split(".")[0] for k in given if "." in k}:
         changes[section] = _section(given, section)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 
+from rib_ext.config_fields import ConfigError
 from rib_ext.toy.config import ToyConfig
 
 
@@ -53,6 +55,14 @@ def _grid(items) -> tuple:
 def config_from_args(args: argparse.Namespace) -> ToyConfig:
     if args.seeds < 1:
         raise SystemExit("--seeds must be at least 1")
+    try:
+        return _replace(args)
+    except ConfigError as err:  # a flag out of its range (ToyConfig states each)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _replace(args: argparse.Namespace) -> ToyConfig:
     return dataclasses.replace(
         ToyConfig(), out=args.out, seeds=tuple(range(args.seeds)), mnist_dir=args.mnist,
         rib_steps=args.rib_steps, rib_lr=args.rib_lr, rib_margin=args.rib_margin,
