@@ -535,6 +535,9 @@ class PipelineConfig:
     preset: Optional[str] = None  # demo | voc | coco: the settings the stage configs started from
     cam_checkpoint: Optional[str] = None  # a trained classifier to use instead of train_cam's
     device: str = "auto"
+    # torchrun: the process group's timeout (seconds) for one collective (DDP's gradient
+    # all-reduce...); waits for another rank's work are not bounded by it (rib_ext.distributed).
+    dist_timeout_s: float = 7200.0
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
@@ -554,6 +557,8 @@ class PipelineConfig:
                  f"dataset must be demo, voc or coco, got {self.dataset!r}")
         _require(self.preset is None or self.preset in PIPELINE_PRESETS,
                  f"preset must be one of {PIPELINE_PRESETS}, got {self.preset!r}")
+        _require(isinstance(self.dist_timeout_s, (int, float)) and self.dist_timeout_s > 0,
+                 f"dist_timeout_s must be a positive number of seconds, got {self.dist_timeout_s!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value) and hasattr(value, "validate"):

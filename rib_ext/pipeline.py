@@ -116,18 +116,21 @@ def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict
     from rib_ext.stages.context import RunContext
     from rib_ext.stages.provenance import Provenance, stage_module
 
-    distributed.init_from_env()
+    cfg.validate()
+    distributed.init_from_env(cfg.dist_timeout_s)
     if not logging.getLogger("rib_ext").handlers:  # called as a library (e.g. the ablation)
         setup_logging()
-    cfg.validate()
     ctx = RunContext(cfg, overwrite=overwrite)
     if cfg.cam_checkpoint and "train_cam" in stages:
         ctx.info(f"[pipeline] --cam-checkpoint {cfg.cam_checkpoint}: train_cam is skipped")
         stages = [s for s in stages if s != "train_cam"]
+    if cfg.dataset != "demo":  # the check below opens them (the demo: after it, as it generates)
+        ctx.prepare_datasets(stages)
     # Before anything is written or generated: outputs made with other settings stop the run.
     prov = Provenance(ctx, list(STAGES))
     stages = prov.plan(stages)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    ctx.prepare_datasets(stages)
     ctx.write_json(ctx.out / "config.json", {"stages": stages, "environment": environment(ctx),
                                              **plain_dict(cfg)})
     train_set, eval_set = ctx.train_set, ctx.eval_set

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from rib_ext import distributed
 from rib_ext.crf import _densecrf
 from rib_ext.io import save_json
 from rib_ext.irn.stage_io import present_names
@@ -54,12 +55,17 @@ def _retrain_labels(train_dataset, names, score_dir, out_dir: Path, cfg: Segment
     root = out_dir / "retrain"
     names = present_names(score_dir, names, ".npy", "random-walk scores", "segment", cfg.on_missing)[0]
     confident, filled = root / "confident_labels", root / "filled_labels"
-    write_confident_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg, cfg.retrain_bg)
-    first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)
-    model = load_deeplab(first["model"], device)
-    predictions = root / "first_predictions"
-    predict_folder(model, train_dataset, names, predictions, cfg, model_path=first["model"])
-    write_filled_labels(names, confident, predictions, filled, train_dataset.num_classes)
+    main = distributed.rank() == 0
+    if main:
+        write_confident_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg, cfg.retrain_bg)
+    distributed.barrier("segment: the confident labels of the first network")
+    first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)  # every rank
+    if main:
+        model = load_deeplab(first["model"], device)
+        predictions = root / "first_predictions"
+        predict_folder(model, train_dataset, names, predictions, cfg, model_path=first["model"])
+        write_filled_labels(names, confident, predictions, filled, train_dataset.num_classes)
+    distributed.barrier("segment: the filled labels of the second network")
     return filled
 
 
@@ -88,7 +94,9 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
         _densecrf()  # fail now, not after hours of training, if pydensecrf is missing
     device = resolve_device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_json(out_dir / "config.json", cfg.as_dict())
+    main = distributed.rank() == 0  # under torchrun every rank trains (DDP); rank 0 writes the rest
+    if main:
+        save_json(out_dir / "config.json", cfg.as_dict())
 
     train_labels = Path(saliency_dir if saliency_dir is not None else label_dir)
     names = present_names(train_labels, train_dataset.ids, ".png", "pseudo masks", "segment",
@@ -100,11 +108,13 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
     trained = train_segmenter(train_dataset, train_labels, out_dir / "train", cfg, names=names)
 
     summary = {"miou": None, "per_class_iou": None, "num_images": 0, "predictions": None, "report": None}
-    if val_dataset is not None:
+    if val_dataset is not None and main:
         model = load_deeplab(trained["model"], device)
         summary.update(infer_stage(model, val_dataset, out_dir, cfg, model_path=trained["model"]))
     summary.update(retrain=retrain, train_images=len(names), train_labels=str(train_labels),
                    model=trained["model"], train=trained, seconds=round(time.time() - t0, 2))
     summary.pop("written", None)
-    save_json(out_dir / "summary.json", summary)
+    if main:
+        save_json(out_dir / "summary.json", summary)
+    distributed.barrier("segment: the evaluation on the val list")
     return summary

@@ -15,8 +15,8 @@ def run(ctx, cfg) -> dict:
     from rib_ext.segment import segment_stage
     from rib_ext.stages.eval_seed import headline
 
-    if not ctx.is_main:
-        return {}
+    # Every rank: the training is data-parallel (segment_stage says what rank 0 does alone).
+    ctx.barrier("make_sem_seg's pseudo masks")
     sets = ctx.require_map_sets("segment")
     name = "rib" if "rib" in sets else "cam"
     # RIB-Sal: train on the saliency-refined masks, without re-training (as the paper does).

@@ -22,10 +22,11 @@ def irn_config(ctx, cfg):
 
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import train_irn_stage
-    from rib_ext.stages.ir_label import rank0_map_sets
 
+    # Every rank trains its share of each batch (DDP), on labels every rank must see complete.
+    ctx.barrier("ir_label's confident labels")
     results = {}
-    for name, _ in rank0_map_sets(ctx, "train_irn"):
+    for name in ctx.require_map_sets("train_irn"):
         results[name] = brief(train_irn_stage(ctx.eval_set, ctx.stage_dir("ir_label", name),
                                               ctx.stage_dir("train_irn", name), irn_config(ctx, cfg)))
         ctx.info(f"[train_irn] {name}: {results[name]}")
