@@ -112,14 +112,24 @@ def environment(ctx) -> dict:
 def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict:
     """Run ``stages`` with ``cfg``; returns this run's summary (merged into OUT/summary.json)."""
     from rib_ext import distributed
-    from rib_ext.io import save_json
-    from rib_ext.stages.context import RunContext
-    from rib_ext.stages.provenance import Provenance, stage_module
 
     cfg.validate()
     distributed.init_from_env(cfg.dist_timeout_s)
     if not logging.getLogger("rib_ext").handlers:  # called as a library (e.g. the ablation)
         setup_logging()
+    try:
+        return _run(cfg, stages, overwrite)
+    except BaseException as err:
+        # Ranks waiting for this one (rib_ext.distributed.barrier) stop with its error at once.
+        distributed.report_failure(f"{type(err).__name__}: {err}")
+        raise
+
+
+def _run(cfg: PipelineConfig, stages: List[str], overwrite: bool) -> dict:
+    from rib_ext.io import save_json
+    from rib_ext.stages.context import RunContext
+    from rib_ext.stages.provenance import Provenance, stage_module
+
     ctx = RunContext(cfg, overwrite=overwrite)
     if cfg.cam_checkpoint and "train_cam" in stages:
         ctx.info(f"[pipeline] --cam-checkpoint {cfg.cam_checkpoint}: train_cam is skipped")
@@ -194,11 +204,12 @@ def user_error_types() -> tuple:
     from rib_ext.stages.context import PipelineError
 
     from rib_ext.checkpoints import CheckpointError
+    from rib_ext.distributed import RankFailedError
     from rib_ext.io import UnreadableFileError
     from rib_ext.training import NonFiniteLossError
 
     return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
-            NonFiniteLossError, FileNotFoundError, NotADirectoryError, FileExistsError)
+            NonFiniteLossError, RankFailedError, FileNotFoundError, NotADirectoryError, FileExistsError)
 
 
 def main(argv=None) -> int:

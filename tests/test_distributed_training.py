@@ -229,6 +229,13 @@ def _slow_rank(rank, port, log_path, result_path):
     # After the wait the group still works, and a DDP step runs across it.
     total = distributed.all_reduce_tensor(torch.tensor([float(rank + 1)]))
     results["sum"] = total.item()
+    # Rank 0 fails while the other waits for it: the other stops with its error, not waiting on.
+    try:
+        with distributed.main_first("reading a broken file"):
+            if rank == 0:
+                raise ValueError("broken.json: not JSON")
+    except (ValueError, distributed.RankFailedError) as err:
+        results["failure"] = f"{type(err).__name__}: {err}"
     if rank == 0:
         time.sleep(6)  # rank 0 slow again, now before a plain collective: the timeout applies
     try:
@@ -249,6 +256,9 @@ def test_a_wait_longer_than_the_timeout_passes_and_says_what_it_waits_for(tmp_pa
     print(f"\nslow-rank test: {time.time() - t0:.1f} s")
     results = [json.loads(Path(f"{result_path}.{r}").read_text()) for r in range(WORLD)]
     assert [r["sum"] for r in results] == [3.0, 3.0]
+    assert results[0]["failure"] == "ValueError: broken.json: not JSON"
+    assert results[1]["failure"] == ("RankFailedError: rank 0 failed: reading a broken file: "
+                                     "ValueError: broken.json: not JSON")
     waited = Path(f"{log_path}.1").read_text()
     assert "rank 1: waiting" in waited and "for rank 0: rank 0 is writing the shared inputs" in waited
     # The control: the same 6 s lateness before torch's own barrier exceeds the 3 s timeout.

@@ -94,7 +94,8 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
                             model=model, optimizer=optimizer, seconds=seconds)
 
     t0 = time.time() - seconds
-    with par.loss_log(out_dir / LOSS_LOG, ("epoch", "step", "loss", "lr", "seconds"), resume_step=step) as log:
+    columns = ("epoch", "step", "loss", "lr", "seconds")
+    with par.loss_log(out_dir / LOSS_LOG, columns, resume_step=step) as log:
         for epoch in range(step // steps_per_epoch, cfg.epochs):
             ddp.train()
             batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, drop_last)
