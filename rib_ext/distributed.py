@@ -42,7 +42,7 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
         store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
         store.set_timeout(timeout)
         dist.init_process_group(backend, store=store, rank=rank_, world_size=world, timeout=timeout)
-        _state["store"] = store
+        _state.update(store=store, barriers=0)
     return is_distributed()
 
 
@@ -69,10 +69,10 @@ def shard(items: Sequence, r: int | None = None, w: int | None = None) -> list:
 # ------------------------------------------------------------------------------------- waiting
 
 def _store() -> dist.Store:
-    if _state["store"] is None:
-        # A group made by init_process_group directly (tests, a host program): its default store.
-        _state["store"] = dist.distributed_c10d._get_default_store()
-    return _state["store"]
+    if _state["store"] is not None:
+        return _state["store"]
+    # A group made by init_process_group directly (tests, a host program): its default store.
+    return dist.distributed_c10d._get_default_store()
 
 
 def _key(name: str) -> str:

@@ -295,7 +295,8 @@ class DataParallel:
 
     def finish(self, what: str) -> None:
         """Wait until rank 0 has written ``what`` (the model, read by the next stage)."""
-        distributed.barrier(f"rank 0 is writing {what}" if not self.is_main else what)
+        distributed.barrier(f"rank 0 is writing {what}" if not self.is_main
+                            else f"the other ranks, after writing {what}")
 
     def count(self, local: torch.Tensor) -> torch.Tensor:
         """A count (of images, pixels, pairs) summed over the ranks."""
