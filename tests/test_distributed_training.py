@@ -38,7 +38,7 @@ CAM = dict(backbone="resnet_tiny", random_init=True, epochs=2, batch_size=3, cro
            resize_long=(32, 48), lr=0.05, checkpoint_every=100, device="cpu", seed=3,
            authors_momentum=False)
 IRN = dict(backbone="resnet18", random_init=True, crop_size=64, path_radius=5, batch_size=3, epochs=2,
-           device="cpu", on_missing="error", seed=1)
+           device="cpu", seed=1)
 SEG = dict(backbone="resnet18", random_init=True, iterations=3, batch_size=3, crop_size=21,
            checkpoint_every=100, tensorboard=False, device="cpu", use_crf=False)
 
