@@ -215,16 +215,31 @@ def test_a_batch_smaller_than_the_ranks_is_a_user_error(monkeypatch):
 
 # ------------------------------------------------------------------------- long waits, timeout
 
-def _slow_rank(rank, port, log_path, result_path):
+def _slow_rank(rank, port, out, log_path, result_path):
+    import rib_ext.data
     from rib_ext import distributed
+    from rib_ext.config import PipelineConfig
+    from rib_ext.stages.context import RunContext
 
     _join_group(rank, port, 3)  # a 3 s process-group timeout; rank 0 works 6 s
     handler = logging.FileHandler(f"{log_path}.{rank}")
     logging.getLogger("rib_ext.distributed").addHandler(handler)
-    results = {}
-    with distributed.main_first("writing the shared inputs", log_every_s=1):
-        if rank == 0:
+    distributed.WAIT_LOG_SECONDS = 1.0
+    results = {"generate": []}
+    real = rib_ext.data.generate_demo
+
+    def slow_generate(root, cfg=None, **kw):  # rank 0 slow to generate the demo of a fresh --out
+        results["generate"].append(time.time())
+        if rank == 0 and len(results["generate"]) == 1:
             time.sleep(6)
+        out = real(root, cfg, **kw)
+        results["generate"].append(time.time())
+        return out
+
+    rib_ext.data.generate_demo = slow_generate
+    cfg = PipelineConfig(out_dir=out, device="cpu",
+                         demo=DemoDataConfig(num_train=4, num_val=2, image_size=32))
+    RunContext(cfg).prepare_datasets(["train_cam", "make_cam"])
     distributed.barrier("nothing: both ranks are here")
     # After the wait the group still works, and a DDP step runs across it.
     total = distributed.all_reduce_tensor(torch.tensor([float(rank + 1)]))
@@ -249,18 +264,25 @@ def _slow_rank(rank, port, log_path, result_path):
 
 
 def test_a_wait_longer_than_the_timeout_passes_and_says_what_it_waits_for(tmp_path):
+    """Rank 0 takes 6 s to generate the demo of a fresh --out with a 3 s process-group timeout:
+    rank 1 waits for it, saying so, then opens the finished dataset; a failure on rank 0 stops
+    rank 1; the control: the same lateness before torch's own barrier times out."""
     log_path, result_path = tmp_path / "log", tmp_path / "result"
     t0 = time.time()
-    torch.multiprocessing.spawn(_slow_rank, args=(_free_port(), str(log_path), str(result_path)),
-                                nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(_slow_rank, args=(_free_port(), str(tmp_path / "out"), str(log_path),
+                                                  str(result_path)), nprocs=WORLD, join=True)
     print(f"\nslow-rank test: {time.time() - t0:.1f} s")
     results = [json.loads(Path(f"{result_path}.{r}").read_text()) for r in range(WORLD)]
     assert [r["sum"] for r in results] == [3.0, 3.0]
     assert results[0]["failure"] == "ValueError: broken.json: not JSON"
     assert results[1]["failure"] == ("RankFailedError: rank 0 failed: reading a broken file: "
                                      "ValueError: broken.json: not JSON")
+    # Rank 1 opened the demo only after rank 0 had generated it (a fresh --out: one generator).
+    first, second = results[0]["generate"], results[1]["generate"]
+    assert second[0] >= first[1]
+    assert len(list((tmp_path / "out" / "data" / "JPEGImages").glob("*.jpg"))) == 6
     waited = Path(f"{log_path}.1").read_text()
-    assert "rank 1: waiting" in waited and "for rank 0: rank 0 is writing the shared inputs" in waited
+    assert "rank 1: waiting" in waited and "for rank 0: rank 0 is preparing the demo dataset" in waited
     # The control: the same 6 s lateness before torch's own barrier exceeds the 3 s timeout.
     assert results[1]["plain_barrier"].startswith("raised")
 
