@@ -60,10 +60,12 @@ def _retrain_labels(train_dataset, names, score_dir, out_dir: Path, cfg: Segment
         write_score_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg, cfg.retrain_bg)
     distributed.barrier("segment: the confident labels of the first network")
     first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)  # every rank
+    model = load_deeplab(first["model"], device)
+    predictions = root / "first_predictions"
+    predict_folder(model, train_dataset, distributed.shard(names), predictions, cfg,
+                   model_path=first["model"])  # each rank its shard
+    distributed.barrier("segment: the first network's predictions")
     if main:
-        model = load_deeplab(first["model"], device)
-        predictions = root / "first_predictions"
-        predict_folder(model, train_dataset, names, predictions, cfg, model_path=first["model"])
         write_filled_labels(names, confident, predictions, filled, train_dataset.num_classes)
     distributed.barrier("segment: the filled labels of the second network")
     return filled
@@ -94,10 +96,29 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
         _densecrf()  # fail now, not after hours of training, if pydensecrf is missing
     device = resolve_device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    main = distributed.rank() == 0  # under torchrun every rank trains (DDP); rank 0 writes the rest
+    main = distributed.rank() == 0
     if main:
         save_json(out_dir / "config.json", cfg.as_dict())
+    # Under torchrun every rank trains (DDP, rib_ext.training.DataParallel), then all ranks share
+    # the inference (each predicts and scores its shard of the images).
+    retrain, names, train_labels, trained = _train(train_dataset, label_dir, out_dir, cfg, score_dir,
+                                                   saliency_dir, device)
 
+    summary = {"miou": None, "per_class_iou": None, "num_images": 0, "predictions": None, "report": None}
+    if val_dataset is not None:
+        model = load_deeplab(trained["model"], device)
+        summary.update(infer_stage(model, val_dataset, out_dir, cfg, model_path=trained["model"]))
+    summary.update(retrain=retrain, train_images=len(names), train_labels=str(train_labels),
+                   model=trained["model"], train=trained, seconds=round(time.time() - t0, 2))
+    summary.pop("written", None)
+    if main:
+        save_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _train(train_dataset, label_dir, out_dir: Path, cfg: SegmentConfig, score_dir, saliency_dir,
+           device) -> tuple:
+    """(re-trained?, training names, label folder, train_segmenter's summary)."""
     train_labels = Path(saliency_dir if saliency_dir is not None else label_dir)
     names = present_names(train_labels, train_dataset.ids, ".png", "pseudo masks", "segment",
                           cfg.allow_missing)[0]
@@ -106,15 +127,4 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
         train_labels = _retrain_labels(train_dataset, names, score_dir, out_dir, cfg, device)
         names = [n for n in names if (train_labels / f"{n}.png").exists()]
     trained = train_segmenter(train_dataset, train_labels, out_dir / "train", cfg, names=names)
-
-    summary = {"miou": None, "per_class_iou": None, "num_images": 0, "predictions": None, "report": None}
-    if val_dataset is not None and main:
-        model = load_deeplab(trained["model"], device)
-        summary.update(infer_stage(model, val_dataset, out_dir, cfg, model_path=trained["model"]))
-    summary.update(retrain=retrain, train_images=len(names), train_labels=str(train_labels),
-                   model=trained["model"], train=trained, seconds=round(time.time() - t0, 2))
-    summary.pop("written", None)
-    if main:
-        save_json(out_dir / "summary.json", summary)
-    distributed.barrier("segment: the evaluation on the val list")
-    return summary
+    return retrain, names, train_labels, trained

@@ -14,7 +14,7 @@ def settings(cfg) -> dict:
 def run(ctx, cfg) -> dict:
     from rib_ext.segment import segment_stage
 
-    # Every rank: the training is data-parallel (segment_stage says what rank 0 does alone).
+    # Every rank: the training is data-parallel and the inference sharded (segment_stage).
     ctx.barrier("make_sem_seg's pseudo masks")
     sets = ctx.require_map_sets("segment")
     name = "rib" if "rib" in sets else "cam"
