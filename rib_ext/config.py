@@ -537,6 +537,9 @@ class PipelineConfig:
     # Worker processes per rank of the CPU-bound stages (the dense CRF of crf and ir_label); None:
     # the cores available to the process, shared among the ranks of the machine; 0 or 1: no pool.
     cpu_workers: Optional[int] = setting(None, ">= 0")
+    # torchrun: the process group's timeout (seconds) for one collective (DDP's gradient
+    # all-reduce...); waits for another rank's work are not bounded by it (rib_ext.distributed).
+    dist_timeout_s: float = setting(7200.0, "> 0")
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)

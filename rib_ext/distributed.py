@@ -1,21 +1,48 @@
 """torch.distributed helpers: a run under ``torchrun`` shards the image list by rank, writes its
-results to shared storage, and reduces confusion matrices across ranks."""
+results to shared storage, and reduces confusion matrices across ranks.
+
+Waiting: a rank that waits for another (:func:`barrier`, :func:`main_first`) polls the rendezvous
+store instead of blocking in a collective, so the wait has no deadline however long the other
+rank's work takes (a 2-hour train_cam, a COCO annotation file being read), and it logs what it
+waits for every :data:`WAIT_LOG_SECONDS`. The process group's own timeout (``dist_timeout_s``,
+default :data:`DEFAULT_TIMEOUT_S`) then only bounds the collectives themselves (DDP's gradient
+all-reduce, the confusion-matrix sums), which all ranks enter together.
+"""
 from __future__ import annotations
 
+import contextlib
+import datetime
+import logging
 import os
-from typing import Sequence
+import time
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+DEFAULT_TIMEOUT_S = 7200.0  # torch's own default (10 min for NCCL) ends real training runs
+WAIT_LOG_SECONDS = 60.0
+log = logging.getLogger("rib_ext.distributed")
 
-def init_from_env() -> bool:
-    """Initialise the default process group when launched by torchrun (WORLD_SIZE > 1)."""
+# The rendezvous store of the default process group (set by init_from_env) and the number of
+# barriers passed, which names the next barrier's keys: every rank calls them in the same order.
+_state = {"store": None, "barriers": 0}
+
+
+def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Initialise the default process group when launched by torchrun (WORLD_SIZE > 1): NCCL on
+    CUDA, gloo on the CPU, with a collective timeout of ``timeout_s`` seconds."""
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        timeout = datetime.timedelta(seconds=float(timeout_s))
+        # The env:// rendezvous init_process_group would do, made here to keep its store for the
+        # waits below (under torchrun it is the agent's store, shared by every node).
+        store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+        store.set_timeout(timeout)
+        dist.init_process_group(backend, store=store, rank=rank_, world_size=world, timeout=timeout)
+        _state.update(store=store, barriers=0)
     return is_distributed()
 
 
@@ -39,10 +66,80 @@ def shard(items: Sequence, r: int | None = None, w: int | None = None) -> list:
     return list(items[r::w])
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
+# ------------------------------------------------------------------------------------- waiting
 
+def _store() -> dist.Store:
+    if _state["store"] is not None:
+        return _state["store"]
+    # A group made by init_process_group directly (tests, a host program): its default store.
+    return dist.distributed_c10d._get_default_store()
+
+
+def _key(name: str) -> str:
+    # A restarted torchrun attempt keeps the agent's store: its barriers must not see ours.
+    return f"rib_ext/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
+
+
+class RankFailedError(RuntimeError):
+    """Another rank failed in work this rank was waiting for (the message says which and why)."""
+
+
+def barrier(what: str = "", log_every_s: Optional[float] = None, poll_s: float = 0.5) -> None:
+    """Wait until every rank has reached this barrier, with no deadline; every ``log_every_s``
+    seconds (default :data:`WAIT_LOG_SECONDS`) log ``rank R: waiting N s for rank(s) ...: what``.
+
+    Raises :class:`RankFailedError` when a rank reported a failure (:func:`report_failure`)
+    instead of waiting for a rank that will never come.
+    """
+    if not is_distributed():
+        return
+    store, me, world = _store(), rank(), world_size()
+    n = _state["barriers"]
+    _state["barriers"] += 1
+    keys = [_key(f"barrier/{n}/{r}") for r in range(world)]
+    store.set(keys[me], "1")
+    every = WAIT_LOG_SECONDS if log_every_s is None else float(log_every_s)
+    t0 = time.monotonic()
+    next_log = t0 + every
+    sleep = 0.001
+    while not store.check(keys):
+        if store.check([_key("failed")]):
+            raise RankFailedError(store.get(_key("failed")).decode())
+        if time.monotonic() >= next_log:
+            late = [r for r, k in enumerate(keys) if not store.check([k])]
+            log.warning(f"rank {me}: waiting {time.monotonic() - t0:.0f} s for rank"
+                        f"{'s' if len(late) > 1 else ''} {', '.join(map(str, late))}"
+                        f"{': ' + what if what else ''}")
+            next_log += every
+        time.sleep(sleep)
+        sleep = min(poll_s, sleep * 2)
+
+
+def report_failure(message: str) -> None:
+    """Tell the ranks waiting in :func:`barrier` that this rank failed (they raise instead of
+    waiting); harmless when not distributed."""
+    if is_distributed():
+        _store().set(_key("failed"), f"rank {rank()} failed: {message}")
+
+
+@contextlib.contextmanager
+def main_first(what: str, log_every_s: Optional[float] = None) -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks: for work that prepares shared files
+    (generating the demo dataset, writing cls_labels.npy or mask caches) that the others then
+    only read. The others wait in :func:`barrier`, logging ``what``."""
+    if rank() != 0:
+        barrier(f"rank 0 is {what}", log_every_s)
+        yield
+        return
+    try:
+        yield
+    except BaseException as err:
+        report_failure(f"{what}: {type(err).__name__}: {err}")
+        raise
+    barrier(what, log_every_s)
+
+
+# -------------------------------------------------------------------------------- reductions
 
 def all_reduce_sum(array):
     """Sum a numpy integer/float array over ranks (returns it unchanged when not distributed)."""
@@ -55,3 +152,35 @@ def all_reduce_sum(array):
     t = t.to(backend_device)
     dist.all_reduce(t)
     return t.cpu().numpy()
+
+
+def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over ranks (a new tensor on ``t``'s device; ``t`` when not distributed).
+    Not differentiable: for counts and logged values."""
+    if not is_distributed():
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
+class _SumOverRanks(torch.autograd.Function):
+    # The gradient of a sum over ranks, for each rank's input, is the sum over ranks of the
+    # gradients of its output (every rank's loss depends on every rank's input).
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over ranks, differentiable (``t`` itself when not distributed): for
+    statistics of a batch split over ranks, such as synced batch norm's."""
+    return _SumOverRanks.apply(t) if is_distributed() else t

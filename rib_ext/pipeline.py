@@ -54,22 +54,35 @@ def environment(ctx) -> dict:
 def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict:
     """Run ``stages`` with ``cfg``; returns this run's summary (merged into OUT/summary.json)."""
     from rib_ext import distributed
+
+    cfg.validate()
+    distributed.init_from_env(cfg.dist_timeout_s)
+    if not logging.getLogger("rib_ext").handlers:  # called as a library (e.g. the ablation)
+        setup_logging()
+    try:
+        return _run(cfg, stages, overwrite)
+    except BaseException as err:
+        # Ranks waiting for this one (rib_ext.distributed.barrier) stop with its error at once.
+        distributed.report_failure(f"{type(err).__name__}: {err}")
+        raise
+
+
+def _run(cfg: PipelineConfig, stages: List[str], overwrite: bool) -> dict:
     from rib_ext.io import save_json
     from rib_ext.stages.context import RunContext
     from rib_ext.stages.provenance import Provenance
 
-    distributed.init_from_env()
-    if not logging.getLogger("rib_ext").handlers:  # called as a library (e.g. the ablation)
-        setup_logging()
-    cfg.validate()
     ctx = RunContext(cfg, overwrite=overwrite)
     if cfg.cam_checkpoint and "train_cam" in stages:
         ctx.info(f"[pipeline] --cam-checkpoint {cfg.cam_checkpoint}: train_cam is skipped")
         stages = [s for s in stages if s != "train_cam"]
+    if cfg.dataset != "demo":  # the check below opens them (the demo: after it, as it generates)
+        ctx.prepare_datasets(stages)
     # Before anything is written or generated: outputs made with other settings stop the run.
     prov = Provenance(ctx, list(STAGES))
     stages = prov.plan(stages)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    ctx.prepare_datasets(stages)
     ctx.write_json(ctx.out / "config.json", {"stages": stages, "environment": environment(ctx),
                                              **plain_dict(cfg)})
     train_set, eval_set = ctx.train_set, ctx.eval_set
@@ -133,11 +146,12 @@ def user_error_types() -> tuple:
     from rib_ext.stages.context import PipelineError
 
     from rib_ext.checkpoints import CheckpointError
+    from rib_ext.distributed import RankFailedError
     from rib_ext.io import UnreadableFileError
     from rib_ext.training import NonFiniteLossError
 
     return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
-            NonFiniteLossError, FileNotFoundError, NotADirectoryError, FileExistsError)
+            NonFiniteLossError, RankFailedError, FileNotFoundError, NotADirectoryError, FileExistsError)
 
 
 def main(argv=None) -> int:

@@ -1,14 +1,25 @@
 """What the three trainers (train_cam, train_irn, segment) share: resumable training states, random
-states, a finite-loss guard and a CSV loss log.
+states, a finite-loss guard, a CSV loss log, and data-parallel training over the ranks of a
+``torchrun`` launch.
 
 A resumed run computes the same weights as an uninterrupted one when the trainer (1) takes its data
 order and augmentation from (seed, epoch, position) alone (:func:`epoch_batches`), (2) saves a state
 with :func:`save_training_state` every few steps, and (3) on start restores it with
 :func:`load_training_state`, which also restores the torch / numpy / python random states.
+
+Data-parallel training (:class:`DataParallel`): every rank holds the whole model in a
+:class:`~torch.nn.parallel.DistributedDataParallel`; each global batch (the same list on every rank,
+from (seed, epoch, position) as above) is cut into contiguous shares, ``len // world`` items each
+and one more for the first ``len % world`` ranks (:func:`rank_share`). Each rank backpropagates its
+share's loss *sum* times ``world / global count`` (:meth:`DataParallel.loss`); DDP averages the
+gradients over the ranks, so the step is that of the whole batch's mean loss in one process, and
+the recipe (batch size, learning rate, schedule) is unchanged. Rank 0 writes the states, the logs
+and the model; every rank reads a state to resume.
 """
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 import random
@@ -20,7 +31,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from rib_ext import distributed
 from rib_ext.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
+from rib_ext.config import ConfigError
 from rib_ext.io import file_is_complete, save_text
 
 STATE_VERSION = 1
@@ -198,8 +211,115 @@ class LossLog:
         self.close()
 
 
+class NullLog:
+    """The :class:`LossLog` of ranks other than 0: the log is rank 0's."""
+
+    def write(self, **row: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "NullLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def read_loss_log(path: str | os.PathLike) -> List[Dict[str, float]]:
     """The rows of a :class:`LossLog` as dicts (integral columns as int, the others as float)."""
     with open(path, newline="") as f:
         return [{k: int(v) if v.lstrip("-").isdigit() else float(v) for k, v in r.items()}
                 for r in csv.DictReader(f)]
+
+
+# ------------------------------------------------------------------------ data-parallel training
+
+def rank_share(batch: Sequence, rank: int, world: int) -> list:
+    """Rank ``rank``'s contiguous share of a global batch: ``len // world`` items, one more for the
+    first ``len % world`` ranks (a batch of 10 on 4 ranks: 3, 3, 2, 2)."""
+    q, extra = divmod(len(batch), world)
+    start = rank * q + min(rank, extra)
+    return list(batch[start:start + q + (1 if rank < extra else 0)])
+
+
+class ShardedBatches:
+    """A DataLoader ``batch_sampler``: this rank's :func:`rank_share` of each batch of ``batches``
+    (a list of batches or a batch sampler with ``len``)."""
+
+    def __init__(self, batches, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield rank_share(batch, self.rank, self.world)
+
+
+class DataParallel:
+    """One trainer's view of the ranks: wraps the model in DDP when the run is distributed, shards
+    each global batch, and turns a share's loss sum into the loss to backpropagate.
+
+    ``stage`` names the trainer in messages; ``batch_size`` is the global batch, checked to give
+    every rank at least one item (DDP needs every rank in every step, and an empty share has no
+    loss to backpropagate).
+    """
+
+    def __init__(self, stage: str, batch_size: int):
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        if batch_size < self.world:
+            raise ConfigError(f"{stage}: a batch of {batch_size} image(s) cannot be shared by "
+                              f"{self.world} ranks (each needs at least one); use at most "
+                              f"{batch_size} ranks or a larger batch")
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``model`` in DDP when distributed (else itself). Rank 0's weights are copied to every
+        rank here. Buffers are not broadcast at each step: the frozen batch norms' never change,
+        and the ones that do (IRN's mean shift, the demo's batch statistics) are reduced over the
+        ranks inside the model."""
+        if not self.active:
+            return model
+        ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else None
+        ddp = torch.nn.parallel.DistributedDataParallel
+        # Newer torch names the per-step buffer sync forward_sync_buffers (older: broadcast_buffers).
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+            else "broadcast_buffers"
+        return ddp(model, device_ids=ids, **{sync: False})
+
+    def batches(self, batches):
+        """This rank's share of each global batch (the batches themselves when not distributed)."""
+        return ShardedBatches(batches, self.rank, self.world) if self.active else batches
+
+    def loss_log(self, path: str | os.PathLike, columns: Sequence[str], resume_step: int = 0,
+                 step_column: str = "step"):
+        """Rank 0's :class:`LossLog`; on the other ranks a log that writes nothing."""
+        if self.is_main:
+            return LossLog(path, columns, resume_step, step_column)
+        return NullLog()
+
+    def finish(self, what: str) -> None:
+        """Wait until rank 0 has written ``what`` (the model, read by the next stage)."""
+        distributed.barrier(f"rank 0 is writing {what}" if not self.is_main
+                            else f"the other ranks, after writing {what}")
+
+    def count(self, local: torch.Tensor) -> torch.Tensor:
+        """A count (of images, pixels, pairs) summed over the ranks."""
+        return distributed.all_reduce_tensor(local)
+
+    def loss(self, local_sum: torch.Tensor, global_count) -> Tuple[torch.Tensor, float]:
+        """(loss to backpropagate on this rank, the global batch's loss) for a loss that is a sum
+        over items divided by ``global_count`` (the count over all ranks). DDP averages gradients
+        over the ranks, hence the factor ``world``; the global value is reduced for the log and
+        the finite check, which every rank then makes alike."""
+        backward = local_sum * (self.world / global_count)
+        value = distributed.all_reduce_tensor(local_sum.detach()) / global_count
+        return backward, float(value)

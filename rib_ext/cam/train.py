@@ -13,8 +13,8 @@ from rib_ext.data import ClassificationDataset, TrainTransform
 from rib_ext.models import build_cam_net, load_cam_net, save_cam_net
 from rib_ext.optim import PolyOptimizer
 from rib_ext.runtime import progress, resolve_device
-from rib_ext.training import (LossLog, check_finite, epoch_batches, load_training_state, save_training_state,
-                              trained_model_exists)
+from rib_ext.training import (DataParallel, check_finite, epoch_batches, load_training_state,
+                              save_training_state, trained_model_exists)
 
 MODEL_FILE = "cam_net.pth"
 STATE_FILE = "train_state.pth"
@@ -28,6 +28,10 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
     every epoch's end) to the same weights an uninterrupted run reaches: the data order and the
     augmentation are functions of (seed, epoch, position) (:func:`rib_ext.training.epoch_batches`).
     Logs every step to ``out_dir/loss.csv``. Returns at once when ``out_dir/cam_net.pth`` exists.
+
+    Under torchrun every rank calls this: each trains on its share of every batch with DDP
+    (:class:`rib_ext.training.DataParallel`: same global batch, same steps as one process); rank 0
+    writes the states, the log and the model; every rank reads a state to resume.
     """
     out_dir = Path(out_dir)
     model_path = out_dir / MODEL_FILE
@@ -45,6 +49,8 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
     steps_per_epoch = len(epoch_batches(len(dataset), cfg.batch_size, cfg.seed, 0, drop_last))
     if steps_per_epoch == 0:
         raise ValueError(f"train_cam: the training list is empty ({len(dataset)} images)")
+    par = DataParallel("train_cam", min(cfg.batch_size, len(dataset)))
+    model.sync_batch_stats(par.active)
 
     backbone_params, classifier_params = model.trainable_parameters()
     optimizer = PolyOptimizer(
@@ -65,23 +71,30 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
                                     map_location=device)
         step, seconds = state.step, state.seconds
 
+    ddp = par.wrap(model, device)
+
     def save_state(step: int, seconds: float) -> None:
+        if not par.is_main:
+            return
         save_training_state(state_path, format="rib_ext.cam_train_state", settings=resume_settings, step=step,
                             model=model, optimizer=optimizer, seconds=seconds)
 
     t0 = time.time() - seconds
-    with LossLog(out_dir / LOSS_LOG, ("epoch", "step", "loss", "lr", "seconds"), resume_step=step) as log:
+    columns = ("epoch", "step", "loss", "lr", "seconds")
+    with par.loss_log(out_dir / LOSS_LOG, columns, resume_step=step) as log:
         for epoch in range(step // steps_per_epoch, cfg.epochs):
-            model.train()
+            ddp.train()
             batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, drop_last)
             batches = batches[step - epoch * steps_per_epoch:]
-            loader = torch.utils.data.DataLoader(trainset, batch_sampler=batches, num_workers=cfg.num_workers)
+            loader = torch.utils.data.DataLoader(trainset, batch_sampler=par.batches(batches),
+                                                 num_workers=cfg.num_workers)
             bar = progress(loader, f"train_cam epoch {epoch + 1}/{cfg.epochs}", total=len(batches))
-            for batch in bar:
-                logits = model(batch["img"].to(device, non_blocking=True))
-                loss = F.multilabel_soft_margin_loss(logits, batch["label"].to(device))
+            for batch, global_batch in zip(bar, batches):
+                logits = ddp(batch["img"].to(device, non_blocking=True))
+                # The mean over the global batch: this share's sum over images / the batch size.
+                loss, loss_value = par.loss(F.multilabel_soft_margin_loss(
+                    logits, batch["label"].to(device), reduction="sum"), len(global_batch))
                 lr = optimizer.param_groups[1]["lr"]  # the classifier's, the rate the user sets
-                loss_value = loss.item()
                 check_finite(loss_value, "train_cam", step=step + 1, lr=lr, epoch=epoch, epochs=cfg.epochs,
                              hint=f" (the last good state is {state_path})" if state_path.exists() else "")
                 optimizer.zero_grad(set_to_none=True)
@@ -93,10 +106,13 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0:
                     save_state(step, time.time() - t0)
-    save_cam_net(model_path, model.cpu(), meta={"config": plain_dict(cfg),
-                                                 "class_names": list(dataset.class_names),
-                                                 "seconds": round(time.time() - t0, 1)})
-    state_path.unlink(missing_ok=True)
+    model.sync_batch_stats(False)
+    if par.is_main:
+        save_cam_net(model_path, model.cpu(), meta={"config": plain_dict(cfg),
+                                                     "class_names": list(dataset.class_names),
+                                                     "seconds": round(time.time() - t0, 1)})
+        state_path.unlink(missing_ok=True)
+    par.finish(f"the classifier {model_path}")
     return model_path
 
 

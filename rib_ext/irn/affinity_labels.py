@@ -7,7 +7,7 @@ uncertain -> ignored (in none of the three sets).
 """
 from __future__ import annotations
 
-from typing import Dict, NamedTuple
+from typing import Callable, Dict, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -59,18 +59,29 @@ def pair_labels(labels: torch.Tensor, index: PathIndex) -> PairLabels:
                       neg=(valid & ~equal).to(dtype))
 
 
-def _masked_mean(loss: torch.Tensor, mask: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    return (loss * mask).sum() / (scale * mask.sum() + EPS)
+def _masked_mean(loss: torch.Tensor, mask: torch.Tensor, scale: float = 1.0,
+                 count: Optional[torch.Tensor] = None) -> torch.Tensor:
+    # count: the mask's count over the whole batch when this is one rank's share of it.
+    count = mask.sum() if count is None else count
+    return (loss * mask).sum() / (scale * count + EPS)
 
 
-def affinity_losses(aff: torch.Tensor, labels: PairLabels) -> Dict[str, torch.Tensor]:
-    """``aff`` [B, D, N] in [0, 1] -> positive (bg/2 + fg/2) and negative cross-entropy terms."""
+def pair_counts(labels: PairLabels) -> Dict[str, torch.Tensor]:
+    """The number of pairs in each set (the loss terms' denominators)."""
+    return {name: getattr(labels, name).sum() for name in PairLabels._fields}
+
+
+def affinity_losses(aff: torch.Tensor, labels: PairLabels,
+                    counts: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """``aff`` [B, D, N] in [0, 1] -> positive (bg/2 + fg/2) and negative cross-entropy terms.
+    ``counts``: the denominators (default: :func:`pair_counts` of ``labels``)."""
+    counts = pair_counts(labels) if counts is None else counts
     pos_loss = -torch.log(aff + EPS)
     neg_loss = -torch.log(1.0 + EPS - aff)
-    bg = _masked_mean(pos_loss, labels.bg_pos)
-    fg = _masked_mean(pos_loss, labels.fg_pos)
+    bg = _masked_mean(pos_loss, labels.bg_pos, count=counts["bg_pos"])
+    fg = _masked_mean(pos_loss, labels.fg_pos, count=counts["fg_pos"])
     return {"bg_pos": bg, "fg_pos": fg, "pos": bg / 2 + fg / 2,
-            "neg": _masked_mean(neg_loss, labels.neg)}
+            "neg": _masked_mean(neg_loss, labels.neg, count=counts["neg"])}
 
 
 def pair_displacement(disp: torch.Tensor, index: PathIndex) -> torch.Tensor:
@@ -79,30 +90,39 @@ def pair_displacement(disp: torch.Tensor, index: PathIndex) -> torch.Tensor:
     return src - dst
 
 
-def displacement_losses(pair_disp: torch.Tensor, index: PathIndex,
-                        labels: PairLabels) -> Dict[str, torch.Tensor]:
+def displacement_losses(pair_disp: torch.Tensor, index: PathIndex, labels: PairLabels,
+                        counts: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """L1 terms: for foreground-positive pairs the difference of the two ends' displacements must
     equal the pair's offset (both ends point at the same instance centre); for background-positive
     pairs it must be zero. Each is averaged over its pairs and the two components."""
+    counts = pair_counts(labels) if counts is None else counts
     target = index.offsets_tensor(pair_disp.device, pair_disp.dtype).t()[None, :, :, None]
-    fg = _masked_mean((pair_disp - target).abs(), labels.fg_pos.unsqueeze(1), scale=2.0)
-    bg = _masked_mean(pair_disp.abs(), labels.bg_pos.unsqueeze(1), scale=2.0)
+    fg = _masked_mean((pair_disp - target).abs(), labels.fg_pos.unsqueeze(1), 2.0, counts["fg_pos"])
+    bg = _masked_mean(pair_disp.abs(), labels.bg_pos.unsqueeze(1), 2.0, counts["bg_pos"])
     return {"disp_fg": fg, "disp_bg": bg}
 
 
 def irn_loss(boundary_logits: torch.Tensor, disp: torch.Tensor, labels: torch.Tensor,
-             index: PathIndex) -> Dict[str, torch.Tensor]:
+             index: PathIndex, reduce_counts: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+             ) -> Dict[str, torch.Tensor]:
     """IRN's training loss from the network outputs and the stride-4 confident labels.
 
     ``boundary_logits`` [B, 1, h, w], ``disp`` [B, 2, h, w], ``labels`` [B, h, w] (255 = ignore).
     Returns the terms and ``total`` = (pos + neg) / 2 + (disp_fg + disp_bg) / 2.
+
+    ``reduce_counts``: for one rank's share of a batch, maps this share's pair counts (a tensor
+    [bg_pos, fg_pos, neg]) to the whole batch's (a sum over the ranks); every term is then this
+    share's part of the batch's term, and the terms summed over the ranks are the batch's.
     """
     if labels.shape[-2:] != boundary_logits.shape[-2:]:
         raise ValueError(f"label grid {tuple(labels.shape[-2:])} differs from the network's "
                          f"output grid {tuple(boundary_logits.shape[-2:])}")
     pairs = pair_labels(labels, index)
+    counts = pair_counts(pairs)
+    if reduce_counts is not None:
+        counts = dict(zip(counts, reduce_counts(torch.stack(list(counts.values())))))
     aff = index.affinity(torch.sigmoid(boundary_logits[:, 0]))
-    terms = affinity_losses(aff, pairs)
-    terms.update(displacement_losses(pair_displacement(disp, index), index, pairs))
+    terms = affinity_losses(aff, pairs, counts)
+    terms.update(displacement_losses(pair_displacement(disp, index), index, pairs, counts))
     terms["total"] = (terms["pos"] + terms["neg"]) / 2 + (terms["disp_fg"] + terms["disp_bg"]) / 2
     return terms

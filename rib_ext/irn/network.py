@@ -71,12 +71,24 @@ class MeanShift(nn.Module):
     def __init__(self, channels: int = 2, momentum: float = 0.1):
         super().__init__()
         self.momentum = momentum
+        # Set by a data-parallel trainer: the mean is the global batch's (summed over the ranks),
+        # so every rank keeps the running mean one process would.
+        self.sync_across_ranks = False
         self.register_buffer("running_mean", torch.zeros(channels))
+
+    def batch_mean(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.sync_across_ranks:
+            return x.mean(dim=(0, 2, 3))
+        from rib_ext import distributed
+
+        n = torch.tensor(float(x.numel() // x.shape[1]), device=x.device, dtype=x.dtype)
+        total = distributed.all_reduce_tensor(torch.cat([x.sum(dim=(0, 2, 3)), n.view(1)]))
+        return total[:-1] / total[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             with torch.no_grad():
-                self.running_mean.lerp_(x.detach().mean(dim=(0, 2, 3)), self.momentum)
+                self.running_mean.lerp_(self.batch_mean(x.detach()), self.momentum)
             return x
         return x - self.running_mean.view(1, -1, 1, 1)
 

@@ -5,7 +5,11 @@ horizontal flip, random crop ``crop_size`` (image padded with 0, labels with 255
 stride 4 by nearest sampling; batches of ``batch_size`` (incomplete last batch dropped) for
 ``epochs`` epochs; :class:`~rib_ext.optim.PolyOptimizer` (the authors' momentum quirk included)
 with the boundary branch at ``lr`` and the displacement branch at ``lr * displacement_lr_mult``.
-One device only: users of IRN's code report that DataParallel training broke the results.
+Under torchrun every rank trains its share of each batch with DistributedDataParallel
+(:class:`rib_ext.training.DataParallel`); the loss's pair counts and the mean shift's batch mean
+are summed over the ranks, so the steps are those of one process on the whole batch (users of
+IRN's code report that torch's older DataParallel, which split the loss's denominators by device,
+broke the results).
 
 Data order and augmentation come from (seed, epoch, position) alone, so a run interrupted at any
 checkpoint and resumed computes the same network as an uninterrupted one.
@@ -30,7 +34,8 @@ from rib_ext.irn.path_index import PathIndex
 from rib_ext.outputs import dataset_index, per_image_path, present_names
 from rib_ext.runtime import progress, resolve_device
 from rib_ext.optim import PolyOptimizer
-from rib_ext.training import (LossLog, check_finite, epoch_batches, load_training_state,
+from rib_ext import distributed
+from rib_ext.training import (DataParallel, check_finite, epoch_batches, load_training_state,
                               save_training_state, trained_model_exists)
 
 MODEL_FILE = "irn.pth"
@@ -145,6 +150,8 @@ def train_irn_stage(dataset, label_dir: str | Path, out_dir: str | Path,
     net = net.to(device)
 
     batch_size = min(cfg.batch_size, len(names))
+    par = DataParallel("train_irn", batch_size)
+    net.mean_shift.sync_across_ranks = par.active
     steps_per_epoch = len(names) // batch_size
     max_step = steps_per_epoch * cfg.epochs
     optimizer = _make_optimizer(net, cfg, max_step)
@@ -159,29 +166,34 @@ def train_irn_stage(dataset, label_dir: str | Path, out_dir: str | Path,
     trainset = AffinityTrainSet(dataset, label_dir, names, cfg.crop_size, cfg.scale_range)
     budget = max_step - step if stop_after is None else min(max_step - step, int(stop_after))
     taken, terms, t0, t_start = 0, {}, time.time() - seconds, time.time()
-    log = LossLog(out_dir / LOSS_LOG, ("epoch", "step", "loss", "lr", "seconds"), resume_step=step)
-    net.train()
+    log = par.loss_log(out_dir / LOSS_LOG, ("epoch", "step", "loss", "lr", "seconds"), resume_step=step)
+    ddp = par.wrap(net, device)
+    ddp.train()
+    # Each rank's terms are its part of the batch's (denominators summed over the ranks).
+    reduce_counts = par.count if par.active else None
     try:
         for epoch, batches in _batches_from(step, steps_per_epoch, len(names), cfg, batch_size):
             if taken >= budget:
                 break
             batches = batches[:budget - taken]
-            loader = torch.utils.data.DataLoader(trainset, batch_sampler=batches,
+            loader = torch.utils.data.DataLoader(trainset, batch_sampler=par.batches(batches),
                                                  num_workers=cfg.num_workers)
             bar = progress(loader, f"train_irn epoch {epoch + 1}/{cfg.epochs}", total=len(batches))
             for img, labels in bar:
-                terms = irn_loss(*net(img.to(device, non_blocking=True)), labels.to(device), index)
+                terms = irn_loss(*ddp(img.to(device, non_blocking=True)), labels.to(device), index,
+                                 reduce_counts)
                 lr = optimizer.param_groups[0]["lr"]
-                loss_value = terms["total"].item()
+                loss, loss_value = par.loss(terms["total"], 1)
                 check_finite(loss_value, "train_irn", step=step + 1, lr=lr, epoch=epoch, epochs=cfg.epochs)
                 optimizer.zero_grad(set_to_none=True)
-                terms["total"].backward()
+                loss.backward()
                 optimizer.step()
                 step, taken = step + 1, taken + 1
                 log.write(epoch=epoch + 1, step=step, loss=loss_value, lr=lr,
                           seconds=round(time.time() - t0, 3))
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-                if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or taken == budget:
+                if par.is_main and (step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0
+                                    or taken == budget):
                     save_training_state(state_path, format=STATE_FORMAT, settings=_training_settings(cfg),
                                         step=step, model=net, optimizer=optimizer,
                                         seconds=time.time() - t0)
@@ -189,11 +201,15 @@ def train_irn_stage(dataset, label_dir: str | Path, out_dir: str | Path,
         log.close()
 
     finished = step >= max_step
-    if finished:
+    net.mean_shift.sync_across_ranks = False
+    if finished and par.is_main:
         save_irnet(model_path, net, meta={"config": cfg.as_dict(), "steps": step,
                                           "class_names": list(dataset.class_names),
                                           "images": len(names)})
         state_path.unlink(missing_ok=True)
+    par.finish(f"the IRN model {model_path}" if finished else f"the IRN state {state_path}")
+    # The last step's terms of the whole batch (each rank holds its part).
+    terms = {k: distributed.all_reduce_tensor(v.detach()) for k, v in terms.items()} if par.active else terms
     return {"steps": step, "max_step": max_step, "finished": finished, "skipped_existing": False,
             "missing": len(missing), "seconds": round(time.time() - t_start, 2),
             "loss": {k: round(v.item(), 5) for k, v in terms.items()} or None,

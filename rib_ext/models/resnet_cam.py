@@ -56,12 +56,34 @@ class FixedBatchNorm(nn.BatchNorm2d):
     # fixed, batch statistics are what make a deep network trainable; they are learnt into the
     # running statistics, and a reloaded network is fixed again.
     use_batch_stats = False
+    # Set by a data-parallel trainer: the batch statistics are those of the global batch, summed
+    # over the ranks (torch's SyncBatchNorm refuses CPU tensors, and the gloo test runs there).
+    sync_stats = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_stats = self.use_batch_stats and self.training
+        if batch_stats and self.sync_stats:
+            return self._synced_batch_norm(x)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=batch_stats, momentum=0.1 if batch_stats else 0.0,
                             eps=self.eps)
+
+
+    def _synced_batch_norm(self, x: torch.Tensor) -> torch.Tensor:
+        # Two passes (mean, then the squared deviations), as F.batch_norm's own kernel is stable;
+        # the sums are differentiable, so each rank's gradient holds the other ranks' terms.
+        from rib_ext import distributed
+
+        dims = (0, 2, 3)
+        n = distributed.all_reduce_tensor(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
+        mean = distributed.sum_over_ranks(x.sum(dims)) / n
+        centred = x - mean.view(1, -1, 1, 1)
+        var = distributed.sum_over_ranks((centred * centred).sum(dims)) / n
+        with torch.no_grad():  # as F.batch_norm: momentum 0.1, the unbiased variance
+            self.running_mean.lerp_(mean, 0.1)
+            self.running_var.lerp_(var * (n / (n - 1).clamp(min=1)), 0.1)
+        scale = torch.rsqrt(var + self.eps) * self.weight
+        return centred * scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
 def convert_to_fixed_bn(module: nn.Module) -> nn.Module:
@@ -167,6 +189,13 @@ class CAMNet(nn.Module):
             return
         for p in self.stem_parameters():
             p.requires_grad_(False)
+
+    def sync_batch_stats(self, on: bool) -> None:
+        """Batch statistics over the ranks of a data-parallel run (training from scratch only: the
+        frozen batch norms of the authors' setting have none)."""
+        for m in self.modules():
+            if isinstance(m, FixedBatchNorm):
+                m.sync_stats = bool(on) and m.use_batch_stats
 
     def stem_parameters(self) -> List[nn.Parameter]:
         return list(self.stage1.parameters()) + list(self.stage2.parameters())

@@ -55,12 +55,19 @@ def _retrain_labels(train_dataset, names, score_dir, out_dir: Path, cfg: Segment
     root = out_dir / "retrain"
     names = present_names(score_dir, names, ".npy", "random-walk scores", "segment", cfg.allow_missing)[0]
     confident, filled = root / "confident_labels", root / "filled_labels"
-    write_score_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg, cfg.retrain_bg)
-    first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)
+    main = distributed.rank() == 0
+    if main:
+        write_score_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg, cfg.retrain_bg)
+    distributed.barrier("segment: the confident labels of the first network")
+    first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)  # every rank
     model = load_deeplab(first["model"], device)
     predictions = root / "first_predictions"
-    predict_folder(model, train_dataset, names, predictions, cfg, model_path=first["model"])
-    write_filled_labels(names, confident, predictions, filled, train_dataset.num_classes)
+    predict_folder(model, train_dataset, distributed.shard(names), predictions, cfg,
+                   model_path=first["model"])  # each rank its shard
+    distributed.barrier("segment: the first network's predictions")
+    if main:
+        write_filled_labels(names, confident, predictions, filled, train_dataset.num_classes)
+    distributed.barrier("segment: the filled labels of the second network")
     return filled
 
 
@@ -92,13 +99,10 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
     main = distributed.rank() == 0
     if main:
         save_json(out_dir / "config.json", cfg.as_dict())
-        train = _train(train_dataset, label_dir, out_dir, cfg, score_dir, saliency_dir, device)
-    # Under torchrun rank 0 trains the network while the others wait; they then find every
-    # training output made (each step skips what exists) and all ranks share the inference.
-    distributed.barrier()
-    if not main:
-        train = _train(train_dataset, label_dir, out_dir, cfg, score_dir, saliency_dir, device)
-    retrain, names, train_labels, trained = train
+    # Under torchrun every rank trains (DDP, rib_ext.training.DataParallel), then all ranks share
+    # the inference (each predicts and scores its shard of the images).
+    retrain, names, train_labels, trained = _train(train_dataset, label_dir, out_dir, cfg, score_dir,
+                                                   saliency_dir, device)
 
     summary = {"miou": None, "per_class_iou": None, "num_images": 0, "predictions": None, "report": None}
     if val_dataset is not None:

@@ -24,8 +24,8 @@ from rib_ext.checkpoints import CheckpointError
 from rib_ext.outputs import present_names
 from rib_ext.optim import PolyOptimizer
 from rib_ext.runtime import progress, resolve_device
-from rib_ext.training import (LossLog, check_finite, load_training_state, read_loss_log,
-                              save_training_state, settings_diff, trained_model_exists)
+from rib_ext.training import (DataParallel, LossLog, NullLog, check_finite, load_training_state,
+                              read_loss_log, save_training_state, settings_diff, trained_model_exists)
 
 from .config import SegmentConfig
 from .data import IterationBatches, SegmentationTrainSet, names_digest
@@ -44,14 +44,21 @@ RESUME_KEYS = ("backbone", "weights", "random_init", "aspp_dilations", "iteratio
                "crop_size", "scale_range", "hflip", "amp", "seed")
 
 
+def segmentation_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross entropy, number of pixels) over the pixels whose label is not 255; the mean is
+    their ratio (on one rank's share of a batch, the count is summed over the ranks first)."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, (labels != IGNORE_INDEX).sum()
+
+
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross entropy over the pixels whose label is not 255.
 
     ``logits`` [N, C, H, W] (computed in float32 whatever their dtype), ``labels`` int64 [N, H, W].
     A batch with no labelled pixel gives 0 rather than NaN (0 / 0), and no host sync is needed.
     """
-    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+    total, count = segmentation_loss_sum(logits, labels)
+    return total / count.clamp(min=1)
 
 
 def make_optimizer(model: DeepLabV2, cfg: SegmentConfig) -> PolyOptimizer:
@@ -104,10 +111,12 @@ class TrainLog:
     """``log.csv`` (one row per iteration, see :class:`rib_ext.training.LossLog`) and, when
     installed, TensorBoard."""
 
-    def __init__(self, out_dir: Path, start: int, tensorboard: bool):
+    def __init__(self, out_dir: Path, start: int, tensorboard: bool, write: bool = True):
+        # write: False on the ranks other than 0 of a data-parallel run (the logs are rank 0's).
         self.path = out_dir / LOG_FILE
-        self._log = LossLog(self.path, LOG_HEADER, resume_step=start, step_column="iteration")
-        self._tb = _tensorboard_writer(out_dir / "tensorboard") if tensorboard else None
+        self._log = LossLog(self.path, LOG_HEADER, resume_step=start, step_column="iteration") \
+            if write else NullLog()
+        self._tb = _tensorboard_writer(out_dir / "tensorboard") if tensorboard and write else None
 
     def write(self, iteration: int, loss: float, lr: float) -> None:
         self._log.write(iteration=iteration, loss=float(loss), lr=float(lr))
@@ -153,7 +162,10 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
 
     ``names``: the training ids (default: every dataset id with a label PNG, missing ones following
     ``cfg.allow_missing``). ``stop_after``: train at most that many iterations in this call, then
-    checkpoint and return (time-boxed jobs). Returns ``{'iterations', 'max_iterations', 'finished',
+    checkpoint and return (time-boxed jobs). Under torchrun every rank calls this and trains its
+    share of each batch with DDP (:class:`rib_ext.training.DataParallel`: the labelled-pixel count
+    is summed over the ranks, so a step is one process's on the whole batch); rank 0 writes the
+    state, the log and the model. Returns ``{'iterations', 'max_iterations', 'finished',
     'skipped_existing', 'seconds', 'loss', 'model', 'log'}``.
     """
     cfg = cfg if cfg is not None else SegmentConfig()
@@ -175,6 +187,7 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
         model = build_deeplab(cfg.backbone, dataset.num_classes + 1, cfg.weights, cfg.random_init,
                               cfg.aspp_dilations)
     model = model.to(device)
+    par = DataParallel("segment", cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     if state_path.exists():
@@ -184,19 +197,21 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
         _calibrate_if_random(model, trainset, cfg, device)
 
     stop = cfg.iterations if stop_after is None else min(cfg.iterations, iteration + int(stop_after))
-    loader = torch.utils.data.DataLoader(trainset, batch_sampler=IterationBatches(iteration, stop, cfg.batch_size),
+    batches = par.batches(IterationBatches(iteration, stop, cfg.batch_size))
+    loader = torch.utils.data.DataLoader(trainset, batch_sampler=batches,
                                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp)
-    log = TrainLog(out_dir, iteration, cfg.tensorboard)
+    log = TrainLog(out_dir, iteration, cfg.tensorboard, write=par.is_main)
     loss_value, t0, t_start = None, time.time() - seconds, time.time()
-    model.train()
+    ddp = par.wrap(model, device)
+    ddp.train()
     try:
         bar = progress(loader, f"segment: train ({out_dir.name})", total=stop - iteration)
         for img, labels in bar:
             with autocast:
-                logits = model(img.to(device, non_blocking=True))
-            loss = segmentation_loss(logits, labels.to(device, non_blocking=True))
-            loss_value = loss.item()
+                logits = ddp(img.to(device, non_blocking=True))
+            total, count = segmentation_loss_sum(logits, labels.to(device, non_blocking=True))
+            loss, loss_value = par.loss(total, par.count(count).clamp(min=1))
             check_finite(loss_value, "segment", step=iteration + 1, lr=optimizer.param_groups[0]["lr"],
                          hint=f" (training in {out_dir})")
             optimizer.zero_grad(set_to_none=True)
@@ -205,17 +220,18 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
             iteration += 1
             log.write(iteration, loss_value, optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{loss_value:.4f}", it=iteration)
-            if iteration % cfg.checkpoint_every == 0 or iteration == stop:
+            if par.is_main and (iteration % cfg.checkpoint_every == 0 or iteration == stop):
                 save_state(state_path, model, optimizer, iteration, names, cfg, time.time() - t0)
     finally:
         log.close()
 
     finished = iteration >= cfg.iterations
-    if finished:
+    if finished and par.is_main:
         save_deeplab(model_path, model, meta={"config": cfg.as_dict(), "iterations": iteration,
                                               "class_names": ["background", *dataset.class_names],
                                               "images": len(names), "label_dir": str(label_dir)})
         state_path.unlink(missing_ok=True)
+    par.finish(f"the segmentation network {model_path}" if finished else f"the state {state_path}")
     return {**summary, "iterations": iteration, "finished": finished, "skipped_existing": False,
             "seconds": round(time.time() - t_start, 2), "loss": loss_value,
             "model": str(model_path) if finished else None}

@@ -59,14 +59,17 @@ class RunContext:
         self.lists = {"train": cfg.train_list or "train", "eval": cfg.eval_list or "train",
                       "val": cfg.val_list or "val"}
         self._datasets: Dict[str, object] = {}
+        self._prepared = False
 
     # ------------------------------------------------------------------ rank, logging, writing
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def barrier(self) -> None:
-        distributed.barrier()
+    def barrier(self, what: str = "") -> None:
+        """Wait for every rank, with no deadline, logging ``what`` while it waits (see
+        :func:`rib_ext.distributed.barrier`)."""
+        distributed.barrier(what)
 
     def info(self, message: str) -> None:
         if self.is_main:
@@ -163,6 +166,20 @@ class RunContext:
             self._datasets[which] = build_dataset(self.cfg.dataset, self.dataset_root(),
                                                   self.lists[listed], **kw)
         return self._datasets[which]
+
+    def prepare_datasets(self, stages) -> None:
+        """Open the datasets ``stages`` read, on rank 0 first, then on the other ranks (which wait
+        for it): opening one may write shared files (the demo dataset is generated, a stale
+        cls_labels.npy rebuilt, stale COCO mask caches removed), and two ranks writing them at
+        once collide. Every rank must call this; it does nothing the second time."""
+        which = ["train", "eval"] + (["pool"] if "rib" in stages else []) + \
+            (["val"] if "segment" in stages else [])
+        if self._prepared:
+            return
+        with distributed.main_first(f"preparing the {self.cfg.dataset} dataset in {self.dataset_root()}"):
+            for w in which:
+                self.dataset(w)
+        self._prepared = True
 
     @property
     def train_set(self):

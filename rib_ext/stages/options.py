@@ -46,6 +46,7 @@ ALIASES: Dict[str, tuple] = {
     "--irn-epochs": ("irn.epochs",), "--segment-backbone": ("segment.backbone",),
     "--segment-weights": ("segment.weights",), "--segment-iterations": ("segment.iterations",),
     "--crf-threshold": ("crf.threshold",),
+    "--dist-timeout": ("dist_timeout_s",),
     # Several sections:
     "--device": ("device", "train_cam.device", "make_cam.device", "rib.device", "irn.device",
                  "segment.device"),

@@ -14,6 +14,8 @@ def settings(cfg) -> dict:
 def run(ctx, cfg) -> dict:
     from rib_ext.segment import segment_stage
 
+    # Every rank: the training is data-parallel and the inference sharded (segment_stage).
+    ctx.barrier("make_sem_seg's pseudo masks")
     sets = ctx.require_map_sets("segment")
     name = "rib" if "rib" in sets else "cam"
     # RIB-Sal: train on the saliency-refined masks, without re-training (as the paper does).

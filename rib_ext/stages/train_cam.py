@@ -12,9 +12,7 @@ def settings(cfg) -> dict:
 
 
 def run(ctx, cfg) -> dict:
-    path = ctx.classifier_path()
-    if ctx.is_main:  # one classifier; the other ranks wait for it
-        path = train_cam(ctx.train_set, cfg.train_cam, ctx.stage_dir("train_cam"))
-        ctx.info(f"[train_cam] {path}")
-    ctx.barrier()
+    # Every rank trains its share of each batch (DDP); rank 0 writes the model, the others wait.
+    path = train_cam(ctx.train_set, cfg.train_cam, ctx.stage_dir("train_cam"))
+    ctx.info(f"[train_cam] {path}")
     return {"model": str(path)}
