@@ -32,9 +32,9 @@ from rib_ext import ops
 from rib_ext.config import RIBConfig
 from rib_ext.precision import (apply_backend_settings, autocast, check_precision, fold_batch_norms,
                                memory_format)
-from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.rib.losses import step_loss
 from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
+from rib_ext.rib.targets import TargetViews
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio_tensor
 from rib_ext.training import NonFiniteLossError
 
@@ -183,6 +183,7 @@ class RIBEngine:
         # Prefetch pays where the device works asynchronously; on the CPU the thread would only
         # take cores from the convolutions.
         self.prefetch = cfg.prefetch == "on" or (cfg.prefetch == "auto" and self.device.type == "cuda")
+        self.views = TargetViews(self.device, cfg.scales)  # each target's views, one target ahead
         self.group_size = cfg.group_size  # 0 until chosen (run)
         self.group_choice: Optional[dict] = None  # how G was chosen, when automatic
 
@@ -197,10 +198,8 @@ class RIBEngine:
     # -- per image ----------------------------------------------------------------------------
     @torch.no_grad()
     def _start(self, target: Target) -> _State:
-        views = multiscale_flip_views(target.image, self.cfg.scales)
+        views, label, keys = self.views.take(target)
         x2 = [self._stem(v) for v in views]
-        keys = torch.as_tensor(np.nonzero(target.label)[0], device=self.device)
-        label = torch.as_tensor(target.label, device=self.device, dtype=torch.float32)
         params = [p.clone().requires_grad_() for p in self.base]
         rng = image_generator(self.cfg.seed, target.index)
         others = self.pool.stream(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
@@ -287,8 +286,8 @@ class RIBEngine:
         return st.others.draw(self.cfg.num_others)
 
     @torch.no_grad()
-    def _build(self, recipes: list[list[dict]]) -> list:
-        return [self.pool.batch(r) for r in recipes]
+    def _build(self, recipes: list[list[dict]]):
+        return self.pool.stage(recipes)  # take() it on the stream of the step
 
     def _step(self, group: list[_State], executor: Optional[ThreadPoolExecutor] = None) -> None:
         cfg = self.cfg
@@ -305,9 +304,9 @@ class RIBEngine:
             if cams is None:
                 st.stop = STOP_EXPLOSION
         if pending is not None:
-            batches = [b for b, cams in zip(pending.result(), target_cams) if cams is not None]
+            batches = [b for b, cams in zip(pending.result().take(), target_cams) if cams is not None]
         else:
-            batches = self._build([self._draw(st) for st in live])
+            batches = self._build([self._draw(st) for st in live]).take()
         target_cams = [cams for cams in target_cams if cams is not None]
         if not live:
             return
@@ -392,7 +391,7 @@ class RIBEngine:
         """Adapt every target. Without ``on_result`` the results are returned, in finishing
         order; with it, each finished image goes to ``on_result`` as soon as it is done and is not
         kept (memory stays bounded at any dataset size): the list returned is then empty."""
-        queue = iter(targets)
+        queue = self.views.lookahead(targets, self.prefetch)  # the next target prepared meanwhile
         active: list[_State] = []
         results = []
         exhausted = False
