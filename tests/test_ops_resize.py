@@ -141,10 +141,10 @@ def test_bad_inputs_are_refused_with_a_clear_message(make, size, message, path):
 @pytest.mark.skipif(not ops.HAS_C, reason="opcheck needs the compiled extension")
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_opcheck(device):
-    for shape, size in [((9, 13, 3), (5, 20)), ((1, 1, 1), (3, 2)), ((6, 4, 4), (6, 4)), ((30, 4, 2), (3, 3))]:
+    cases = [((9, 13, 3), (5, 20), True), ((30, 4, 2), (3, 3), True), ((1, 1, 1), (3, 2), False)]
+    for shape, size, adaptive in cases:
         img = torch.from_numpy(make_image(*shape[:2], c=shape[2], seed=11)).to(device)
-        for adaptive in (True, False):
-            torch.library.opcheck(torch.ops.rib_ext.resize_bicubic_u8.default, (img, *size, adaptive))
+        torch.library.opcheck(torch.ops.rib_ext.resize_bicubic_u8.default, (img, *size, adaptive))
 
 
 @pytest.mark.skipif(not ops.HAS_C, reason="needs the compiled extension")
