@@ -31,6 +31,12 @@ inline void check_same_shape(const at::Tensor& a, const at::Tensor& b, const cha
               " is on ", b.device());
 }
 
+// cam and cam_flip of the flip-merge ops: [..., H, W], the same shape, on the same device.
+inline void check_flip_pair(const at::Tensor& cam, const at::Tensor& cam_flip, const char* op) {
+  TORCH_CHECK(cam.dim() >= 2, op, ": cam must be [..., H, W], got ", cam.sizes());
+  check_same_shape(cam, cam_flip, "cam", "cam_flip", op);
+}
+
 // resize_bicubic_u8's arguments (csrc/resize.h): uint8 [H, W, C], C in 1..4, sides in 1..2^24.
 inline void check_resize_bicubic_u8(const at::Tensor& image, int64_t height, int64_t width) {
   constexpr const char* op = "resize_bicubic_u8";

@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import cpu_and_cuda
 from factories import TinyDataset, make_image
 from rib_ext import ops
-from rib_ext.ops import _extension, reference
+from rib_ext.ops import _extension, oracle
 from rib_ext.rib import OtherImages
 
 
@@ -42,7 +42,7 @@ def test_cpu_kernel_is_pillow_bit_for_bit(case):
 @pytest.mark.parametrize("case", random_cases(12, seed=1, max_in=40, max_out=60))
 def test_plain_pytorch_reference_is_pillow_bit_for_bit(case):
     img = make_image(case[0], case[1], seed=sum(case))
-    got = reference.resize_bicubic_u8(torch.from_numpy(img), case[2:]).numpy()
+    got = oracle.resize_bicubic_u8(torch.from_numpy(img), case[2:]).numpy()
     np.testing.assert_array_equal(got, pil_resize(img, case[2:]))
 
 
@@ -79,9 +79,9 @@ def test_both_pass_orders_match_the_plain_reference(case):
     outs = {}
     for adaptive in (True, False):
         outs[adaptive] = ops.resize_bicubic_u8(img, case[2:], adaptive_order=adaptive)
-        torch.testing.assert_close(outs[adaptive], reference.resize_bicubic_u8(img, case[2:], adaptive),
+        torch.testing.assert_close(outs[adaptive], oracle.resize_bicubic_u8(img, case[2:], adaptive),
                                    rtol=0, atol=0)
-    vertical_first = reference.vertical_first(case[:2], case[2:])
+    vertical_first = oracle.vertical_first(case[:2], case[2:])
     assert vertical_first == (case[0] - case[2] > 2 * (case[1] - case[3]))
     if not vertical_first:
         assert torch.equal(outs[True], outs[False])
@@ -133,7 +133,7 @@ BAD = [
 @pytest.mark.parametrize("make,size,message", BAD)
 @pytest.mark.parametrize("path", ["wrapper", "reference"])
 def test_bad_inputs_are_refused_with_a_clear_message(make, size, message, path):
-    fn = ops.resize_bicubic_u8 if path == "wrapper" else reference.resize_bicubic_u8
+    fn = ops.resize_bicubic_u8 if path == "wrapper" else oracle.resize_bicubic_u8
     with pytest.raises(RuntimeError, match=f"resize_bicubic_u8: .*{message}"):
         fn(make(), size)
 
@@ -156,7 +156,7 @@ def test_wrapper_runs_the_compiled_kernel(device, monkeypatch):
     def fallback_called(*a, **k):
         raise AssertionError("the wrapper ran the Python reference, not the kernel")
 
-    monkeypatch.setattr(reference, "resize_bicubic_u8", fallback_called)
+    monkeypatch.setattr(oracle, "resize_bicubic_u8", fallback_called)
     ops.resize_bicubic_u8(torch.zeros(3, 4, 3, dtype=torch.uint8, device=device), (5, 6))
 
 

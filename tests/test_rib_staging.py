@@ -146,9 +146,9 @@ def test_engine_with_prefetch_on_the_cpu_gives_the_same_maps(photo_data):
     model = tiny_cam_net(k=4)
     targets = [Target(i, photo_data.name(i), photo_data.image(i), photo_data.labels(i), pool_index=i)
                for i in range(3)]
-    cfg = RIBConfig.preset_for("reference", steps=2, lr=0.02, num_others=2, other_resize_long=(32, 64),
-                               other_crop=40, margin=1e9, scales=(1.0, 0.5), loss_scales=(1.0,),
-                               group_size=2)
+    cfg = RIBConfig.preset(behaviour="authors", steps=2, lr=0.02, num_others=2,
+                           other_resize_long=(32, 64), other_crop=40, margin=1e9, scales=(1.0, 0.5),
+                           loss_scales=(1.0,), group_size=2)
     runs = [sorted(RIBEngine(model, pool, dataclasses.replace(cfg, prefetch=p), "cpu").run(targets),
                    key=lambda r: r.name) for p in ("off", "on")]
     for a, b in zip(*runs, strict=True):

@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "../checks.h"
+#include "../host_prep.h"
 #include "../resize.h"
 
 namespace rib_ext {
@@ -92,10 +92,8 @@ void horizontal_any(const uint8_t* in, int64_t rows, int64_t in_w, int64_t chann
 
 at::Tensor resize_bicubic_u8_cpu(const at::Tensor& image, int64_t height, int64_t width,
                                  bool adaptive_order) {
-  check_resize_bicubic_u8(image, height, width);
-  const auto in = image.contiguous();
+  auto [in, out] = prepare_resize_bicubic_u8(image, height, width);
   const int64_t H = in.size(0), W = in.size(1), C = in.size(2);
-  auto out = at::empty({height, width, C}, in.options().memory_format(at::MemoryFormat::Contiguous));
   const bool need_horizontal = width != W, need_vertical = height != H;
   if (!need_horizontal && !need_vertical) return out.copy_(in);
   const uint8_t* src = in.const_data_ptr<uint8_t>();

@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../host_prep.h"
 #include "../resize.h"
 
 namespace rib_ext {
@@ -112,11 +112,9 @@ void launch_vertical(const uint8_t* in, int64_t row, int64_t out_h, const Window
 
 at::Tensor resize_bicubic_u8_cuda(const at::Tensor& image, int64_t height, int64_t width,
                                   bool adaptive_order) {
-  check_resize_bicubic_u8(image, height, width);
   const at::cuda::OptionalCUDAGuard guard(image.device());
-  const auto in = image.contiguous();
+  auto [in, out] = prepare_resize_bicubic_u8(image, height, width);
   const int64_t H = in.size(0), W = in.size(1), C = in.size(2);
-  auto out = at::empty({height, width, C}, in.options().memory_format(at::MemoryFormat::Contiguous));
   const bool need_horizontal = width != W, need_vertical = height != H;
   if (!need_horizontal && !need_vertical) return out.copy_(in);
   const auto stream = at::cuda::getCurrentCUDAStream();

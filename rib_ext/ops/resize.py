@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from . import reference
+from . import oracle
 from ._checks import check_resize_bicubic_u8
 from ._extension import HAS_C, use_compiled
 
@@ -50,7 +50,7 @@ def resize_bicubic_u8(image: torch.Tensor, size: Sequence[int],
     order = PILLOW_ADAPTIVE_ORDER if adaptive_order is None else bool(adaptive_order)
     if use_compiled("resize_bicubic_u8", image):
         return torch.ops.rib_ext.resize_bicubic_u8.default(image, height, width, order)
-    return reference.resize_bicubic_u8(image, (height, width), order)
+    return oracle.resize_bicubic_u8(image, (height, width), order)
 
 
 if HAS_C:

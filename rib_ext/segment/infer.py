@@ -18,8 +18,8 @@ from rib_ext.config import CRFConfig
 from rib_ext.crf import _densecrf
 from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
 from rib_ext.evaluation import evaluate_label_maps, write_report
-from rib_ext.irn.stage_io import check_settings, split_done
-from rib_ext.stages.common import progress
+from rib_ext.outputs import check_settings, split_done
+from rib_ext.runtime import progress
 
 from .config import SegmentConfig
 from .model import DeepLabV2

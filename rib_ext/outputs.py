@@ -1,5 +1,6 @@
-"""What the IRN stages share: per-image input files that may be missing, outputs that may already
-exist (resume), and loading the maps in IRN's ``.npy`` format with checks that name the file."""
+"""Per-image files of a stage: inputs that may be missing, outputs that may already exist and be
+whole (resume), a folder's settings record, and loading the maps in IRN's ``.npy`` format with
+checks that name the file. Shared by the IRN and segmentation packages and the stages."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from rib_ext.data.base import preview
-from rib_ext.io import load_npy_dict, save_json
-from rib_ext.stages.common import progress, resolve_device  # noqa: F401  (re-exported)
+from rib_ext.io import file_is_complete, load_npy_dict, preview, save_json
+from rib_ext.ops.cam import strided_size
 
 
 def per_image_path(folder: str | Path, name: str, suffix: str) -> Path:
@@ -20,11 +20,11 @@ def per_image_path(folder: str | Path, name: str, suffix: str) -> Path:
 
 
 def present_names(folder: str | Path, names: Sequence[str], suffix: str, what: str, stage: str,
-                  on_missing: str = "error") -> Tuple[List[str], List[str]]:
+                  allow_missing: bool = False) -> Tuple[List[str], List[str]]:
     """(names whose ``folder/<name><suffix>`` exists, names without it).
 
-    Missing files raise ``FileNotFoundError`` listing them (``on_missing="error"``) or warn, listing
-    them, and are left out (``"skip"``).
+    Missing files raise ``FileNotFoundError`` listing them or, with ``allow_missing``, are named
+    in a warning and left out.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -34,10 +34,8 @@ def present_names(folder: str | Path, names: Sequence[str], suffix: str, what: s
     if missing:
         msg = (f"{stage}: {len(missing)} of {len(names)} images have no {what} in {folder}: "
                f"{preview(missing)}")
-        if on_missing == "error":
-            raise FileNotFoundError(msg + " (make them first, or set on_missing='skip')")
-        if on_missing != "skip":
-            raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+        if not allow_missing:
+            raise FileNotFoundError(msg + " (run the stage that makes them, or pass --allow-missing)")
         warnings.warn(msg + "; they are skipped", stacklevel=3)
     gone = set(missing)
     return [n for n in names if n not in gone], missing
@@ -47,8 +45,6 @@ def split_done(out_dir: str | Path, names: Sequence[str], suffix: str = ".png") 
     """(names still to do, names whose output already exists and is whole): outputs are written
     atomically, but a copied or otherwise damaged file (empty, truncated) is made again, named in
     a warning."""
-    from rib_ext.stages.common import split_complete
-
     out_dir = Path(out_dir)
     existing = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
     found = {n: out_dir / f"{n}{suffix}" for n in names if f"{n}{suffix}" in existing}
@@ -56,15 +52,30 @@ def split_done(out_dir: str | Path, names: Sequence[str], suffix: str = ".png") 
     return [n for n in names if n not in finished], [n for n in names if n in finished]
 
 
+def split_complete(paths: dict, what: str) -> tuple[list, list]:
+    """(keys whose file exists and is whole, keys to (re)make); broken files are named in one
+    warning, then made again."""
+    done, todo, broken = [], [], []
+    for key, path in paths.items():
+        if not Path(path).exists():
+            todo.append(key)
+        elif file_is_complete(path):
+            done.append(key)
+        else:
+            broken.append(str(path))
+            todo.append(key)
+    if broken:
+        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        warnings.warn(f"{what}: {len(broken)} existing file(s) are empty or truncated and are made "
+                      f"again: {shown}", stacklevel=3)
+    return done, todo
+
+
 def dataset_index(dataset) -> Dict[str, int]:
     return {name: i for i, name in enumerate(dataset.ids)}
 
 
 # ----------------------------------------------------------------------------------------- maps
-
-def strided_size(size_hw: Sequence[int], stride: int = 4) -> Tuple[int, int]:
-    return (int(size_hw[0]) - 1) // stride + 1, (int(size_hw[1]) - 1) // stride + 1
-
 
 def load_maps(path: str | Path, num_classes: int, image_size: Sequence[int],
               field: str = "high_res") -> Tuple[np.ndarray, torch.Tensor | np.ndarray]:
@@ -87,7 +98,7 @@ def load_maps(path: str | Path, num_classes: int, image_size: Sequence[int],
         raise ValueError(f"{path}: class keys {keys.tolist()} exceed the dataset's {num_classes} "
                          f"classes (0..{num_classes - 1}): is this maps folder from another dataset?")
     maps = record[field]
-    expected = tuple(image_size) if field == "high_res" else strided_size(image_size)
+    expected = tuple(image_size) if field == "high_res" else strided_size(image_size, 4)
     shape = tuple(maps.shape)
     if len(shape) != 3 or shape[0] != keys.size or shape[1:] != expected:
         raise ValueError(f"{path}: '{field}' has shape {shape}, expected ({keys.size}, "
@@ -119,3 +130,11 @@ def check_settings(out_dir: str | Path, stage: str, settings: Dict) -> None:
         return
     save_json(path, record)
 
+
+def map_path(maps_dir: Path, name: str) -> Path:
+    return Path(maps_dir) / f"{name}.npy"
+
+
+def require_maps(maps_dir: Path, names: Sequence[str], stage: str, allow_missing: bool = False) -> list[str]:
+    """The names whose maps exist in ``maps_dir`` (:func:`present_names` for IRN map files)."""
+    return present_names(maps_dir, names, ".npy", "maps", stage, allow_missing)[0]
