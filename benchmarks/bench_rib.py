@@ -7,9 +7,14 @@ authors'-style loop, measured side by side in one run, one table per size.
 Sizes: ``small`` = ResNet-18, 128-px images, B 8, crop 128; ``voc`` = ResNet-50 output stride 16,
 448-px targets, B 20, crop 512 (the paper's setting); both K 10, stops off (every image runs K steps).
 Weights are random (speed does not depend on them); images come from the embedded demo generator.
+``tiny`` (the tests' size: a narrow ResNet-10, 48-px images, B 2) checks the script, not speed.
 ``--list`` prints the variants. MFU = achieved TFLOP/s (FLOPs of one image counted with
-torch.utils.flop_counter, forward and backward) over ``--peak-tflops`` (798: the bf16 dense rate
-measured on an H100; give your GPU's, or leave it out for no MFU column).
+torch.utils.flop_counter, forward and backward) over ``--peak-tflops`` (by default the dense bf16
+peak of the GPU named in :data:`PEAK_TFLOPS`, e.g. 989 on an H100 or H200 SXM; none elsewhere).
+
+With ``--json`` the file is rewritten (atomically) after every variant, so a variant that fails or
+a run that is cut short keeps every figure measured before it; a failing variant is logged with its
+error, recorded as such, and the others still run.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -35,6 +41,7 @@ from rib_ext.rib import OtherImages, RIBEngine, Target  # noqa: E402
 from rib_ext.rib import oracle_loop  # noqa: E402
 
 SIZES = {
+    "tiny": dict(backbone="resnet_tiny", image_size=48, others=2, crop=48),  # the tests' size
     "small": dict(backbone="resnet18", image_size=128, others=8, crop=128),
     "voc": dict(backbone="resnet50", image_size=448, others=20, crop=512),
 }
@@ -56,6 +63,15 @@ VARIANTS = {
     "Gauto+bf16+cl": dict(_FAST, group_size=0),
 }
 CPU_DEFAULT = ["loop", "engine-before", "engine", "engine+bf16", "engine+cl", "G4 vmap+bf16+cl"]
+# Dense bf16 peak TFLOP/s by device name, most specific first (vendor figures, no sparsity). The
+# H200 SXM has the H100 SXM's compute; the PCIe and NVL boards run lower clocks.
+PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200 NVL", 835.0),
+               ("H100", 989.0), ("H200", 989.0)]
+
+
+def peak_tflops(device_name: str):
+    """The dense bf16 peak of ``device_name`` (None when the device is not in the table)."""
+    return next((tf for key, tf in PEAK_TFLOPS if key in device_name), None)
 
 
 def sync(device):
@@ -79,7 +95,8 @@ def count_flops(model, pool, target, cfg, device) -> float:
     return float(counter.get_total_flops())
 
 
-def run_size(name, args, device, variants):
+def run_size(name, args, device, variants, on_row=lambda res: None):
+    """Measure ``variants`` at size ``name``; ``on_row(result so far)`` after each variant."""
     size = SIZES[name]
     n = args.images or (4 if device.type == "cpu" else 16)
     root = Path(tempfile.mkdtemp(prefix="rib_bench_"))
@@ -97,56 +114,72 @@ def run_size(name, args, device, variants):
         pool.image(j)
 
     flops = count_flops(model, pool, targets[0], cfg, device) if args.flops else None
-    rows = []
+    res = {"size": name, **size, "steps": args.steps, "images": n, "flops_per_image": flops,
+           "rows": []}
     for v in variants:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        extra = {}
-        if v in ("loop", "authors"):
-            run = lambda ts: [oracle_loop.adapt_one(model, t, pool, cfg, per_row_loop=v == "authors")
-                              for t in ts]
-            settings = {"per_row_loop": v == "authors"}
-        else:
-            vcfg = dataclasses.replace(cfg, **VARIANTS[v])
-            settings = VARIANTS[v]
-            engine = RIBEngine(model, pool, vcfg, device)
+        try:
+            row = measure(v, model, pool, targets, cfg, device, flops, args.peak_tflops)
+            print(f"  {name} {v}: {row['images_per_s']:.3f} images/s", file=sys.stderr, flush=True)
+        except Exception as e:  # one variant's failure must not cost the others' figures
+            traceback.print_exc()
+            row = {"variant": v, "settings": VARIANTS[v], "error": f"{type(e).__name__}: {e}"}
+            print(f"  {name} {v}: FAILED ({row['error']})", file=sys.stderr, flush=True)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        res["rows"].append(row)
+        on_row(res)
+    return res
 
-            def run(ts, engine=engine):
-                return engine.run(ts)
-        run(targets[:1])  # warm-up (cuDNN plans, the automatic G's measurement)
-        if v not in ("loop", "authors") and engine.group_choice:
-            extra["group_choice"] = engine.group_choice
-        sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        run(targets)
-        sync(device)
-        ips = n / (time.perf_counter() - t0)
-        row = {"variant": v, "settings": settings, "images_per_s": round(ips, 4),
-               "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-               if device.type == "cuda" else None, **extra}
-        if flops:
-            row["tflops"] = round(flops * ips / 1e12, 3)
-            if args.peak_tflops:
-                row["mfu"] = round(row["tflops"] / args.peak_tflops, 4)
-        rows.append(row)
-        print(f"  {name} {v}: {ips:.3f} images/s", file=sys.stderr, flush=True)
-    return {"size": name, **size, "steps": args.steps, "images": n,
-            "flops_per_image": flops, "rows": rows}
+
+def measure(v, model, pool, targets, cfg, device, flops, peak) -> dict:
+    """One variant's row: images/s over ``targets`` after a one-image warm-up."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    extra, engine = {}, None
+    if v in ("loop", "authors"):
+        def run(ts):
+            return [oracle_loop.adapt_one(model, t, pool, cfg, per_row_loop=v == "authors")
+                    for t in ts]
+        settings = {"per_row_loop": v == "authors"}
+    else:
+        settings = VARIANTS[v]
+        engine = RIBEngine(model, pool, dataclasses.replace(cfg, **settings), device)
+        run = engine.run
+    run(targets[:1])  # warm-up (cuDNN plans, the automatic G's measurement)
+    if engine is not None and engine.group_choice:
+        extra["group_choice"] = engine.group_choice
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    run(targets)
+    sync(device)
+    ips = len(targets) / (time.perf_counter() - t0)
+    row = {"variant": v, "settings": settings, "images_per_s": round(ips, 4),
+           "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+           if device.type == "cuda" else None, **extra}
+    if flops:
+        row["tflops"] = round(flops * ips / 1e12, 3)
+        if peak:
+            row["mfu"] = round(row["tflops"] / peak, 4)
+    return row
 
 
 def print_table(res, device_desc):
     print(f"\n### {res['size']}: {res['backbone']}, {res['image_size']}-px targets, "
           f"B {res['others']}, crop {res['crop']}, K {res['steps']}, {res['images']} images; "
           f"{device_desc}")
-    base = {r["variant"]: r["images_per_s"] for r in res["rows"]}
+    base = {r["variant"]: r["images_per_s"] for r in res["rows"] if "error" not in r}
     ref = base.get("loop")
     authors = base.get("authors")
     print("| variant | images/s | vs loop | vs authors' | TFLOP/s | MFU | peak GB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in res["rows"]:
+        if "error" in r:
+            print(f"| {r['variant']} | failed: {r['error'][:80]} | | | | | |")
+            continue
         ips = r["images_per_s"]
         g = f" (G={r['group_choice']['group_size']})" if "group_choice" in r else ""
         print(f"| {r['variant']}{g} | {ips:.3f} | "
@@ -164,33 +197,43 @@ def main(argv=None):
                    help="names from --list (default: all on CUDA, a short list on the CPU)")
     p.add_argument("--no-flops", dest="flops", action="store_false")
     p.add_argument("--peak-tflops", type=float, default=None,
-                   help="the device's peak for MFU (default 798 on an H100, else none)")
-    p.add_argument("--json", default=None, help="write every figure and setting here")
+                   help="the device's dense bf16 peak for MFU (default: by device name, "
+                        "989 on an H100 or H200 SXM; none on other devices)")
+    p.add_argument("--json", default=None, help="write every figure and setting here (after "
+                                                "each variant)")
     p.add_argument("--list", action="store_true")
     args = p.parse_args(argv)
     if args.list:
         print("\n".join(f"{k}: {v}" for k, v in VARIANTS.items()))
-        return
+        return 0
     device = torch.device(args.device)
     variants = args.variants or (list(VARIANTS) if device.type == "cuda" else CPU_DEFAULT)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; see --list")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    if args.peak_tflops is None and "H100" in name:
-        args.peak_tflops = 798.0
+    if args.peak_tflops is None:
+        args.peak_tflops = peak_tflops(name) if device.type == "cuda" else None
     desc = (f"torch {torch.__version__}, {device.type} ({name})"
             + (f", {torch.get_num_threads()} threads, {os.cpu_count()} cores" if device.type == "cpu" else ""))
-    results = [run_size(s, args, device, variants) for s in args.sizes]
-    for res in results:
+    doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "device": device.type, "device_name": name, "torch": torch.__version__,
+           "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
+           "peak_tflops": args.peak_tflops, "command": " ".join(sys.argv), "sizes": []}
+
+    def write(res):
+        if args.json:
+            save_text(args.json, json.dumps({**doc, "sizes": doc["sizes"] + [res]}, indent=1))
+
+    for s in args.sizes:
+        doc["sizes"].append(run_size(s, args, device, variants, write))
+    for res in doc["sizes"]:
         print_table(res, desc)
-    if args.json:
-        save_text(args.json, json.dumps({
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": device.type, "device_name": name, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
-            "peak_tflops": args.peak_tflops, "command": " ".join(sys.argv), "sizes": results}, indent=1))
+    failed = [r["variant"] for res in doc["sizes"] for r in res["rows"] if "error" in r]
+    if failed:
+        print(f"\nfailed variants: {failed}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

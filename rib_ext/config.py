@@ -247,9 +247,15 @@ class RIBConfig(Section):
     # differs (~1e-7), so off by default, keeping the authors' maps bit for bit.
     fold_stem: bool = False
     foreach_update: bool = True  # the SGD update as torch._foreach_* over the group's weights
-    group_memory_gb: float = 16.0  # group_size=0: the largest G whose step fits this (CUDA)
+    # group_size=0 (CUDA): the largest G whose step, measured on the largest target, fits the
+    # device's free memory (less a tenth); a positive value caps that budget, in GiB.
+    group_memory_gb: float = 0.0
     image_cache_mb: int = 4096  # decoded other images kept in (pinned) host memory, LRU beyond
     prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
+    # CUDA: the other images' forward and backward (fixed shapes) replayed from a CUDA graph per
+    # group size G, captured at a group's first full step. Off until measured on a GPU; ignored
+    # (with a warning) on the CPU.
+    cuda_graphs: bool = False
     seed: int = 0
     device: str = "auto"
 
@@ -264,8 +270,10 @@ class RIBConfig(Section):
         _require(self.group_size >= 0, f"group_size must be >= 1, or 0 for automatic; got {self.group_size}")
         _require(self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}")
         _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
+        _require(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         _require(self.image_cache_mb >= 0, f"image_cache_mb must be >= 0, got {self.image_cache_mb}")
-        _positive(self, "group_memory_gb")
+        _require(self.group_memory_gb >= 0,
+                 f"group_memory_gb must be >= 0 (0: the device's free memory), got {self.group_memory_gb}")
         _positive(self, "lr", "margin", "classifier_lr_mult", "other_crop")
         _require(self.weight_decay >= 0 and self.lr_power >= 0,
                  f"weight_decay and lr_power must be >= 0, got {self.weight_decay}, {self.lr_power}")
@@ -545,6 +553,9 @@ class PipelineConfig:
     preset: Optional[str] = None  # demo | voc | coco: the settings the stage configs started from
     cam_checkpoint: Optional[str] = None  # a trained classifier to use instead of train_cam's
     device: str = "auto"
+    # Worker processes per rank of the CPU-bound stages (the dense CRF of crf and ir_label); None:
+    # the cores available to the process, shared among the ranks of the machine; 0 or 1: no pool.
+    cpu_workers: Optional[int] = None
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
@@ -564,6 +575,8 @@ class PipelineConfig:
                  f"dataset must be demo, voc or coco, got {self.dataset!r}")
         _require(self.preset is None or self.preset in PIPELINE_PRESETS,
                  f"preset must be one of {PIPELINE_PRESETS}, got {self.preset!r}")
+        _require(self.cpu_workers is None or self.cpu_workers >= 0,
+                 f"cpu_workers must be >= 0 (or none: the cores available), got {self.cpu_workers}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value) and hasattr(value, "validate"):

@@ -21,21 +21,32 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``precision`` on ``device`` (a no-op context for float32)."""
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
+    """The autocast context of ``precision`` on ``device`` (a no-op context for float32).
+    ``cache_enabled=False`` inside CUDA graph capture (autocast's weight cache would be baked in)."""
     if check_precision(precision) == "float32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                          cache_enabled=cache_enabled)
 
 
 def memory_format(channels_last: bool):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def apply_backend_settings(device: torch.device, cudnn_benchmark: bool) -> None:
-    """cudnn.benchmark is process-wide: set only where it was asked for, on CUDA."""
-    if cudnn_benchmark and torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool):
+    """``torch.backends.cudnn.benchmark = enabled`` inside the block, the previous value after.
+
+    The flag is process-wide and cuDNN times its algorithms once per new shape: worth it around
+    work whose shapes repeat (RIB's other images: B crops of one size), a loss where every image
+    brings new sizes. Never left set for the rest of the process."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:

@@ -42,8 +42,8 @@ def _compare(ours, theirs):
         np.testing.assert_allclose(a.maps["high_res"], b.maps["high_res"], rtol=1e-4, atol=1e-5)
 
 
-def _run_engine(model, pool, targets, cfg):
-    results = RIBEngine(model, pool, cfg, "cpu").run(targets)
+def _run_engine(model, pool, targets, cfg, read_lag=None):
+    results = RIBEngine(model, pool, cfg, "cpu", read_lag=read_lag).run(targets)
     return sorted(results, key=lambda r: r.name)
 
 
@@ -86,18 +86,26 @@ def test_vmap_over_group_weights_matches_loop(setup):
     _compare(_run_engine(model, pool, targets, dataclasses.replace(cfg, head_batching="vmap")), looped)
 
 
-def test_margin_stop_fires_and_keeps_steps_so_far(setup):
+# read_lag 1 with G 2: the stops are decided on the device and read a step late, so each image
+# computes one more (masked) step before the host sees it stop, and the next image joins later.
+LATE = [dict(read_lag=0, group_size=1), dict(read_lag=1, group_size=1), dict(read_lag=1, group_size=2)]
+
+
+@pytest.mark.parametrize("late", LATE)
+def test_margin_stop_fires_and_keeps_steps_so_far(setup, late):
     _, model, pool, targets = setup
-    cfg = tiny_cfg(margin=1e-9)  # any nonzero target logit sum exceeds it after step 0
-    ours = _run_engine(model, pool, targets[:2], cfg)
+    cfg = tiny_cfg(margin=1e-9, group_size=late["group_size"])  # any nonzero sum exceeds it
+    ours = _run_engine(model, pool, targets[:3], cfg, late["read_lag"])
     assert all(r.record["stop"] == "margin" and r.record["steps"] == 1 for r in ours)
-    _compare(ours, _run_loop(model, pool, targets[:2], cfg))
+    _compare(ours, _run_loop(model, pool, targets[:3], cfg))
 
 
-def test_explosion_stop_fires_from_step_one(setup):
+@pytest.mark.parametrize("late", LATE)
+def test_explosion_stop_fires_from_step_one(setup, late):
     _, model, pool, targets = setup
-    cfg = tiny_cfg(explosion_threshold=0.0, explosion_ratio=0.0)  # any positive map "covers" it
-    ours = _run_engine(model, pool, targets[:2], cfg)
+    cfg = tiny_cfg(explosion_threshold=0.0, explosion_ratio=0.0,  # any positive map "covers" it
+                   group_size=late["group_size"])
+    ours = _run_engine(model, pool, targets[:2], cfg, late["read_lag"])
     # Step 0 never checks; step 1 stops before its update: one update made.
     assert all(r.record["stop"] == "explosion" and r.record["steps"] == 1 for r in ours)
     _compare(ours, _run_loop(model, pool, targets[:2], cfg))
@@ -161,11 +169,32 @@ def test_other_batch_shapes_and_padding(setup):
         assert images[b][:, mask].abs().sum() == 0
 
 
-def test_non_finite_step_is_an_error_naming_the_image(setup):
-    """A diverging adaptation (NaN target logits) stops with an error, not a silent map."""
+@pytest.mark.parametrize("read_lag", [0, 1])
+def test_non_finite_step_is_an_error_naming_the_image(setup, read_lag):
+    """A diverging adaptation (NaN target logits) stops with an error, not a silent map; read a
+    step late, the same error (and no image delivered before it)."""
     from rib_ext.training import NonFiniteLossError
 
     _, model, pool, targets = setup
+    seen = []
     with pytest.raises(NonFiniteLossError, match=r"rib: step 2 of image img0 \(loss nan, target logit sum nan\), "
                                                  r"img1 .* with learning rate [0-9.e+]+"):
-        RIBEngine(model, pool, tiny_cfg(lr=1e30, group_size=2), "cpu").run(targets[:2])
+        RIBEngine(model, pool, tiny_cfg(lr=1e30, group_size=2), "cpu",
+                  read_lag=read_lag).run(targets[:2], on_result=seen.append)
+    assert seen == []
+
+
+@pytest.mark.parametrize("read_lag", [0, 1])
+def test_late_reads_keep_a_stopped_image_as_it_is(setup, read_lag):
+    """Margin (and explosion) stops at different steps in a group of 2 over 4 images (images join
+    as others leave): read late or at once, the same steps, stops, sums and maps as the reference loop."""
+    _, model, pool, targets = setup
+    free = _run_engine(model, pool, targets, tiny_cfg())
+    margin = float(np.median([max(r.record["target_logit_sums"]) for r in free]))
+    cfg = tiny_cfg(margin=margin, group_size=2)
+    ours = _run_engine(model, pool, targets, cfg, read_lag)
+    stops = {r.record["stop"] for r in ours}
+    assert "margin" in stops and len(stops) >= 2, stops  # images stop at different steps, for different reasons
+    _compare(ours, _run_loop(model, pool, targets, cfg))
+    with pytest.raises(ValueError, match="read_lag"):
+        RIBEngine(model, pool, cfg, "cpu", read_lag=2)

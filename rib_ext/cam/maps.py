@@ -12,7 +12,7 @@ from rib_ext.config import MakeCamConfig
 from rib_ext.data import InferenceDataset
 from rib_ext.io import save_npy
 from rib_ext.outputs import map_path, split_complete
-from rib_ext.precision import apply_backend_settings, autocast, check_precision, memory_format
+from rib_ext.precision import autocast, check_precision, cudnn_benchmark, memory_format
 from rib_ext.runtime import progress, resolve_device
 
 
@@ -42,7 +42,6 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision)
-    apply_backend_settings(device, cfg.cudnn_benchmark)
     model = model.to(device).eval()
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -52,11 +51,13 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), todo)
     loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
     t0 = time.time()
-    for sample in progress(loader, "make_cam", total=len(todo)):
-        keys = np.nonzero(sample["label"].numpy())[0]
-        maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
-                          cfg.channels_last)
-        save_npy(map_path(out_dir, sample["name"]), maps)
+    # Set for this loop only (the process's value comes back after it).
+    with cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
+        for sample in progress(loader, "make_cam", total=len(todo)):
+            keys = np.nonzero(sample["label"].numpy())[0]
+            maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
+                              cfg.channels_last)
+            save_npy(map_path(out_dir, sample["name"]), maps)
     seconds = time.time() - t0
     distributed.barrier()
     return {"written": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),

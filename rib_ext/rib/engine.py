@@ -15,9 +15,14 @@ memory budget (``group_size=0``).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import itertools
 import logging
 import math
 import time
+import warnings
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
@@ -30,7 +35,7 @@ from torch.func import functional_call
 
 from rib_ext import ops
 from rib_ext.config import RIBConfig
-from rib_ext.precision import (apply_backend_settings, autocast, check_precision, fold_batch_norms,
+from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_batch_norms,
                                memory_format)
 from rib_ext.rib.losses import step_loss
 from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
@@ -57,6 +62,24 @@ class CAMHead(nn.Module):
         return F.conv2d(self.stage4(self.stage3(x2)), self.classifier.weight)
 
 
+class AffineBatchNorm(nn.Module):
+    """A fixed batch norm as the per-channel affine map it is, computed in float32 and returned in
+    the input's dtype: what autocast's mixed-dtype batch norm does for a bf16 input, written so
+    that vmap can batch it over per-image affine parameters (its batch-norm rule cannot)."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.eps = bn.eps
+        self.weight, self.bias = bn.weight, bn.bias
+        self.register_buffer("running_mean", bn.running_mean)
+        self.register_buffer("running_var", bn.running_var)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return (x.float() * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)).to(x.dtype)
+
+
 @dataclass
 class Target:
     """One image to adapt: what it is, and (for the engine) its adaptation state."""
@@ -79,11 +102,36 @@ class _State:
     acc: list  # per scale: accumulated map [K, h, w]
     rng: np.random.Generator
     others: Optional[OtherStream] = None  # this image's other images, one permutation of its pool
-    step: int = 0
+    step: int = 0  # updates made, as the host has read them
     stop: Optional[str] = None
+    queued: int = 0  # steps queued on the device (ahead of ``step`` by the reads not yet made)
+    # On the device: still adapting. A step queued before the host has read that the image stopped
+    # leaves its maps and weights as they are (late reads only; None otherwise).
+    alive: Optional[torch.Tensor] = None
     stats: list = field(default_factory=list)
     snapshots: list = field(default_factory=list)  # maps after each step (snapshot_steps only)
     t0: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Readout:
+    """One group step's per-image figures on their way to the host, read one step late on CUDA.
+
+    ``values`` [n, 3] float64 per image of ``states``: exploded (0/1), stop statistic, loss.
+    ``exploded``: images the host already knows exploded in that step (early reads only)."""
+
+    states: list
+    values: Optional[torch.Tensor]
+    exploded: list
+    snapshots: list  # per image of ``states``: its per-scale maps after the target pass, or None
+    event: Optional[object] = None  # CUDA event after the copy to pinned memory
+
+    def rows(self) -> list:
+        if self.values is None:
+            return []
+        if self.event is not None:
+            self.event.synchronize()  # this step's copy only: later steps stay queued
+        return self.values.tolist()
 
 
 @dataclass
@@ -132,6 +180,36 @@ def sgd_update_foreach_(params, grads, bufs, lrs, weight_decay: float, momentum:
         torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)
 
 
+def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: float,
+                       masks) -> None:
+    """:func:`sgd_update_foreach_` where ``masks[i]`` (a 0-d bool tensor on the device) is False:
+    that parameter and its momentum buffer are left as they are. Where True, the same operations
+    as the unmasked update (bit for bit); a masked-out non-finite gradient changes nothing."""
+    if not params:
+        return
+    d = torch._foreach_add(list(grads), params, alpha=weight_decay) if weight_decay else list(grads)
+    if momentum:
+        old = [i for i, b in enumerate(bufs) if b is not None]
+        for i, b in enumerate(bufs):
+            if b is None:  # an image's first step: it is alive (no stop precedes its first update)
+                bufs[i] = torch.clone(d[i]).detach()
+        if old:
+            new = torch._foreach_mul([bufs[i] for i in old], momentum)
+            torch._foreach_add_(new, [d[i] for i in old])
+            for i, n in zip(old, new):
+                bufs[i].copy_(torch.where(masks[i], n, bufs[i]))
+        d = list(bufs)
+    d = [torch.where(m, x, 0) for m, x in zip(masks, d)]
+    by_lr: dict[float, list[int]] = {}
+    for i, lr in enumerate(lrs):
+        by_lr.setdefault(float(lr), []).append(i)
+    for lr, idx in by_lr.items():
+        torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)
+
+
+GROUP_MEMORY_SLACK = 0.1  # the part of the free device memory the automatic G leaves alone
+
+
 def choose_group_size(per_image_bytes: float, budget_bytes: float, max_group: int = 16) -> int:
     """The largest G (1..max_group) whose step, at ``per_image_bytes`` each, fits the budget."""
     if per_image_bytes <= 0:
@@ -149,7 +227,7 @@ class RIBEngine:
     """
 
     def __init__(self, model, pool: OtherImages, cfg: RIBConfig, device: torch.device,
-                 snapshot_steps: bool = False):
+                 snapshot_steps: bool = False, read_lag: Optional[int] = None):
         if cfg.steps < 1:
             raise ValueError(f"RIB needs at least one step, got steps={cfg.steps}")
         if cfg.scales[0] != 1.0:
@@ -162,7 +240,9 @@ class RIBEngine:
         self.device = torch.device(device)
         self.precision = check_precision(cfg.precision)
         self.fmt = memory_format(cfg.channels_last)
-        apply_backend_settings(self.device, cfg.cudnn_benchmark)
+        # cuDNN's algorithm timing only around the other images' pass (fixed shapes): targets
+        # come in every size, and timing each new one costs more than it saves.
+        self.bench_others = cfg.cudnn_benchmark and self.device.type == "cuda"
         self.model = model.to(self.device).eval()
         self.pool = pool
         self.head = CAMHead(self.model)
@@ -184,11 +264,27 @@ class RIBEngine:
         # take cores from the convolutions.
         self.prefetch = cfg.prefetch == "on" or (cfg.prefetch == "auto" and self.device.type == "cuda")
         self.views = TargetViews(self.device, cfg.scales)  # each target's views, one target ahead
+        # Steps the host reads behind: on CUDA 1 (the stops and the non-finite check decided on the
+        # device as masks; step k's figures read once step k+1 is queued, so the device never
+        # waits for the host); on the CPU 0 (a read costs nothing there, and reading at once
+        # spares the step a stopped image would otherwise compute for nothing).
+        self.read_lag = (1 if self.device.type == "cuda" else 0) if read_lag is None else read_lag
+        if self.read_lag not in (0, 1):
+            raise ValueError(f"read_lag must be 0 or 1, got {read_lag}")
         self.group_size = cfg.group_size  # 0 until chosen (run)
         self.group_choice: Optional[dict] = None  # how G was chosen, when automatic
+        self._affine: Optional[CAMHead] = None  # the bf16 vmap head (built when first needed)
+        # group size -> the graphed other-images pass (cuda_graphs on CUDA only)
+        self.graphs: Optional[dict] = None
+        if cfg.cuda_graphs and self.device.type == "cuda":
+            self.graphs = {}
+        elif cfg.cuda_graphs:
+            warnings.warn(f"rib.cuda_graphs is for CUDA devices: ignored on {self.device.type}, "
+                          f"which runs eagerly", stacklevel=2)
 
     def _autocast(self):
-        return autocast(self.device, self.precision)
+        # autocast's cast cache must stay off where a CUDA graph may be captured
+        return autocast(self.device, self.precision, cache_enabled=self.graphs is None)
 
     @torch.no_grad()
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,74 +299,111 @@ class RIBEngine:
         params = [p.clone().requires_grad_() for p in self.base]
         rng = image_generator(self.cfg.seed, target.index)
         others = self.pool.stream(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
+        alive = torch.ones((), dtype=torch.bool, device=self.device) if self.read_lag else None
         return _State(target, keys, label, x2, params, [None] * len(params), [None] * len(x2),
-                      rng, others)
+                      rng, others, alive=alive)
 
-    def _cam(self, st: _State, x2: torch.Tensor) -> torch.Tensor:
-        """Raw CAMs [N, K, h, w] under the image's weights, float32 whatever the precision (the
-        maps accumulate and the loss pools in float32)."""
-        params = dict(zip(self.names, st.params))
+    def _cam(self, params: list, x2: torch.Tensor) -> torch.Tensor:
+        """Raw CAMs [N, K, h, w] under one image's weights ``params``, float32 whatever the
+        precision (the maps accumulate and the loss pools in float32)."""
+        params = dict(zip(self.names, params))
         with self._autocast():
             cam = functional_call(self.head, (params, self.buffers), (x2,))
         return _at_least_float32(cam)
 
-    def _other_cams(self, live: list[_State], x2_split) -> list[torch.Tensor]:
-        """The other images' CAMs under each image's own weights: one call per image, or one
-        ``vmap`` over the group's stacked weights (the crops share a size, the targets do not)."""
-        if self.cfg.head_batching == "loop" or len(live) == 1:
-            return [self._cam(st, x2o) for st, x2o in zip(live, x2_split)]
-        stacked = [torch.stack(ps) for ps in zip(*(st.params for st in live))]
+    def _other_cams(self, params: list[list], x2_split) -> list[torch.Tensor]:
+        """The other images' CAMs under each image's own weights (``params``, one list per
+        image): one call per image, or one ``vmap`` over the group's stacked weights (the crops
+        share a size, the targets do not)."""
+        if self.cfg.head_batching == "loop" or len(params) == 1:
+            return [self._cam(ps, x2o) for ps, x2o in zip(params, x2_split)]
+        stacked = [torch.stack(ps) for ps in zip(*params)]
+        x2 = torch.stack(list(x2_split))
+        module = self.head
+        if self.precision == "bf16":
+            # CPU autocast does not reach inside vmap, and vmap's batch-norm rule refuses a bf16
+            # input with (batched) float32 affine parameters: cast as autocast would (convolution
+            # weights and inputs to bf16) and run the fixed batch norms as their float32 affine
+            # map, so the vmapped head computes what the loop's autocast head computes.
+            stacked = [p.to(torch.bfloat16) if p.dim() == 5 else p for p in stacked]
+            x2 = x2.to(torch.bfloat16)
+            module = self._affine_head()
 
         def head(params, x2):
-            return functional_call(self.head, (dict(zip(self.names, params)), self.buffers), (x2,))
+            return functional_call(module, (dict(zip(self.names, params)), self.buffers), (x2,))
 
         with self._autocast():
-            cams = torch.func.vmap(head)(stacked, torch.stack(list(x2_split)))
+            cams = torch.func.vmap(head)(stacked, x2)
         return list(_at_least_float32(cams))
 
-    def _scale_cam(self, st: _State, s: int) -> torch.Tensor:
+    def _affine_head(self) -> CAMHead:
+        """A copy of the head whose fixed batch norms are :class:`AffineBatchNorm` (same names)."""
+        if self._affine is None:
+            self._affine = copy.deepcopy(self.head)
+            for m in list(self._affine.modules()):
+                for name, child in m.named_children():
+                    if isinstance(child, nn.BatchNorm2d):
+                        setattr(m, name, AffineBatchNorm(child))
+        return self._affine
+
+    def _scale_cam(self, st: _State, s: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scale ``s``'s CAMs [2, K, h, w] (differentiable when the scale feeds the loss), added
-        to the image's accumulated map."""
+        to the image's accumulated map (only where the 0-d ``mask`` is True, when given)."""
         with torch.set_grad_enabled(self.cfg.scales[s] in self.cfg.loss_scales):
-            cam = self._cam(st, st.x2[s])
+            cam = self._cam(st.params, st.x2[s])
         if st.acc[s] is None:
             # cam_flip_accumulate_ wants cam's accumulation dtype (float64 for float64 cams).
             st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=cam.dtype)
-        ops.cam_flip_accumulate_(st.acc[s], cam[0], cam[1])
+        # A masked-out step adds exact zeros (ReLU of 0), whatever the CAMs hold, NaN included.
+        add = cam if mask is None else torch.where(mask, cam.detach(), 0)
+        ops.cam_flip_accumulate_(st.acc[s], add[0], add[1])
         return cam
 
     def _explosion(self, st: _State, cam: torch.Tensor) -> Optional[torch.Tensor]:
         """The explosion ratio of the step's scale-1.0 CAMs, on the device; None if not checked."""
-        if st.step < 1 or not self.cfg.stop_on_explosion:
+        if st.queued < 1 or not self.cfg.stop_on_explosion:
             return None
         merged = ops.cam_flip_merge(cam[0].detach(), cam[1].detach())
         return explosion_ratio_tensor(merged, st.keys, self.cfg.explosion_threshold)
 
-    def _target_pass(self, group: list[_State]) -> list:
-        """Accumulate the group's maps for this step: per image its loss-scale CAMs, or None if
-        its scale-1.0 map exploded (then only that map was added). One host read for the group."""
+    def _target_pass(self, group: list[_State]):
+        """Accumulate the group's maps for this step. Returns (per image its loss-scale CAMs, or
+        None if the host knows its scale-1.0 map exploded; per image the device flag ``exploded``
+        and the mask ``go`` of a step that updates, both None on early reads).
+
+        Early reads (``read_lag`` 0): one host read of the explosion ratios, and an exploded image
+        goes no further. Late reads: the decision stays on the device; an exploded image (or one
+        already stopped) computes its step with its maps masked, and the update masks it out."""
         cfg = self.cfg
-        first = [self._scale_cam(st, 0) for st in group]
+        late = self.read_lag > 0
+        first = [self._scale_cam(st, 0, st.alive if late else None) for st in group]
         ratios = [self._explosion(st, cam) for st, cam in zip(group, first)]
-        checked = [r for r in ratios if r is not None]
-        values = iter(torch.stack(checked).tolist() if checked else [])
+        if late:
+            # float64: the host compares the float32 ratio, as a Python float, with the setting.
+            exploded = [torch.zeros((), dtype=torch.bool, device=self.device) if r is None
+                        else r.double() > cfg.explosion_ratio for r in ratios]
+            go = [st.alive & ~e for st, e in zip(group, exploded)]
+        else:
+            checked = [r for r in ratios if r is not None]
+            values = iter(torch.stack(checked).tolist() if checked else [])
+            known = [r is not None and next(values) > cfg.explosion_ratio for r in ratios]
+            exploded, go = [None] * len(group), [None] * len(group)
         out = []
-        for st, cam, ratio in zip(group, first, ratios):
-            if ratio is not None and next(values) > cfg.explosion_ratio:
+        for i, (st, cam) in enumerate(zip(group, first)):
+            if not late and known[i]:
                 out.append(None)
                 continue
             loss_cams = [cam] if cfg.scales[0] in cfg.loss_scales else []
             for s in range(1, len(cfg.scales)):
-                cam_s = self._scale_cam(st, s)
+                cam_s = self._scale_cam(st, s, go[i])
                 if cfg.scales[s] in cfg.loss_scales:
                     loss_cams.append(cam_s)
-            if self.snapshot_steps:
-                st.snapshots.append(self._maps(st))
             out.append(loss_cams)
-        return out
+        return out, exploded, go
 
-    def _maps(self, st: _State) -> dict:
-        return ops.finalize_maps(st.acc, st.target.image.shape[:2], st.keys.cpu().numpy())
+    def _maps(self, st: _State, acc: Optional[list] = None) -> dict:
+        return ops.finalize_maps(st.acc if acc is None else acc, st.target.image.shape[:2],
+                                 st.keys.cpu().numpy())
 
     def _finish(self, st: _State) -> Result:
         # An exploded step added its scale-1.0 map only: the other scales hold one step fewer.
@@ -289,8 +422,11 @@ class RIBEngine:
     def _build(self, recipes: list[list[dict]]):
         return self.pool.stage(recipes)  # take() it on the stream of the step
 
-    def _step(self, group: list[_State], executor: Optional[ThreadPoolExecutor] = None) -> None:
+    def _step(self, group: list[_State], executor: Optional[ThreadPoolExecutor] = None) -> _Readout:
+        """Queue one step of ``group`` (images the host has not seen stop); returns the step's
+        figures for :meth:`_read`, which the run reads ``read_lag`` steps later."""
         cfg = self.cfg
+        late = self.read_lag > 0
         pending = None
         if executor is not None:
             # Draw before the target pass, so the other images are built while the device works.
@@ -298,58 +434,149 @@ class RIBEngine:
             # is finished, so its one extra draw changes nothing.
             early = [self._draw(st) for st in group]
             pending = executor.submit(self._build, early)
-        target_cams = self._target_pass(group)
-        live = [st for st, cams in zip(group, target_cams) if cams is not None]
-        for st, cams in zip(group, target_cams):
-            if cams is None:
-                st.stop = STOP_EXPLOSION
+        target_cams, exploded, go = self._target_pass(group)
+        keep = [cams is not None for cams in target_cams]
+        live = [st for st, k in zip(group, keep) if k]
+        readout = _Readout(live, None, [st for st, k in zip(group, keep) if not k], [None] * len(live))
+        if self.snapshot_steps:
+            # Late reads: the maps as they are now, kept on the device until the step is read.
+            readout.snapshots = [[a.clone() for a in st.acc] if late else self._maps(st)
+                                 for st in live]
         if pending is not None:
-            batches = [b for b, cams in zip(pending.result().take(), target_cams) if cams is not None]
+            batches = [b for b, k in zip(pending.result().take(), keep) if k]
         else:
             batches = self._build([self._draw(st) for st in live]).take()
         target_cams = [cams for cams in target_cams if cams is not None]
+        exploded = [e for e, k in zip(exploded, keep) if k]
+        go = [g for g, k in zip(go, keep) if k]
+        for st in group:
+            st.queued += 1
         if not live:
-            return
-        x2_others = self._stem(torch.cat([b[0] for b in batches]))
-        x2_split = x2_others.split([len(b[0]) for b in batches])
-
-        other_cams = self._other_cams(live, x2_split)
+            return readout
+        images = torch.cat([b[0] for b in batches])
+        if self.graphs is not None and len(live) == self.group_size:
+            other_cams = self._graphed_other_cams(live, images)
+        else:
+            with self._fixed_shapes():
+                x2_split = self._stem(images).split([len(b[0]) for b in batches])
+                other_cams = self._other_cams([st.params for st in live], x2_split)
         total, stats, losses = 0, [], []
         for st, cams, cam_o, (_, other_labels) in zip(live, target_cams, other_cams, batches):
             loss, stat = step_loss(cams, st.label, cam_o, other_labels, cfg)
             total = total + loss
             stats.append(stat)
-            losses.append(loss)
+            losses.append(loss.detach())
         all_params = [p for st in live for p in st.params]
-        grads = torch.autograd.grad(total, all_params)
+        grads = self._grads(total, all_params, target_cams, other_cams)
 
         with torch.no_grad():
             lrs = []
             for st in live:
-                factor = max(0.0, 1.0 - st.step / cfg.steps) ** cfg.lr_power
+                # st.queued - 1: this step's index, the updates made so far if the image is alive
+                factor = max(0.0, 1.0 - (st.queued - 1) / cfg.steps) ** cfg.lr_power
                 lrs += [cfg.lr * m * factor for m in self.lr_mults]
-            if cfg.foreach_update:
-                all_bufs = [b for st in live for b in st.bufs]
+            all_bufs = [b for st in live for b in st.bufs]
+            if late:
+                masks = [g for g, st in zip(go, live) for _ in st.params]
+                sgd_update_masked_(all_params, grads, all_bufs, lrs, cfg.weight_decay,
+                                   self.momentum, masks)
+            elif cfg.foreach_update:
                 sgd_update_foreach_(all_params, grads, all_bufs, lrs, cfg.weight_decay,
                                     self.momentum)
-                offset = 0
-                for st in live:
-                    st.bufs = all_bufs[offset:offset + len(st.params)]
-                    offset += len(st.params)
             else:
                 offset = 0
                 for st in live:
                     n = len(st.params)
-                    sgd_update_(st.params, grads[offset:offset + n], st.bufs,
+                    view = all_bufs[offset:offset + n]
+                    sgd_update_(st.params, grads[offset:offset + n], view,
                                 lrs[offset:offset + n], cfg.weight_decay, self.momentum)
+                    all_bufs[offset:offset + n] = view
                     offset += n
-        # The step's one read of the statistics, after the update is queued. A diverged image
-        # would otherwise end as a NaN-born map; the run stops here, so the update does not matter.
-        values = torch.stack([*stats, total.detach().float()]).tolist()
-        stats = values[:-1]
-        if not all(math.isfinite(v) for v in values):
-            self._raise_non_finite(live, losses, stats)
-        for st, stat in zip(live, stats):
+            offset = 0
+            for st in live:
+                st.bufs = all_bufs[offset:offset + len(st.params)]
+                offset += len(st.params)
+            readout.values = self._figures(live, exploded, stats, losses, go)
+        if self.device.type == "cuda":
+            # The figures to pinned memory behind this step's work; the host waits for this copy
+            # only, when it reads them a step later.
+            host = torch.empty(readout.values.shape, dtype=readout.values.dtype, pin_memory=True)
+            host.copy_(readout.values, non_blocking=True)
+            readout.values = host
+            readout.event = torch.cuda.Event()
+            readout.event.record()
+        return readout
+
+    def _graphed_other_cams(self, live: list[_State], images: torch.Tensor) -> list:
+        """The other images' pass (stem, head; forward and backward) replayed from the CUDA graph
+        of this group size, captured on first use (warm-up on a side stream, as
+        ``torch.cuda.make_graphed_callables`` does). Inputs (the crops and every image's weights)
+        are copied into the graph's static buffers; the loss and the update run eagerly."""
+        g, n = len(live), len(self.names)
+        flat = [p for st in live for p in st.params]
+        fn = self.graphs.get(g)
+        if fn is None:
+            def others(images, *flat):
+                x2 = self._stem(images)
+                params = [list(flat[i * n:(i + 1) * n]) for i in range(g)]
+                return torch.stack(self._other_cams(params, x2.chunk(g)))
+
+            with self._fixed_shapes():
+                fn = self.graphs[g] = torch.cuda.make_graphed_callables(others, (images, *flat))
+        with self._fixed_shapes():
+            return list(fn(images, *flat).unbind(0))
+
+    def _fixed_shapes(self):
+        return cudnn_benchmark(True) if self.bench_others else contextlib.nullcontext()
+
+    def _grads(self, total, params, target_cams, other_cams):
+        """d total / d params: one backward, or with ``bench_others`` two, so that cuDNN times
+        the other images' backward (fixed shapes) and not the target's (a new size per image):
+        first to the CAMs, then from the target's CAMs and the other images' CAMs apart."""
+        if not self.bench_others:
+            return torch.autograd.grad(total, params)
+        t_cams = [c for cams in target_cams for c in cams]
+        g = torch.autograd.grad(total, t_cams + list(other_cams))
+        g_t = torch.autograd.grad(t_cams, params, g[:len(t_cams)])
+        with cudnn_benchmark(True):
+            g_o = torch.autograd.grad(list(other_cams), params, g[len(t_cams):])
+        return torch._foreach_add(list(g_t), list(g_o))
+
+    def _figures(self, live, exploded, stats, losses, go) -> torch.Tensor:
+        """The step's [n, 3] float64 figures (exploded, stop statistic, loss); on late reads also
+        each image's device stop decision: margin, explosion, non-finite (``alive`` goes False)."""
+        cfg = self.cfg
+        stat = torch.stack(stats).double()
+        loss = torch.stack([x.double() for x in losses])
+        if exploded[0] is None:
+            flags = torch.zeros_like(stat)
+        else:
+            flags = torch.stack(exploded).double()
+            stop = ~(torch.isfinite(stat) & torch.isfinite(loss))
+            if cfg.stop_on_margin:
+                stop |= stat > cfg.margin  # float64, as the host compares it
+            for i, st in enumerate(live):
+                st.alive = go[i] & ~stop[i]
+        return torch.stack([flags, stat, loss], dim=1)
+
+    def _read(self, readout: _Readout) -> None:
+        """The host's read of one step: the records, stop reasons and snapshots of the images it
+        finds still adapting (a row of an image seen stopped in an earlier step is left unread);
+        raises :class:`NonFiniteLossError` as the step did, before any image is finished."""
+        cfg = self.cfg
+        for st in readout.exploded:
+            st.stop = STOP_EXPLOSION
+        rows = [(st, r, snap) for st, r, snap in zip(readout.states, readout.rows(), readout.snapshots)
+                if st.stop is None]
+        for st, (exploded, _, _), _ in rows:
+            if exploded:
+                st.stop = STOP_EXPLOSION
+        updated = [(st, stat, loss, snap) for st, (exploded, stat, loss), snap in rows if not exploded]
+        if not all(math.isfinite(stat) and math.isfinite(loss) for _, stat, loss, _ in updated):
+            self._raise_non_finite(updated)
+        for st, stat, _, snap in updated:
+            if snap is not None:
+                st.snapshots.append(snap if isinstance(snap, dict) else self._maps(st, snap))
             st.step += 1
             st.stats.append(stat)
             if cfg.stop_on_margin and stat > cfg.margin:
@@ -357,63 +584,99 @@ class RIBEngine:
             elif st.step >= cfg.steps:
                 st.stop = STOP_STEPS
 
-    def _choose_group_size(self, first: Optional[_State]) -> int:
-        """G for ``group_size=0``: on CUDA the largest G whose step fits ``group_memory_gb``,
-        from one measured step of the first image; on the CPU 1 (the convolutions already use
-        every core, and a group only adds memory)."""
+    def _choose_group_size(self, largest: Optional[tuple]) -> int:
+        """G for ``group_size=0``: on CUDA the largest G whose step fits the device's free memory
+        (less a tenth for the allocator's slack; capped by ``group_memory_gb`` when positive),
+        from one measured step at the size of the largest target, ``largest`` (H, W); on the CPU
+        1 (the convolutions already use every core, and a group only adds memory)."""
         cfg = self.cfg
-        if self.device.type != "cuda" or first is None:
+        if self.device.type != "cuda" or largest is None:
             self.group_choice = {"group_size": 1, "why": f"{self.device.type}: no gain from groups"}
             return 1
-        torch.cuda.synchronize(self.device)
-        base = torch.cuda.memory_allocated(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        self._step([first])
-        torch.cuda.synchronize(self.device)
-        per_image = torch.cuda.max_memory_allocated(self.device) - base
-        g = choose_group_size(per_image, cfg.group_memory_gb * 2**30)
+        per_image = self._probe_step_bytes(largest)
+        free = torch.cuda.mem_get_info(self.device)[0]
+        budget = free * (1 - GROUP_MEMORY_SLACK)
+        if cfg.group_memory_gb:
+            budget = min(budget, cfg.group_memory_gb * 2**30)
+        g = choose_group_size(per_image, budget)
         self.group_choice = {"group_size": g, "step_bytes_per_image": int(per_image),
-                             "budget_bytes": int(cfg.group_memory_gb * 2**30)}
+                             "free_bytes": int(free), "budget_bytes": int(budget),
+                             "largest_target": [int(largest[0]), int(largest[1])]}
         return g
 
-    def _raise_non_finite(self, live: list[_State], losses: list, stats: list[float]) -> None:
-        bad = [f"{st.target.name} (loss {float(loss.detach()):.4g}, target logit sum {stat:.4g})"
-               for st, loss, stat in zip(live, losses, stats)
-               if not (math.isfinite(stat) and math.isfinite(float(loss)))]
-        step = live[0].step + 1
-        lr = self.cfg.lr * max(0.0, 1.0 - live[0].step / self.cfg.steps) ** self.cfg.lr_power
+    def _probe_step_bytes(self, size: tuple) -> int:
+        """Device memory one image's step takes at target size ``size`` (its weights, maps and
+        the step's activations): one step of a blank image of that size, measured, then freed."""
+        k = len(self.pool.labels[0])
+        label = np.zeros(k, np.float32)
+        label[0] = 1.0
+        probe = Target(0, "(group size probe)", np.zeros((*size, 3), np.uint8), label)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        st = self._start(probe)
+        self._read(self._step([st]))
+        torch.cuda.synchronize(self.device)
+        used = torch.cuda.max_memory_allocated(self.device) - base
+        del st
+        torch.cuda.empty_cache()
+        return int(used)
+
+    def _raise_non_finite(self, updated: list) -> None:
+        bad = [f"{st.target.name} (loss {loss:.4g}, target logit sum {stat:.4g})"
+               for st, stat, loss, _ in updated if not (math.isfinite(stat) and math.isfinite(loss))]
+        step = updated[0][0].step + 1
+        lr = self.cfg.lr * max(0.0, 1.0 - updated[0][0].step / self.cfg.steps) ** self.cfg.lr_power
         raise NonFiniteLossError(f"rib: step {step} of image {', '.join(bad)} is not finite with "
                                  f"learning rate {lr:g}: the adaptation diverged; lower the RIB "
                                  f"learning rate (no map is written for it)")
 
     def run(self, targets: Iterable[Target],
-            on_result: Optional[Callable[[Result], None]] = None) -> list[Result]:
+            on_result: Optional[Callable[[Result], None]] = None,
+            largest: Optional[tuple] = None) -> list[Result]:
         """Adapt every target. Without ``on_result`` the results are returned, in finishing
         order; with it, each finished image goes to ``on_result`` as soon as it is done and is not
-        kept (memory stays bounded at any dataset size): the list returned is then empty."""
+        kept (memory stays bounded at any dataset size): the list returned is then empty.
+        ``largest``: (H, W) of the largest target, for the automatic group size (``group_size``
+        0 on CUDA); found here when ``targets`` is a list, else the first target's size."""
+        if largest is None and self.group_size == 0 and self.device.type == "cuda":
+            if isinstance(targets, (list, tuple)):
+                largest = max((t.image.shape[:2] for t in targets), key=lambda hw: hw[0] * hw[1],
+                              default=None)
+            else:
+                targets = iter(targets)
+                first = next(targets, None)
+                if first is not None:
+                    largest = first.image.shape[:2]
+                    log.warning("RIB group size measured on the first target's size %s: pass "
+                                "run(largest=) to size G for the largest", largest)
+                    targets = itertools.chain([first], targets)
         queue = self.views.lookahead(targets, self.prefetch)  # the next target prepared meanwhile
         active: list[_State] = []
         results = []
+        unread: deque[_Readout] = deque()
         exhausted = False
         executor = ThreadPoolExecutor(1, thread_name_prefix="rib-prefetch") if self.prefetch else None
         try:
             while True:
-                if self.group_size == 0:  # automatic: measure a step of the first image alone
-                    nxt = next(queue, None)
-                    active = [self._start(nxt)] if nxt is not None else []
-                    exhausted = nxt is None
-                    self.group_size = self._choose_group_size(active[0] if active else None)
+                if self.group_size == 0:  # automatic: measured at the largest target's size
+                    self.group_size = self._choose_group_size(largest)
                     log.info("RIB group size %d (%s)", self.group_size, self.group_choice)
-                while not exhausted and len(active) < max(1, self.group_size):
+                stepping = [st for st in active if self._to_step(st)]
+                while not exhausted and len(stepping) < max(1, self.group_size):
                     nxt = next(queue, None)
                     if nxt is None:
                         exhausted = True
                     else:
                         active.append(self._start(nxt))
-                if not active:
-                    return results
-                if not all(st.stop is not None for st in active):
-                    self._step([st for st in active if st.stop is None], executor)
+                        stepping.append(active[-1])
+                if stepping:
+                    unread.append(self._step(stepping, executor))
+                # Read the steps ``read_lag`` behind the one just queued (all, once nothing is left
+                # to queue).
+                while unread and (len(unread) > self.read_lag or not stepping):
+                    self._read(unread.popleft())
                 for st in [s for s in active if s.stop is not None]:
                     active.remove(st)
                     res = self._finish(st)
@@ -421,6 +684,12 @@ class RIBEngine:
                         on_result(res)
                     else:
                         results.append(res)
+                if not active and exhausted:
+                    return results
         finally:
             if executor is not None:
                 executor.shutdown(wait=True)
+
+    def _to_step(self, st: _State) -> bool:
+        """Whether the host queues another step for ``st``: not seen stopped, fewer than K queued."""
+        return st.stop is None and st.queued < self.cfg.steps

@@ -55,7 +55,11 @@ def adapt_dataset(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | P
         save_npy(map_path(maps_dir, result.name), result.maps)
         bar.update(1)
 
-    RIBEngine(model, pool, cfg, device).run(targets(), on_result=write)
+    largest = None
+    if cfg.group_size == 0 and device.type == "cuda" and todo:
+        # The automatic G must fit the largest image's step (image headers only, no decoding).
+        largest = max((dataset.image_size(i) for i in todo), key=lambda hw: hw[0] * hw[1])
+    RIBEngine(model, pool, cfg, device).run(targets(), on_result=write, largest=largest)
     bar.close()
     seconds = time.time() - t0
     distributed.barrier()

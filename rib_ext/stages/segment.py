@@ -14,8 +14,6 @@ def settings(cfg) -> dict:
 def run(ctx, cfg) -> dict:
     from rib_ext.segment import segment_stage
 
-    if not ctx.is_main:
-        return {}
     sets = ctx.require_map_sets("segment")
     name = "rib" if "rib" in sets else "cam"
     # RIB-Sal: train on the saliency-refined masks, without re-training (as the paper does).
