@@ -37,4 +37,22 @@ inline void check_flip_pair(const at::Tensor& cam, const at::Tensor& cam_flip, c
   check_same_shape(cam, cam_flip, "cam", "cam_flip", op);
 }
 
+// resize_bicubic_u8's arguments (csrc/resize.h): uint8 [H, W, C], C in 1..4, sides in 1..2^24.
+inline void check_resize_bicubic_u8(const at::Tensor& image, int64_t height, int64_t width) {
+  constexpr const char* op = "resize_bicubic_u8";
+  constexpr int64_t max_side = int64_t(1) << 24;
+  TORCH_CHECK(image.scalar_type() == at::kByte, op, ": image must be uint8, got ",
+              image.scalar_type());
+  TORCH_CHECK(image.dim() == 3, op, ": image must be [H, W, C] (channels last), got ", image.dim(),
+              " dims ", image.sizes());
+  TORCH_CHECK(image.size(2) >= 1 && image.size(2) <= 4, op,
+              ": image must have 1 to 4 channels (last dim), got ", image.size(2), " in ",
+              image.sizes());
+  TORCH_CHECK(image.size(0) >= 1 && image.size(1) >= 1 && image.size(0) <= max_side &&
+                  image.size(1) <= max_side,
+              op, ": image sides must be in 1..", max_side, ", got ", image.sizes());
+  TORCH_CHECK(height >= 1 && width >= 1 && height <= max_side && width <= max_side, op,
+              ": output size must be in 1..", max_side, ", got height ", height, ", width ", width);
+}
+
 }  // namespace rib_ext

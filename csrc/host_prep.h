@@ -202,4 +202,19 @@ inline MarginLossArgs prepare_margin_loss_backward(const at::Tensor& grad, const
           at::empty(y.sizes(), y.options())};
 }
 
+// resize_bicubic_u8 (csrc/resize.h): arguments checked, the image contiguous, the
+// [height, width, C] uint8 output allocated.
+struct ResizeIO {
+  at::Tensor in;
+  at::Tensor out;
+};
+
+inline ResizeIO prepare_resize_bicubic_u8(const at::Tensor& image, int64_t height, int64_t width) {
+  check_resize_bicubic_u8(image, height, width);
+  auto in = image.contiguous();
+  auto out = at::empty({height, width, in.size(2)},
+                       in.options().memory_format(at::MemoryFormat::Contiguous));
+  return {in, out};
+}
+
 }  // namespace rib_ext

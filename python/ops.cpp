@@ -1,6 +1,7 @@
 // Operator schemas of rib_ext. Kernels live in csrc/{cpu,cuda}/<op>_kernel.*, each registering
 // its own backend with TORCH_LIBRARY_IMPL; autograd and fake kernels are registered in Python
-// (rib_ext/ops/). Shapes and semantics: csrc/gndrp.h, csrc/margin_loss.h, csrc/cam_maps.h.
+// (rib_ext/ops/). Shapes and semantics: csrc/gndrp.h, csrc/margin_loss.h, csrc/cam_maps.h,
+// csrc/resize.h.
 #include <torch/library.h>
 
 TORCH_LIBRARY(rib_ext, m) {
@@ -28,4 +29,8 @@ TORCH_LIBRARY(rib_ext, m) {
   m.def("cam_flip_merge(Tensor cam, Tensor cam_flip) -> Tensor");
   m.def("cam_flip_accumulate_(Tensor(a!) acc, Tensor cam, Tensor cam_flip) -> ()");
   m.def("cam_max_normalize(Tensor maps, float eps) -> Tensor");
+
+  // Pillow's bicubic resize of a uint8 [H, W, C] image, bit for bit: [height, width, C] uint8;
+  // adaptive_order: Pillow >= 13's order of the two passes (else always horizontal first).
+  m.def("resize_bicubic_u8(Tensor image, int height, int width, bool adaptive_order=True) -> Tensor");
 }

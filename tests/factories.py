@@ -27,6 +27,20 @@ def make_labels(n, k, *, p=0.3, device="cpu", seed=1, dtype=torch.float32):
     return t.to(device)
 
 
+def make_image(h, w, c=3, *, seed=0):
+    """A uint8 [h, w, c] numpy image with what stresses a resampler: smooth ramps, hard edges
+    between saturated blocks (bicubic overshoots there, so both clips are hit) and noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    ramp = (yy[..., None] * rng.uniform(0, 255, c) + xx[..., None] * rng.uniform(-128, 128, c)) % 256
+    blocks = rng.integers(0, 2, size=(h // 3 + 1, w // 3 + 1, c)).repeat(3, 0).repeat(3, 1)[:h, :w] * 255
+    noise = rng.integers(0, 256, size=(h, w, c))
+    pick = rng.integers(0, 3, size=(h // 8 + 1, w // 8 + 1, 1)).repeat(8, 0).repeat(8, 1)[:h, :w]
+    return np.where(pick == 0, ramp, np.where(pick == 1, blocks, noise)).astype(np.uint8)
+
+
 class TinyDataset:
     """In-memory images + labels with the dataset interface the RIB code reads."""
 

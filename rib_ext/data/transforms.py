@@ -1,6 +1,8 @@
 """IRN's training and inference transforms as pure functions on numpy arrays.
 
 Images are uint8 [H, W, 3] until :func:`normalize` (float32 [H, W, 3]); masks are uint8 [H, W].
+:class:`Normalizer` and :func:`multiscale_flip_views_tensor` compute the same bytes from a uint8
+tensor on any device (Pillow's bicubic by :func:`rib_ext.ops.resize_bicubic_u8`).
 Functions that take an optional ``mask`` return ``img`` alone when no mask is given and
 ``(img, mask)`` when one is, applying the same geometry to both (nearest sampling, 255 padding).
 Randomness comes from a ``numpy.random.Generator`` passed in, never from global state.
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rib_ext import ops
 from rib_ext.config import CAM_SCALES, IMAGENET_MEAN, IMAGENET_STD
 
 from .images import IGNORE_INDEX
@@ -157,6 +160,39 @@ def multiscale_flip_views(img: np.ndarray, scales: Sequence[float] = CAM_SCALES)
     for s in scales:
         x = hwc_to_chw(normalize(rescale(img, s) if s != 1.0 else img))
         views.append(torch.from_numpy(np.stack([x, np.ascontiguousarray(x[..., ::-1])])))
+    return views
+
+
+class Normalizer:
+    """:func:`normalize` on a device, bit for bit: ``(x / 255 - mean) / std`` in float32 for uint8
+    ``[..., 3, H, W]`` tensors (channels first), as float32 ``[..., 3, H, W]``.
+
+    Every constant is a float32 tensor on the device, so each step is one IEEE float32 division or
+    subtraction, numpy's arithmetic: with a Python number as divisor, CUDA multiplies by its
+    reciprocal instead, which differs from a division in the last bit for some values.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.scale = torch.full((1, 1, 1), 255.0, device=self.device)
+        self.mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=self.device).view(3, 1, 1)
+
+    def __call__(self, chw: torch.Tensor) -> torch.Tensor:
+        return (chw.float() / self.scale - self.mean) / self.std
+
+
+def multiscale_flip_views_tensor(img: torch.Tensor, scales: Sequence[float] = CAM_SCALES,
+                                 normalizer: Optional[Normalizer] = None) -> list[torch.Tensor]:
+    """:func:`multiscale_flip_views` of a uint8 [H, W, 3] tensor, on its device, bit for bit:
+    per scale float32 [2, 3, h, w], the normalised image (Pillow's bicubic resize, scale 1 left
+    untouched) and its mirror."""
+    norm = normalizer if normalizer is not None else Normalizer(img.device)
+    views = []
+    for s in scales:
+        x = img if s == 1.0 else ops.resize_bicubic_u8(img, _scaled_size(tuple(img.shape), s))
+        x = norm(x.permute(2, 0, 1))
+        views.append(torch.stack([x, x.flip(-1)]))
     return views
 
 

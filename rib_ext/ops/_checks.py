@@ -29,3 +29,20 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str,
 
 def check_planes(x: torch.Tensor, name: str, op: str) -> None:
     torch._check(x.dim() >= 2, lambda: f"{op}: {name} must be [..., H, W], got {tuple(x.shape)}")
+
+
+MAX_RESIZE_SIDE = 1 << 24  # Pillow keeps the source box in float: sides beyond 2^24 are not exact
+
+
+def check_resize_bicubic_u8(image: torch.Tensor, height: int, width: int) -> None:
+    """csrc/checks.h ``check_resize_bicubic_u8``, same messages."""
+    op, top = "resize_bicubic_u8", MAX_RESIZE_SIDE
+    torch._check(image.dtype == torch.uint8, lambda: f"{op}: image must be uint8, got {image.dtype}")
+    torch._check(image.dim() == 3, lambda: f"{op}: image must be [H, W, C] (channels last), got "
+                                           f"{image.dim()} dims {tuple(image.shape)}")
+    torch._check(1 <= image.shape[2] <= 4, lambda: f"{op}: image must have 1 to 4 channels (last dim), "
+                                                   f"got {image.shape[2]} in {tuple(image.shape)}")
+    torch._check(1 <= image.shape[0] <= top and 1 <= image.shape[1] <= top,
+                 lambda: f"{op}: image sides must be in 1..{top}, got {tuple(image.shape)}")
+    torch._check(1 <= height <= top and 1 <= width <= top,
+                 lambda: f"{op}: output size must be in 1..{top}, got height {height}, width {width}")

@@ -1,9 +1,11 @@
 """Pure-PyTorch references of every operator: the tests' oracle and the fallback without _C.
 
 Written for clarity, vectorised, in the input's accumulation dtype (float32 for half inputs).
-Semantics are documented in csrc/gndrp.h, csrc/margin_loss.h and csrc/cam_maps.h.
+Semantics are documented in csrc/gndrp.h, csrc/margin_loss.h, csrc/cam_maps.h and csrc/resize.h.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -96,3 +98,76 @@ def gndrp_pool_loop(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
             else:
                 norm[n, k] = -1
     return torch.mean((cam * (norm < tau)).view(cam.shape[0], cam.shape[1], -1), -1)
+
+
+# -- Pillow's bicubic resize (csrc/resize.h) ---------------------------------------------------
+_PRECISION_BITS = 22
+
+
+def _bicubic(x: torch.Tensor) -> torch.Tensor:
+    """Keys' kernel (a = -0.5) in Pillow's order of operations, float64, one rounding per op."""
+    x = x.abs()
+    near = ((x * 1.5 - 2.5) * x) * x + 1.0
+    far = ((((x - 5.0) * x) + 8.0) * x - 4.0) * -0.5
+    return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
+
+
+def resize_windows(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pillow's windows along one axis: (first input index [out] int64, fixed-point weights
+    [out, ksize] int64, zero past each window), computed on the CPU in float64 as Pillow does."""
+    scale = float(torch.tensor(float(in_size), dtype=torch.float32)) / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
+    inv = 1.0 / filterscale
+    first = (center - support + 0.5).trunc().clamp(min=0)
+    length = (center + support + 0.5).trunc().clamp(max=in_size) - first
+    taps = torch.arange(ksize, dtype=torch.float64)
+    inside = taps[None] < length[:, None]
+    w = torch.where(inside, _bicubic((((first[:, None] + taps[None]) - center[:, None]) + 0.5) * inv),
+                    torch.zeros(()))
+    total = torch.zeros(out_size, dtype=torch.float64)
+    for j in range(ksize):  # Pillow's left-to-right sum: a pairwise sum would round differently
+        total = total + w[:, j]
+    w = torch.where(total[:, None] != 0, w / total[:, None], w)
+    fixed = w * float(1 << _PRECISION_BITS)
+    fixed = torch.where(w < 0, fixed - 0.5, fixed + 0.5).trunc()
+    return first.long(), torch.where(inside, fixed, torch.zeros(())).long()
+
+
+def _resample_axis(x: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
+    first, k = resize_windows(x.shape[dim], out_size)
+    first, k = first.to(x.device), k.to(x.device)
+    acc = torch.full((), 1 << (_PRECISION_BITS - 1), dtype=torch.int64, device=x.device)
+    shape = [1, 1, 1]
+    shape[dim] = out_size
+    for j in range(k.shape[1]):  # taps past a window weigh 0: any valid index will do
+        idx = (first + j).clamp(max=x.shape[dim] - 1)
+        acc = acc + x.index_select(dim, idx).long() * k[:, j].view(shape)
+    return (acc >> _PRECISION_BITS).clamp(0, 255).to(torch.uint8)
+
+
+def vertical_first(in_size, out_size, adaptive_order: bool = True) -> bool:
+    """Whether Pillow runs the vertical pass first (sizes (h, w)): from Pillow 13 on, when the
+    height shrinks by more than twice as many pixels as the width; before, never."""
+    (in_h, in_w), (out_h, out_w) = in_size, out_size
+    return bool(adaptive_order) and out_h <= in_h and in_h - out_h > 2 * (in_w - out_w)
+
+
+def resize_bicubic_u8(image: torch.Tensor, size, adaptive_order: bool = True) -> torch.Tensor:
+    """Pillow's ``Image.resize((w, h), BICUBIC)`` of a uint8 [H, W, C] image as [h, w, C] uint8,
+    in plain PyTorch (int64 sums): two passes in Pillow's order (:func:`vertical_first`), a pass
+    whose side does not change skipped."""
+    from ._checks import check_resize_bicubic_u8
+
+    height, width = int(size[0]), int(size[1])
+    check_resize_bicubic_u8(image, height, width)
+    passes = [(1, width), (0, height)]
+    if vertical_first(image.shape[:2], (height, width), adaptive_order):
+        passes.reverse()
+    out = image
+    for dim, side in passes:
+        if side != image.shape[dim]:
+            out = _resample_axis(out, dim, side)
+    return out.contiguous() if out is not image else image.clone(memory_format=torch.contiguous_format)

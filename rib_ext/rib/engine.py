@@ -37,9 +37,9 @@ from rib_ext import ops
 from rib_ext.config import RIBConfig
 from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_batch_norms,
                                memory_format)
-from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.rib.losses import step_loss
 from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
+from rib_ext.rib.targets import TargetViews
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio_tensor
 from rib_ext.training import NonFiniteLossError
 
@@ -263,6 +263,7 @@ class RIBEngine:
         # Prefetch pays where the device works asynchronously; on the CPU the thread would only
         # take cores from the convolutions.
         self.prefetch = cfg.prefetch == "on" or (cfg.prefetch == "auto" and self.device.type == "cuda")
+        self.views = TargetViews(self.device, cfg.scales)  # each target's views, one target ahead
         # Steps the host reads behind: on CUDA 1 (the stops and the non-finite check decided on the
         # device as masks; step k's figures read once step k+1 is queued, so the device never
         # waits for the host); on the CPU 0 (a read costs nothing there, and reading at once
@@ -293,10 +294,8 @@ class RIBEngine:
     # -- per image ----------------------------------------------------------------------------
     @torch.no_grad()
     def _start(self, target: Target) -> _State:
-        views = multiscale_flip_views(target.image, self.cfg.scales)
+        views, label, keys = self.views.take(target)
         x2 = [self._stem(v) for v in views]
-        keys = torch.as_tensor(np.nonzero(target.label)[0], device=self.device)
-        label = torch.as_tensor(target.label, device=self.device, dtype=torch.float32)
         params = [p.clone().requires_grad_() for p in self.base]
         rng = image_generator(self.cfg.seed, target.index)
         others = self.pool.stream(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
@@ -432,8 +431,8 @@ class RIBEngine:
         return st.others.draw(self.cfg.num_others)
 
     @torch.no_grad()
-    def _build(self, recipes: list[list[dict]]) -> list:
-        return [self.pool.batch(r) for r in recipes]
+    def _build(self, recipes: list[list[dict]]):
+        return self.pool.stage(recipes)  # take() it on the stream of the step
 
     def _step(self, group: list[_State], executor: Optional[ThreadPoolExecutor] = None) -> _Readout:
         """Queue one step of ``group`` (images the host has not seen stop); returns the step's
@@ -456,9 +455,9 @@ class RIBEngine:
             readout.snapshots = [[a.clone() for a in st.acc] if late else self._maps(st)
                                  for st in live]
         if pending is not None:
-            batches = [b for b, k in zip(pending.result(), keep) if k]
+            batches = [b for b, k in zip(pending.result().take(), keep) if k]
         else:
-            batches = self._build([self._draw(st) for st in live])
+            batches = self._build([self._draw(st) for st in live]).take()
         target_cams = [cams for cams in target_cams if cams is not None]
         exploded = [e for e, k in zip(exploded, keep) if k]
         go = [g for g, k in zip(go, keep) if k]
@@ -665,7 +664,7 @@ class RIBEngine:
                     log.warning("RIB group size measured on the first target's size %s: pass "
                                 "run(largest=) to size G for the largest", largest)
                     targets = itertools.chain([first], targets)
-        queue = iter(targets)
+        queue = self.views.lookahead(targets, self.prefetch)  # the next target prepared meanwhile
         active: list[_State] = []
         results = []
         unread: deque[_Readout] = deque()
