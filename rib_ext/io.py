@@ -48,19 +48,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``mkstemp`` creates 0o600 files, which teammates on shared storage cannot read.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
     finally:
         os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with _naming(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """System errors of a write name the output meant (a full disk raises from inside ``np.save``
+    with no file name, or with the temporary one), so the user's message can say which file."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None or Path(str(err.filename)).name.startswith(f".{path.name}."):
+            err.filename, err.filename2 = str(path), None
+        raise
 
 
 def save_npy(path: str | os.PathLike, obj: Any) -> None:

@@ -9,6 +9,7 @@ with :func:`save_training_state` every few steps, and (3) on start restores it w
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import random
@@ -23,6 +24,8 @@ from rib_ext.checkpoints import CheckpointError, read_checkpoint, write_checkpoi
 from rib_ext.io import save_text
 
 STATE_VERSION = 1
+
+log = logging.getLogger("rib_ext.training")
 
 
 # ----------------------------------------------------------------------------------- random states
@@ -125,6 +128,8 @@ def load_training_state(path: str | os.PathLike, *, format: str, settings: Mappi
                               f"({type(err).__name__}: {err}){hint}") from err
     if restore_rng:
         set_rng_state(record["rng"])
+    # Said aloud: a run that starts mid-way must not pass for a fresh one.
+    log.info(f"resuming {what.replace(' training state', '')} from step {int(record['step'])} ({path})")
     return TrainingState(int(record["step"]), float(record.get("seconds", 0.0)), dict(record.get("extra") or {}))
 
 

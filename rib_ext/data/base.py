@@ -106,4 +106,19 @@ class SegmentationDataset:
                 f"{source}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image "
                 f"{self.image_path(i)} is {size[0]}x{size[1]}"
             )
+        check_mask_values(mask, self.num_classes, source)
         return mask
+
+
+def check_mask_values(mask: np.ndarray, num_classes: int, source: str) -> None:
+    """A ground-truth value above the class count (and not 255, ignore) would be counted as no
+    class at all or stop the confusion matrix deep in an evaluation: name the file instead."""
+    top = int(mask.max()) if mask.size else 0
+    if top <= num_classes:
+        return
+    values = np.unique(mask)
+    bad = [int(v) for v in values if num_classes < v < 255]
+    if bad:
+        raise DatasetError(f"{source}: mask holds value(s) {preview(bad)}, above the {num_classes} "
+                           f"classes of the dataset (0 background, 1..{num_classes} the classes, "
+                           f"255 ignored)")
