@@ -192,4 +192,6 @@ def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") ->
         raise ValueError(f"{path}: state dict does not match a {record['backbone']} CAMNet with "
                          f"{record['num_classes']} classes: " + "; ".join(problems))
     model.load_state_dict(record["state_dict"], strict=True)
+    names = (record.get("meta") or {}).get("class_names")
+    model.class_names = tuple(names) if isinstance(names, (list, tuple)) else None  # for messages
     return model.to(device).eval()

@@ -56,7 +56,7 @@ def _retrain_labels(train_dataset, names, score_dir, out_dir: Path, cfg: Segment
     confident, filled = root / "confident_labels", root / "filled_labels"
     write_confident_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg, cfg.retrain_bg)
     first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)
-    model = load_deeplab(first["model"], device)
+    model = load_deeplab(first["model"], device, train_dataset.num_classes + 1)
     predictions = root / "first_predictions"
     predict_folder(model, train_dataset, names, predictions, cfg, model_path=first["model"])
     write_filled_labels(names, confident, predictions, filled, train_dataset.num_classes)
@@ -101,7 +101,7 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
 
     summary = {"miou": None, "per_class_iou": None, "num_images": 0, "predictions": None, "report": None}
     if val_dataset is not None:
-        model = load_deeplab(trained["model"], device)
+        model = load_deeplab(trained["model"], device, val_dataset.num_classes + 1)
         summary.update(infer_stage(model, val_dataset, out_dir, cfg, model_path=trained["model"]))
     summary.update(retrain=retrain, train_images=len(names), train_labels=str(train_labels),
                    model=trained["model"], train=trained, seconds=round(time.time() - t0, 2))

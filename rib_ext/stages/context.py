@@ -122,12 +122,18 @@ class RunContext:
         return self.stage_dir("train_cam", CAM_MODEL_FILE)
 
     def load_classifier(self):
+        """The classifier, checked to have the dataset's classes (and sane weights)."""
+        from rib_ext.checkpoints import check_num_classes
         from rib_ext.models import load_cam_net
 
         path = self.classifier_path()
         if not path.is_file():
             raise PipelineError(f"no classifier at {path}: run train_cam first or pass --cam-checkpoint")
-        return load_cam_net(path, "cpu")
+        model = load_cam_net(path, "cpu")
+        ds = self.eval_set
+        check_num_classes(path, model.num_classes, ds.num_classes, f"dataset {self.cfg.dataset}",
+                          getattr(model, "class_names", None), ds.class_names)
+        return model
 
     def best_threshold(self, name: str) -> float:
         """eval_seed's best background threshold of a map set."""

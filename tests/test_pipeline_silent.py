@@ -1,0 +1,63 @@
+"""Silent wrong results of issue 20 at the pipeline's level, each reproduced first as a user would
+meet it (they used to end with exit 0 and wrong figures): a classifier of other classes, missing
+ground-truth masks, a diverged classifier, an edited annotation, COCO images of no class."""
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from factories import tiny_cam_net
+from rib_ext import pipeline
+from rib_ext.models import save_cam_net
+
+TINY = ["--demo-images", "8", "--demo-val-images", "3", "--demo-size", "64", "--epochs", "1",
+        "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1",
+        "--scales", "1.0", "--irn-epochs", "1"]
+
+
+def main(argv):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipeline.main(argv)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("silent") / "run"
+    assert main(["--out", str(out), "--stages", "train_cam,make_cam,eval_seed"] + TINY) == 0
+    return out
+
+
+def copy_run(finished, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    return out
+
+
+# ------------------------------------------------------------------ item 7: checkpoint classes
+
+def test_cam_checkpoint_of_other_classes_is_refused_naming_both(tmp_path, capsys):
+    ckpt = tmp_path / "voc_classifier.pth"
+    save_cam_net(ckpt, tiny_cam_net(k=20), meta={"class_names": [f"c{i}" for i in range(20)]})
+    code = main(["--out", str(tmp_path / "run"), "--stages", "make_cam", "--cam-checkpoint",
+                 str(ckpt)] + TINY)
+    err = capsys.readouterr().err
+    assert code == 2 and str(ckpt) in err and "20 classes" in err and "has 5" in err
+    assert not list((tmp_path / "run" / "make_cam").glob("maps/*.npy"))
+
+
+def test_segment_model_of_other_classes_is_refused(tmp_path):
+    from rib_ext.checkpoints import CheckpointError
+    from rib_ext.segment.model import build_deeplab, load_deeplab, save_deeplab
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_deeplab("resnet18", 21, random_init=True)
+    save_deeplab(tmp_path / "m.pth", model)
+    assert load_deeplab(tmp_path / "m.pth", num_classes=21).num_classes == 21
+    with pytest.raises(CheckpointError, match=r"m.pth: a network of 21 classes.* has 6"):
+        load_deeplab(tmp_path / "m.pth", num_classes=6)
