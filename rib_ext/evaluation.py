@@ -18,6 +18,44 @@ from rib_ext.config import EvalSeedConfig
 from rib_ext.io import atomic_path, save_figure, save_json, save_text
 
 
+# --------------------------------------------------------------------------- which images count
+
+class MissingGroundTruthError(FileNotFoundError):
+    """Listed images have no ground-truth mask file (the message names the ids and files)."""
+
+
+def with_ground_truth(dataset, names: Sequence[str], stage: str, allow_missing: bool = False
+                      ) -> Tuple[List[str], List[str]]:
+    """(names whose ground-truth mask exists, names without one).
+
+    A listed image without its mask would drop out of the figures unseen (the mIoU of 7 images
+    reported as the list's 8): an error naming the ids and files, or with ``allow_missing`` a
+    warning naming them; the stage records the count in its result (:func:`note_missing`).
+    """
+    index = {name: i for i, name in enumerate(dataset.ids)}
+    missing = [n for n in names if not dataset.has_mask(index[n])]
+    if missing:
+        shown = ", ".join(f"{n} ({dataset.mask_file(index[n])})" for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        msg = (f"{stage}: {len(missing)} of {len(names)} images have no ground-truth mask: "
+               f"{shown}{more}")
+        if not allow_missing:
+            raise MissingGroundTruthError(msg + " (add the masks, fix the list, or pass "
+                                                "--allow-missing to evaluate without them)")
+        import warnings
+
+        warnings.warn(msg + "; they are left out of the evaluation (--allow-missing)", stacklevel=2)
+    gone = set(missing)
+    return [n for n in names if n not in gone], missing
+
+
+def note_missing(result: Dict[str, Any], missing: Sequence[str]) -> Dict[str, Any]:
+    """``result`` with the images left out for want of a mask (count and ids), for the reports."""
+    if missing:
+        result["missing_masks"] = {"count": len(missing), "ids": list(missing)}
+    return result
+
+
 # --------------------------------------------------------------------------- confusion and scores
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
@@ -296,7 +334,13 @@ def report_markdown(result: Dict[str, Any], class_names: Sequence[str],
     if "best_threshold" in result:
         lines.append(f"Best background threshold: {result['best_threshold']:.2f} "
                      f"(swept {result['thresholds'][0]:.2f}..{result['thresholds'][-1]:.2f})")
-    lines += [f"Images: {result.get('num_images', '?')}", "",
+    lines.append(f"Images: {result.get('num_images', '?')}")
+    if result.get("missing_masks"):
+        gone = result["missing_masks"]
+        ids = ", ".join(gone["ids"][:20]) + (", ..." if len(gone["ids"]) > 20 else "")
+        lines.append(f"Not counted: {gone['count']} listed image(s) without a ground-truth mask "
+                     f"(--allow-missing): {ids}")
+    lines += ["",
               "| mIoU | Precision | Recall | F1 |", "|---:|---:|---:|---:|",
               f"| {_pct(result['miou'])} | {_pct(result['precision'])} | "
               f"{_pct(result['recall'])} | {_pct(result['f1'])} |", "",

@@ -61,3 +61,28 @@ def test_segment_model_of_other_classes_is_refused(tmp_path):
     assert load_deeplab(tmp_path / "m.pth", num_classes=21).num_classes == 21
     with pytest.raises(CheckpointError, match=r"m.pth: a network of 21 classes.* has 6"):
         load_deeplab(tmp_path / "m.pth", num_classes=6)
+
+
+# ------------------------------------------------------------- item 5: a missing ground-truth mask
+
+def test_missing_ground_truth_mask_is_an_error_or_counted_with_allow_missing(finished, tmp_path, capsys):
+    # A VOC-layout copy of the demo's data (the demo itself would regenerate a deleted mask).
+    root = tmp_path / "voc"
+    shutil.copytree(finished / "data", root)
+    first = (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    mask = root / "SegmentationClass" / f"{first}.png"
+    mask.unlink()
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--dataset", "voc", "--root", str(root), "--preset", "demo",
+            "--eval-list", "val", "--stages", "train_cam,make_cam,eval_seed"] + TINY
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"1 of 3 images have no ground-truth mask: {first} ({mask})" in err and "--allow-missing" in err
+    assert not (out / "eval_seed" / "cam" / "result.json").exists()
+
+    with pytest.warns(UserWarning, match=f"no ground-truth mask: {first}"):
+        assert pipeline.main(args + ["--allow-missing"]) == 0
+    result = json.loads((out / "eval_seed" / "cam" / "result.json").read_text())
+    assert result["num_images"] == 2 and result["missing_masks"] == {"count": 1, "ids": [first]}
+    assert f"Not counted: 1 listed image(s) without a ground-truth mask (--allow-missing): {first}" \
+        in (out / "eval_seed" / "cam" / "result.md").read_text()

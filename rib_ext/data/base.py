@@ -95,6 +95,15 @@ class SegmentationDataset:
         """The mask of image ``i`` (or None) and where it came from, for error messages."""
         raise NotImplementedError
 
+    def mask_file(self, i: int) -> Optional[Path]:
+        """The file image ``i``'s ground-truth mask is read from (where it is expected, whether it
+        exists or not), or None when masks are made from the annotations (COCO's instances)."""
+        return None
+
+    def has_mask(self, i: int) -> bool:
+        path = self.mask_file(i)
+        return path is None or path.is_file()
+
     def mask(self, i: int) -> Optional[np.ndarray]:
         """Ground-truth class-index mask uint8 [H, W] (0 bg, c+1 class c, 255 ignore), or None."""
         mask, source = self._mask_path_or_array(i)

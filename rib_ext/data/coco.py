@@ -338,6 +338,9 @@ class COCODataset(SegmentationDataset):
         """The raw COCO annotations of image ``i``."""
         return list(self._coco.imgToAnns.get(self._records[self._ids[i]]["id"], []))
 
+    def mask_file(self, i: int) -> Optional[Path]:
+        return self.mask_dir / f"{self._ids[i]}.png" if self.mask_dir is not None else None
+
     def _mask_path_or_array(self, i: int):
         stem = self._ids[i]
         if self.mask_dir is not None:

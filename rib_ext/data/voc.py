@@ -407,6 +407,9 @@ class VOCDataset(SegmentationDataset):
     def mask_path(self, i: int) -> Optional[Path]:
         return find_mask(self.root, self._ids[i])
 
+    def mask_file(self, i: int) -> Path:
+        return self.mask_path(i) or self.root / "SegmentationClass" / f"{self._ids[i]}.png"
+
     def _mask_path_or_array(self, i: int):
         path = self.mask_path(i)
         if path is None:

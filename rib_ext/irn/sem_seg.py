@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from rib_ext.data import load_label_png, multiscale_flip_views, save_index_png
-from rib_ext.evaluation import evaluate_label_maps, write_report
+from rib_ext.evaluation import evaluate_label_maps, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_sha256, save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
@@ -152,8 +152,7 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
     """
     cfg = cfg if cfg is not None else IRNConfig()
     t0 = time.time()
-    index = dataset_index(dataset)
-    with_gt = [n for n in dataset.ids if _has_mask(dataset, index[n])]
+    with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "eval_mask", cfg.on_missing == "skip")
     if not with_gt:
         raise ValueError("eval_mask: no image of the dataset has a ground-truth mask")
     names, missing = present_names(mask_dir, with_gt, ".png", "pseudo masks", "eval_mask",
@@ -161,16 +160,11 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
     if not names:
         raise ValueError(f"eval_mask: none of the {len(with_gt)} images with ground truth has a "
                          f"mask in {mask_dir}")
-    result = evaluate_label_maps(_pairs(dataset, names, Path(mask_dir)), dataset.num_classes + 1)
+    result = note_missing(evaluate_label_maps(_pairs(dataset, names, Path(mask_dir)),
+                                              dataset.num_classes + 1), no_mask)
     class_names = ("background",) + tuple(dataset.class_names)
     write_report(out_dir, result, class_names, title="Pseudo masks (IRN random walk)")
     return {"miou": result["miou"], "num_images": result["num_images"], "missing": len(missing),
             "per_class_iou": dict(zip(class_names, result["per_class_iou"])),
             "seconds": round(time.time() - t0, 2)}
 
-
-def _has_mask(dataset, i: int) -> bool:
-    mask_path = getattr(dataset, "mask_path", None)
-    if mask_path is not None:
-        return mask_path(i) is not None
-    return dataset.mask(i) is not None

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from rib_ext.config import CRFConfig
 from rib_ext.crf import _densecrf
 from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
-from rib_ext.evaluation import evaluate_label_maps, write_report
+from rib_ext.evaluation import evaluate_label_maps, note_missing, with_ground_truth, write_report
 from rib_ext.irn.stage_io import check_settings, split_done
 from rib_ext.stages.common import progress
 
@@ -125,12 +125,13 @@ def _pairs(dataset, names: Sequence[str], pred_dir: Path) -> Iterator[Tuple[np.n
 
 
 def evaluate_folder(dataset, names: Sequence[str], pred_dir: str | Path, report_dir: str | Path,
-                    title: str = "DeepLab-v2 segmentation") -> dict:
+                    title: str = "DeepLab-v2 segmentation", missing: Sequence[str] = ()) -> dict:
     """mIoU etc. of ``pred_dir/<id>.png`` against the ground truth of ``names``; writes
     ``report_dir/result.json``, ``result.md`` and ``confusion.npy``; returns the result dict."""
     if not names:
         raise ValueError("segment: no image with a ground-truth mask to evaluate")
-    result = evaluate_label_maps(_pairs(dataset, names, Path(pred_dir)), dataset.num_classes + 1)
+    result = note_missing(evaluate_label_maps(_pairs(dataset, names, Path(pred_dir)),
+                                              dataset.num_classes + 1), missing)
     write_report(report_dir, result, ("background", *dataset.class_names), title=title)
     return result
 
@@ -148,6 +149,9 @@ def infer_stage(model: DeepLabV2, dataset, out_dir: str | Path, cfg: Optional[Se
     cfg = cfg if cfg is not None else SegmentConfig()
     split_dir = Path(out_dir) / split
     with_gt = [n for i, n in enumerate(dataset.ids) if has_ground_truth(dataset, i)]
+    no_mask: list = []
+    if with_gt and len(with_gt) < len(dataset.ids):  # none at all: a test set, for the server
+        with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "segment", cfg.on_missing == "skip")
     pred_dir = split_dir / ("predictions" if with_gt else VOC_SERVER_DIR)
     # settings.json beside, not inside, the server folder: the server rejects unexpected files.
     written = predict_folder(model, dataset, dataset.ids, pred_dir, cfg, split_dir, model_path)
@@ -155,7 +159,7 @@ def infer_stage(model: DeepLabV2, dataset, out_dir: str | Path, cfg: Optional[Se
                "predictions": str(pred_dir), "report": None, "written": written["written"]}
     if with_gt:
         result = evaluate_folder(dataset, with_gt, pred_dir, split_dir,
-                                 title=f"DeepLab-v2 segmentation ({split})")
+                                 title=f"DeepLab-v2 segmentation ({split})", missing=no_mask)
         names = ("background", *dataset.class_names)
         summary.update(miou=result["miou"], num_images=result["num_images"],
                        per_class_iou=dict(zip(names, result["per_class_iou"])),

@@ -8,7 +8,8 @@ from pathlib import Path
 from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
 from rib_ext.data import load_label_png, save_index_png
-from rib_ext.evaluation import confusion_matrix, summarize_confusion, write_report
+from rib_ext.evaluation import (confusion_matrix, note_missing, summarize_confusion,
+                                 with_ground_truth, write_report)
 from rib_ext.io import load_npy_dict
 from rib_ext.stages.common import map_path, progress, require_maps, result_settings, split_complete
 
@@ -50,7 +51,9 @@ def crf(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig, out_dir
     out_dir = Path(out_dir)
     mask_dir = out_dir / "masks"
     maps_dir = Path(maps_dir)
+    with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "crf", allow_missing)
     names = require_maps(maps_dir, dataset.ids, "crf", allow_missing)
+    with_gt = set(with_gt)
     index = {name: i for i, name in enumerate(dataset.ids)}
     conf = 0
     evaluated = 0
@@ -65,12 +68,11 @@ def crf(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig, out_dir
             maps = load_npy_dict(map_path(maps_dir, name))
             pred = crf_from_maps(dataset.image(i), maps["high_res"], maps["keys"], threshold, cfg)
             save_index_png(png, pred)  # class indices, as IRN-derived code reads them
-        gt = dataset.mask(i)
-        if gt is not None:
-            conf = conf + confusion_matrix(pred, gt, dataset.num_classes + 1)
+        if name in with_gt:
+            conf = conf + confusion_matrix(pred, dataset.mask(i), dataset.num_classes + 1)
             evaluated += 1
-    result = {"threshold": threshold, "num_images": evaluated,
-              "seconds": round(time.time() - t0, 1)}
+    result = note_missing({"threshold": threshold, "num_images": evaluated,
+                           "seconds": round(time.time() - t0, 1)}, no_mask)
     if evaluated:
         result.update(summarize_confusion(conf))
         write_report(out_dir, result, ("background",) + tuple(dataset.class_names),

@@ -7,7 +7,8 @@ import numpy as np
 
 from rib_ext import distributed
 from rib_ext.config import EvalSeedConfig
-from rib_ext.evaluation import ThresholdSweep, plot_sweep, write_report
+from rib_ext.evaluation import (ThresholdSweep, note_missing, plot_sweep, with_ground_truth,
+                                 write_report)
 from rib_ext.io import load_npy_dict
 from rib_ext.stages.common import map_path, progress, require_maps, result_settings
 
@@ -43,13 +44,12 @@ def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str |
     a ground-truth mask; writes result.json, result.md, confusion.npy and sweep.png to ``out_dir``.
     """
     maps_dir = Path(maps_dir)
-    names = require_maps(maps_dir, dataset.ids, "eval_seed", allow_missing)
+    names, no_mask = with_ground_truth(dataset, dataset.ids, "eval_seed", allow_missing)
+    names = require_maps(maps_dir, names, "eval_seed", allow_missing)
     index = {name: i for i, name in enumerate(dataset.ids)}
     sweep = ThresholdSweep(num_classes=dataset.num_classes + 1, cfg=cfg)
     for name in progress(distributed.shard(names), "eval_seed"):
         gt = dataset.mask(index[name])
-        if gt is None:  # e.g. train_aug ids without a SegmentationClass mask
-            continue
         maps = load_npy_dict(map_path(maps_dir, name))
         sweep.update(maps["high_res"], maps["keys"], gt)
     # Confusion matrices are plain counts: summing them over ranks gives the whole list's.
@@ -57,7 +57,7 @@ def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str |
     sweep.num_images = int(distributed.all_reduce_sum(np.array([sweep.num_images]))[0])
     if sweep.num_images == 0:
         raise ValueError(f"eval_seed: no image of the list has a ground-truth mask ({len(dataset)} images)")
-    result = sweep.result()
+    result = note_missing(sweep.result(), no_mask)
     out_dir = Path(out_dir)
     if distributed.rank() != 0:
         return result
