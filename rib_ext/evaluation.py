@@ -327,6 +327,19 @@ def _pct(x: Optional[float]) -> str:
     return "-" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
 
+def percent(x: Optional[float], digits: int = 1) -> str:
+    """A score as a percentage for a log line; an undefined one (None, NaN: e.g. the precision
+    when no pixel is predicted as foreground) says so instead of printing 'nan' as a figure."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * float(x):.{digits}f}"
+
+
+def json_figures(result: Dict[str, Any]) -> Dict[str, Any]:
+    """``result`` with NaN figures as None (JSON has no NaN; ``json.dumps`` would write one)."""
+    return {k: _json_number(v) if isinstance(v, float) else v for k, v in result.items()}
+
+
 def report_markdown(result: Dict[str, Any], class_names: Sequence[str],
                     title: str = "Evaluation") -> str:
     _check_class_names(result, class_names)

@@ -86,3 +86,72 @@ def test_missing_ground_truth_mask_is_an_error_or_counted_with_allow_missing(fin
     assert result["num_images"] == 2 and result["missing_masks"] == {"count": 1, "ids": [first]}
     assert f"Not counted: 1 listed image(s) without a ground-truth mask (--allow-missing): {first}" \
         in (out / "eval_seed" / "cam" / "result.md").read_text()
+
+
+# -------------------------------------------------- item 2: a diverged classifier, empty maps, nan
+
+def test_diverged_classifier_stops_train_cam_with_the_learning_rate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--stages", "train_cam,make_cam,eval_seed"] + TINY + ["--lr", "1e6"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train_cam: after 1 steps the classifier has weights up to ")
+    assert "learning rate 1e+06; lower --lr" in err
+    assert not (out / "train_cam" / "cam_net.pth").exists()
+    assert not (out / "train_cam" / "train_state.pth").exists()  # a rerun starts afresh
+    assert not (out / "make_cam").exists()
+
+
+def test_classifier_with_runaway_weights_is_refused_on_load(tmp_path, capsys):
+    model = tiny_cam_net(k=5)
+    with torch.no_grad():
+        model.classifier.weight.mul_(1e6)
+    ckpt = tmp_path / "diverged.pth"
+    save_cam_net(ckpt, model, meta={"config": {"lr": 1e6}})
+    code = main(["--out", str(tmp_path / "run"), "--stages", "make_cam", "--cam-checkpoint", str(ckpt)] + TINY)
+    err = capsys.readouterr().err
+    assert code == 2 and str(ckpt) in err and "classifier.weight" in err and "learning rate 1e+06" in err
+
+
+def test_all_zero_maps_of_an_image_with_classes_stop_make_cam_naming_it(tmp_path, capsys):
+    model = tiny_cam_net(k=5)
+    with torch.no_grad():  # features are ReLU'd: negative weights give CAM <= 0 everywhere
+        model.classifier.weight.copy_(-model.classifier.weight.abs())
+    ckpt = tmp_path / "dead.pth"
+    save_cam_net(ckpt, model)
+    out = tmp_path / "run"
+    code = main(["--out", str(out), "--stages", "make_cam", "--cam-checkpoint", str(ckpt)] + TINY)
+    err = capsys.readouterr().err
+    assert code == 2 and "make_cam: the maps of all 3 images are zero everywhere" in err
+    assert "lower --lr" in err and "they were not kept" in err
+    assert not list((out / "make_cam" / "maps").glob("*.npy"))
+
+
+def test_undefined_precision_is_never_printed_as_a_number(finished, tmp_path, capsys):
+    from rib_ext.io import load_npy_dict, save_npy
+
+    out = copy_run(finished, tmp_path)
+    for path in (out / "make_cam" / "maps").glob("*.npy"):  # maps that mark nothing
+        maps = load_npy_dict(path)
+        save_npy(path, {**maps, "high_res": np.zeros_like(maps["high_res"])})
+    assert main(["--out", str(out), "--stages", "eval_seed", "--overwrite"] + TINY) == 0
+    printed = capsys.readouterr().out
+    assert "precision n/a" in printed and "precision is undefined" in printed
+    assert "nan" not in printed.lower()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_seed"]["cam"]["precision"] is None
+
+
+def test_map_checker_names_non_finite_and_some_empty_maps(tmp_path):
+    from rib_ext.stages.map_checks import BadMapsError, MapChecker
+
+    good = {"keys": np.array([1]), "high_res": np.ones((1, 4, 4), np.float32)}
+    empty = {"keys": np.array([0, 2]), "high_res": np.zeros((2, 4, 4), np.float32)}
+    no_class = {"keys": np.zeros(0, np.int64), "high_res": np.zeros((0, 4, 4), np.float32)}
+    checker = MapChecker("rib", "the adaptation diverged")
+    with pytest.raises(BadMapsError, match=r"rib: image a \(classes \[1\]\) got maps with non-finite"):
+        checker.check({**good, "high_res": np.full((1, 4, 4), np.nan, np.float32)}, "a")
+    for name, maps in (("b", good), ("c", empty), ("d", no_class)):
+        checker.check(maps, name)
+        checker.written(maps, name)
+    with pytest.warns(UserWarning, match=r"rib: 1 of 2 images got maps that are zero .*: c"):
+        checker.finish()

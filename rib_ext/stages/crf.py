@@ -8,7 +8,7 @@ from pathlib import Path
 from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
 from rib_ext.data import load_label_png, save_index_png
-from rib_ext.evaluation import (confusion_matrix, note_missing, summarize_confusion,
+from rib_ext.evaluation import (confusion_matrix, note_missing, percent, summarize_confusion,
                                  with_ground_truth, write_report)
 from rib_ext.io import load_npy_dict
 from rib_ext.stages.common import map_path, progress, require_maps, result_settings, split_complete
@@ -35,7 +35,7 @@ def run(ctx, cfg) -> dict:
                      allow_missing=cfg.allow_missing)
         results[name] = headline(result)
         if "miou" in result:
-            ctx.info(f"[crf] {name.upper()} + CRF mIoU {100 * result['miou']:.1f} at threshold "
+            ctx.info(f"[crf] {name.upper()} + CRF mIoU {percent(result['miou'])} at threshold "
                      f"{threshold:.2f}")
     ctx.barrier()
     return results

@@ -9,6 +9,7 @@ def settings(cfg) -> dict:
 
 
 def run(ctx, cfg) -> dict:
+    from rib_ext.evaluation import percent
     from rib_ext.irn import eval_mask_stage
     from rib_ext.stages.eval_seed import headline
     from rib_ext.stages.ir_label import rank0_map_sets
@@ -19,6 +20,6 @@ def run(ctx, cfg) -> dict:
         out = ctx.stage_dir("eval_mask", name)
         result = eval_mask_stage(ctx.eval_set, ctx.mask_dir(name), out, irn_config(ctx, cfg))
         results[name] = headline(result)
-        ctx.info(f"[eval_mask] {name.upper()} -> IRN pseudo-mask mIoU {100 * result['miou']:.1f} "
+        ctx.info(f"[eval_mask] {name.upper()} -> IRN pseudo-mask mIoU {percent(result['miou'])} "
                  f"-> {out / 'result.md'}")
     return results

@@ -1,14 +1,15 @@
 """Stage ``eval_seed``: the background-threshold sweep of the maps against the ground truth."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from rib_ext import distributed
 from rib_ext.config import EvalSeedConfig
-from rib_ext.evaluation import (ThresholdSweep, note_missing, plot_sweep, with_ground_truth,
-                                 write_report)
+from rib_ext.evaluation import (ThresholdSweep, json_figures, note_missing, percent, plot_sweep,
+                                 with_ground_truth, write_report)
 from rib_ext.io import load_npy_dict
 from rib_ext.stages.common import map_path, progress, require_maps, result_settings
 
@@ -26,16 +27,20 @@ def run(ctx, cfg) -> dict:
         result = eval_seed(ctx.eval_set, maps_dir, cfg.eval_seed, out,
                            allow_missing=cfg.allow_missing, title=f"{name.upper()} seed")
         results[name] = headline(result)
-        ctx.info(f"[eval_seed] {name.upper()} seed mIoU {100 * result['miou']:.1f} at threshold "
-                 f"{result['best_threshold']:.2f} (precision {100 * result['precision']:.1f}, "
-                 f"recall {100 * result['recall']:.1f}) -> {out / 'result.md'}")
+        ctx.info(f"[eval_seed] {name.upper()} seed mIoU {percent(result['miou'])} at threshold "
+                 f"{result['best_threshold']:.2f} (precision {percent(result['precision'])}, "
+                 f"recall {percent(result['recall'])}) -> {out / 'result.md'}")
+        if math.isnan(result["precision"]):
+            ctx.warn(f"[eval_seed] {name.upper()}: no pixel is foreground at the best threshold "
+                     f"{result['best_threshold']:.2f}, so the precision is undefined: the maps "
+                     f"are (nearly) empty; check the classifier (make_cam) or the thresholds")
     return results
 
 
 def headline(result: dict) -> dict:
     """The figures a summary keeps of an evaluation."""
     keep = ("best_threshold", "threshold", "miou", "precision", "recall", "f1", "num_images", "seconds")
-    return {k: result[k] for k in keep if k in result}
+    return json_figures({k: result[k] for k in keep if k in result})
 
 
 def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str | Path,

@@ -13,8 +13,11 @@ from rib_ext.data import InferenceDataset
 from rib_ext.io import save_npy
 from rib_ext.precision import apply_backend_settings, autocast, check_precision, memory_format
 from rib_ext.stages.common import map_path, progress, resolve_device, result_settings, split_complete
+from rib_ext.stages.map_checks import MapChecker
 
 UPSTREAM = ("train_cam", "data:eval")
+CAUSE = ("the classifier activates nowhere for the image's classes, the sign of a diverged "
+         "training: train it again with a lower --lr (or check --cam-checkpoint)")
 
 
 def settings(cfg) -> dict:
@@ -63,11 +66,15 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), todo)
     loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
     t0 = time.time()
+    checker = MapChecker("make_cam", CAUSE)
     for sample in progress(loader, "make_cam", total=len(todo)):
         keys = np.nonzero(sample["label"].numpy())[0]
         maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
                           cfg.channels_last)
+        checker.check(maps, sample["name"])
         save_npy(map_path(out_dir, sample["name"]), maps)
+        checker.written(maps, sample["name"], map_path(out_dir, sample["name"]))
+    checker.finish()
     seconds = time.time() - t0
     distributed.barrier()
     return {"written": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),

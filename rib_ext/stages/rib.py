@@ -18,6 +18,7 @@ from rib_ext.io import save_json, save_npy, save_text
 from rib_ext.rib import OtherImages, RIBEngine, Target
 from rib_ext.stages.common import (file_is_complete, map_path, progress, resolve_device,
                                    result_settings, split_complete)
+from rib_ext.stages.map_checks import MapChecker
 
 UPSTREAM = ("train_cam", "data:eval", "data:train")
 
@@ -25,6 +26,10 @@ UPSTREAM = ("train_cam", "data:eval", "data:train")
 # Speed settings that leave the maps as they are (benchmarks/RESULTS.md); precision does not.
 SPEED_ONLY = ("group_size", "head_batching", "channels_last", "cudnn_benchmark", "fold_stem",
               "foreach_update", "group_memory_gb", "image_cache_mb", "prefetch")
+
+
+CAUSE = ("the per-image adaptation diverged (lower --rib.lr) or the classifier activates nowhere "
+         "for the image's classes (check make_cam's map of it)")
 
 
 def settings(cfg) -> dict:
@@ -64,14 +69,19 @@ def rib(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | Path) -> di
                    else "rib", total=len(todo))
     t0 = time.time()
 
+    checker = MapChecker("rib", CAUSE)
+
     def write(result) -> None:
+        checker.check(result.maps, result.name)
         # The record first: the map's existence marks the image done, so a kill between the two
         # writes leaves a record without map, which the next run redoes (and rewrites).
         save_json(records_dir / f"{result.name}.json", result.record)
         save_npy(map_path(maps_dir, result.name), result.maps)
+        checker.written(result.maps, result.name, map_path(maps_dir, result.name))
         bar.update(1)
 
     RIBEngine(model, pool, cfg, device).run(targets(), on_result=write)
+    checker.finish()
     bar.close()
     seconds = time.time() - t0
     distributed.barrier()

@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from rib_ext.config import TrainCamConfig, plain_dict
 from rib_ext.data import ClassificationDataset, TrainTransform
 from rib_ext.models import build_cam_net, load_cam_net, save_cam_net
+from rib_ext.models.checkpoint import weight_problem
 from rib_ext.optim import PolyOptimizer
 from rib_ext.stages.common import file_is_complete, progress, resolve_device, result_settings
-from rib_ext.training import LossLog, check_finite, epoch_batches, load_training_state, save_training_state
+from rib_ext.training import (LossLog, NonFiniteLossError, check_finite, epoch_batches,
+                              load_training_state, save_training_state)
 
 MODEL_FILE = "cam_net.pth"
 STATE_FILE = "train_state.pth"
@@ -108,6 +110,14 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0:
                     save_state(step, time.time() - t0)
+    diverged = weight_problem(model)
+    if diverged is not None:
+        # The loss can stay finite while the weights run away: the maps would be all zero. The
+        # state is of the diverged run; removed, so a rerun with a lower rate starts afresh.
+        state_path.unlink(missing_ok=True)
+        raise NonFiniteLossError(f"train_cam: after {step} steps the classifier has {diverged}: "
+                                 f"training diverged with learning rate {cfg.lr:g}; lower --lr "
+                                 f"(nothing was saved as {model_path})")
     save_cam_net(model_path, model.cpu(), meta={"config": plain_dict(cfg),
                                                  "class_names": list(dataset.class_names),
                                                  "seconds": round(time.time() - t0, 1)})
