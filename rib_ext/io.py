@@ -160,6 +160,29 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+# sha256 of files already read in this process, by (path, size, mtime): a run describes its
+# datasets several times (one per stage record) and must not reread 10k annotation files each time.
+_DIGESTS: dict = {}
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """:func:`file_sha256`, cached for the process by path, size and modification time."""
+    key = _stat_key(Path(path))
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
+def remember_digest(path: str | os.PathLike, sha256: str, key: tuple | None = None) -> None:
+    """Record a digest computed elsewhere from the file's bytes (``key``: its stat key then)."""
+    _DIGESTS[key or _stat_key(Path(path))] = sha256
+
+
 def save_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

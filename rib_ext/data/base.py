@@ -95,6 +95,28 @@ class SegmentationDataset:
         """The mask of image ``i`` (or None) and where it came from, for error messages."""
         raise NotImplementedError
 
+    def annotation_files(self) -> list[Path]:
+        """Every file the labels and ground-truth masks of the listed images are read from."""
+        return []
+
+    def annotation_fingerprint(self) -> str:
+        """sha256 over the contents of :meth:`annotation_files` (cached by size and modification
+        time): provenance compares it, so an edited label or mask stops the reuse of outputs
+        made from the old ones."""
+        import hashlib
+
+        from rib_ext.io import file_digest
+
+        root = Path(getattr(self, "root", "/"))
+        h = hashlib.sha256()
+        for path in self.annotation_files():
+            try:
+                name = path.relative_to(root).as_posix()
+            except ValueError:
+                name = path.name
+            h.update(f"{name}\0{file_digest(path)}\n".encode())
+        return h.hexdigest()
+
     def mask_file(self, i: int) -> Optional[Path]:
         """The file image ``i``'s ground-truth mask is read from (where it is expected, whether it
         exists or not), or None when masks are made from the annotations (COCO's instances)."""

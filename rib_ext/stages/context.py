@@ -158,19 +158,29 @@ class RunContext:
     def dataset(self, which: str):
         """``"train"`` (classifier training), ``"pool"`` (RIB's other images: the training list;
         on COCO with its images of no class kept, as the authors' code keeps them), ``"eval"``
-        (maps made and evaluated) or ``"val"`` (the segment stage's evaluation), each opened once."""
+        (maps made and evaluated; on COCO with its images of no class, see
+        :attr:`keeps_no_class_images`) or ``"val"`` (the segment stage's evaluation), each opened
+        once."""
         if which not in self._datasets:
             from rib_ext.data import build_dataset
 
             kw = {"demo": self.cfg.demo} if self.cfg.dataset == "demo" else {}
             listed = "train" if which == "pool" else which
-            if which == "pool" and self.cfg.dataset == "coco":
+            if self.cfg.dataset == "coco" and (which == "pool" or (which == "eval" and
+                                                                   self.keeps_no_class_images)):
                 kw["keep_unlabelled"] = True
             elif which == "pool":
                 return self.train_set  # VOC lists hold no image without a class
             self._datasets[which] = build_dataset(self.cfg.dataset, self.dataset_root(),
                                                   self.lists[listed], **kw)
         return self._datasets[which]
+
+    @property
+    def keeps_no_class_images(self) -> bool:
+        """COCO images with no class stay in the list to map and evaluate, with keys-only maps
+        and all-background masks, as in the authors' code (their COCO figures count them); the
+        paper preset drops them with a warning, as a classifier's training list does."""
+        return self.cfg.rib.preset != "paper"
 
     @property
     def train_set(self):
@@ -191,7 +201,8 @@ class RunContext:
     def dataset_description(self, which: str) -> dict:
         """What identifies a list's images, for provenance. The demo is described by its generator
         settings (a new seed draws new images under the same ids), so it is not opened here; other
-        datasets by root, list and a hash of the ids."""
+        datasets by root, list, a hash of the ids and one of the contents of the files their labels
+        and masks come from (an edited annotation changes it)."""
         import hashlib
 
         cfg = self.cfg
@@ -203,7 +214,8 @@ class RunContext:
             return desc
         ds = self.dataset(which)
         desc.update(root=str(self.dataset_root().resolve()), num_images=len(ds),
-                    ids_sha256=hashlib.sha256("\n".join(ds.ids).encode()).hexdigest())
+                    ids_sha256=hashlib.sha256("\n".join(ds.ids).encode()).hexdigest(),
+                    annotations_sha256=ds.annotation_fingerprint())
         return desc
 
 

@@ -47,6 +47,16 @@ def image_maps(model, views, image_size, keys, precision: str = "float32",
     return ops.finalize_maps(sums, image_size, keys)
 
 
+def no_class_maps(image_size) -> dict:
+    """The map dict of an image with no class (COCO keeps them, as the authors' code does): keys
+    empty and maps of zero classes, so every reader finds its fields; evaluated, it predicts
+    background everywhere."""
+    h, w = int(image_size[0]), int(image_size[1])
+    small = ops.strided_size((h, w), 4)
+    return {"keys": np.zeros(0, dtype=np.int64), "cam": torch.zeros((0, *small)),
+            "high_res": np.zeros((0, h, w), dtype=np.float32)}
+
+
 def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     """Write ``out_dir/<id>.npy`` for every image of ``dataset``; images already done are skipped.
 
@@ -69,8 +79,11 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     checker = MapChecker("make_cam", CAUSE)
     for sample in progress(loader, "make_cam", total=len(todo)):
         keys = np.nonzero(sample["label"].numpy())[0]
-        maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
-                          cfg.channels_last)
+        if keys.size == 0:  # nothing to localise: no network call
+            maps = no_class_maps(sample["size"])
+        else:
+            maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
+                              cfg.channels_last)
         checker.check(maps, sample["name"])
         save_npy(map_path(out_dir, sample["name"]), maps)
         checker.written(maps, sample["name"], map_path(out_dir, sample["name"]))

@@ -176,6 +176,9 @@ def differences(saved: dict, now: dict) -> List[str]:
             if prefix.startswith("inputs.") and isinstance(a, str) and isinstance(b, str) \
                     and prefix.count(".") == 1:
                 out.append(f"{prefix}: the {prefix[7:]} outputs it was made from have changed")
+            elif prefix.endswith(".annotations_sha256"):
+                out.append(f"{prefix}: the dataset's annotations (labels or masks) have changed "
+                           f"since")
             else:
                 out.append(f"{prefix} {json.dumps(a)} -> {json.dumps(b)}")
 

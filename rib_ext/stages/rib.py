@@ -16,6 +16,7 @@ from rib_ext import distributed
 from rib_ext.config import RIBConfig
 from rib_ext.io import save_json, save_npy, save_text
 from rib_ext.rib import OtherImages, RIBEngine, Target
+from rib_ext.rib.engine import Result
 from rib_ext.stages.common import (file_is_complete, map_path, progress, resolve_device,
                                    result_settings, split_complete)
 from rib_ext.stages.map_checks import MapChecker
@@ -63,7 +64,11 @@ def rib(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | Path) -> di
     def targets():
         for i in todo:
             name = dataset.name(i)
-            yield Target(i, name, dataset.image(i), dataset.labels(i), pool_index.get(name))
+            labels = dataset.labels(i)
+            if not labels.any():  # COCO's images of no class: nothing to adapt to (the authors'
+                write(no_class_result(i, name, dataset.image_size(i)))  # code writes keys only)
+                continue
+            yield Target(i, name, dataset.image(i), labels, pool_index.get(name))
 
     bar = progress(range(len(todo)), f"rib (rank {distributed.rank()})" if distributed.is_distributed()
                    else "rib", total=len(todo))
@@ -90,6 +95,15 @@ def rib(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | Path) -> di
     if distributed.rank() == 0:
         summary.update(merge_records(dataset, records_dir, out_dir))
     return summary
+
+
+def no_class_result(index: int, name: str, image_size) -> Result:
+    """The result of an image with no class: keys-only maps, no step taken."""
+    from rib_ext.stages.make_cam import no_class_maps
+
+    record = {"name": name, "index": index, "steps": 0, "stop": "no_class", "target_logit_sums": [],
+              "final_target_logit_sum": None, "seconds": 0.0}
+    return Result(name, no_class_maps(image_size), record)
 
 
 def merge_records(dataset, records_dir: Path, out_dir: Path) -> dict:
