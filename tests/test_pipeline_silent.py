@@ -155,3 +155,38 @@ def test_map_checker_names_non_finite_and_some_empty_maps(tmp_path):
         checker.written(maps, name)
     with pytest.warns(UserWarning, match=r"rib: 1 of 2 images got maps that are zero .*: c"):
         checker.finish()
+
+
+# ------------------------------------------------- item 4: VOC annotation contents in provenance
+
+def test_voc_description_follows_the_annotation_contents_not_their_dates(finished, tmp_path):
+    import os
+
+    from rib_ext.data import build_dataset, load_label_png, save_label_png
+
+    root = tmp_path / "voc"
+    shutil.copytree(finished / "data", root)
+
+    def fingerprint():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return build_dataset("voc", root, "val").annotation_fingerprint()
+
+    first = (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    before = fingerprint()
+    xml = root / "Annotations" / f"{first}.xml"
+    os.utime(xml, ns=(1, 1))  # a copy without -p: dates change, contents do not
+    assert fingerprint() == before
+    # A class renamed in the XML: cls_labels.npy is rebuilt from it, and the fingerprint follows.
+    text = xml.read_text()
+    names = (root / "classes.txt").read_text().split()
+    old = next(n for n in names if f"<name>{n}</name>" in text)
+    new = next(n for n in names if n != old)
+    xml.write_text(text.replace(f"<name>{old}</name>", f"<name>{new}</name>"))
+    after_xml = fingerprint()
+    assert after_xml != before
+    mask_path = root / "SegmentationClass" / f"{first}.png"
+    mask = load_label_png(mask_path)
+    mask[0, 0] = 0 if mask[0, 0] else 1
+    save_label_png(mask_path, mask)
+    assert fingerprint() != after_xml
