@@ -167,7 +167,7 @@ _DIGESTS: dict = {}
 
 def _stat_key(path: Path) -> tuple:
     st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -131,7 +131,7 @@ def _load_coco(ann_file: Path):
     fingerprint = {"path": str(ann_file.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                    "sha256": hashlib.sha256(raw).hexdigest()}
     # Provenance hashes the file again otherwise (a second read of COCO's 450 MB train json).
-    remember_digest(ann_file, fingerprint["sha256"], (fingerprint["path"], st.st_size, st.st_mtime_ns))
+    remember_digest(ann_file, fingerprint["sha256"], (os.path.abspath(ann_file), st.st_size, st.st_mtime_ns))
     try:
         data = json.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
