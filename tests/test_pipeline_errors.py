@@ -53,6 +53,16 @@ def test_out_under_a_regular_file_is_an_error_naming_it(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_out_folder_without_write_permission_is_named_before_any_work(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == out else real(p, mode, **kw))
+    assert main(["--out", str(out), "--stages", "train_cam"] + TINY) == 2
+    assert capsys.readouterr().err == f"error: --out {out}: the output folder is not writable\n"
+    assert not list(out.iterdir())
+
+
 def test_unwritable_out_is_an_error_naming_the_file(finished, tmp_path, monkeypatch, capsys):
     # Tests run as root, which no mode bits stop: the refusal the OS would give is simulated.
     out = copy_run(finished, tmp_path)
