@@ -197,3 +197,17 @@ def test_conf_fg_overridden_by_the_demo_thresholds_says_so(tmp_path, capsys, mon
     assert main(["--out", str(tmp_path / "run"), "--irn.conf_fg", "0.6",
                  "--irn-auto-thresholds", "false"] + TINY) == 0
     assert "is not used" not in capsys.readouterr().out
+
+
+def test_segment_prediction_settings_name_the_model_by_content_not_path(tmp_path):
+    from rib_ext.segment.config import SegmentConfig
+    from rib_ext.segment.infer import inference_settings
+
+    a, b = tmp_path / "a" / "model.pth", tmp_path / "copy" / "model.pth"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(b"same weights")
+    cfg = SegmentConfig()
+    assert inference_settings(cfg, a) == inference_settings(cfg, b)  # a copied run folder
+    b.write_bytes(b"other weights")
+    assert inference_settings(cfg, a) != inference_settings(cfg, b)

@@ -18,6 +18,7 @@ from rib_ext.config import CRFConfig
 from rib_ext.crf import _densecrf
 from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
 from rib_ext.evaluation import evaluate_label_maps, note_missing, with_ground_truth, write_report
+from rib_ext.io import file_digest
 from rib_ext.irn.stage_io import check_settings, split_done
 from rib_ext.stages.common import progress
 
@@ -81,7 +82,9 @@ def predict_labels(model: DeepLabV2, img: np.ndarray, cfg: Optional[SegmentConfi
 def inference_settings(cfg: SegmentConfig, model_path: Optional[str | Path] = None) -> dict:
     d = cfg.as_dict()
     keys = ("scales", "flip", "use_crf") + (("crf",) if cfg.use_crf else ())
-    return {**{k: d[k] for k in keys}, "model": None if model_path is None else str(Path(model_path).resolve())}
+    # The model by its contents, not its path: a copied or moved run folder predicts on.
+    return {**{k: d[k] for k in keys},
+            "model_sha256": None if model_path is None else file_digest(model_path)}
 
 
 def predict_folder(model: DeepLabV2, dataset, names: Sequence[str], out_dir: str | Path,
