@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rib_ext.config import DemoDataConfig, MakeCamConfig  # noqa: E402
 from rib_ext.data import build_dataset  # noqa: E402
 from rib_ext.io import load_npy_dict, save_text  # noqa: E402
-from rib_ext.stages.make_cam import make_cam  # noqa: E402
+from rib_ext.cam.maps import make_cam  # noqa: E402
 
 VARIANTS = {"float32": {}, "float32+cl": dict(channels_last=True, cudnn_benchmark=True),
             "bf16": dict(precision="bf16"),

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from factories import make_cam, make_labels  # noqa: E402
 
 from rib_ext import ops  # noqa: E402
-from rib_ext.ops import reference  # noqa: E402
+from rib_ext.ops import oracle  # noqa: E402
 
 SHAPES = [(26, 20, 32, 32), (26, 20, 48, 64), (26, 20, 128, 128),
           (26, 80, 32, 32), (26, 80, 48, 64), (26, 80, 128, 128)]
@@ -34,16 +34,16 @@ TAU, MARGIN = 0.4, 600.0
 
 
 def loop_step(cam, labels, paper):
-    logits = reference.gndrp_pool_loop(cam, labels > 0, TAU)
-    return reference.margin_loss(logits, labels, MARGIN, paper).sum()
+    logits = oracle.gndrp_pool_loop(cam, labels > 0, TAU)
+    return oracle.margin_loss(logits, labels, MARGIN, paper).sum()
 
 
 def eager_step(cam, labels, paper):
-    return reference.gndrp_margin_loss(cam, labels, TAU, MARGIN, paper)[0]
+    return oracle.gndrp_margin_loss(cam, labels, TAU, MARGIN, paper)[0]
 
 
 def ours_step(cam, labels, paper):
-    return ops.gndrp_margin_loss(cam, labels, TAU, MARGIN, "paper" if paper else "reference")[0]
+    return ops.gndrp_margin_loss(cam, labels, TAU, MARGIN, "paper" if paper else "authors")[0]
 
 
 def fwd_bwd(step):
@@ -98,7 +98,7 @@ def format_table(device, rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
-    p.add_argument("--mode", default="reference", choices=list(ops.MODES))
+    p.add_argument("--mode", default="authors", choices=list(ops.MODES))
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--no-loop", action="store_true", help="skip the (slow) authors' loop column")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")

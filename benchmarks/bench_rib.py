@@ -32,7 +32,7 @@ from rib_ext.config import DemoDataConfig, RIBConfig  # noqa: E402
 from rib_ext.data import build_dataset  # noqa: E402
 from rib_ext.io import save_text  # noqa: E402
 from rib_ext.rib import OtherImages, RIBEngine, Target  # noqa: E402
-from rib_ext.rib import reference_loop  # noqa: E402
+from rib_ext.rib import oracle_loop  # noqa: E402
 
 SIZES = {
     "small": dict(backbone="resnet18", image_size=128, others=8, crop=128),
@@ -104,7 +104,7 @@ def run_size(name, args, device, variants):
             torch.cuda.reset_peak_memory_stats()
         extra = {}
         if v in ("loop", "authors"):
-            run = lambda ts: [reference_loop.adapt_one(model, t, pool, cfg, per_row_loop=v == "authors")
+            run = lambda ts: [oracle_loop.adapt_one(model, t, pool, cfg, per_row_loop=v == "authors")
                               for t in ts]
             settings = {"per_row_loop": v == "authors"}
         else:

@@ -29,8 +29,8 @@ VARIANTS = {"bf16": dict(precision="bf16"),
 
 
 def run_variant(out: Path, device: str, overrides: dict, stages: list[str], extra: list[str]) -> dict:
-    cfg = pipeline.config_from_args(pipeline.build_parser().parse_args(
-        ["--out", str(out), "--device", device] + extra))
+    cfg = pipeline.config_from_argv(
+        ["--out", str(out), "--device", device] + extra)
     for k, v in overrides.items():
         setattr(cfg.rib, k, v)
     return pipeline.run(cfg, stages)

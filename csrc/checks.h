@@ -31,4 +31,10 @@ inline void check_same_shape(const at::Tensor& a, const at::Tensor& b, const cha
               " is on ", b.device());
 }
 
+// cam and cam_flip of the flip-merge ops: [..., H, W], the same shape, on the same device.
+inline void check_flip_pair(const at::Tensor& cam, const at::Tensor& cam_flip, const char* op) {
+  TORCH_CHECK(cam.dim() >= 2, op, ": cam must be [..., H, W], got ", cam.sizes());
+  check_same_shape(cam, cam_flip, "cam", "cam_flip", op);
+}
+
 }  // namespace rib_ext

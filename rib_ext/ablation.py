@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
-from rib_ext.config import DemoDataConfig, EvalSeedConfig, RIBConfig
+from rib_ext.config import EvalSeedConfig, RIBConfig
 from rib_ext.io import save_figure, save_json, save_text
 
 # The paper's ablations (Table 5, Table A1, Figure 5). Margin and lr pairs are multiples of the
@@ -55,32 +54,24 @@ def parse_value(base: RIBConfig, fields: list[str], text: str) -> dict:
 
 
 def load_run(run: Path):
-    """(pipeline config dict, classifier, train set, eval set) of a finished pipeline run."""
+    """(pipeline config, classifier, train set, eval set) of a finished pipeline run: its own
+    config.json, read as ``--config`` reads it."""
     from rib_ext import pipeline
-    from rib_ext.stages.train_cam import load_trained
+    from rib_ext.stages.context import RunContext
+    from rib_ext.cam.train import load_trained
 
     config_path = run / "config.json"
     if not (run / "train_cam" / "cam_net.pth").exists():
         print(f"[ablation] no trained classifier in {run}: training one on the embedded demo")
-        args = pipeline.build_parser().parse_args(["--out", str(run), "--stages", "train_cam"])
-        pipeline.run(pipeline.config_from_args(args), ["train_cam"])
-    saved = json.loads(config_path.read_text())
-    cfg = pipeline.config_from_args(pipeline.build_parser().parse_args(
-        ["--out", str(run), "--dataset", saved["dataset"]]
-        + (["--root", saved["root"]] if saved.get("root") else [])
-        + (["--train-list", saved["train_list"]] if saved.get("train_list") else [])
-        + (["--eval-list", saved["eval_list"]] if saved.get("eval_list") else [])))
-    cfg.demo = DemoDataConfig(**saved["demo"])
-    cfg.rib = RIBConfig(**{**saved["rib"], "scales": tuple(saved["rib"]["scales"]),
-                           "loss_scales": tuple(saved["rib"]["loss_scales"]),
-                           "other_resize_long": tuple(saved["rib"]["other_resize_long"])})
-    train_set, eval_set = pipeline.open_datasets(cfg)
-    return cfg, load_trained(run / "train_cam"), train_set, eval_set
+        pipeline.run(pipeline.config_from_argv(["--out", str(run)]), ["train_cam"])
+    cfg = pipeline.config_from_argv(["--config", str(config_path), "--out", str(run)])
+    ctx = RunContext(cfg)
+    return cfg, load_trained(run / "train_cam"), ctx.train_set, ctx.eval_set
 
 
 def sweep(option: str, values: list[str], cfg, model, train_set, eval_set, out: Path) -> list[dict]:
-    from rib_ext.stages.eval_seed import eval_seed
-    from rib_ext.stages.rib import rib
+    from rib_ext.evaluation import eval_seed
+    from rib_ext.rib.run import adapt_dataset
 
     fields = option.split(",")
     rows = []
@@ -88,7 +79,7 @@ def sweep(option: str, values: list[str], cfg, model, train_set, eval_set, out: 
         changes = parse_value(cfg.rib, fields, text)
         tag = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items())
         folder = out / tag
-        summary = rib(model, eval_set, train_set, dataclasses.replace(cfg.rib, **changes), folder / "rib")
+        summary = adapt_dataset(model, eval_set, train_set, dataclasses.replace(cfg.rib, **changes), folder / "rib")
         result = eval_seed(eval_set, folder / "rib" / "maps", cfg.eval_seed, folder / "eval",
                            title=f"RIB seed, {tag}")
         rows.append({"value": tag, "miou": result["miou"], "best_threshold": result["best_threshold"],
@@ -102,7 +93,7 @@ def step_curve(cfg, model, train_set, eval_set, out: Path) -> dict:
     """Seed mIoU of the maps after steps 0..K (step 0: the plain CAM), for GAP and GNDRP."""
     from rib_ext.evaluation import ThresholdSweep
     from rib_ext.rib import OtherImages, RIBEngine, Target
-    from rib_ext.stages.common import resolve_device
+    from rib_ext.runtime import resolve_device
 
     device = resolve_device(cfg.rib.device)
     pool = OtherImages(train_set, device, cfg.rib.other_resize_long, cfg.rib.other_crop,

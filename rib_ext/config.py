@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 # ImageNet statistics used by torchvision's ResNet checkpoints (and IRN's normalisation).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,12 +49,28 @@ def plain_dict(cfg) -> Dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+class Section:
+    """What every section of the config tree offers: one preset factory and ``replace``.
+
+    ``preset(dataset, **fields)`` gives the section's starting values for a dataset's numbers
+    ("voc" or "coco"), with keyword overrides; sections whose behaviour has named variants (RIB,
+    IRN) also take ``behaviour=``. The command line builds every section through it.
+    """
+
+    @classmethod
+    def preset(cls, dataset: str = "voc", **overrides: Any):
+        return cls(**overrides)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
 # Multi-scale inference views of IRN / RIB: each scale is run as (image, horizontal flip).
 CAM_SCALES = (1.0, 0.5, 1.5, 2.0)
 
 
 @dataclass
-class DemoDataConfig:
+class DemoDataConfig(Section):
     """The embedded default dataset, generated deterministically in the VOC layout."""
 
     seed: int = 0
@@ -72,7 +88,7 @@ class DemoDataConfig:
 
 
 @dataclass
-class TrainCamConfig:
+class TrainCamConfig(Section):
     """Classifier training: IRN's recipe (5 epochs, batch 16, crop 512, resize-long 320..640, flip,
     SGD lr 0.1 on the classifier / 0.01 on the backbone, poly decay, weight decay 1e-4)."""
 
@@ -108,7 +124,7 @@ class TrainCamConfig:
 
 
 @dataclass
-class MakeCamConfig:
+class MakeCamConfig(Section):
     """Plain multi-scale + flip CAMs in IRN's .npy format."""
 
     scales: Tuple[float, ...] = CAM_SCALES
@@ -127,7 +143,7 @@ class MakeCamConfig:
 
 
 @dataclass
-class EvalSeedConfig:
+class EvalSeedConfig(Section):
     """Threshold sweep of the seed evaluation (the authors sweep 0.20..0.49)."""
 
     threshold_start: float = 0.20
@@ -146,7 +162,7 @@ class EvalSeedConfig:
 
 
 @dataclass
-class CRFConfig:
+class CRFConfig(Section):
     """Dense CRF on seeds (IRN's settings, DESIGN.md / IRN_NOTES.md)."""
 
     threshold: Optional[float] = None  # background threshold; None = the best one of eval_seed
@@ -173,25 +189,25 @@ RIB_LOSSES = ("rib", "bce_sigmoid", "bce_tanh", "bce_softsign")
 
 
 @dataclass
-class RIBConfig:
+class RIBConfig(Section):
     """Per-image adaptation (RIB). Defaults: the paper's VOC settings with the authors' released
-    behaviour (preset ``reference``); :meth:`preset` gives ``paper`` and the COCO numbers.
+    behaviour (``behaviour="authors"``); :meth:`preset` gives ``paper`` and the COCO numbers.
 
-    ``reference`` (the published figures came from it): GNDRP divides by H*W and keeps ``< tau``,
+    ``authors`` (the published figures came from it): GNDRP divides by H*W and keeps ``< tau``,
     the loss is -sum(t*y) unclipped, adaptation stops once |sum of the target rows' labelled
     logits| > margin, or when the scale-1.0 map "explodes" (from step 1 on, the union over the
     image's classes of max-normalised map > explosion_threshold covers more than explosion_ratio of
     the locations). ``paper``: -t*min(m, y) per row, GNDRP divides by the kept count (<= tau), no
     early stops.
 
-    A present class whose map is never positive: ``reference`` divides by the max unguarded, as
+    A present class whose map is never positive: ``authors`` divides by the max unguarded, as
     the authors' code does (max < 0: nothing kept, logit 0, no gradient; max == 0: the zero
     locations dropped); ``paper`` average-pools such a plane (csrc/gndrp.h).
-    COCO: ``reference`` reproduces the authors' GNDRP loop over the first 20 classes only
+    COCO: ``authors`` reproduces the authors' GNDRP loop over the first 20 classes only
     (``coco_first20_bug``: classes 20..79 average-pooled); ``paper`` normalises all 80.
     """
 
-    preset: str = "reference"
+    behaviour: str = "authors"  # set by preset(behaviour=...), recorded: authors | paper
     steps: int = 10  # K
     lr: float = 8e-6  # lambda, of the backbone (stages 3-4); the classifier gets lr * classifier_lr_mult
     classifier_lr_mult: float = 10.0
@@ -202,9 +218,9 @@ class RIBConfig:
     margin: float = 600.0  # m
     tau: float = 0.4
     pooling: str = "gndrp"  # gndrp | gap
-    gndrp_mode: str = "reference"  # reference (sum / HW, < tau) | paper (sum / kept, <= tau)
+    gndrp_mode: str = "authors"  # authors (sum / HW, < tau) | paper (sum / kept, <= tau)
     loss: str = "rib"  # rib | bce_sigmoid | bce_tanh | bce_softsign (the paper's ablation)
-    clip_loss: bool = False  # paper: -t * min(m, y); reference: -t * y
+    clip_loss: bool = False  # paper: -t * min(m, y); authors: -t * y
     stop_on_margin: bool = True
     stop_on_explosion: bool = True
     explosion_threshold: float = 0.3
@@ -218,8 +234,8 @@ class RIBConfig:
     other_resize_long: Tuple[int, int] = (320, 640)
     other_crop: int = 512
     # GNDRP normalises only classes 0..19, the rest are average-pooled: the authors' GNDRP loops
-    # over range(20) also on COCO, and that produced the published COCO figures. On by preset_for
-    # ("reference", "coco"); the paper preset normalises all 80 classes.
+    # over range(20) also on COCO, and that produced the published COCO figures. On by preset("coco",
+    # behaviour="authors"); the paper behaviour normalises all 80 classes.
     coco_first20_bug: bool = False
     group_size: int = 1  # G: images adapted at once, each with its own weights; 0 = auto
     head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
@@ -241,7 +257,7 @@ class RIBConfig:
         self.validate()
 
     def validate(self) -> None:
-        _require(self.preset in ("reference", "paper"), f"preset must be 'reference' or 'paper', got {self.preset!r}")
+        _require(self.behaviour in ("authors", "paper"), f"behaviour must be 'authors' or 'paper', got {self.behaviour!r}")
         _require(0.0 < self.tau <= 1.0, f"tau must lie in (0, 1], got {self.tau}")
         _require(self.steps >= 1, f"RIB steps must be >= 1, got {self.steps}")
         _require(self.num_others >= 1, f"num_others must be >= 1, got {self.num_others}")
@@ -254,7 +270,7 @@ class RIBConfig:
         _require(self.weight_decay >= 0 and self.lr_power >= 0,
                  f"weight_decay and lr_power must be >= 0, got {self.weight_decay}, {self.lr_power}")
         _require(self.pooling in ("gndrp", "gap"), f"pooling must be gndrp or gap, got {self.pooling!r}")
-        _require(self.gndrp_mode in ("reference", "paper"), f"gndrp_mode must be reference or paper, got {self.gndrp_mode!r}")
+        _require(self.gndrp_mode in ("authors", "paper"), f"gndrp_mode must be authors or paper, got {self.gndrp_mode!r}")
         _require(self.loss in RIB_LOSSES, f"loss must be one of {RIB_LOSSES}, got {self.loss!r}")
         _require(self.head_batching in ("loop", "vmap"), f"head_batching must be loop or vmap, got {self.head_batching!r}")
         _unit("explosion_threshold", self.explosion_threshold)
@@ -267,23 +283,22 @@ class RIBConfig:
         _require(0 < lo <= hi, f"other_resize_long must be (lo, hi) with 0 < lo <= hi, got {self.other_resize_long}")
 
     @classmethod
-    def preset_for(cls, preset: str = "reference", dataset: str = "voc", **overrides) -> "RIBConfig":
-        """The authors' (``reference``) or the paper's (``paper``) behaviour with VOC or COCO numbers."""
-        if preset not in ("reference", "paper"):
-            raise ValueError(f"preset must be 'reference' or 'paper', got {preset!r}")
+    def preset(cls, dataset: str = "voc", behaviour: str = "authors", **overrides: Any) -> "RIBConfig":
+        """The authors' (``authors``) or the paper's (``paper``) behaviour with VOC or COCO numbers."""
+        if behaviour not in ("authors", "paper"):
+            raise ValueError(f"RIB behaviour must be 'authors' or 'paper', got {behaviour!r}")
         values = {}
         if dataset == "coco":
             values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8,
-                          coco_first20_bug=preset == "reference")
-        if preset == "paper":
-            values.update(preset="paper", gndrp_mode="paper", clip_loss=True, stop_on_margin=False,
+                          coco_first20_bug=behaviour == "authors")
+        if behaviour == "paper":
+            values.update(behaviour="paper", gndrp_mode="paper", clip_loss=True, stop_on_margin=False,
                           stop_on_explosion=False)
         values.update(overrides)
         return cls(**values)
 
 
 # What a stage does when an image has no input file: stop with a list, or skip with a warning.
-MISSING_POLICIES = ("error", "skip")
 
 
 # ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask); see shared/IRN_NOTES.md
@@ -302,16 +317,21 @@ IRN_PRESETS: Dict[str, Dict[str, Any]] = {
 
 
 @dataclass
-class IRNConfig:
+class IRNConfig(Section):
     """Settings of the ir_label, train_irn, make_sem_seg, eval_mask and saliency stages."""
+
+    # The fields that shape ir_label's and make_sem_seg's outputs (train_irn's are the rest).
+    IR_LABEL_FIELDS: ClassVar[tuple] = ("conf_fg", "conf_bg", "crf")
+    SEM_SEG_FIELDS: ClassVar[tuple] = ("rw_radius", "beta", "exp_times", "map_power", "sem_seg_bg_thres",
+                                       "saliency_threshold")
 
     # -- confident labels (ir_label): fg where a map > conf_fg, bg where every map <= conf_bg
     conf_fg: float = 0.30
     conf_bg: float = 0.05
     crf: CRFConfig = field(default_factory=CRFConfig)
-    # What to do when an image has no input file (maps, labels, masks): "error" lists them and
-    # stops, "skip" warns (listing them) and goes on without them.
-    on_missing: str = "error"
+    # An image without its input file (maps, labels, masks): False lists them and stops, True
+    # warns (listing them) and goes on without them. Set with the run's --allow-missing.
+    allow_missing: bool = False
 
     # -- the inter-pixel relation network (train_irn)
     backbone: str = "resnet50"
@@ -354,20 +374,17 @@ class IRNConfig:
         self.validate()
 
     @classmethod
-    def preset(cls, name: str, dataset: Optional[str] = None, **overrides: Any) -> "IRNConfig":
-        """``"irn"`` (IRN's code), ``"rib"`` (RIB's VOC code) or ``"rib_coco"``, with keyword
-        overrides. ``dataset="coco"`` selects the COCO variant: ``"rib"`` becomes ``"rib_coco"``
-        (background threshold 0.22, no padding); ``"irn"`` (no COCO script of its own) runs
-        unpadded."""
-        if name not in IRN_PRESETS:
-            raise ValueError(f"unknown IRN preset {name!r}; expected one of {sorted(IRN_PRESETS)}")
-        values = dict(IRN_PRESETS[name])
+    def preset(cls, dataset: str = "voc", behaviour: str = "rib", **overrides: Any) -> "IRNConfig":
+        """The thresholds of ``"rib"`` (RIB's code), ``"irn"`` (IRN's code) or ``"rib_coco"``, with
+        keyword overrides. ``dataset="coco"`` selects the COCO variant: ``"rib"`` becomes
+        ``"rib_coco"`` (background threshold 0.22, no padding); ``"irn"`` (no COCO script of its
+        own) runs unpadded."""
+        if behaviour not in IRN_PRESETS:
+            raise ValueError(f"unknown IRN behaviour {behaviour!r}; expected one of {sorted(IRN_PRESETS)}")
+        values = dict(IRN_PRESETS[behaviour])
         if dataset == "coco":
-            values = dict(IRN_PRESETS.get(f"{name}_coco", {**values, "boundary_pad_to": None}))
+            values = dict(IRN_PRESETS.get(f"{behaviour}_coco", {**values, "boundary_pad_to": None}))
         return cls(**{**values, **overrides})
-
-    def replace(self, **changes: Any) -> "IRNConfig":
-        return dataclasses.replace(self, **changes)
 
     @property
     def walk_steps(self) -> int:
@@ -377,8 +394,6 @@ class IRNConfig:
         if not 0.0 <= self.conf_bg <= self.conf_fg:
             raise ValueError(f"need 0 <= conf_bg <= conf_fg, got conf_bg={self.conf_bg}, "
                              f"conf_fg={self.conf_fg}")
-        if self.on_missing not in MISSING_POLICIES:
-            raise ValueError(f"on_missing must be one of {MISSING_POLICIES}, got {self.on_missing!r}")
         if self.crop_size % 4:
             raise ValueError(f"crop_size must be a multiple of 4 (the label grid is at stride 4), "
                              f"got {self.crop_size}")
@@ -422,7 +437,7 @@ SEGMENT_PRESETS: Dict[str, Dict[str, Any]] = {
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(Section):
     """Settings of :func:`rib_ext.segment.segment_stage` (training, re-training, inference)."""
 
     # -- network
@@ -461,21 +476,18 @@ class SegmentConfig:
     use_crf: bool = True
     crf: CRFConfig = field(default_factory=deeplab_crf)
 
-    on_missing: str = "error"  # an image without its label / score file: "error" or "skip"
+    allow_missing: bool = False  # an image without its label / score file: skip it (warned) or stop
     device: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
 
     @classmethod
-    def preset_for(cls, dataset: str = "voc", **overrides: Any) -> "SegmentConfig":
+    def preset(cls, dataset: str = "voc", **overrides: Any) -> "SegmentConfig":
         """The paper's ``"voc"`` or ``"coco"`` numbers, with keyword overrides."""
         if dataset not in SEGMENT_PRESETS:
             raise ValueError(f"unknown segmentation preset {dataset!r}; expected one of {sorted(SEGMENT_PRESETS)}")
         return cls(**{**SEGMENT_PRESETS[dataset], **overrides})
-
-    def replace(self, **changes: Any) -> "SegmentConfig":
-        return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
         if self.backbone not in SEGMENT_BACKBONES:
@@ -493,8 +505,6 @@ class SegmentConfig:
                              f"{self.retrain_bg}, retrain_fg={self.retrain_fg}")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales must be positive, got {self.scales}")
-        if self.on_missing not in MISSING_POLICIES:
-            raise ValueError(f"on_missing must be one of {MISSING_POLICIES}, got {self.on_missing!r}")
 
     def as_dict(self) -> Dict[str, Any]:
         return plain_dict(self)
@@ -504,7 +514,7 @@ PIPELINE_PRESETS = ("demo", "voc", "coco")
 
 
 @dataclass
-class VisualizeConfig:
+class VisualizeConfig(Section):
     """Pictures of a run (the ``visualize`` stage)."""
 
     count: int = 12  # image panels, evenly spread over the evaluated list
@@ -541,7 +551,7 @@ class PipelineConfig:
     eval_seed: EvalSeedConfig = field(default_factory=EvalSeedConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
     rib: RIBConfig = field(default_factory=RIBConfig)
-    irn: IRNConfig = field(default_factory=lambda: IRNConfig.preset("rib"))
+    irn: IRNConfig = field(default_factory=IRNConfig.preset)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
 

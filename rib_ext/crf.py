@@ -5,12 +5,19 @@ for one, does not have it).
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from rib_ext.config import CRFConfig
-from rib_ext.evaluation import indices_to_class_ids, seed_label_indices
+from rib_ext.data import load_label_png, save_index_png
+from rib_ext.evaluation import (confusion_matrix, indices_to_class_ids, seed_label_indices,
+                                note_missing, summarize_confusion, with_ground_truth, write_report)
+from rib_ext.io import load_npy_dict
+from rib_ext.outputs import map_path, require_maps, split_complete
+from rib_ext.runtime import progress
 
 
 def _densecrf():
@@ -85,3 +92,44 @@ def crf_from_maps(img: np.ndarray, maps: np.ndarray, keys: np.ndarray,
     indices = seed_label_indices(maps, threshold)
     refined = crf_refine_labels(img, indices, maps.shape[0] + 1, cfg)
     return indices_to_class_ids(refined, keys)
+
+
+# ------------------------------------------------------------------ the crf stage's work
+
+def refine_seeds(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig, out_dir: str | Path,
+        allow_missing: bool = False) -> dict:
+    """Refine every image's seed at background ``threshold`` with the dense CRF.
+
+    Writes ``out_dir/masks/<id>.png`` (VOC palette, class ids; existing ones are kept, so a rerun
+    resumes) and, over the images with ground truth, ``out_dir/result.{json,md}``.
+    """
+    out_dir = Path(out_dir)
+    mask_dir = out_dir / "masks"
+    maps_dir = Path(maps_dir)
+    with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "crf", allow_missing)
+    with_gt = set(with_gt)
+    names = require_maps(maps_dir, dataset.ids, "crf", allow_missing)
+    index = {name: i for i, name in enumerate(dataset.ids)}
+    conf = 0
+    evaluated = 0
+    t0 = time.time()
+    done = set(split_complete({n: mask_dir / f"{n}.png" for n in names}, "crf")[0])
+    for name in progress(names, "crf"):
+        i = index[name]
+        png = mask_dir / f"{name}.png"
+        if name in done:
+            pred = load_label_png(png)
+        else:
+            maps = load_npy_dict(map_path(maps_dir, name))
+            pred = crf_from_maps(dataset.image(i), maps["high_res"], maps["keys"], threshold, cfg)
+            save_index_png(png, pred)  # class indices, as IRN-derived code reads them
+        if name in with_gt:
+            conf = conf + confusion_matrix(pred, dataset.mask(i), dataset.num_classes + 1)
+            evaluated += 1
+    result = note_missing({"threshold": threshold, "num_images": evaluated,
+                           "seconds": round(time.time() - t0, 1)}, no_mask)
+    if evaluated:
+        result.update(summarize_confusion(conf))
+        write_report(out_dir, result, ("background",) + tuple(dataset.class_names),
+                     title=f"CRF-refined seeds (threshold {threshold:.2f})")
+    return result

@@ -14,8 +14,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from rib_ext import distributed
 from rib_ext.config import EvalSeedConfig
-from rib_ext.io import atomic_path, save_figure, save_json, save_text
+from rib_ext.io import atomic_path, load_npy_dict, save_figure, save_json, save_text
+from rib_ext.outputs import map_path, require_maps
+from rib_ext.runtime import progress
 
 
 # --------------------------------------------------------------------------- which images count
@@ -402,3 +405,33 @@ def plot_sweep(path: os.PathLike | str, result: Dict[str, Any]) -> Path:
     ax.legend()
     fig.tight_layout()
     return save_figure(path, fig)
+
+
+# ------------------------------------------------------------------ the eval_seed stage's work
+
+def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str | Path,
+              allow_missing: bool = False, title: str = "Seed evaluation") -> dict:
+    """mIoU of ``argmax([t, maps])`` for every threshold t of the sweep, over the images that have
+    a ground-truth mask; writes result.json, result.md, confusion.npy and sweep.png to ``out_dir``.
+    """
+    maps_dir = Path(maps_dir)
+    names, no_mask = with_ground_truth(dataset, dataset.ids, "eval_seed", allow_missing)
+    names = require_maps(maps_dir, names, "eval_seed", allow_missing)
+    index = {name: i for i, name in enumerate(dataset.ids)}
+    sweep = ThresholdSweep(num_classes=dataset.num_classes + 1, cfg=cfg)
+    for name in progress(distributed.shard(names), "eval_seed"):
+        gt = dataset.mask(index[name])
+        maps = load_npy_dict(map_path(maps_dir, name))
+        sweep.update(maps["high_res"], maps["keys"], gt)
+    # Confusion matrices are plain counts: summing them over ranks gives the whole list's.
+    sweep.confusions = distributed.all_reduce_sum(sweep.confusions)
+    sweep.num_images = int(distributed.all_reduce_sum(np.array([sweep.num_images]))[0])
+    if sweep.num_images == 0:
+        raise ValueError(f"eval_seed: no image of the list has a ground-truth mask ({len(dataset)} images)")
+    result = note_missing(sweep.result(), no_mask)
+    out_dir = Path(out_dir)
+    if distributed.rank() != 0:
+        return result
+    write_report(out_dir, result, ("background",) + tuple(dataset.class_names), title=title)
+    plot_sweep(out_dir / "sweep.png", result)
+    return result

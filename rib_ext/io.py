@@ -12,7 +12,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -207,3 +207,10 @@ def save_png(path: str | os.PathLike, image) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             image.save(f, format="PNG")
+
+
+def preview(items: Sequence[str], limit: int = 5) -> str:
+    """``"a, b, c, ... (N in all)"``: enough names to find the problem without flooding the log."""
+    items = list(items)
+    shown = ", ".join(str(x) for x in items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")

@@ -8,8 +8,6 @@ already done, so a rerun resumes; a rerun with other settings stops unless ``--o
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import errno
 import json
 import logging
@@ -21,69 +19,13 @@ from typing import List, Optional
 
 from rib_ext.config import PipelineConfig, plain_dict
 from rib_ext.stages import options
-from rib_ext.stages.context import PipelineError
+from rib_ext.stages.registry import STAGES, parse_stages, stage_module
 
-# The registry: a stage is the module rib_ext/stages/<name>.py (UPSTREAM, settings(cfg),
-# run(ctx, cfg) -> dict) plus one line here, in pipeline order.
-REGISTRY = {
-    "train_cam": "train the multi-label classifier (IRN's recipe)",
-    "make_cam": "plain multi-scale + flip CAMs in IRN's .npy format (the baseline)",
-    "rib": "RIB: per-image adaptation of the classifier, accumulated maps in IRN's format",
-    "eval_seed": "threshold sweep of every map set made (cam, rib): best threshold, mIoU, P/R/F1",
-    "crf": "dense-CRF refinement of every map set's seeds at its best threshold, evaluated",
-    "ir_label": "IRN: confident fg/bg labels from each map set (two thresholds + CRF)",
-    "train_irn": "IRN: the inter-pixel relation network on the confident labels",
-    "make_sem_seg": "IRN: random walk of the maps over the learnt affinities -> pseudo masks "
-                    "(then, with --saliency-dir, the RIB-Sal saliency refinement)",
-    "eval_mask": "mIoU of the pseudo masks",
-    "visualize": "pictures: maps, seeds and masks per image, RIB's map per step, logit curves",
-    "segment": "DeepLab-v2 trained on the pseudo masks (of rib, else cam), evaluated on --val-list",
-}
-STAGES = tuple(REGISTRY)
-STAGE_HELP = REGISTRY
-# The default run stops at the pseudo masks: the segmentation network is a long training of its own.
-DEFAULT_STAGES = STAGES[:-1]
+# The stage list and the command line live in rib_ext.stages (registry, options); this module runs them.
+build_parser = options.build_parser
+config_from_argv = options.config_from_argv
 
 log = logging.getLogger("rib_ext")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m rib_ext.pipeline", usage="%(prog)s [--stages S] [--preset P] [--FLAG VALUE ...]",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=options.stage_flag_help(REGISTRY))
-    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
-                   help=f"comma-separated stages to run, in pipeline order (default: "
-                        f"{','.join(DEFAULT_STAGES)}; add segment for the final network)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="recompute the stages whose folders were made with other settings, and "
-                        "everything after them (default: stop with the differences)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
-    options.add_preset_flags(p)
-    options.add_config_flags(p)
-    return p
-
-
-def config_from_args(args) -> PipelineConfig:
-    """The validated config tree of parsed command-line arguments."""
-    return options.build_config(args)
-
-
-def parse_stages(text: str) -> list[str]:
-    stages = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise SystemExit(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    return [s for s in STAGES if s in stages]
-
-
-def open_datasets(cfg: PipelineConfig):
-    """(training set, evaluation set) of a config."""
-    from rib_ext.stages.context import RunContext
-
-    ctx = RunContext(cfg)
-    return ctx.train_set, ctx.eval_set
 
 
 def environment(ctx) -> dict:
@@ -116,7 +58,6 @@ def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict
     from rib_ext import distributed
     from rib_ext.runlock import RunLock
     from rib_ext.stages.context import RunContext
-    from rib_ext.stages.provenance import stage_module
 
     distributed.init_from_env()
     if not logging.getLogger("rib_ext").handlers:  # called as a library (e.g. the ablation)
@@ -145,6 +86,8 @@ def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict
 
 def make_out_dir(out: Path) -> None:
     """Create --out (and its parents), or stop naming it and why it cannot be made."""
+    from rib_ext.stages.context import PipelineError
+
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -157,7 +100,7 @@ def make_out_dir(out: Path) -> None:
 
 def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     from rib_ext.io import save_json
-    from rib_ext.stages.provenance import Provenance, stage_module
+    from rib_ext.stages.provenance import Provenance
 
     # Before anything is written or generated: outputs made with other settings stop the run.
     prov = Provenance(ctx, list(STAGES))
@@ -226,11 +169,12 @@ def user_error_types() -> tuple:
 
     from rib_ext.checkpoints import CheckpointError
     from rib_ext.io import UnreadableFileError
+    from rib_ext.outputs import BadMapsError
     from rib_ext.runlock import RunLockedError
     from rib_ext.training import NonFiniteLossError
 
     return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
-            NonFiniteLossError, RunLockedError, FileNotFoundError, NotADirectoryError,
+            NonFiniteLossError, RunLockedError, BadMapsError, FileNotFoundError, NotADirectoryError,
             FileExistsError)
 
 
@@ -264,13 +208,13 @@ def main(argv=None) -> int:
     setup_logging(args.debug)
     try:
         try:
-            cfg = config_from_args(args)
-        except (ValueError, TypeError) as err:  # a bad setting or config file
-            raise options.ConfigError(str(err)) from err
-        try:
+            cfg = options.build_config(args)
             stages = parse_stages(args.stages)
-        except SystemExit as err:
-            raise PipelineError(str(err)) from None
+        except (ValueError, TypeError) as err:  # a bad setting, stage name or config file
+            raise options.ConfigError(str(err)) from err
+        if args.print_config:
+            print(json.dumps({"stages": stages, **plain_dict(cfg)}, indent=2))
+            return 0
         warn_overridden(args, cfg)
         run(cfg, stages, overwrite=args.overwrite)
     except KeyboardInterrupt:

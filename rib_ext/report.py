@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from rib_ext.io import save_text
+from rib_ext.stages.registry import MAP_SETS
 
 # The paper's PASCAL VOC 2012 train figures (mIoU %), DESIGN.md: RIB's Table 1 / 3 / 4.
 PAPER_VOC = {"cam": {"seed": 48.8}, "rib": {"seed": 56.5, "crf": 62.9, "mask": 70.6, "segment": 68.3}}
-MAP_SETS = ("cam", "rib")
 COLUMNS = (("seed", "eval_seed", "seed mIoU"), ("crf", "crf", "+ CRF"), ("mask", "eval_mask", "IRN mask"))
 
 
@@ -269,9 +269,8 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
 def preset_of_run(out_dir) -> Optional[dict]:
     """The settings a run's preset starts from (its dataset, preset and output folder, no other
     flag), as a plain dict; None when the run has no readable config.json."""
-    from rib_ext import pipeline
     from rib_ext.config import plain_dict
-    from rib_ext.stages.options import build_config
+    from rib_ext.stages.options import config_from_argv
 
     used = _load_json(Path(out_dir) / "config.json")
     if not used:
@@ -281,7 +280,7 @@ def preset_of_run(out_dir) -> Optional[dict]:
         argv += ["--preset", used["preset"]]
     if used.get("root"):
         argv += ["--root", used["root"]]
-    return plain_dict(build_config(pipeline.build_parser().parse_args(argv)))
+    return plain_dict(config_from_argv(argv))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from rib_ext.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
-from rib_ext.io import save_text
+from rib_ext.io import file_is_complete, save_text
 
 STATE_VERSION = 1
 
@@ -29,6 +30,18 @@ log = logging.getLogger("rib_ext.training")
 
 
 # ----------------------------------------------------------------------------------- random states
+
+def trained_model_exists(path: str | os.PathLike, stage: str) -> bool:
+    """True when a trainer's final model file exists and is whole: the trainer then returns at
+    once (a rerun resumes past it). A truncated one is named in a warning and trained again."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    if file_is_complete(path):
+        return True
+    warnings.warn(f"{stage}: {path} is truncated; training again", stacklevel=3)
+    return False
+
 
 def rng_state() -> Dict[str, Any]:
     """Global RNG states as tensors and plain values (loadable with ``weights_only=True``)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from rib_ext.data.transforms import multiscale_flip_views
-from rib_ext.ops import reference
+from rib_ext.ops import oracle
 from rib_ext.ops.cam import strided_size, strided_up_size
 from rib_ext.rib.sampling import image_generator
 
@@ -44,7 +44,7 @@ def gndp2d(x, valid_cat, score_th, is_rib=False):
     for b in range(x.shape[0]):
         cats = torch.nonzero(valid_cat[b])[:, 0] if is_rib else valid_cat
         present[b, cats] = True
-    return reference.gndrp_pool_loop(x, present, score_th, visited=20)
+    return oracle.gndrp_pool_loop(x, present, score_th, visited=20)
 
 
 def raw_logit_loss(logits, labels):

@@ -9,9 +9,9 @@ RoIOpTester pattern) and gets, for free,
   replaced by one that raises).
 
 A subclass sets ``op`` (the name under ``torch.ops.rib_ext``), ``FALLBACKS`` (the names in
-``rib_ext.ops.reference`` its wrapper falls back to), ``CASES`` / ``GRADCHECK_CASES`` /
+``rib_ext.ops.oracle`` its wrapper falls back to), ``CASES`` / ``GRADCHECK_CASES`` /
 ``OPCHECK_CASES`` (dicts), ``DTYPES`` and ``LAYOUTS`` (tests/conftest.py parametrises ``case``,
-``gcase``, ``ocase``, ``dtype`` and ``layout`` from them), and implements ``make_inputs``, ``call``, ``reference`` and ``opcheck_calls``.
+``gcase``, ``ocase``, ``dtype`` and ``layout`` from them), and implements ``make_inputs``, ``call``, ``oracle`` and ``opcheck_calls``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 from conftest import cpu_and_cuda
 from rib_ext import ops
-from rib_ext.ops import _extension, reference
+from rib_ext.ops import _extension, oracle
 
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-9, atol=1e-10)}
 
@@ -56,7 +56,7 @@ class OpTester:
         """The public wrapper (what the package calls)."""
         raise NotImplementedError
 
-    def reference(self, args, case):
+    def oracle(self, args, case):
         """The pure-PyTorch reference, on the same arguments (upcast to float64 by the base)."""
         raise NotImplementedError
 
@@ -72,7 +72,7 @@ class OpTester:
     def test_forward_and_backward(self, case, device, dtype, layout):
         args = self.make_inputs(case, device, dtype, layout)
         ref_args = _to_float64(args)
-        outs, refs = _outputs(self.call(args, case)), _outputs(self.reference(ref_args, case))
+        outs, refs = _outputs(self.call(args, case)), _outputs(self.oracle(ref_args, case))
         assert len(outs) == len(refs)
         tol = self.tolerances(dtype)
         for out, ref in zip(outs, refs):
@@ -123,7 +123,7 @@ class OpTester:
             raise AssertionError(f"{self.op}: the wrapper ran the Python reference, not the kernel")
 
         for name in self.FALLBACKS:
-            monkeypatch.setattr(reference, name, fallback_called)
+            monkeypatch.setattr(oracle, name, fallback_called)
         case = self.CASES[0]
         args = self.make_inputs(case, device, torch.float32, "contiguous")
         outs = _outputs(self.call(args, case))

@@ -12,9 +12,9 @@ def test_backend_report_is_consistent():
     info = ops.backends()
     assert info["extension_loaded"] == ops.HAS_C
     for op, where in info["ops"].items():
-        assert where["cpu"] == ("compiled-cpu" if ops.HAS_C else "reference"), op
+        assert where["cpu"] == ("compiled-cpu" if ops.HAS_C else "pytorch"), op
         if not info["compiled_with_cuda"]:
-            assert where["cuda"] == "reference", op
+            assert where["cuda"] == "pytorch", op
 
 
 @pytest.mark.skipif(os.environ.get("RIB_EXT_EXPECT_COMPILED") != "1",

@@ -71,7 +71,7 @@ def world(request):
 
 def _cfg(dataset, margin, explode_th):
     # fold_stem=False: the authors' stem keeps its batch norms (folding them changes the rounding).
-    return RIBConfig.preset_for("reference", dataset, steps=3, fold_stem=False, num_others=3, lr=0.02 if dataset == "voc" else 0.05,
+    return RIBConfig.preset(dataset, behaviour="authors", steps=3, fold_stem=False, num_others=3, lr=0.02 if dataset == "voc" else 0.05,
                                 margin=margin, explosion_threshold=explode_th,
                                 other_resize_long=(24, 40), other_crop=32, seed=5)
 

@@ -8,7 +8,8 @@ from authors_nets import AuthorsCAM, AuthorsIRN
 from rib_ext.config import IRNConfig, PipelineConfig
 from rib_ext.irn.network import IRNet, infer_boundary, load_irnet, save_irnet
 from rib_ext.models import load_cam_net
-from rib_ext.models.authors import is_authors_cam_state, is_authors_irn_state
+from rib_ext.irn.authors import is_authors_irn_state
+from rib_ext.models.authors import is_authors_cam_state
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +70,14 @@ def test_authors_res50_irn_loads_and_pads_like_edge_displacement(tmp_path, autho
 
 
 def test_irn_presets_pad_voc_only_and_coco_background_threshold():
-    voc = IRNConfig.preset("rib")
-    coco = IRNConfig.preset("rib", dataset="coco")
+    voc = IRNConfig.preset(behaviour="rib")
+    coco = IRNConfig.preset("coco", behaviour="rib")
     assert (voc.sem_seg_bg_thres, voc.boundary_pad_to, voc.map_power) == (0.27, 512, 1.3)
     assert (coco.sem_seg_bg_thres, coco.boundary_pad_to, coco.map_power) == (0.22, None, 1.3)
     assert (coco.conf_fg, coco.conf_bg) == (0.35, 0.17)
-    assert IRNConfig.preset("irn").boundary_pad_to == 512
-    assert IRNConfig.preset("irn", dataset="coco").sem_seg_bg_thres == 0.25
-    assert IRNConfig.preset("rib_coco", sem_seg_bg_thres=0.3).sem_seg_bg_thres == 0.3
+    assert IRNConfig.preset(behaviour="irn").boundary_pad_to == 512
+    assert IRNConfig.preset("coco", behaviour="irn").sem_seg_bg_thres == 0.25
+    assert IRNConfig.preset(behaviour="rib_coco", sem_seg_bg_thres=0.3).sem_seg_bg_thres == 0.3
     assert PipelineConfig().irn.boundary_pad_to == 512
     with pytest.raises(ValueError, match="boundary_pad_to"):
         IRNConfig(boundary_pad_to=0)
@@ -104,7 +105,7 @@ def test_make_sem_seg_stage_pads_the_boundary_input(tmp_path, authors_irn, monke
               "high_res": np.random.rand(1, 40, 52).astype(np.float32)})
     path = tmp_path / "res50_irn.pth"
     torch.save(authors_irn.state_dict(), path)
-    cfg = IRNConfig.preset("rib", boundary_pad_to=64, device="cpu", exp_times=2)
+    cfg = IRNConfig.preset(behaviour="rib", boundary_pad_to=64, device="cpu", exp_times=2)
     sem_seg.make_sem_seg_stage(One(), tmp_path / "maps", path, tmp_path / "out", cfg)
     assert seen == [64]
     from PIL import Image

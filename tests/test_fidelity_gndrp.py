@@ -1,4 +1,4 @@
-"""GNDRP against a literal transcription of the authors' ``gndp2d`` (reference.gndrp_pool_loop):
+"""GNDRP against a literal transcription of the authors' ``gndp2d`` (oracle.gndrp_pool_loop):
 degenerate planes (max < 0, max == 0, all zero), COCO's 80 classes and the first-20 loop."""
 import pytest
 import torch
@@ -7,7 +7,7 @@ from conftest import cpu_and_cuda
 from factories import make_cam, make_labels
 from rib_ext import ops
 from rib_ext.config import RIBConfig
-from rib_ext.ops import reference
+from rib_ext.ops import oracle
 from rib_ext.rib.losses import group_loss
 
 
@@ -37,9 +37,9 @@ def _value_and_grad(fn, cam):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_reference_mode_is_the_authors_unguarded_division(device, dtype):
     cam, present = _degenerate(device, dtype)
-    want, want_grad = _value_and_grad(lambda x: reference.gndrp_pool_loop(x, present, 0.4), cam)
-    for fn in (lambda x: ops.gndrp_pool(x, present, 0.4, "reference"),
-               lambda x: reference.gndrp_pool(x, present, 0.4, paper=False)):
+    want, want_grad = _value_and_grad(lambda x: oracle.gndrp_pool_loop(x, present, 0.4), cam)
+    for fn in (lambda x: ops.gndrp_pool(x, present, 0.4, "authors"),
+               lambda x: oracle.gndrp_pool(x, present, 0.4, paper=False)):
         got, grad = _value_and_grad(fn, cam)
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(grad, want_grad, rtol=0, atol=0)
@@ -60,9 +60,9 @@ def test_reference_mode_is_the_authors_unguarded_division(device, dtype):
 def test_fused_reference_op_matches_the_transcription_on_degenerate_planes(device):
     cam, present = _degenerate(device)
     labels = present.double()
-    want, want_grad = _value_and_grad(lambda x: reference.gndrp_pool_loop(x, present, 0.4), cam)
+    want, want_grad = _value_and_grad(lambda x: oracle.gndrp_pool_loop(x, present, 0.4), cam)
     x = cam.clone().requires_grad_()
-    loss, logits = ops.gndrp_margin_loss(x, labels, 0.4, 600.0, "reference")
+    loss, logits = ops.gndrp_margin_loss(x, labels, 0.4, 600.0, "authors")
     (grad,) = torch.autograd.grad(loss, x)
     torch.testing.assert_close(logits, want, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(grad, -labels[..., None, None] * want_grad, rtol=0, atol=0)
@@ -75,7 +75,7 @@ def test_paper_mode_average_pools_planes_without_positive_evidence(device):
     for k in range(4):  # max <= 0: every location kept, divided by their number
         torch.testing.assert_close(got[0, k], cam[0, k].mean())
         assert (grad[0, k] == 1 / 42).all()
-    ref = reference.gndrp_pool(cam, present, 0.4, paper=True)
+    ref = oracle.gndrp_pool(cam, present, 0.4, paper=True)
     torch.testing.assert_close(got, ref)
 
 
@@ -86,8 +86,8 @@ def test_coco_shapes_match_the_transcription(device, tau):
     cam[0, 3] = -cam[0, 3].abs() - 0.01  # a present class with max < 0
     present = make_labels(6, 80, device=device) > 0
     present[0, 3] = True
-    want, want_grad = _value_and_grad(lambda x: reference.gndrp_pool_loop(x, present, tau), cam)
-    got, grad = _value_and_grad(lambda x: ops.gndrp_pool(x, present, tau, "reference"), cam)
+    want, want_grad = _value_and_grad(lambda x: oracle.gndrp_pool_loop(x, present, tau), cam)
+    got, grad = _value_and_grad(lambda x: ops.gndrp_pool(x, present, tau, "authors"), cam)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(grad, want_grad, rtol=0, atol=0)
     assert want[0, 3] == 0
@@ -99,23 +99,23 @@ def test_coco_first20_bug_is_the_authors_loop_over_20_classes():
     labels[:, 3] = 1
     labels[:, 25] = 1  # a class the authors' loop never normalises
     labels[2, 70] = 1
-    cfg = RIBConfig.preset_for("reference", "coco")
+    cfg = RIBConfig.preset("coco", behaviour="authors")
     assert cfg.coco_first20_bug and cfg.tau == 0.5
-    assert not RIBConfig.preset_for("paper", "coco").coco_first20_bug
-    assert not RIBConfig.preset_for("reference", "voc").coco_first20_bug
-    want = reference.gndrp_pool_loop(cam, labels > 0, cfg.tau, visited=20)
+    assert not RIBConfig.preset("coco", behaviour="paper").coco_first20_bug
+    assert not RIBConfig.preset("voc", behaviour="authors").coco_first20_bug
+    want = oracle.gndrp_pool_loop(cam, labels > 0, cfg.tau, visited=20)
     x = cam.clone().requires_grad_()
     loss, logits = group_loss(x, labels, cfg)
     torch.testing.assert_close(logits, want, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(loss, -(labels * want).sum())
     # Classes 25 and 70 were average-pooled, class 3 was normalised.
     torch.testing.assert_close(want[:, 25], cam[:, 25].mean(dim=(1, 2)))
-    all80 = reference.gndrp_pool_loop(cam, labels > 0, cfg.tau)
+    all80 = oracle.gndrp_pool_loop(cam, labels > 0, cfg.tau)
     assert not torch.allclose(all80[:, 25], want[:, 25])
     torch.testing.assert_close(all80[:, 3], want[:, 3])
     # The paper preset normalises every class.
-    _, logits_paper = group_loss(x, labels, RIBConfig.preset_for("paper", "coco"))
-    torch.testing.assert_close(logits_paper, reference.gndrp_pool(cam, labels > 0, 0.5, paper=True))
+    _, logits_paper = group_loss(x, labels, RIBConfig.preset("coco", behaviour="paper"))
+    torch.testing.assert_close(logits_paper, oracle.gndrp_pool(cam, labels > 0, 0.5, paper=True))
 
 
 def test_gap_pooling_is_a_plain_mean_even_for_a_zero_plane():

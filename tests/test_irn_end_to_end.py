@@ -16,7 +16,7 @@ pytest.importorskip("pydensecrf.densecrf")
 
 # resnet18 from random weights; crop 96 -> a 24x24 label grid, enough for path radius 10.
 TRAIN = dict(backbone="resnet18", random_init=True, crop_size=96, batch_size=1, epochs=1,
-             device="cpu", on_missing="error")
+             device="cpu", allow_missing=False)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_missing_maps_error_or_skip(demo, maps_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"1 of 2 images have no maps .*{demo.ids[1]}"):
         ir_label_stage(demo, partial, tmp_path / "out", IRNConfig())
     with pytest.warns(UserWarning, match=f"no maps .*{demo.ids[1]}.*skipped"):
-        summary = ir_label_stage(demo, partial, tmp_path / "out", IRNConfig(on_missing="skip"))
+        summary = ir_label_stage(demo, partial, tmp_path / "out", IRNConfig(allow_missing=True))
     assert summary["written"] == 1 and summary["missing"] == 1
 
 

@@ -51,7 +51,7 @@ def test_walk_respects_a_boundary_wall():
     maps = torch.zeros(2, h, w)
     maps[0, 2, 1] = 1.0
     maps[1, 3, 10] = 0.6
-    out = make_sem_seg(maps, [3, 7], boundary, (4 * h, 4 * w), IRNConfig.preset("rib"))
+    out = make_sem_seg(maps, [3, 7], boundary, (4 * h, 4 * w), IRNConfig.preset(behaviour="rib"))
     assert (out[:, :20] == 4).all()  # everything left of the wall: class id 4
     assert (out[:, 30:] == 8).all()  # right of it: class id 8 (0.6 after the walk is > 0.27)
     assert (out[:, 25:27] == 0).all()  # the wall itself carries nothing: background

@@ -8,7 +8,7 @@ from conftest import cpu_and_cuda
 from factories import make_cam
 from op_tester import OpTester
 from rib_ext import ops
-from rib_ext.ops import reference
+from rib_ext.ops import oracle
 
 LAYOUTS = ["contiguous", "channels_last", "noncontiguous"]
 
@@ -26,8 +26,8 @@ class TestCamFlipMerge(OpTester):
     def call(self, args, case):
         return ops.cam_flip_merge(*args)
 
-    def reference(self, args, case):
-        return reference.cam_flip_merge(*args)
+    def oracle(self, args, case):
+        return oracle.cam_flip_merge(*args)
 
     def opcheck_calls(self, case, device):
         cam = make_cam(1, 5, 6, 7, device=device, requires_grad=True)
@@ -61,9 +61,9 @@ class TestCamFlipAccumulate(OpTester):
         ops.cam_flip_accumulate_(acc, cam, cam_flip)  # accumulates: twice the merge
         return acc
 
-    def reference(self, args, case):
+    def oracle(self, args, case):
         acc, cam, cam_flip = args
-        return acc + 2 * reference.cam_flip_merge(cam, cam_flip)
+        return acc + 2 * oracle.cam_flip_merge(cam, cam_flip)
 
     def opcheck_calls(self, case, device):
         cam = make_cam(1, 5, 6, 7, device=device)
@@ -86,8 +86,8 @@ class TestCamMaxNormalize(OpTester):
     def call(self, args, case):
         return ops.cam_max_normalize(*args, 1e-5)
 
-    def reference(self, args, case):
-        return reference.cam_max_normalize(*args, 1e-5)
+    def oracle(self, args, case):
+        return oracle.cam_max_normalize(*args, 1e-5)
 
     def opcheck_calls(self, case, device):
         maps = torch.relu(make_cam(1, 5, 6, 7, device=device)).requires_grad_()
@@ -98,18 +98,18 @@ class TestCamMaxNormalize(OpTester):
     def test_relu_maps_end_at_most_one(self, case, device, layout):
         maps = torch.relu(make_cam(*case["shape"], device=device, layout=layout, requires_grad=True))
         out = ops.cam_max_normalize(maps, 1e-5)
-        torch.testing.assert_close(out, reference.cam_max_normalize(maps, 1e-5))
+        torch.testing.assert_close(out, oracle.cam_max_normalize(maps, 1e-5))
         assert out.amax(dim=(-2, -1)).le(1).all()
         g = torch.randn_like(out)
         torch.testing.assert_close(torch.autograd.grad(out, maps, g)[0],
-                                   torch.autograd.grad(reference.cam_max_normalize(maps), maps, g)[0])
+                                   torch.autograd.grad(oracle.cam_max_normalize(maps), maps, g)[0])
 
 
 def test_accumulate_into_noncontiguous_acc():
     cam, cam_flip = make_cam(1, 4, 5, 6, seed=4), make_cam(1, 4, 5, 6, seed=5)
     acc = torch.zeros(1, 4, 6, 5).transpose(-1, -2)
     ops.cam_flip_accumulate_(acc, cam, cam_flip)
-    torch.testing.assert_close(acc, reference.cam_flip_merge(cam, cam_flip))
+    torch.testing.assert_close(acc, oracle.cam_flip_merge(cam, cam_flip))
 
 
 def test_max_normalize_zero_map_stays_finite():

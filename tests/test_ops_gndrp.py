@@ -6,21 +6,21 @@ from conftest import cpu_and_cuda
 from factories import make_cam, make_labels
 from op_tester import OpTester
 from rib_ext import ops
-from rib_ext.ops import reference
+from rib_ext.ops import oracle
 
 SHAPES = [(3, 20, 8, 8), (2, 1, 5, 7), (4, 80, 6, 9), (2, 3, 1, 1), (2, 3, 1, 11), (3, 2, 13, 1)]
 LAYOUTS = ["contiguous", "channels_last", "noncontiguous"]
-MODES = ["reference", "paper"]
+MODES = ["authors", "paper"]
 
 
 def _check_pool(cam, present, tau, mode):
     out = ops.gndrp_pool(cam, present, tau, mode)
-    ref = reference.gndrp_pool(cam.detach().clone().requires_grad_(), present, tau, mode == "paper")
+    ref = oracle.gndrp_pool(cam.detach().clone().requires_grad_(), present, tau, mode == "paper")
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     g = torch.randn_like(out)
     (grad,) = torch.autograd.grad(out, cam, g)
     cam_ref = cam.detach().clone().requires_grad_()
-    (grad_ref,) = torch.autograd.grad(reference.gndrp_pool(cam_ref, present, tau, mode == "paper"),
+    (grad_ref,) = torch.autograd.grad(oracle.gndrp_pool(cam_ref, present, tau, mode == "paper"),
                                       cam_ref, g)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-7)
 
@@ -39,8 +39,8 @@ class TestGndrpPool(OpTester):
     def call(self, args, case):
         return ops.gndrp_pool(*args, 0.4, case["mode"])
 
-    def reference(self, args, case):
-        return reference.gndrp_pool(*args, 0.4, case["mode"] == "paper")
+    def oracle(self, args, case):
+        return oracle.gndrp_pool(*args, 0.4, case["mode"] == "paper")
 
     def opcheck_calls(self, case, device):
         cam = make_cam(3, 4, 5, 6, device=device, requires_grad=True)
@@ -69,8 +69,8 @@ class TestGndrpMarginLoss(OpTester):
     def call(self, args, case):
         return ops.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["mode"])
 
-    def reference(self, args, case):
-        loss, logits = reference.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["mode"] == "paper")
+    def oracle(self, args, case):
+        loss, logits = oracle.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["mode"] == "paper")
         return loss, logits.detach()
 
     def opcheck_calls(self, case, device):
@@ -83,7 +83,7 @@ class TestGndrpMarginLoss(OpTester):
         cam, labels = self.make_inputs(case, device, torch.float32, "contiguous")
         loss, logits = self.call((cam, labels), case)
         assert loss.requires_grad and not logits.requires_grad
-        _, logits_ref = self.reference((cam, labels), case)
+        _, logits_ref = self.oracle((cam, labels), case)
         if case["mode"] == "paper" and case["shape"][0] * case["shape"][1] >= 20:
             clipped = (logits_ref >= self.MARGIN) & (labels > 0)
             assert clipped.any() and (~clipped & (labels > 0)).any(), "the test must exercise both sides"
@@ -129,10 +129,10 @@ def test_gndrp_pool_hand_worked_example():
     plane = torch.tensor([[4.0, 1.0], [-2.0, 2.0]])
     cam = torch.stack([plane, plane])[None].clone().requires_grad_()  # [1, 2, 2, 2]
     present = torch.tensor([[True, False]])
-    ref = ops.gndrp_pool(cam, present, 0.4, "reference")
+    ref = ops.gndrp_pool(cam, present, 0.4, "authors")
     assert ref.tolist() == [[-0.25, 1.25]]
     assert ops.gndrp_pool(cam, present, 0.4, "paper").tolist() == [[-0.5, 1.25]]
-    assert ops.gndrp_pool(cam, present, 0.5, "reference")[0, 0].item() == -0.25
+    assert ops.gndrp_pool(cam, present, 0.5, "authors")[0, 0].item() == -0.25
     assert ops.gndrp_pool(cam, present, 0.5, "paper")[0, 0].item() == pytest.approx(1 / 3)
     (grad,) = torch.autograd.grad(ref[0, 0], cam)
     assert grad[0, 0].tolist() == [[0.0, 0.25], [0.25, 0.0]]
@@ -147,7 +147,7 @@ def test_half_precision_cuda(dtype, mode):
     labels = make_labels(26, 20, device="cuda")
     cam = cam32.to(dtype).requires_grad_()
     loss, logits = ops.gndrp_margin_loss(cam, labels, 0.4, 600.0, mode)
-    loss_ref, logits_ref = reference.gndrp_margin_loss(cam.detach().float(), labels, 0.4, 600.0,
+    loss_ref, logits_ref = oracle.gndrp_margin_loss(cam.detach().float(), labels, 0.4, 600.0,
                                                        mode == "paper")
     assert loss.dtype == torch.float32 and logits.dtype == dtype
     torch.testing.assert_close(logits.float(), logits_ref, rtol=1e-2, atol=1e-2)

@@ -5,9 +5,9 @@ import torch
 from factories import make_labels
 from op_tester import OpTester
 from rib_ext import ops
-from rib_ext.ops import reference
+from rib_ext.ops import oracle
 
-MODES = ["reference", "paper"]
+MODES = ["authors", "paper"]
 
 
 def make_logits(shape, *, device="cpu", dtype=torch.float32, layout="contiguous", seed=0):
@@ -34,8 +34,8 @@ class TestMarginLoss(OpTester):
     def call(self, args, case):
         return ops.margin_loss(*args, 0.5, case["mode"], case["reduction"])
 
-    def reference(self, args, case):
-        out = reference.margin_loss(*args, 0.5, case["mode"] == "paper")
+    def oracle(self, args, case):
+        out = oracle.margin_loss(*args, 0.5, case["mode"] == "paper")
         return {"sum": out.sum(), "mean": out.mean(), "none": out}[case["reduction"]]
 
     def opcheck_calls(self, case, device):
@@ -55,7 +55,7 @@ def test_margin_loss_clip_by_hand():
     paper = ops.margin_loss(y, t, 2.0, "paper")
     assert paper.item() == -3.0
     assert torch.autograd.grad(paper, y)[0].tolist() == [[-1.0, 0.0, 0.0]]
-    ref = ops.margin_loss(y, t, 2.0, "reference")
+    ref = ops.margin_loss(y, t, 2.0, "authors")
     assert ref.item() == -3.0
     assert torch.autograd.grad(ref, y)[0].tolist() == [[-1.0, -1.0, 0.0]]
 

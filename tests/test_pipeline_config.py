@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from rib_ext import pipeline
-from rib_ext.config import ConfigError, PipelineConfig, RIBConfig, TrainCamConfig
+from rib_ext.config import ConfigError, PipelineConfig, RIBConfig, TrainCamConfig, plain_dict
 from rib_ext.data.demo import demo_preset
 
 
 def config(argv):
-    return pipeline.config_from_args(pipeline.build_parser().parse_args(argv))
+    return pipeline.config_from_argv(argv)
 
 
 def main(argv):
@@ -73,7 +73,7 @@ def test_flags_reach_every_stage_that_uses_them():
     for section in (cfg.train_cam, cfg.irn, cfg.segment):
         assert section.num_workers == 2 and section.seed == 7 and section.device == "cpu"
     assert cfg.make_cam.num_workers == 2 and cfg.rib.seed == 7 and cfg.rib.device == "cpu"
-    assert cfg.allow_missing and cfg.irn.on_missing == "skip" and cfg.segment.on_missing == "skip"
+    assert cfg.allow_missing and cfg.irn.allow_missing and cfg.segment.allow_missing
 
 
 def test_stage_runners_pass_the_flags_on(tmp_path, monkeypatch):
@@ -86,7 +86,7 @@ def test_stage_runners_pass_the_flags_on(tmp_path, monkeypatch):
 
     def fake(name, result):
         def stage(*args, **kw):
-            cfg = [a for a in list(args) + list(kw.values()) if hasattr(a, "on_missing")][0]
+            cfg = [a for a in list(args) + list(kw.values()) if hasattr(a, "allow_missing")][0]
             seen[name] = cfg
             return result
         return stage
@@ -105,7 +105,7 @@ def test_stage_runners_pass_the_flags_on(tmp_path, monkeypatch):
     summary = pipeline.run(cfg, ["ir_label", "train_irn", "make_sem_seg", "eval_mask", "segment"])
     assert set(seen) == {"ir_label", "train_irn", "make_sem_seg", "eval_mask", "segment"}
     for name, c in seen.items():
-        assert c.on_missing == "skip" and c.num_workers == 2 and c.seed == 7 and c.device == "cpu", name
+        assert c.allow_missing and c.num_workers == 2 and c.seed == 7 and c.device == "cpu", name
     assert summary["eval_mask"]["cam"]["miou"] == 0.5
 
 
@@ -144,10 +144,14 @@ def test_demo_preset_trains_on_a_users_voc_folder(tmp_path, capsys):
 
 def test_rib_preset_flag_and_the_old_spelling(capsys):
     assert config(["--rib-preset", "paper"]).rib.gndrp_mode == "paper"
-    assert config([]).rib.preset == "reference"
+    assert config([]).rib.behaviour == "authors"
     with pytest.raises(SystemExit) as exit_info:
         pipeline.build_parser().parse_args(["--preset", "paper"])
-    assert exit_info.value.code == 2 and "--rib-preset paper" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--rib-behaviour paper" in capsys.readouterr().err
+    assert config(["--rib-behaviour", "paper"]).rib.behaviour == "paper"
+    with pytest.raises(SystemExit):
+        pipeline.build_parser().parse_args(["--rib-behaviour", "reference"])
+    assert "now called 'authors'" in capsys.readouterr().err
 
 
 def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys):
@@ -187,7 +191,7 @@ def test_a_list_naming_an_id_twice_is_a_user_error(tmp_path, monkeypatch, capsys
 
 
 def test_progress_prints_few_lines_off_a_terminal(caplog):
-    from rib_ext.stages.common import LineProgress
+    from rib_ext.runtime import LineProgress
 
     LineProgress.min_seconds = 0.0
     try:
@@ -207,6 +211,85 @@ def test_config_file_round_trip_and_presets_refused_on_top(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"stages": ["rib"], "environment": {}, **plain_dict(cfg)}))
     assert config(["--config", str(path)]) == cfg
-    for flags in (["--rib-preset", "reference"], ["--preset", "voc"]):
+    for flags in (["--rib-preset", "authors"], ["--preset", "voc"]):
         with pytest.raises(ConfigError, match="starts a fresh config"):
             config(["--config", str(path)] + flags)
+
+
+def test_visualize_flags_reach_their_fields():
+    """The visualize section was once parsed and then dropped (12 panels drawn for --visualize.count 3)."""
+    cfg = config(["--visualize.count", "3", "--visualize.montage_count", "2"])
+    assert (cfg.visualize.count, cfg.visualize.montage_count) == (3, 2)
+
+
+# Values to try for string fields whose valid values are a closed set (the first valid one is used).
+STRING_CHOICES = ["cpu", "paper", "gap", "bce_sigmoid", "bf16", "resnet18", "resnet34", "demo", "voc", "vmap", "off",
+                  "sgd", "x"]
+
+
+def _candidates(current, hint):
+    import typing
+    if typing.get_origin(hint) is typing.Union:
+        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+    if isinstance(current, bool) or hint is bool:
+        return [not current]
+    if isinstance(current, int) and hint is int:
+        return [current + 1, current * 2, 1, max(current - 1, 0)]
+    if isinstance(current, float) or hint is float:
+        c = float(current or 0.0)
+        return [c * 0.5 if c else 0.5, c * 2 if c else 0.25, c + 0.01, 0.3]
+    if isinstance(current, (list, tuple)) and current:
+        item = current[-1]
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            return [list(current[:-1]) + [type(item)(item * 2)], list(current[:-1]) + [type(item)(item + 1)],
+                    list(current[:-1]) + [item * 0.5]]
+        return []
+    return [v for v in STRING_CHOICES if v != current]
+
+
+def _get(tree, path):
+    for part in path.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_every_generated_flag_changes_its_field():
+    """Each field's flag, given a valid value other than the default, sets exactly that value in
+    the resolved config (a section the builder forgets fails here)."""
+    from rib_ext.config import plain_dict
+    from rib_ext.stages.options import _leaves
+
+    base = plain_dict(config([]))
+    untested = []
+    for path, hint in _leaves(PipelineConfig):
+        if path in ("dataset", "root", "out_dir"):  # need a dataset on disk; covered elsewhere
+            continue
+        for value in _candidates(_get(base, path), hint):
+            argv = [f"--{path}"] + ([str(v) for v in value] if isinstance(value, list) else [str(value)])
+            try:
+                cfg = config(argv)
+            except (ConfigError, ValueError, SystemExit):
+                continue
+            got = _get(plain_dict(cfg), path)
+            assert got == value or (isinstance(value, float) and got == pytest.approx(value)), (path, value, got)
+            break
+        else:
+            untested.append(path)
+    assert untested == [], f"no valid non-default value found for {untested}"
+
+
+def test_print_config_shows_the_resolved_tree_and_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["--out", str(out), "--visualize.count", "3", "--rib-behaviour", "paper",
+                 "--stages", "train_cam,rib", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stages"] == ["train_cam", "rib"]
+    assert printed["visualize"]["count"] == 3 and printed["rib"]["behaviour"] == "paper"
+    assert printed == {"stages": ["train_cam", "rib"], **plain_dict(config(
+        ["--out", str(out), "--visualize.count", "3", "--rib-behaviour", "paper"]))}
+    assert not out.exists()
+
+
+def test_a_bad_stage_name_is_a_user_error(capsys):
+    assert main(["--stages", "train_cam,ribb"]) == 2
+    assert "unknown stage(s) ribb" in capsys.readouterr().err

@@ -172,7 +172,7 @@ def test_a_copied_run_folder_keeps_its_provenance(tmp_path):
 
 def test_resume_says_from_which_step(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    import rib_ext.stages.train_cam as train_cam
+    import rib_ext.cam.train as train_cam
 
     real = train_cam.save_cam_net
 

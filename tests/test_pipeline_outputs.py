@@ -9,7 +9,7 @@ from factories import tiny_cam_net
 from rib_ext.config import DemoDataConfig, MakeCamConfig, RIBConfig
 from rib_ext.data import build_dataset, save_label_png
 from rib_ext.io import load_npy_dict, save_npy
-from rib_ext.stages.common import file_is_complete
+from rib_ext.io import file_is_complete
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_file_is_complete_finds_empty_and_truncated_files(tmp_path):
 
 
 def test_make_cam_rebuilds_a_truncated_map_and_names_it(tiny_data, tmp_path):
-    from rib_ext.stages.make_cam import make_cam
+    from rib_ext.cam.maps import make_cam
 
     _, val = tiny_data
     model = tiny_cam_net(val.num_classes)
@@ -58,17 +58,17 @@ def test_make_cam_rebuilds_a_truncated_map_and_names_it(tiny_data, tmp_path):
 
 
 def test_rib_redoes_a_map_without_its_record_and_a_broken_map(tiny_data, tmp_path):
-    from rib_ext.stages.rib import rib
+    from rib_ext.rib.run import adapt_dataset
 
     train, val = tiny_data
     model = tiny_cam_net(val.num_classes)
     cfg = RIBConfig(steps=1, num_others=1, other_resize_long=(40, 56), other_crop=48, scales=(1.0,),
                     loss_scales=(1.0,), device="cpu")
-    rib(model, val, train, cfg, tmp_path)
+    adapt_dataset(model, val, train, cfg, tmp_path)
     (tmp_path / "records" / f"{val.name(0)}.json").unlink()  # a kill between map and record
     truncate(tmp_path / "maps" / f"{val.name(2)}.npy")
     with pytest.warns(UserWarning, match=val.name(2)):
-        summary = rib(model, val, train, cfg, tmp_path)
+        summary = adapt_dataset(model, val, train, cfg, tmp_path)
     assert summary["written"] == 2 and summary["skipped"] == 1
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 3
     assert json.loads((tmp_path / "records" / f"{val.name(0)}.json").read_text())["steps"] == 1
@@ -76,7 +76,7 @@ def test_rib_redoes_a_map_without_its_record_and_a_broken_map(tiny_data, tmp_pat
 
 def test_rib_writes_the_record_before_the_map(tiny_data, tmp_path, monkeypatch):
     """A kill between the two writes leaves a record without map (redone), never the reverse."""
-    from rib_ext.stages import rib as rib_stage
+    from rib_ext.rib import run as rib_run
 
     train, val = tiny_data
     cfg = RIBConfig(steps=1, num_others=1, other_resize_long=(40, 56), other_crop=48, scales=(1.0,),
@@ -85,15 +85,15 @@ def test_rib_writes_the_record_before_the_map(tiny_data, tmp_path, monkeypatch):
     def killed(path, obj):
         raise KeyboardInterrupt("killed between the record and the map")
 
-    monkeypatch.setattr(rib_stage, "save_npy", killed)
+    monkeypatch.setattr(rib_run, "save_npy", killed)
     with pytest.raises(KeyboardInterrupt):
-        rib_stage.rib(tiny_cam_net(val.num_classes), val, train, cfg, tmp_path)
+        rib_run.adapt_dataset(tiny_cam_net(val.num_classes), val, train, cfg, tmp_path)
     assert (tmp_path / "records" / f"{val.name(0)}.json").exists()
     assert not list((tmp_path / "maps").glob("*.npy"))
 
 
 def test_irn_stages_remake_a_broken_png(tmp_path):
-    from rib_ext.irn.stage_io import split_done
+    from rib_ext.outputs import split_done
 
     for name in ("a", "b"):
         save_label_png(tmp_path / f"{name}.png", np.zeros((8, 8), np.uint8))

@@ -99,13 +99,11 @@ def test_config_json_records_what_was_used(finished):
 
 
 def test_config_file_reruns_the_same_settings(finished, tmp_path):
-    args = pipeline.build_parser().parse_args(["--config", str(finished / "config.json")])
-    cfg = pipeline.config_from_args(args)
-    fresh = pipeline.config_from_args(pipeline.build_parser().parse_args(["--out", str(finished)] + TINY))
+    cfg = pipeline.config_from_argv(["--config", str(finished / "config.json")])
+    fresh = pipeline.config_from_argv(["--out", str(finished)] + TINY)
     assert cfg == fresh
     # A field given with --config overrides the file's.
-    args = pipeline.build_parser().parse_args(["--config", str(finished / "config.json"), "--rib.tau", "0.3"])
-    assert pipeline.config_from_args(args).rib.tau == 0.3
+    assert pipeline.config_from_argv(["--config", str(finished / "config.json"), "--rib.tau", "0.3"]).rib.tau == 0.3
     out = copy_run(finished, tmp_path)
     shutil.copy(finished / "config.json", tmp_path / "saved.json")
     assert main(["--config", str(tmp_path / "saved.json"), "--out", str(out),

@@ -142,7 +142,7 @@ def test_undefined_precision_is_never_printed_as_a_number(finished, tmp_path, ca
 
 
 def test_map_checker_names_non_finite_and_some_empty_maps(tmp_path):
-    from rib_ext.stages.map_checks import BadMapsError, MapChecker
+    from rib_ext.outputs import BadMapsError, MapChecker
 
     good = {"keys": np.array([1]), "high_res": np.ones((1, 4, 4), np.float32)}
     empty = {"keys": np.array([0, 2]), "high_res": np.zeros((2, 4, 4), np.float32)}

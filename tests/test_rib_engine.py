@@ -9,15 +9,15 @@ from factories import TinyDataset, tiny_cam_net
 from rib_ext.config import RIBConfig
 from rib_ext.optim import PolyOptimizer
 from rib_ext.rib import OtherImages, RIBEngine, Target
-from rib_ext.rib import reference_loop
+from rib_ext.rib import oracle_loop
 from rib_ext.rib.engine import sgd_update_
 
 
-def tiny_cfg(preset="reference", **kw):
+def tiny_cfg(preset="authors", **kw):
     base = dict(steps=3, lr=0.02, num_others=3, other_resize_long=(40, 72), other_crop=48,
                 margin=1e9, scales=(1.0, 0.5, 1.5), loss_scales=(1.0, 1.5), group_size=1)
     base.update(kw)
-    return RIBConfig.preset_for(preset, **base)
+    return RIBConfig.preset(behaviour=preset, **base)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,10 @@ def _run_engine(model, pool, targets, cfg):
 
 
 def _run_loop(model, pool, targets, cfg):
-    return [reference_loop.adapt_one(model, t, pool, cfg) for t in targets]
+    return [oracle_loop.adapt_one(model, t, pool, cfg) for t in targets]
 
 
-@pytest.mark.parametrize("preset", ["reference", "paper"])
+@pytest.mark.parametrize("preset", ["authors", "paper"])
 def test_engine_matches_reference_loop(setup, preset):
     _, model, pool, targets = setup
     cfg = tiny_cfg(preset, margin=5.0 if preset == "paper" else 1e9)

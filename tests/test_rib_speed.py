@@ -18,7 +18,7 @@ def small_cfg(**kw):
     base = dict(steps=2, lr=0.02, num_others=2, other_resize_long=(40, 56), other_crop=40,
                 margin=1e9, scales=(1.0, 1.5), loss_scales=(1.0, 1.5), group_size=1)
     base.update(kw)
-    return RIBConfig.preset_for("reference", **base)
+    return RIBConfig.preset(behaviour="authors", **base)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_cuda_prefetch_is_deterministic_and_auto_group_measures(setup):
 
 def test_make_cam_speed_settings_keep_the_maps(setup):
     from rib_ext.data.transforms import multiscale_flip_views
-    from rib_ext.stages.make_cam import image_maps
+    from rib_ext.cam.maps import image_maps
 
     data, model, _, _ = setup
     views = multiscale_flip_views(data.image(0), (1.0, 0.5, 1.5))

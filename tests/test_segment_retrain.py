@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from rib_ext.io import save_npy
-from rib_ext.segment import confident_labels, fill_ignored, load_scores
+from rib_ext.segment import fill_ignored, load_scores, score_labels
 
 
-def test_confident_labels_by_hand():
+def test_score_labels_by_hand():
     # Two maps for classes 3 and 7 (label values 4 and 8) over a 2x4 image.
     scores = np.array([[[0.9, 0.31, 0.25, 0.1],
                         [0.0, 0.5, 0.3, 0.19]],
@@ -16,20 +16,20 @@ def test_confident_labels_by_hand():
                          [255, 8, 255, 255]], dtype=np.uint8)
     # (0,0) 0.9 > 0.3 -> class 3; (0,1) best 0.35 -> class 7; (0,2) 0.25 unsure; (0,3) all < 0.2;
     # (1,0) best 0.2 is not < 0.2 -> unsure; (1,2) 0.3 is not > 0.3 -> unsure; (1,3) 0.2 -> unsure.
-    out = confident_labels(scores, [3, 7])
+    out = score_labels(scores, [3, 7])
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, expected)
 
 
-def test_confident_labels_thresholds_and_no_maps():
+def test_score_labels_thresholds_and_no_maps():
     scores = np.array([[[0.5, 0.15, 0.05]]], dtype=np.float32)
-    np.testing.assert_array_equal(confident_labels(scores, [0], fg=0.6, bg=0.1), [[255, 255, 0]])
-    np.testing.assert_array_equal(confident_labels(scores, [0], fg=0.4, bg=0.2), [[1, 0, 0]])
-    np.testing.assert_array_equal(confident_labels(np.zeros((0, 2, 3)), []), np.zeros((2, 3)))
+    np.testing.assert_array_equal(score_labels(scores, [0], fg=0.6, bg=0.1), [[255, 255, 0]])
+    np.testing.assert_array_equal(score_labels(scores, [0], fg=0.4, bg=0.2), [[1, 0, 0]])
+    np.testing.assert_array_equal(score_labels(np.zeros((0, 2, 3)), []), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="one key per map"):
-        confident_labels(scores, [0, 1])
+        score_labels(scores, [0, 1])
     with pytest.raises(ValueError, match="bg <= fg"):
-        confident_labels(scores, [0], fg=0.1, bg=0.2)
+        score_labels(scores, [0], fg=0.1, bg=0.2)
 
 
 def test_fill_ignored_by_hand():

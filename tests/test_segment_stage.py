@@ -8,7 +8,7 @@ from PIL import Image
 from rib_ext.config import DemoDataConfig
 from rib_ext.data import VOCDataset, generate_demo, load_label_png, save_label_png
 from rib_ext.io import save_npy
-from rib_ext.segment import (VOC_SERVER_DIR, SegmentConfig, confident_labels, infer_stage, load_deeplab,
+from rib_ext.segment import (VOC_SERVER_DIR, SegmentConfig, infer_stage, load_deeplab, score_labels,
                              read_log, segment_stage)
 
 from test_segment_model import single_thread  # noqa: F401  (autouse)
@@ -73,7 +73,7 @@ def test_segment_stage_end_to_end(demo, tmp_path):
     mask = train.mask(0)
     maps = np.stack([(mask == k + 1) * 0.9 + (mask == 255) * 0.25 for k in keys])
     confident = load_label_png(out / "retrain" / "confident_labels" / f"{name}.png")
-    np.testing.assert_array_equal(confident, confident_labels(maps, keys))
+    np.testing.assert_array_equal(confident, score_labels(maps, keys))
     assert (confident == 255).any()
     filled = load_label_png(out / "retrain" / "filled_labels" / f"{name}.png")
     first = load_label_png(out / "retrain" / "first_predictions" / f"{name}.png")

@@ -56,19 +56,20 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
     # A rerun finds everything done.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = pipeline.run(pipeline.config_from_args(pipeline.build_parser().parse_args(
-            ["--out", str(out)] + TINY)), ["make_cam", "rib"])
+        again = pipeline.run(pipeline.config_from_argv(
+            ["--out", str(out)] + TINY), ["make_cam", "rib"])
     assert again["make_cam"]["written"] == 0 and again["make_cam"]["skipped"] == 6
     assert again["rib"]["written"] == 0
 
 
 def test_unknown_stage_is_refused():
-    with pytest.raises(SystemExit, match="unknown stage"):
+    with pytest.raises(ValueError, match="unknown stage"):
         pipeline.parse_stages("train_cam,segmentt")
+    assert pipeline.main(["--stages", "train_cam,segmentt"]) == 2
 
 
 def test_interrupted_make_cam_leaves_no_partial_file_and_resumes(tiny_data, tmp_path):
-    from rib_ext.stages.make_cam import make_cam
+    from rib_ext.cam.maps import make_cam
 
     _, val = tiny_data
     model = tiny_cam_net(val.num_classes)
@@ -115,15 +116,15 @@ def _rank_main(rank, world, port, root, out, model_path):
 def _rib_and_eval(root, out, model_path):
     from rib_ext.config import EvalSeedConfig, RIBConfig
     from rib_ext.models import load_cam_net
-    from rib_ext.stages.eval_seed import eval_seed
-    from rib_ext.stages.rib import rib
+    from rib_ext.evaluation import eval_seed
+    from rib_ext.rib.run import adapt_dataset
 
     cfg = DemoDataConfig(num_train=12, num_val=6, image_size=64)
     train = build_dataset("demo", root, "train", demo=cfg)
     val = build_dataset("demo", root, "val", demo=cfg)
     rib_cfg = RIBConfig(steps=2, num_others=2, other_resize_long=(48, 80), other_crop=64,
                         device="cpu")
-    rib(load_cam_net(model_path), val, train, rib_cfg, Path(out) / "rib")
+    adapt_dataset(load_cam_net(model_path), val, train, rib_cfg, Path(out) / "rib")
     eval_seed(val, Path(out) / "rib" / "maps", EvalSeedConfig(0.2, 0.4, 0.1), Path(out) / "eval")
 
 
@@ -156,12 +157,12 @@ def test_interrupted_rib_stage_resumes(tiny_data, tmp_path, monkeypatch):
     """A crash after two images leaves two complete maps and records; a rerun adapts the rest and
     gives the same maps as an uninterrupted run."""
     from rib_ext.config import RIBConfig
-    from rib_ext.stages import rib as rib_stage
+    from rib_ext.rib import run as rib_run
 
     train, val = tiny_data
     model = tiny_cam_net(val.num_classes)
     cfg = RIBConfig(steps=2, num_others=2, other_resize_long=(48, 80), other_crop=64, device="cpu")
-    real_save = rib_stage.save_npy
+    real_save = rib_run.save_npy
     calls = {"n": 0}
 
     def crashing_save(path, obj):
@@ -170,14 +171,14 @@ def test_interrupted_rib_stage_resumes(tiny_data, tmp_path, monkeypatch):
         calls["n"] += 1
         real_save(path, obj)
 
-    monkeypatch.setattr(rib_stage, "save_npy", crashing_save)
+    monkeypatch.setattr(rib_run, "save_npy", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        rib_stage.rib(model, val, train, cfg, tmp_path / "resumed")
+        rib_run.adapt_dataset(model, val, train, cfg, tmp_path / "resumed")
     assert len(list((tmp_path / "resumed" / "maps").glob("*.npy"))) == 2
-    monkeypatch.setattr(rib_stage, "save_npy", real_save)
-    summary = rib_stage.rib(model, val, train, cfg, tmp_path / "resumed")
+    monkeypatch.setattr(rib_run, "save_npy", real_save)
+    summary = rib_run.adapt_dataset(model, val, train, cfg, tmp_path / "resumed")
     assert summary["written"] == len(val) - 2 and summary["skipped"] == 2
-    rib_stage.rib(model, val, train, cfg, tmp_path / "straight")
+    rib_run.adapt_dataset(model, val, train, cfg, tmp_path / "straight")
     for name in val.ids:
         a = load_npy_dict(tmp_path / "resumed" / "maps" / f"{name}.npy")
         b = load_npy_dict(tmp_path / "straight" / "maps" / f"{name}.npy")

@@ -11,7 +11,7 @@ from factories import TinyDataset
 from rib_ext.checkpoints import CheckpointError, MissingCheckpointError, read_checkpoint, write_checkpoint
 from rib_ext.config import TrainCamConfig
 from rib_ext.models import load_cam_net
-from rib_ext.stages import train_cam as train_cam_mod
+from rib_ext.cam import train as train_cam_mod
 from rib_ext.training import (LossLog, NonFiniteLossError, epoch_batches, load_training_state,
                               read_loss_log, save_training_state)
 

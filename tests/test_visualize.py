@@ -1,4 +1,4 @@
-"""Pictures of maps (rib_ext.visualize) and the run report (rib_ext.report)."""
+"""Pictures of maps (rib_ext.figures) and the run report (rib_ext.report)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from rib_ext.data import VOCDataset, save_label_png
 from rib_ext.data.voc import write_cls_labels
 from rib_ext.io import save_json, save_npy
 from rib_ext.report import PAPER_VOC, build_report, settings_diff, table_rows, write_report
-from rib_ext.visualize import (CAPTION_HEIGHT, choose_images, heat_overlay, load_records, map_score,
+from rib_ext.figures import (CAPTION_HEIGHT, choose_images, heat_overlay, load_records, map_score,
                                plot_logit_curves, render_image_panel, render_step_montage,
                                visualize_maps, visualize_run)
 
@@ -190,11 +190,11 @@ def test_step_montage_from_the_engine(tmp_path):
     from factories import TinyDataset, tiny_cam_net
     from rib_ext.config import RIBConfig
     from rib_ext.rib import OtherImages
-    from rib_ext.visualize import step_maps_with_engine
+    from rib_ext.figures import step_maps_with_engine
 
     data = TinyDataset(n=4, k=3)
     pool = OtherImages(data, "cpu", resize_long=(40, 72), crop=48)
-    cfg = RIBConfig.preset_for("reference", steps=2, lr=0.02, num_others=2, margin=1e9,
+    cfg = RIBConfig.preset(behaviour="authors", steps=2, lr=0.02, num_others=2, margin=1e9,
                                stop_on_explosion=False,
                                scales=(1.0, 0.5), loss_scales=(1.0,), other_resize_long=(40, 72),
                                other_crop=48)

@@ -7,27 +7,19 @@
 
 #include <limits>
 
-#include "../checks.h"
+#include "../host_prep.h"
 
 namespace rib_ext {
 namespace cpu {
 
 namespace {
 
-void check_flip_pair(const at::Tensor& cam, const at::Tensor& cam_flip, const char* op) {
-  TORCH_CHECK(cam.dim() >= 2, op, ": cam must be [..., H, W], got ", cam.sizes());
-  check_same_shape(cam, cam_flip, "cam", "cam_flip", op);
-}
-
-// out[p, h, w] (+)= relu(a[p, h, w]) + relu(b[p, h, W-1-w]); out has cam's opmath dtype.
-void flip_merge_into(at::Tensor& out, const at::Tensor& cam, const at::Tensor& cam_flip,
-                     bool accumulate) {
-  const auto a = cam.contiguous();
-  const auto b = cam_flip.contiguous();
-  const int64_t W = cam.size(-1);
-  const int64_t rows = W > 0 ? cam.numel() / W : 0;
+// out[p, h, w] (+)= relu(a[p, h, w]) + relu(b[p, h, W-1-w]); out has a's opmath dtype.
+void flip_merge_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  const int64_t W = a.size(-1);
+  const int64_t rows = W > 0 ? a.numel() / W : 0;
   if (rows == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "cam_flip_merge_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_flip_merge_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* ap = a.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
@@ -51,40 +43,22 @@ void flip_merge_into(at::Tensor& out, const at::Tensor& cam, const at::Tensor& c
 }  // namespace
 
 at::Tensor cam_flip_merge_cpu(const at::Tensor& cam, const at::Tensor& cam_flip) {
-  check_flip_pair(cam, cam_flip, "cam_flip_merge");
-  auto out = at::empty(cam.sizes(), cam.options().dtype(at::toOpMathType(cam.scalar_type()))
-                                        .memory_format(at::MemoryFormat::Contiguous));
-  flip_merge_into(out, cam, cam_flip, /*accumulate=*/false);
-  return out;
+  return cam_flip_merge_host(cam, cam_flip, flip_merge_into);
 }
 
 void cam_flip_accumulate_cpu(at::Tensor& acc, const at::Tensor& cam, const at::Tensor& cam_flip) {
-  check_flip_pair(cam, cam_flip, "cam_flip_accumulate_");
-  check_same_shape(acc, cam, "acc", "cam", "cam_flip_accumulate_");
-  TORCH_CHECK(acc.scalar_type() == at::toOpMathType(cam.scalar_type()),
-              "cam_flip_accumulate_: acc must be ", at::toOpMathType(cam.scalar_type()),
-              " for a ", cam.scalar_type(), " cam, got ", acc.scalar_type());
-  if (acc.is_contiguous()) {
-    flip_merge_into(acc, cam, cam_flip, /*accumulate=*/true);
-  } else {
-    auto tmp = acc.contiguous();
-    flip_merge_into(tmp, cam, cam_flip, /*accumulate=*/true);
-    acc.copy_(tmp);
-  }
+  cam_flip_accumulate_host(acc, cam, cam_flip, flip_merge_into);
 }
 
 at::Tensor cam_max_normalize_cpu(const at::Tensor& maps, double eps) {
-  TORCH_CHECK(maps.dim() >= 2, "cam_max_normalize: maps must be [..., H, W], got ", maps.sizes());
-  TORCH_CHECK(at::isFloatingType(maps.scalar_type()), "cam_max_normalize: maps must be floating point");
-  const auto x = maps.contiguous();
-  auto out = at::empty(x.sizes(), x.options());
-  const int64_t hw = maps.size(-1) * maps.size(-2);
-  const int64_t planes = hw > 0 ? maps.numel() / hw : 0;
-  if (planes == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cam_max_normalize_cpu", [&] {
+  const auto a = prepare_cam_max_normalize(maps);
+  const int64_t planes = a.maps.count;
+  const int64_t hw = a.maps.hw;
+  if (a.out.numel() == 0) return a.out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, maps.scalar_type(), "cam_max_normalize_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* xp = a.maps.x.const_data_ptr<scalar_t>();
+    scalar_t* op = a.out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, planes, std::max<int64_t>(1, 16384 / hw), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const scalar_t* xs = xp + p * hw;
@@ -95,7 +69,7 @@ at::Tensor cam_max_normalize_cpu(const at::Tensor& maps, double eps) {
       }
     });
   });
-  return out;
+  return a.out;
 }
 
 TORCH_LIBRARY_IMPL(rib_ext, CPU, m) {

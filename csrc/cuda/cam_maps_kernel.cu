@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../host_prep.h"
 #include "block_reduce.cuh"
 
 namespace rib_ext {
@@ -49,24 +49,15 @@ __global__ void max_normalize_kernel(const scalar_t* __restrict__ x, int64_t hw,
   }
 }
 
-void check_flip_pair(const at::Tensor& cam, const at::Tensor& cam_flip, const char* op) {
-  TORCH_CHECK(cam.dim() >= 2, op, ": cam must be [..., H, W], got ", cam.sizes());
-  check_same_shape(cam, cam_flip, "cam", "cam_flip", op);
-}
-
-void flip_merge_into(at::Tensor& out, const at::Tensor& cam, const at::Tensor& cam_flip,
-                     bool accumulate) {
-  const at::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto a = cam.contiguous();
-  const auto b = cam_flip.contiguous();
+void flip_merge_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
   const int64_t total = a.numel();
   if (total == 0) return;
   const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "cam_flip_merge_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_flip_merge_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     flip_merge_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-        a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), cam.size(-1), total, accumulate,
+        a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), a.size(-1), total, accumulate,
         out.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -75,45 +66,28 @@ void flip_merge_into(at::Tensor& out, const at::Tensor& cam, const at::Tensor& c
 }  // namespace
 
 at::Tensor cam_flip_merge_cuda(const at::Tensor& cam, const at::Tensor& cam_flip) {
-  check_flip_pair(cam, cam_flip, "cam_flip_merge");
-  auto out = at::empty(cam.sizes(), cam.options().dtype(at::toOpMathType(cam.scalar_type()))
-                                        .memory_format(at::MemoryFormat::Contiguous));
-  flip_merge_into(out, cam, cam_flip, /*accumulate=*/false);
-  return out;
+  const at::cuda::OptionalCUDAGuard guard(cam.device());
+  return cam_flip_merge_host(cam, cam_flip, flip_merge_into);
 }
 
 void cam_flip_accumulate_cuda(at::Tensor& acc, const at::Tensor& cam, const at::Tensor& cam_flip) {
-  check_flip_pair(cam, cam_flip, "cam_flip_accumulate_");
-  check_same_shape(acc, cam, "acc", "cam", "cam_flip_accumulate_");
-  TORCH_CHECK(acc.scalar_type() == at::toOpMathType(cam.scalar_type()),
-              "cam_flip_accumulate_: acc must be ", at::toOpMathType(cam.scalar_type()),
-              " for a ", cam.scalar_type(), " cam, got ", acc.scalar_type());
-  if (acc.is_contiguous()) {
-    flip_merge_into(acc, cam, cam_flip, /*accumulate=*/true);
-  } else {
-    auto tmp = acc.contiguous();
-    flip_merge_into(tmp, cam, cam_flip, /*accumulate=*/true);
-    acc.copy_(tmp);
-  }
+  const at::cuda::OptionalCUDAGuard guard(cam.device());
+  cam_flip_accumulate_host(acc, cam, cam_flip, flip_merge_into);
 }
 
 at::Tensor cam_max_normalize_cuda(const at::Tensor& maps, double eps) {
-  TORCH_CHECK(maps.dim() >= 2, "cam_max_normalize: maps must be [..., H, W], got ", maps.sizes());
-  TORCH_CHECK(at::isFloatingType(maps.scalar_type()), "cam_max_normalize: maps must be floating point");
   const at::cuda::OptionalCUDAGuard guard(maps.device());
-  const auto x = maps.contiguous();
-  auto out = at::empty(x.sizes(), x.options());
-  const int64_t hw = maps.size(-1) * maps.size(-2);
-  const int64_t planes = hw > 0 ? maps.numel() / hw : 0;
-  if (planes == 0) return out;
+  const auto a = prepare_cam_max_normalize(maps);
+  if (a.out.numel() == 0) return a.out;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cam_max_normalize_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, maps.scalar_type(), "cam_max_normalize_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    max_normalize_kernel<scalar_t, acc_t><<<planes, kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), hw, static_cast<acc_t>(eps), out.mutable_data_ptr<scalar_t>());
+    max_normalize_kernel<scalar_t, acc_t><<<a.maps.count, kThreads, 0, stream>>>(
+        a.maps.x.const_data_ptr<scalar_t>(), a.maps.hw, static_cast<acc_t>(eps),
+        a.out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return a.out;
 }
 
 TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {

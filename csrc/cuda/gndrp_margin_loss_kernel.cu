@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../host_prep.h"
 #include "gndrp_plane.cuh"
 
 namespace rib_ext {
@@ -61,66 +61,44 @@ __global__ void gndrp_margin_loss_backward_kernel(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gndrp_margin_loss_cuda(
     const at::Tensor& cam, const at::Tensor& labels, double tau, double margin, bool paper) {
-  check_cam(cam, "gndrp_margin_loss");
-  check_rows(cam, labels, "labels", "gndrp_margin_loss");
   const at::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto x = cam.contiguous();
-  const int64_t planes = cam.size(0) * cam.size(1);
-  const int64_t hw = cam.size(2) * cam.size(3);
-  const auto acc_type = at::toOpMathType(cam.scalar_type());
-  const auto t = labels.to(acc_type).contiguous();
-  auto logits = at::empty({cam.size(0), cam.size(1)}, cam.options());
-  auto plane_max = at::empty({cam.size(0), cam.size(1)}, cam.options().dtype(acc_type));
-  auto scale = at::empty_like(plane_max);
-  auto terms = at::zeros_like(plane_max);
-  if (planes > 0) {
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "gndrp_margin_loss_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      gndrp_margin_loss_forward_kernel<scalar_t, acc_t><<<planes, kPlaneThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), t.const_data_ptr<acc_t>(), hw, static_cast<acc_t>(tau),
-          static_cast<acc_t>(margin), paper, logits.mutable_data_ptr<scalar_t>(),
-          plane_max.mutable_data_ptr<acc_t>(), scale.mutable_data_ptr<acc_t>(),
-          terms.mutable_data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-  return {terms.sum(), logits, plane_max, scale};
+  const auto a = prepare_gndrp_margin_loss(cam, labels);
+  if (a.cam.count == 0) return a.tuple();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "gndrp_margin_loss_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    gndrp_margin_loss_forward_kernel<scalar_t, acc_t><<<a.cam.count, kPlaneThreads, 0, stream>>>(
+        a.cam.x.const_data_ptr<scalar_t>(), a.labels.const_data_ptr<acc_t>(), a.cam.hw,
+        static_cast<acc_t>(tau), static_cast<acc_t>(margin), paper,
+        a.out.pooled.mutable_data_ptr<scalar_t>(), a.out.plane_max.mutable_data_ptr<acc_t>(),
+        a.out.scale.mutable_data_ptr<acc_t>(), a.terms.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return a.tuple();
 }
 
 at::Tensor gndrp_margin_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& cam,
                                            const at::Tensor& labels, const at::Tensor& logits,
                                            const at::Tensor& plane_max, const at::Tensor& scale,
                                            double tau, double margin, bool paper) {
-  check_cam(cam, "_gndrp_margin_loss_backward");
-  check_rows(cam, labels, "labels", "_gndrp_margin_loss_backward");
-  check_rows(cam, logits, "logits", "_gndrp_margin_loss_backward");
-  TORCH_CHECK(grad_loss.numel() == 1, "_gndrp_margin_loss_backward: grad_loss must be a scalar");
   const at::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto x = cam.contiguous();
-  const int64_t total = x.numel();
-  const int64_t hw = cam.size(2) * cam.size(3);
-  auto grad_cam = at::empty(cam.sizes(), cam.options().memory_format(at::MemoryFormat::Contiguous));
-  if (total == 0) return grad_cam;
-  const auto acc_type = at::toOpMathType(cam.scalar_type());
-  const auto g = grad_loss.to(cam.device(), acc_type).contiguous();
-  const auto t = labels.to(acc_type).contiguous();
-  const auto y = logits.to(acc_type).contiguous();
-  const auto m = plane_max.to(acc_type).contiguous();
-  const auto s = scale.to(acc_type).contiguous();
+  const auto a = prepare_gndrp_margin_loss_backward(grad_loss, cam, labels, logits, plane_max, scale);
+  const int64_t total = a.grad_cam.numel();
+  if (total == 0) return a.grad_cam;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535 * 8);
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "gndrp_margin_loss_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     gndrp_margin_loss_backward_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), hw, total, g.const_data_ptr<acc_t>(), t.const_data_ptr<acc_t>(),
-        y.const_data_ptr<acc_t>(), m.const_data_ptr<acc_t>(), s.const_data_ptr<acc_t>(),
+        a.cam.x.const_data_ptr<scalar_t>(), a.cam.hw, total, a.grad_loss.const_data_ptr<acc_t>(),
+        a.labels.const_data_ptr<acc_t>(), a.logits.const_data_ptr<acc_t>(),
+        a.plane_max.const_data_ptr<acc_t>(), a.scale.const_data_ptr<acc_t>(),
         static_cast<acc_t>(tau), static_cast<acc_t>(margin), paper,
-        grad_cam.mutable_data_ptr<scalar_t>());
+        a.grad_cam.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return grad_cam;
+  return a.grad_cam;
 }
 
 TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {

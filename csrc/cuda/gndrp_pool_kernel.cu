@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../host_prep.h"
 #include "gndrp_plane.cuh"
 
 namespace rib_ext {
@@ -50,61 +50,41 @@ __global__ void gndrp_pool_backward_kernel(const scalar_t* __restrict__ x, int64
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cuda(const at::Tensor& cam,
                                                                const at::Tensor& present,
                                                                double tau, bool paper) {
-  check_cam(cam, "gndrp_pool");
-  check_rows(cam, present, "present", "gndrp_pool");
-  TORCH_CHECK(present.scalar_type() == at::kBool, "gndrp_pool: present must be bool, got ",
-              present.scalar_type());
   const at::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto x = cam.contiguous();
-  const auto p = present.contiguous();
-  const int64_t planes = cam.size(0) * cam.size(1);
-  const int64_t hw = cam.size(2) * cam.size(3);
-  const auto acc_type = at::toOpMathType(cam.scalar_type());
-  auto pooled = at::empty({cam.size(0), cam.size(1)}, cam.options());
-  auto plane_max = at::empty({cam.size(0), cam.size(1)}, cam.options().dtype(acc_type));
-  auto scale = at::empty_like(plane_max);
-  if (planes == 0) return {pooled, plane_max, scale};
+  const auto a = prepare_gndrp_pool(cam, present);
+  if (a.cam.count == 0) return a.out.tuple();
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "gndrp_pool_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gndrp_pool_forward_kernel<scalar_t, acc_t><<<planes, kPlaneThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), p.const_data_ptr<bool>(), hw, static_cast<acc_t>(tau), paper,
-        pooled.mutable_data_ptr<scalar_t>(), plane_max.mutable_data_ptr<acc_t>(),
-        scale.mutable_data_ptr<acc_t>());
+    gndrp_pool_forward_kernel<scalar_t, acc_t><<<a.cam.count, kPlaneThreads, 0, stream>>>(
+        a.cam.x.const_data_ptr<scalar_t>(), a.present.const_data_ptr<bool>(), a.cam.hw,
+        static_cast<acc_t>(tau), paper, a.out.pooled.mutable_data_ptr<scalar_t>(),
+        a.out.plane_max.mutable_data_ptr<acc_t>(), a.out.scale.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {pooled, plane_max, scale};
+  return a.out.tuple();
 }
 
 at::Tensor gndrp_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& cam,
                                     const at::Tensor& present, const at::Tensor& plane_max,
                                     const at::Tensor& scale, double tau, bool paper) {
-  check_cam(cam, "_gndrp_pool_backward");
-  check_rows(cam, grad, "grad", "_gndrp_pool_backward");
-  check_rows(cam, present, "present", "_gndrp_pool_backward");
   const at::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto x = cam.contiguous();
-  const int64_t total = x.numel();
-  const int64_t hw = cam.size(2) * cam.size(3);
-  auto grad_cam = at::empty(cam.sizes(), cam.options().memory_format(at::MemoryFormat::Contiguous));
-  if (total == 0) return grad_cam;
-  const auto acc_type = at::toOpMathType(cam.scalar_type());
-  const auto g = grad.to(acc_type).contiguous();
-  const auto p = present.to(at::kBool).contiguous();
-  const auto m = plane_max.to(acc_type).contiguous();
-  const auto s = scale.to(acc_type).contiguous();
+  const auto a = prepare_gndrp_pool_backward(grad, cam, present, plane_max, scale);
+  const int64_t total = a.grad_cam.numel();
+  if (total == 0) return a.grad_cam;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535 * 8);
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "gndrp_pool_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     gndrp_pool_backward_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), hw, total, g.const_data_ptr<acc_t>(), p.const_data_ptr<bool>(),
-        m.const_data_ptr<acc_t>(), s.const_data_ptr<acc_t>(), static_cast<acc_t>(tau), paper,
-        grad_cam.mutable_data_ptr<scalar_t>());
+        a.cam.x.const_data_ptr<scalar_t>(), a.cam.hw, total, a.grad.const_data_ptr<acc_t>(),
+        a.present.const_data_ptr<bool>(), a.plane_max.const_data_ptr<acc_t>(),
+        a.scale.const_data_ptr<acc_t>(), static_cast<acc_t>(tau), paper,
+        a.grad_cam.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return grad_cam;
+  return a.grad_cam;
 }
 
 TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {

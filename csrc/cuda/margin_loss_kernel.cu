@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../host_prep.h"
 #include "../gndrp.h"
 
 namespace rib_ext {
@@ -34,41 +34,34 @@ __global__ void margin_loss_kernel(const scalar_t* __restrict__ y, const scalar_
   }
 }
 
-at::Tensor launch(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor* grad,
-                  double margin, bool paper) {
-  const at::cuda::OptionalCUDAGuard guard(logits.device());
-  const auto y = logits.contiguous();
-  const auto t = labels.to(logits.scalar_type()).contiguous();
-  const auto g = grad ? grad->to(logits.scalar_type()).contiguous() : at::Tensor();
-  auto out = at::empty(y.sizes(), y.options());
-  const int64_t n = y.numel();
-  if (n == 0) return out;
+// The forward when a.grad is undefined, else the backward.
+at::Tensor launch(const MarginLossArgs& a, double margin, bool paper) {
+  const int64_t n = a.out.numel();
+  if (n == 0) return a.out;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "margin_loss_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.logits.scalar_type(), "margin_loss_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     margin_loss_kernel<scalar_t, acc_t><<<grid_for(n), kThreads, 0, stream>>>(
-        y.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
-        grad ? g.const_data_ptr<scalar_t>() : nullptr, n, static_cast<acc_t>(margin), paper,
-        out.mutable_data_ptr<scalar_t>());
+        a.logits.const_data_ptr<scalar_t>(), a.labels.const_data_ptr<scalar_t>(),
+        a.grad.defined() ? a.grad.const_data_ptr<scalar_t>() : nullptr, n,
+        static_cast<acc_t>(margin), paper, a.out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return a.out;
 }
 
 }  // namespace
 
 at::Tensor margin_loss_cuda(const at::Tensor& logits, const at::Tensor& labels, double margin,
                             bool paper) {
-  check_same_shape(logits, labels, "logits", "labels", "margin_loss");
-  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "margin_loss: logits must be floating point");
-  return launch(logits, labels, nullptr, margin, paper);
+  const at::cuda::OptionalCUDAGuard guard(logits.device());
+  return launch(prepare_margin_loss(logits, labels), margin, paper);
 }
 
 at::Tensor margin_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
                                      const at::Tensor& labels, double margin, bool paper) {
-  check_same_shape(logits, labels, "logits", "labels", "_margin_loss_backward");
-  check_same_shape(logits, grad, "logits", "grad", "_margin_loss_backward");
-  return launch(logits, labels, &grad, margin, paper);
+  const at::cuda::OptionalCUDAGuard guard(logits.device());
+  return launch(prepare_margin_loss_backward(grad, logits, labels), margin, paper);
 }
 
 TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {

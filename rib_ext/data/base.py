@@ -14,13 +14,7 @@ import numpy as np
 
 from .errors import DatasetError
 from .images import image_size, load_rgb
-
-
-def preview(items: Sequence[str], limit: int = 5) -> str:
-    """``"a, b, c, ... (N in all)"``: enough names to find the problem without flooding the log."""
-    items = list(items)
-    shown = ", ".join(str(x) for x in items[:limit])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+from ..io import preview  # noqa: F401  (the datasets name a few ids in their messages)
 
 
 def drop_unlabelled(ids: Sequence[str], labels: Mapping[str, np.ndarray], where: str) -> list[str]:

@@ -8,7 +8,7 @@ Stages, each ``(dataset, input folder(s), out_dir, cfg)`` -> a small summary dic
     eval_mask_stage(dataset, mask_dir, out_dir, cfg)           mIoU report of the pseudo masks
     apply_saliency(dataset, mask_dir, saliency_dir, out_dir, cfg)  RIB-Sal: ignore disagreements
 
-All numbers live in :class:`IRNConfig` (``IRNConfig.preset("rib")`` for the RIB authors' settings).
+All numbers live in :class:`IRNConfig` (``IRNConfig.preset(behaviour="rib")`` for the RIB authors' settings).
 Every stage writes atomically and skips outputs that exist, so a rerun resumes.
 """
 from rib_ext.irn.config import PRESETS, IRNConfig

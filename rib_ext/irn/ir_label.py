@@ -17,8 +17,9 @@ from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
 from rib_ext.data import IGNORE_INDEX, save_index_png
 from rib_ext.irn.config import IRNConfig
-from rib_ext.irn.stage_io import (check_settings, dataset_index, load_maps, per_image_path,
-                                  present_names, progress, split_done)
+from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
+                             split_done)
+from rib_ext.runtime import progress
 
 
 def combine_confident(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
@@ -48,13 +49,13 @@ def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
     """Write ``out_dir/<id>.png`` (grayscale indices; 0 bg, class ids, 255 uncertain) per image.
 
     Images whose PNG exists are skipped (outputs are atomic, so a rerun resumes); images without
-    maps stop the stage with a list, or are skipped with a warning (``cfg.on_missing``).
+    maps stop the stage with a list, or are skipped with a warning (``cfg.allow_missing``).
     Returns ``{'written', 'skipped_existing', 'missing', 'seconds'}``.
     """
     cfg = cfg if cfg is not None else IRNConfig()
     out_dir = Path(out_dir)
     present, missing = present_names(maps_dir, dataset.ids, ".npy", "maps", "ir_label",
-                                     cfg.on_missing)
+                                     cfg.allow_missing)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, "ir_label", {"conf_fg": cfg.conf_fg, "conf_bg": cfg.conf_bg,
                                          "crf": cfg.as_dict()["crf"]})

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rib_ext.checkpoints import read_checkpoint, write_checkpoint
+from rib_ext.irn.authors import irn_state_from_authors, is_authors_irn_state
 from rib_ext.models import BACKBONES, CAMNet, load_backbone_weights, load_cam_checkpoint
 from rib_ext.models.resnet_cam import TINY_WIDTHS
 
@@ -241,9 +242,7 @@ def save_irnet(path: str | os.PathLike, net: IRNet, meta: Optional[Dict[str, Any
 
 def load_irnet(path: str | os.PathLike, device: torch.device | str = "cpu") -> IRNet:
     """The network saved by :func:`save_irnet`, on ``device``, in eval mode. The IRN / RIB
-    authors' ``res50_irn.pth`` state dicts load too (:mod:`rib_ext.models.authors`)."""
-    from rib_ext.models.authors import irnet_from_authors
-
+    authors' ``res50_irn.pth`` state dicts load too (:mod:`rib_ext.irn.authors`)."""
     authors_net = irnet_from_authors(
         read_checkpoint(path, None, None, "IRN checkpoint", " (train_irn writes it)"), str(path))
     if authors_net is not None:
@@ -256,3 +255,17 @@ def load_irnet(path: str | os.PathLike, device: torch.device | str = "cpu") -> I
     except RuntimeError as err:
         raise ValueError(f"{path}: state dict does not match a {record['backbone']} IRNet: {err}") from err
     return net.to(device).eval()
+
+
+def irnet_from_authors(obj: Any, source: str = "checkpoint") -> Optional[IRNet]:
+    """A ResNet-50 :class:`IRNet` holding the authors' IRN weights, or None when ``obj`` is not
+    in their layout."""
+    if not is_authors_irn_state(obj):
+        return None
+    state = irn_state_from_authors(obj, source)
+    net = IRNet("resnet50")
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: authors' IRN checkpoint does not fit a ResNet-50 IRNet: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return net

@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from rib_ext.data import IGNORE_INDEX, load_label_png, save_index_png
-from rib_ext.data.base import preview
+from rib_ext.io import preview
 from rib_ext.irn.config import IRNConfig
-from rib_ext.irn.stage_io import (check_settings, dataset_index, per_image_path, present_names,
-                                  progress, split_done)
+from rib_ext.outputs import check_settings, dataset_index, per_image_path, present_names, split_done
+from rib_ext.runtime import progress
 
 
 class SaliencyError(ValueError):
@@ -60,7 +60,7 @@ def apply_saliency(dataset, label_dir: str | Path, saliency_dir: str | Path, out
     """Write ``out_dir/<id>.png``: the masks of ``label_dir`` refined with ``saliency_dir``.
 
     A missing saliency map is an error naming it (a pseudo mask without its saliency check would
-    silently differ from the rest); missing masks follow ``cfg.on_missing``. Existing outputs are
+    silently differ from the rest); missing masks follow ``cfg.allow_missing``. Existing outputs are
     kept (resume). Returns ``{'written', 'skipped_existing', 'missing', 'newly_ignored_fraction',
     'seconds'}``; the fraction (pixels set to 255 here) is over the pixels written in this call.
     """
@@ -69,7 +69,7 @@ def apply_saliency(dataset, label_dir: str | Path, saliency_dir: str | Path, out
     if not saliency_dir.is_dir():
         raise SaliencyError(f"saliency folder not found: {saliency_dir}")
     names, missing = present_names(label_dir, dataset.ids, ".png", "pseudo masks", "saliency",
-                                   cfg.on_missing)
+                                   cfg.allow_missing)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, "saliency", {"saliency_threshold": cfg.saliency_threshold,
                                          "saliency_dir": str(saliency_dir.resolve())})

@@ -21,9 +21,10 @@ from rib_ext.io import file_sha256, save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
 from rib_ext.irn.random_walk import propagate_maps
-from rib_ext.irn.stage_io import (check_settings, dataset_index, load_maps, per_image_path,
-                                  present_names, progress, resolve_device,
-                                  split_done, strided_size)
+from rib_ext.ops.cam import strided_size
+from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
+                             split_done)
+from rib_ext.runtime import progress, resolve_device
 from rib_ext.irn.train_irn import MODEL_FILE
 
 
@@ -67,9 +68,9 @@ def make_sem_seg(maps: torch.Tensor, keys: Sequence[int], boundary: torch.Tensor
     [0, 1]; computed on ``boundary``'s device.
     """
     cfg = cfg if cfg is not None else IRNConfig()
-    if tuple(boundary.shape) != strided_size(image_size):
+    if tuple(boundary.shape) != strided_size(image_size, 4):
         raise ValueError(f"boundary {tuple(boundary.shape)} is not the stride-4 grid "
-                         f"{strided_size(image_size)} of a {image_size[0]}x{image_size[1]} image")
+                         f"{strided_size(image_size, 4)} of a {image_size[0]}x{image_size[1]} image")
     maps = torch.as_tensor(maps).to(boundary.device)
     walked = propagate_maps(maps, boundary.float(), cfg.rw_radius, cfg.beta, cfg.exp_times,
                             cfg.map_power)
@@ -91,13 +92,13 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
     ``irn``: the train_irn output folder or its ``irn.pth``. ``score_dir``: also write each image's
     random-walk scores there as ``{'keys', 'score': float16 [K', H, W]}`` (what the segment
     stage's re-training starts from). Existing PNGs are kept (resume);
-    missing maps stop the stage or are skipped (``cfg.on_missing``). Returns ``{'written',
+    missing maps stop the stage or are skipped (``cfg.allow_missing``). Returns ``{'written',
     'skipped_existing', 'missing', 'seconds', 'seconds_per_image'}``.
     """
     cfg = cfg if cfg is not None else IRNConfig()
     out_dir = Path(out_dir)
     present, missing = present_names(maps_dir, dataset.ids, ".npy", "maps", "make_sem_seg",
-                                     cfg.on_missing)
+                                     cfg.allow_missing)
     model_path = _model_path(irn)
     if not model_path.is_file():
         raise FileNotFoundError(f"make_sem_seg: IRN checkpoint not found: {model_path} "
@@ -152,11 +153,11 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
     """
     cfg = cfg if cfg is not None else IRNConfig()
     t0 = time.time()
-    with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "eval_mask", cfg.on_missing == "skip")
+    with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "eval_mask", cfg.allow_missing)
     if not with_gt:
         raise ValueError("eval_mask: no image of the dataset has a ground-truth mask")
     names, missing = present_names(mask_dir, with_gt, ".png", "pseudo masks", "eval_mask",
-                                   cfg.on_missing)
+                                   cfg.allow_missing)
     if not names:
         raise ValueError(f"eval_mask: none of the {len(with_gt)} images with ground truth has a "
                          f"mask in {mask_dir}")

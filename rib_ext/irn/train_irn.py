@@ -27,11 +27,11 @@ from rib_ext.irn.affinity_labels import IGNORE, downsample_labels, irn_loss
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import IRNet, build_irnet, save_irnet
 from rib_ext.irn.path_index import PathIndex
-from rib_ext.irn.stage_io import (dataset_index, per_image_path, present_names, progress,
-                                  resolve_device)
+from rib_ext.outputs import dataset_index, per_image_path, present_names
+from rib_ext.runtime import progress, resolve_device
 from rib_ext.optim import PolyOptimizer
 from rib_ext.training import (LossLog, check_finite, epoch_batches, load_training_state,
-                              save_training_state)
+                              save_training_state, trained_model_exists)
 
 MODEL_FILE = "irn.pth"
 STATE_FILE = "irn_train_state.pth"
@@ -129,11 +129,11 @@ def train_irn_stage(dataset, label_dir: str | Path, out_dir: str | Path,
     cfg = cfg if cfg is not None else IRNConfig()
     out_dir = Path(out_dir)
     model_path, state_path = out_dir / MODEL_FILE, out_dir / STATE_FILE
-    if model_path.exists():
+    if trained_model_exists(model_path, "train_irn"):
         return {"steps": None, "max_step": None, "finished": True, "skipped_existing": True,
                 "seconds": 0.0, "loss": None, "model": str(model_path)}
     names, missing = present_names(label_dir, dataset.ids, ".png", "confident labels",
-                                   "train_irn", cfg.on_missing)
+                                   "train_irn", cfg.allow_missing)
     if not names:
         raise ValueError(f"train_irn: no image has confident labels in {label_dir}")
     index = PathIndex(cfg.path_radius)

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 
 from rib_ext.checkpoints import CheckpointError, MissingCheckpointError, read_checkpoint, write_checkpoint
+from rib_ext.io import preview
+from rib_ext.models import authors
 from rib_ext.models.resnet_cam import CAMNet
 
 # torchvision's IMAGENET1K_V1 files (what IRN / RIB start from), for the error messages.
@@ -50,10 +52,6 @@ def missing_weights_message(backbone: str, path: Optional[os.PathLike | str] = N
             f"to start from random weights (a smoke test only: results fall far below the paper's).")
 
 
-def _read_torch_file(path: Path) -> Any:
-    return read_checkpoint(path, None, None, "PyTorch checkpoint")
-
-
 def _unwrap_state_dict(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
@@ -64,15 +62,9 @@ def _unwrap_state_dict(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise ValueError(f"{path}: expected a state dict of tensors; non-tensor entries: "
-                         f"{_few(bad)}")
+                         f"{preview(bad)}")
     # DataParallel / DistributedDataParallel checkpoints prefix every key with 'module.'.
     return {re.sub(r"^(module\.)+", "", k): v for k, v in obj.items()}
-
-
-def _few(items: Sequence[Any], n: int = 5) -> str:
-    items = list(items)
-    shown = ", ".join(str(i) for i in items[:n])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
 def guess_resnet_depth(keys: Sequence[str]) -> Optional[str]:
@@ -95,11 +87,11 @@ def _state_dict_problems(expected: Mapping[str, torch.Tensor],
               for k, v in expected.items() if k in given and given[k].shape != v.shape]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_few(missing)}")
+        problems.append(f"missing keys: {preview(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_few(unexpected)}")
+        problems.append(f"unexpected keys: {preview(unexpected)}")
     if shapes:
-        problems.append(f"wrong shapes: {_few(shapes)}")
+        problems.append(f"wrong shapes: {preview(shapes)}")
     return problems
 
 
@@ -113,7 +105,7 @@ def load_backbone_weights(model: CAMNet, path: os.PathLike | str) -> CAMNet:
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(missing_weights_message(model.backbone_name, path))
-    state = _unwrap_state_dict(_read_torch_file(path), path)
+    state = _unwrap_state_dict(read_checkpoint(path, None, None, "PyTorch checkpoint"), path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     view = model.torchvision_view()
     problems = _state_dict_problems(view.state_dict(), state)
@@ -199,10 +191,8 @@ def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") ->
     """Rebuild the network saved by :func:`save_cam_net`, on ``device``, in eval mode. The IRN /
     RIB authors' ``res50_cam.pth`` state dicts load too, recognised by their keys
     (:mod:`rib_ext.models.authors`)."""
-    from rib_ext.models import authors
-
     if Path(path).is_file():
-        model = authors.cam_net_from_authors(_read_torch_file(Path(path)), str(path))
+        model = cam_net_from_authors(read_checkpoint(path, None, None, "PyTorch checkpoint"), str(path))
         if model is not None:
             check_cam_weights(model, path)
             return model.to(device).eval()
@@ -229,3 +219,23 @@ def check_cam_weights(model: CAMNet, path, lr=None) -> None:
         at = f" (it was trained with learning rate {lr:g})" if isinstance(lr, (int, float)) else ""
         raise CheckpointError(f"{path}: the classifier has {problem}: its training diverged{at}; "
                               f"train it again with a lower --lr")
+
+
+def cam_net_from_authors(obj: Any, source: str = "checkpoint"):
+    """A :class:`CAMNet` (strides (2, 2, 2, 1)) holding the authors' classifier weights, or None
+    when ``obj`` is not in their layout."""
+    if not authors.is_authors_cam_state(obj):
+        return None
+    state = authors.cam_state_from_authors(obj, source)
+    tv_keys = [re.sub(r"^stage\d\.", "", k) for k in state if not k.startswith("classifier.")]
+    backbone = guess_resnet_depth(tv_keys)
+    if backbone is None:
+        raise ValueError(f"{source}: the authors' layout, but its backbone matches no torchvision "
+                         f"ResNet depth")
+    model = CAMNet(backbone, int(state["classifier.weight"].shape[0]), (2, 2, 2, 1))
+    problems = _state_dict_problems(model.state_dict(), state)
+    if problems:
+        raise ValueError(f"{source}: authors' CAM checkpoint does not fit a {backbone} CAMNet: "
+                         + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model

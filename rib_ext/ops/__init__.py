@@ -1,11 +1,11 @@
 """rib_ext's custom operators: GNDRP pooling, the RIB margin loss, their fused form, CAM maps.
 
 Each op has a CPU kernel (C++/OpenMP), a CUDA kernel, autograd, a fake kernel for torch.compile,
-and a pure-PyTorch reference (:mod:`rib_ext.ops.reference`) that the tests use as the oracle and
+and a pure-PyTorch reference (:mod:`rib_ext.ops.oracle`) that the tests use as the oracle and
 that runs when the compiled extension is missing. ``python -m rib_ext.ops`` prints which backend
 each op runs on.
 """
-from . import reference
+from . import oracle
 from ._extension import HAS_C, backend, backends, compiled_with_cuda, compiled_with_openmp
 from .cam import (cam_flip_accumulate_, cam_flip_merge, cam_max_normalize, finalize_maps,
                   strided_size, strided_up_size)
@@ -14,7 +14,7 @@ from .loss import margin_loss, margin_stop_statistic
 
 __all__ = [
     "HAS_C", "MODES", "backend", "backends", "compiled_with_cuda", "compiled_with_openmp",
-    "reference", "gndrp_pool", "gndrp_margin_loss", "margin_loss", "margin_stop_statistic",
+    "authors", "gndrp_pool", "gndrp_margin_loss", "margin_loss", "margin_stop_statistic",
     "cam_flip_merge", "cam_flip_accumulate_", "cam_max_normalize", "finalize_maps",
     "strided_size", "strided_up_size",
 ]

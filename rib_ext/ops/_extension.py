@@ -83,9 +83,9 @@ def use_compiled(op: str, tensor: torch.Tensor) -> bool:
 
 
 def backend(op: str, device: str | torch.device = "cpu") -> str:
-    """'compiled-cpu', 'compiled-cuda' or 'reference': what ``op`` runs on for tensors on ``device``."""
+    """'compiled-cpu', 'compiled-cuda' or 'pytorch' (the plain-PyTorch oracle): what ``op`` runs on for tensors on ``device``."""
     device_type = torch.device(device).type
-    return f"compiled-{device_type}" if has_kernel(op, device_type) else "reference"
+    return f"compiled-{device_type}" if has_kernel(op, device_type) else "pytorch"
 
 
 def backends() -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from . import oracle
 from ._checks import check_planes, check_same_shape
 from ._extension import HAS_C, use_compiled
 
@@ -31,7 +31,7 @@ def cam_flip_merge(cam: torch.Tensor, cam_flip: torch.Tensor) -> torch.Tensor:
     """
     if use_compiled("cam_flip_merge", cam):
         return torch.ops.rib_ext.cam_flip_merge.default(cam, cam_flip)
-    return reference.cam_flip_merge(cam, cam_flip)
+    return oracle.cam_flip_merge(cam, cam_flip)
 
 
 def cam_flip_accumulate_(acc: torch.Tensor, cam: torch.Tensor, cam_flip: torch.Tensor) -> torch.Tensor:
@@ -44,7 +44,7 @@ def cam_flip_accumulate_(acc: torch.Tensor, cam: torch.Tensor, cam_flip: torch.T
         torch.ops.rib_ext.cam_flip_accumulate_.default(acc, cam.detach(), cam_flip.detach())
     else:
         with torch.no_grad():
-            acc.add_(reference.cam_flip_merge(cam, cam_flip))
+            acc.add_(oracle.cam_flip_merge(cam, cam_flip))
     return acc
 
 
@@ -55,7 +55,7 @@ def cam_max_normalize(maps: torch.Tensor, eps: float = IRN_EPS) -> torch.Tensor:
     """
     if use_compiled("cam_max_normalize", maps):
         return torch.ops.rib_ext.cam_max_normalize.default(maps, float(eps))
-    return reference.cam_max_normalize(maps, eps)
+    return oracle.cam_max_normalize(maps, eps)
 
 
 def strided_size(size: Sequence[int], stride: int) -> tuple[int, int]:

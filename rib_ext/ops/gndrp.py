@@ -1,18 +1,18 @@
 """GNDRP masked pooling and its fused form with the RIB margin loss.
 
-Semantics (both modes) are in csrc/gndrp.h; :mod:`rib_ext.ops.reference` holds the same maths in
-plain PyTorch. ``mode='reference'`` is the authors' released code, ``mode='paper'`` the paper's
+Semantics (both modes) are in csrc/gndrp.h; :mod:`rib_ext.ops.oracle` holds the same maths in
+plain PyTorch. ``mode='authors'`` is the authors' released code, ``mode='paper'`` the paper's
 equation.
 """
 from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import oracle
 from ._checks import check_cam, check_rows
 from ._extension import HAS_C, use_compiled
 
-MODES = ("reference", "paper")
+MODES = ("authors", "paper")
 
 
 def _is_paper(mode: str) -> bool:
@@ -26,7 +26,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
-               mode: str = "reference") -> torch.Tensor:
+               mode: str = "authors") -> torch.Tensor:
     """Global non-discriminative region pooling (GNDRP).
 
     Args:
@@ -35,10 +35,10 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
         present: ``[N, K]``, true (or > 0) where class k is in row n's label. Absent classes keep
             every location (plain average pooling), as the authors' code does.
         tau: threshold on the max-normalised map (detached max); locations below it are pooled.
-        mode: ``'reference'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
+        mode: ``'authors'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
             sum divided by the number of kept locations; 0 when none is kept).
 
-    A present class whose max is <= 0: ``'reference'`` divides without a guard as the authors'
+    A present class whose max is <= 0: ``'authors'`` divides without a guard as the authors'
     code does (max < 0 keeps nothing: logit 0, no gradient; max == 0 keeps the negative locations
     and drops the zeros); ``'paper'`` keeps every location. See csrc/gndrp.h.
 
@@ -49,21 +49,21 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
     present = present if present.dtype == torch.bool else present > 0
     if use_compiled("gndrp_pool", cam):
         return torch.ops.rib_ext.gndrp_pool.default(cam, present, float(tau), paper)[0]
-    return reference.gndrp_pool(cam, present, tau, paper)
+    return oracle.gndrp_pool(cam, present, tau, paper)
 
 
 def gndrp_margin_loss(cam: torch.Tensor, labels: torch.Tensor, tau: float = 0.4,
-                      margin: float = 600.0, mode: str = "reference"):
+                      margin: float = 600.0, mode: str = "authors"):
     """GNDRP pooling and the RIB loss in one op: the training step's hot path.
 
-    ``loss = sum_{n,k} -t[n,k] * min(m, y[n,k])`` (paper) or ``-t[n,k] * y[n,k]`` (reference), with
+    ``loss = sum_{n,k} -t[n,k] * min(m, y[n,k])`` (paper) or ``-t[n,k] * y[n,k]`` (authors), with
     ``y = gndrp_pool(cam, labels > 0, tau, mode)``.
 
     Args:
         cam: ``[N, K, H, W]`` raw CAMs of every row of the step's batch.
         labels: ``[N, K]`` multi-hot labels (also the GNDRP presence mask).
         tau, mode: as :func:`gndrp_pool`.
-        margin: the clip m (paper mode); in reference mode the margin is the engine's stop rule.
+        margin: the clip m (paper mode); in authors mode the margin is the engine's stop rule.
 
     Returns:
         ``(loss, logits)``: a scalar (float32, or float64 for float64 cams) differentiable w.r.t.
@@ -75,7 +75,7 @@ def gndrp_margin_loss(cam: torch.Tensor, labels: torch.Tensor, tau: float = 0.4,
         loss, logits, _, _ = torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, float(tau),
                                                                  float(margin), paper)
         return loss, logits.detach()
-    loss, logits = reference.gndrp_margin_loss(cam, labels, tau, margin, paper)
+    loss, logits = oracle.gndrp_margin_loss(cam, labels, tau, margin, paper)
     return loss, logits.detach()
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import oracle
 from ._checks import check_same_shape
 from ._extension import HAS_C, use_compiled
 from .gndrp import _is_paper
@@ -12,11 +12,11 @@ REDUCTIONS = ("sum", "mean", "none")
 
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 600.0,
-                mode: str = "reference", reduction: str = "sum") -> torch.Tensor:
+                mode: str = "authors", reduction: str = "sum") -> torch.Tensor:
     """L_RIB on pooled logits.
 
     ``mode='paper'``: ``-t * min(m, y)`` elementwise, gradient ``-t`` where ``y < m`` and 0 where
-    ``y >= m``. ``mode='reference'``: ``-t * y`` (the authors' code: no clip; the margin becomes a
+    ``y >= m``. ``mode='authors'``: ``-t * y`` (the authors' code: no clip; the margin becomes a
     stop rule, see :func:`margin_stop_statistic`).
 
     Args:
@@ -31,7 +31,7 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 600.
     if use_compiled("margin_loss", logits):
         out = torch.ops.rib_ext.margin_loss.default(logits, labels, float(margin), paper)
     else:
-        out = reference.margin_loss(logits, labels, margin, paper)
+        out = oracle.margin_loss(logits, labels, margin, paper)
     if reduction == "sum":
         return out.sum()
     if reduction == "mean":

@@ -1,7 +1,7 @@
 """RIB: per-image adaptation of the classifier, batched through functional weight copies.
 
-``adapt(model, images, pool, cfg)`` is the Python API; the pipeline's ``rib`` stage
-(:mod:`rib_ext.stages.rib`) adds resume, records and distribution over ranks.
+``adapt(model, images, pool, cfg)`` is the Python API; :func:`rib_ext.rib.run.adapt_dataset` (the
+pipeline's ``rib`` stage) adds resume, records and distribution over ranks.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from rib_ext import ops
 from rib_ext.config import RIBConfig
 
 # The paper's ablation of the final mapping: logits squashed to [0, 1] before a BCE loss.
-_SQUASH = {
+SQUASH = {
     "bce_sigmoid": torch.sigmoid,
     "bce_tanh": lambda y: (torch.tanh(y) + 1) / 2,
     "bce_softsign": lambda y: (F.softsign(y) + 1) / 2,
@@ -47,15 +47,15 @@ def _present(labels: torch.Tensor, cfg: RIBConfig) -> torch.Tensor:
 def group_loss(cam: torch.Tensor, labels: torch.Tensor, cfg: RIBConfig):
     """(loss, logits [N, K] detached) of one row group; ``cam`` [N, K, h, w] raw, differentiable."""
     tau = pooling_tau(cfg)
-    loss_mode = "paper" if cfg.clip_loss else "reference"
+    loss_mode = "paper" if cfg.clip_loss else "authors"
     if (cfg.loss == "rib" and loss_mode == cfg.gndrp_mode and not cfg.coco_first20_bug
             and cfg.pooling == "gndrp"):
         return ops.gndrp_margin_loss(cam, labels, tau, cfg.margin, cfg.gndrp_mode)
     logits = ops.gndrp_pool(cam, _present(labels, cfg), tau, cfg.gndrp_mode)
     if cfg.loss == "rib":
         loss = ops.margin_loss(logits, labels, cfg.margin, loss_mode, "sum")
-    elif cfg.loss in _SQUASH:
-        p = _SQUASH[cfg.loss](logits).clamp(1e-7, 1 - 1e-7)
+    elif cfg.loss in SQUASH:
+        p = SQUASH[cfg.loss](logits).clamp(1e-7, 1 - 1e-7)
         loss = F.binary_cross_entropy(p, labels.to(p.dtype), reduction="sum")
     else:
         raise ValueError(f"unknown RIB loss {cfg.loss!r}")

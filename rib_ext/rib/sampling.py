@@ -1,6 +1,6 @@
 """The B "other" images of each RIB step: who is drawn, and how they are augmented.
 
-Both the engine and the slow reference loop draw through :class:`OtherImages`, so given the same
+Both the engine and the slow oracle loop (rib/oracle_loop.py) draw through :class:`OtherImages`, so given the same
 per-image generator they see the same crops.
 
 Who, as the authors' code: per target, one shuffled pass over the images that share no class with

@@ -1,4 +1,4 @@
-"""The authors' early stops, as pure functions shared by the engine and the reference loop."""
+"""The authors' early stops, as pure functions shared by the engine and the oracle loop."""
 from __future__ import annotations
 
 import torch

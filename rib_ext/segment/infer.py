@@ -19,8 +19,8 @@ from rib_ext.crf import _densecrf
 from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
 from rib_ext.evaluation import evaluate_label_maps, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_digest
-from rib_ext.irn.stage_io import check_settings, split_done
-from rib_ext.stages.common import progress
+from rib_ext.outputs import check_settings, split_done
+from rib_ext.runtime import progress
 
 from .config import SegmentConfig
 from .model import DeepLabV2
@@ -154,7 +154,7 @@ def infer_stage(model: DeepLabV2, dataset, out_dir: str | Path, cfg: Optional[Se
     with_gt = [n for i, n in enumerate(dataset.ids) if has_ground_truth(dataset, i)]
     no_mask: list = []
     if with_gt and len(with_gt) < len(dataset.ids):  # none at all: a test set, for the server
-        with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "segment", cfg.on_missing == "skip")
+        with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "segment", cfg.allow_missing)
     pred_dir = split_dir / ("predictions" if with_gt else VOC_SERVER_DIR)
     # settings.json beside, not inside, the server folder: the server rejects unexpected files.
     written = predict_folder(model, dataset, dataset.ids, pred_dir, cfg, split_dir, model_path)

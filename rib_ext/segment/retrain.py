@@ -18,14 +18,14 @@ import numpy as np
 
 from rib_ext.data import IGNORE_INDEX, load_label_png, save_label_png
 from rib_ext.io import load_npy_dict
-from rib_ext.stages.common import progress
+from rib_ext.runtime import progress
 
 from .data import check_labels
 
 SCORE_FIELDS = ("score", "high_res")
 
 
-def confident_labels(scores: np.ndarray, keys: Sequence[int], fg: float = 0.3, bg: float = 0.2) -> np.ndarray:
+def score_labels(scores: np.ndarray, keys: Sequence[int], fg: float = 0.3, bg: float = 0.2) -> np.ndarray:
     """uint8 [H, W]: ``keys[j] + 1`` where the best score (map ``j``) is > ``fg``, 0 where every
     score is < ``bg`` (all pixels when there is no map), 255 elsewhere.
 
@@ -87,7 +87,7 @@ def load_scores(path: str | Path, num_classes: int, size_hw: Sequence[int]) -> T
     return keys, scores
 
 
-def write_confident_labels(dataset, names: Sequence[str], score_dir: str | Path, out_dir: str | Path,
+def write_score_labels(dataset, names: Sequence[str], score_dir: str | Path, out_dir: str | Path,
                            fg: float, bg: float) -> int:
     """Write ``out_dir/<id>.png`` (confident labels) for ``names``; existing files are kept."""
     score_dir, out_dir = Path(score_dir), Path(out_dir)
@@ -96,7 +96,7 @@ def write_confident_labels(dataset, names: Sequence[str], score_dir: str | Path,
     for name in progress(todo, "segment: confident labels"):
         keys, scores = load_scores(score_dir / f"{name}.npy", dataset.num_classes,
                                    dataset.image_size(index[name]))
-        save_label_png(out_dir / f"{name}.png", confident_labels(scores, keys, fg, bg))
+        save_label_png(out_dir / f"{name}.png", score_labels(scores, keys, fg, bg))
     return len(todo)
 
 

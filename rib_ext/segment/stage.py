@@ -25,13 +25,13 @@ from typing import Optional
 
 from rib_ext.crf import _densecrf
 from rib_ext.io import save_json
-from rib_ext.irn.stage_io import present_names
-from rib_ext.stages.common import resolve_device
+from rib_ext.outputs import present_names
+from rib_ext.runtime import resolve_device
 
 from .config import SegmentConfig
 from .infer import infer_stage, predict_folder
 from .model import load_deeplab
-from .retrain import write_confident_labels, write_filled_labels
+from .retrain import write_score_labels, write_filled_labels
 from .train import train_segmenter
 
 
@@ -52,9 +52,9 @@ def _wants_retrain(cfg: SegmentConfig, score_dir, saliency_dir) -> bool:
 def _retrain_labels(train_dataset, names, score_dir, out_dir: Path, cfg: SegmentConfig, device) -> Path:
     """Steps 1-2 of the re-training technique; returns the folder of filled labels."""
     root = out_dir / "retrain"
-    names = present_names(score_dir, names, ".npy", "random-walk scores", "segment", cfg.on_missing)[0]
+    names = present_names(score_dir, names, ".npy", "random-walk scores", "segment", cfg.allow_missing)[0]
     confident, filled = root / "confident_labels", root / "filled_labels"
-    write_confident_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg, cfg.retrain_bg)
+    write_score_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg, cfg.retrain_bg)
     first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)
     model = load_deeplab(first["model"], device, train_dataset.num_classes + 1)
     predictions = root / "first_predictions"
@@ -72,7 +72,7 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
         train_dataset: the images to train on (their ids select the label files).
         label_dir: pseudo masks ``<id>.png`` (VOC palette, 255 = ignore), e.g. IRN's make_sem_seg.
         val_dataset: images to predict and, where they have ground truth, evaluate; None to skip.
-        cfg: settings (default: the paper's VOC ones; ``SegmentConfig.preset_for("coco")``).
+        cfg: settings (default: the paper's VOC ones; ``SegmentConfig.preset("coco")``).
         score_dir: the random-walk scores ``<id>.npy`` that re-training starts from (``cfg.retrain``).
         saliency_dir: saliency-refined pseudo masks ``<id>.png`` (e.g. from
             :func:`rib_ext.irn.apply_saliency`): trained on instead of ``label_dir``, without
@@ -92,7 +92,7 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
 
     train_labels = Path(saliency_dir if saliency_dir is not None else label_dir)
     names = present_names(train_labels, train_dataset.ids, ".png", "pseudo masks", "segment",
-                          cfg.on_missing)[0]
+                          cfg.allow_missing)[0]
     retrain = _wants_retrain(cfg, score_dir, saliency_dir)
     if retrain:
         train_labels = _retrain_labels(train_dataset, names, score_dir, out_dir, cfg, device)

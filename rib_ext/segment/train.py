@@ -21,11 +21,11 @@ import torch.nn.functional as F
 
 from rib_ext.data import IGNORE_INDEX
 from rib_ext.checkpoints import CheckpointError
-from rib_ext.irn.stage_io import present_names
+from rib_ext.outputs import present_names
 from rib_ext.optim import PolyOptimizer
-from rib_ext.stages.common import progress, resolve_device
+from rib_ext.runtime import progress, resolve_device
 from rib_ext.training import (LossLog, check_finite, load_training_state, read_loss_log,
-                              save_training_state, settings_diff)
+                              save_training_state, settings_diff, trained_model_exists)
 
 from .config import SegmentConfig
 from .data import IterationBatches, SegmentationTrainSet, names_digest
@@ -152,7 +152,7 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
     """Train DeepLab-v2 on ``label_dir/<id>.png`` (palette PNGs, 255 = ignore); see the module doc.
 
     ``names``: the training ids (default: every dataset id with a label PNG, missing ones following
-    ``cfg.on_missing``). ``stop_after``: train at most that many iterations in this call, then
+    ``cfg.allow_missing``). ``stop_after``: train at most that many iterations in this call, then
     checkpoint and return (time-boxed jobs). Returns ``{'iterations', 'max_iterations', 'finished',
     'skipped_existing', 'seconds', 'loss', 'model', 'log'}``.
     """
@@ -160,12 +160,12 @@ def train_segmenter(dataset, label_dir: str | Path, out_dir: str | Path, cfg: Op
     out_dir = Path(out_dir)
     model_path, state_path = out_dir / MODEL_FILE, out_dir / STATE_FILE
     summary = {"max_iterations": cfg.iterations, "model": str(model_path), "log": str(out_dir / LOG_FILE)}
-    if model_path.exists():
+    if trained_model_exists(model_path, "segment"):
         return {**summary, "iterations": None, "finished": True, "skipped_existing": True,
                 "seconds": 0.0, "loss": None}
     if names is None:
         names = present_names(label_dir, dataset.ids, ".png", "training labels", "segment",
-                              cfg.on_missing)[0]
+                              cfg.allow_missing)[0]
     names = list(names)
     trainset = SegmentationTrainSet(dataset, label_dir, names, cfg.crop_size, cfg.scale_range,
                                     cfg.hflip, cfg.seed)

@@ -1,10 +1,28 @@
 """Pipeline stages, one module each, named after the stage (``python -m rib_ext.pipeline --help``).
 
 Data flows one way: dataset -> train_cam (classifier) -> make_cam / rib (maps) -> eval_seed -> crf
--> ir_label -> train_irn -> make_sem_seg (+ saliency) -> eval_mask -> segment.
+-> ir_label -> train_irn -> make_sem_seg (+ saliency) -> eval_mask -> visualize -> segment.
 
-Every stage module has the same shape, and stays thin (the maths lives in rib/, irn/, segment/,
-crf.py, evaluation.py):
+The one stage style: a stage module is the shell between the run and the work. It names the
+settings and inputs its outputs depend on, takes its folders, datasets and policies from the run
+context, calls the one function of a lower package that does the work loop (and owns its
+per-image skip, progress and writing), logs, and returns the summary. The work lives below, where
+other callers (the ablation, the benchmarks, a notebook) reach it without a run:
+
+    stage          its work
+    train_cam      rib_ext.cam.train.train_cam
+    make_cam       rib_ext.cam.maps.make_cam
+    rib            rib_ext.rib.run.adapt_dataset
+    eval_seed      rib_ext.evaluation.eval_seed
+    crf            rib_ext.crf.refine_seeds
+    ir_label       rib_ext.irn.ir_label_stage
+    train_irn      rib_ext.irn.train_irn_stage
+    make_sem_seg   rib_ext.irn.make_sem_seg_stage (+ apply_saliency)
+    eval_mask      rib_ext.irn.eval_mask_stage
+    visualize      rib_ext.figures.visualize_run
+    segment        rib_ext.segment.segment_stage
+
+Every stage module has the same shape::
 
     UPSTREAM = ("make_sem_seg", "data:eval")   # stages and dataset lists ("data:train|eval|val")
                                                # whose outputs it reads: its provenance inputs
@@ -12,7 +30,9 @@ crf.py, evaluation.py):
     def run(ctx: RunContext, cfg: PipelineConfig) -> dict   # does the work, returns the summary
 
 ``ctx`` (:class:`rib_ext.stages.context.RunContext`) gives the output layout, the datasets, the
-map sets, the rank, the missing-file policy, the device, logging and writing. Adding a stage is
-one module here and one line in ``rib_ext.pipeline.REGISTRY``. Every stage writes atomically and
-skips work whose outputs already exist and are whole, so a rerun resumes.
+map sets, the rank, the device, logging and writing. Adding a stage is one module here and one
+line in :data:`rib_ext.stages.registry.REGISTRY` (tests/test_layers.py checks both). Stages never
+import each other: what two of them share lives in ``common``, ``context`` or ``registry``. Every
+stage writes atomically and skips work whose outputs already exist and are whole, so a rerun
+resumes.
 """

@@ -21,11 +21,10 @@ from typing import Dict, Optional
 from rib_ext import distributed
 from rib_ext.config import PipelineConfig
 from rib_ext.io import save_json
+from rib_ext.stages.registry import MAP_SETS
 
 log = logging.getLogger("rib_ext.pipeline")
 
-# Which stage folder holds each map set's maps: (stage, sub-folder).
-MAP_SETS: Dict[str, tuple] = {"cam": ("make_cam", "maps"), "rib": ("rib", "maps")}
 CAM_MODEL_FILE = "cam_net.pth"
 
 
@@ -38,13 +37,13 @@ class RunContext:
     """What a stage needs from the run, besides its own settings.
 
     Attributes: ``cfg`` (PipelineConfig), ``out`` (Path), ``rank``, ``device`` (torch.device),
-    ``on_missing`` ("error" | "skip"), ``log`` (logging.Logger), ``lists`` (split or list file
+    ``log`` (logging.Logger), ``lists`` (split or list file
     used for train / eval / val). Datasets (``train_set``, ``eval_set``, ``val_set``) are opened on
     first use, once.
     """
 
     def __init__(self, cfg: PipelineConfig, overwrite: bool = False):
-        from rib_ext.stages.common import resolve_device
+        from rib_ext.runtime import resolve_device
 
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
@@ -53,7 +52,6 @@ class RunContext:
         self.overwrite = overwrite
         self.rank = distributed.rank()
         self.log = log
-        self.on_missing = "skip" if cfg.allow_missing else "error"
         try:
             self.device = resolve_device(cfg.device)
         except RuntimeError as err:

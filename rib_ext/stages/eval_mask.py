@@ -1,6 +1,8 @@
 """Stage ``eval_mask``: mIoU of each map set's pseudo masks (:func:`rib_ext.irn.eval_mask_stage`)."""
 from __future__ import annotations
 
+from rib_ext.stages.common import headline, rank0_map_sets
+
 UPSTREAM = ("make_sem_seg", "data:eval")
 
 
@@ -11,14 +13,11 @@ def settings(cfg) -> dict:
 def run(ctx, cfg) -> dict:
     from rib_ext.evaluation import percent
     from rib_ext.irn import eval_mask_stage
-    from rib_ext.stages.eval_seed import headline
-    from rib_ext.stages.ir_label import rank0_map_sets
-    from rib_ext.stages.train_irn import irn_config
 
     results = {}
     for name, _ in rank0_map_sets(ctx, "eval_mask"):
         out = ctx.stage_dir("eval_mask", name)
-        result = eval_mask_stage(ctx.eval_set, ctx.mask_dir(name), out, irn_config(ctx, cfg))
+        result = eval_mask_stage(ctx.eval_set, ctx.mask_dir(name), out, cfg.irn)
         results[name] = headline(result)
         ctx.info(f"[eval_mask] {name.upper()} -> IRN pseudo-mask mIoU {percent(result['miou'])} "
                  f"-> {out / 'result.md'}")

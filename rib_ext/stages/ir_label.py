@@ -2,24 +2,22 @@
 maths is :func:`rib_ext.irn.ir_label_stage`."""
 from __future__ import annotations
 
-from rib_ext.stages.common import result_settings
+from rib_ext.stages.common import brief, rank0_map_sets, result_settings
 
 UPSTREAM = ("make_cam", "rib", "eval_seed", "data:eval")
-FIELDS = ("conf_fg", "conf_bg", "crf")
 
 
 def settings(cfg) -> dict:
     irn = result_settings(cfg.irn)
-    return {"irn_auto_thresholds": cfg.irn_auto_thresholds, **{k: irn[k] for k in FIELDS}}
+    return {"irn_auto_thresholds": cfg.irn_auto_thresholds, **{k: irn[k] for k in cfg.irn.IR_LABEL_FIELDS}}
 
 
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import ir_label_stage
-    from rib_ext.stages.train_irn import brief, irn_config
 
     results = {}
     for name, maps_dir in rank0_map_sets(ctx, "ir_label"):
-        irn = irn_config(ctx, cfg)
+        irn = cfg.irn
         if cfg.irn_auto_thresholds:
             t = ctx.best_threshold(name)
             irn = irn.replace(conf_fg=round(min(t + 0.1, 0.99), 2), conf_bg=round(max(t - 0.1, 0.0), 2))
@@ -27,7 +25,3 @@ def run(ctx, cfg) -> dict:
         ctx.info(f"[ir_label] {name}: fg > {irn.conf_fg}, bg <= {irn.conf_bg}: {results[name]}")
     return results
 
-
-def rank0_map_sets(ctx, stage: str):
-    """IRN's stages run on rank 0 (one network per map set); the other ranks get nothing."""
-    return list(ctx.require_map_sets(stage).items()) if ctx.is_main else []

@@ -1,23 +1,11 @@
-"""Stage ``make_cam``: plain multi-scale + flip CAMs in IRN's .npy format (the baseline seeds)."""
+"""Stage ``make_cam``: plain multi-scale + flip CAMs in IRN's .npy format, the baseline seeds
+(:func:`rib_ext.cam.maps.make_cam`)."""
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import numpy as np
-import torch
-
-from rib_ext import distributed, ops
-from rib_ext.config import MakeCamConfig
-from rib_ext.data import InferenceDataset
-from rib_ext.io import save_npy
-from rib_ext.precision import apply_backend_settings, autocast, check_precision, memory_format
-from rib_ext.stages.common import map_path, progress, resolve_device, result_settings, split_complete
-from rib_ext.stages.map_checks import MapChecker
+from rib_ext.cam.maps import make_cam
+from rib_ext.stages.common import result_settings
 
 UPSTREAM = ("train_cam", "data:eval")
-CAUSE = ("the classifier activates nowhere for the image's classes, the sign of a diverged "
-         "training: train it again with a lower --lr (or check --cam-checkpoint)")
 
 
 def settings(cfg) -> dict:
@@ -28,67 +16,3 @@ def run(ctx, cfg) -> dict:
     result = make_cam(ctx.load_classifier(), ctx.eval_set, cfg.make_cam, ctx.maps_dir("cam"))
     ctx.info(f"[make_cam] {result}")
     return result
-
-
-@torch.no_grad()
-def image_maps(model, views, image_size, keys, precision: str = "float32",
-               channels_last: bool = False) -> dict:
-    """IRN's map dict of one image from its multi-scale views (each [2, 3, h, w]: image and flip
-    in one call). The scales are separate calls: padding them to one size would change the maps
-    near the borders. ``precision='bf16'`` runs the network under autocast; the maps are float32."""
-    device = next(model.parameters()).device
-    fmt = memory_format(channels_last)
-    sums = []
-    for v in views:
-        with autocast(device, precision):
-            cam = model.cam(v.to(device, non_blocking=True).contiguous(memory_format=fmt))
-        cam = cam.float()
-        sums.append(ops.cam_flip_merge(cam[0], cam[1]))
-    return ops.finalize_maps(sums, image_size, keys)
-
-
-def no_class_maps(image_size) -> dict:
-    """The map dict of an image with no class (COCO keeps them, as the authors' code does): keys
-    empty and maps of zero classes, so every reader finds its fields; evaluated, it predicts
-    background everywhere."""
-    h, w = int(image_size[0]), int(image_size[1])
-    small = ops.strided_size((h, w), 4)
-    return {"keys": np.zeros(0, dtype=np.int64), "cam": torch.zeros((0, *small)),
-            "high_res": np.zeros((0, h, w), dtype=np.float32)}
-
-
-def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
-    """Write ``out_dir/<id>.npy`` for every image of ``dataset``; images already done are skipped.
-
-    Returns ``{'written', 'skipped', 'seconds', 'images_per_second'}``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    check_precision(cfg.precision)
-    apply_backend_settings(device, cfg.cudnn_benchmark)
-    model = model.to(device).eval()
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    mine = distributed.shard(list(range(len(dataset))))
-    # An existing map counts as done only when it is whole (a broken one is made again, named).
-    todo = split_complete({i: map_path(out_dir, dataset.name(i)) for i in mine}, "make_cam")[1]
-    subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), todo)
-    loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
-    t0 = time.time()
-    checker = MapChecker("make_cam", CAUSE)
-    for sample in progress(loader, "make_cam", total=len(todo)):
-        keys = np.nonzero(sample["label"].numpy())[0]
-        if keys.size == 0:  # nothing to localise: no network call
-            maps = no_class_maps(sample["size"])
-        else:
-            maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
-                              cfg.channels_last)
-        checker.check(maps, sample["name"])
-        save_npy(map_path(out_dir, sample["name"]), maps)
-        checker.written(maps, sample["name"], map_path(out_dir, sample["name"]))
-    checker.finish()
-    seconds = time.time() - t0
-    distributed.barrier()
-    return {"written": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),
-            "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None}

@@ -3,24 +3,21 @@
 RIB-Sal step: masks refined with saliency maps. The maths: :mod:`rib_ext.irn`."""
 from __future__ import annotations
 
-from rib_ext.stages.common import result_settings
+from rib_ext.stages.common import brief, rank0_map_sets, result_settings
 
 UPSTREAM = ("make_cam", "rib", "train_irn", "data:eval")
-FIELDS = ("rw_radius", "beta", "exp_times", "map_power", "sem_seg_bg_thres", "saliency_threshold")
 
 
 def settings(cfg) -> dict:
     irn = result_settings(cfg.irn)
-    return {"saliency_dir": cfg.saliency_dir, **{k: irn[k] for k in FIELDS}}
+    return {"saliency_dir": cfg.saliency_dir, **{k: irn[k] for k in cfg.irn.SEM_SEG_FIELDS}}
 
 
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import make_sem_seg_stage
-    from rib_ext.stages.ir_label import rank0_map_sets
-    from rib_ext.stages.train_irn import brief, irn_config
 
     results = {}
-    irn = irn_config(ctx, cfg)
+    irn = cfg.irn
     for name, maps_dir in rank0_map_sets(ctx, "make_sem_seg"):
         results[name] = brief(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.stage_dir("train_irn", name),
                                                  ctx.mask_dir(name), irn, score_dir=ctx.score_dir(name)))
@@ -33,9 +30,8 @@ def run(ctx, cfg) -> dict:
 def saliency(ctx, cfg, name: str) -> dict:
     """RIB-Sal: pixels where the pseudo mask and the saliency map disagree become ignore."""
     from rib_ext.irn import apply_saliency
-    from rib_ext.stages.train_irn import brief, irn_config
 
     result = brief(apply_saliency(ctx.eval_set, ctx.mask_dir(name), cfg.saliency_dir,
-                                  ctx.saliency_mask_dir(name), irn_config(ctx, cfg)))
+                                  ctx.saliency_mask_dir(name), cfg.irn))
     ctx.info(f"[make_sem_seg] {name} + saliency: {result}")
     return result

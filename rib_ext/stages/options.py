@@ -19,13 +19,13 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from rib_ext.config import (ConfigError, DemoDataConfig, EvalSeedConfig, IRNConfig, PipelineConfig,
-                            RIBConfig, SegmentConfig, TrainCamConfig, from_plain)
+from rib_ext.config import ConfigError, PipelineConfig, from_plain
 from rib_ext.data.demo import demo_preset
+from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
 PREFIX = "cfg:"
 # Settings chosen by a preset selector, not flags of their own.
-NOT_FLAGS = {"rib.preset", "preset", "device"}  # device: the --device alias sets it
+NOT_FLAGS = {"rib.behaviour", "preset", "device"}  # device: the --device alias sets it
 
 # flag -> the config fields it sets (single-field aliases become extra names of the generated flag).
 ALIASES: Dict[str, tuple] = {
@@ -50,7 +50,7 @@ ALIASES: Dict[str, tuple] = {
                       "segment.num_workers"),
     "--seed": ("train_cam.seed", "rib.seed", "irn.seed", "segment.seed"),
     "--scales": ("make_cam.scales", "rib.scales"),
-    "--allow-missing": ("allow_missing",),
+    "--allow-missing": ("allow_missing", "irn.allow_missing", "segment.allow_missing"),
 }
 ALIAS_HELP = {
     "--device": "auto (CUDA when present), cpu, cuda, cuda:1 ... (every stage)",
@@ -148,8 +148,6 @@ def given_fields(args: argparse.Namespace) -> Dict[str, Any]:
         elif key.startswith("alias:"):
             for path in ALIASES[key[6:]]:
                 values[path] = value
-    if ns.get(PREFIX + "allow_missing"):  # the one missing-file policy reaches IRN and segment
-        values.update({"irn.on_missing": "skip", "segment.on_missing": "skip"})
     for key, value in ns.items():
         if key.startswith(PREFIX):
             values[key[len(PREFIX):]] = value
@@ -192,6 +190,13 @@ def apply(obj, changes: Dict[str, Any], where: str = ""):
         raise ConfigError(f"{where}: {err}" if where else str(err)) from err
 
 
+def sections(cls=PipelineConfig):
+    """(name, dataclass) of every section of the config tree, in declaration order: the one list
+    the command line, the presets and the config files are built from."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
+
+
 def build_config(args: argparse.Namespace) -> PipelineConfig:
     """The validated config tree of a command line (see the module docstring for the order)."""
     given = given_fields(args)
@@ -201,51 +206,45 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     dataset = top.get("dataset", "demo")
     preset = top.get("preset") or ("demo" if dataset == "demo" else dataset)
     top["preset"] = preset
-    demo = apply(DemoDataConfig(), _section(given, "demo"), "demo")
-    size = demo.image_size
-    is_demo = preset == "demo"
     numbers = "coco" if (preset == "coco" or (dataset == "coco" and preset != "voc")) else "voc"
-
-    # The demo's settings live in one place, with the reasons: rib_ext.data.demo.demo_preset.
-    demo_settings = demo_preset(size) if is_demo else {}
-
-    def base(section: str) -> Dict[str, Any]:
-        return dict(demo_settings.get(section, {}))
-
-    train_cam = apply(TrainCamConfig(**base("train_cam")), _section(given, "train_cam"), "train_cam")
-    eval_seed = apply(EvalSeedConfig(**base("eval_seed")), _section(given, "eval_seed"), "eval_seed")
-    rib = apply(RIBConfig.preset_for(getattr(args, "rib_preset", None) or "reference", numbers,
-                                     **base("rib")),
-                _section(given, "rib"), "rib")
-    out_dir = top.get("out_dir", "rib_ext_out")
-    # IRN on the classifier's backbone: ImageNet weights when given; from scratch, the trained
-    # classifier's own backbone (there are no ImageNet weights to start from).
-    if is_demo:
-        weights = top.get("cam_checkpoint") or str(Path(out_dir) / "train_cam" / "cam_net.pth")
-        irn_base = dict(backbone=train_cam.backbone, weights=weights, **base("irn"))
-    else:
-        irn_base = dict(backbone=train_cam.backbone, weights=train_cam.weights,
-                        random_init=train_cam.random_init)
-    irn = apply(IRNConfig.preset(getattr(args, "irn_preset", None) or "rib", numbers, **irn_base),
-                _section(given, "irn"), "irn")
-    segment = apply(SegmentConfig.preset_for(numbers, **base("segment")), _section(given, "segment"),
-                    "segment")
-    pipeline_defaults = base("pipeline")
+    behaviour = {"rib": {"behaviour": getattr(args, "rib_preset", None) or "authors"},
+                 "irn": {"behaviour": getattr(args, "irn_preset", None) or "rib"}}
+    built: Dict[str, Any] = {}
+    demo_settings: Dict[str, Dict[str, Any]] = {}
+    for name, cls in sections():
+        start = dict(demo_settings.get(name, {}))
+        start.update(_follows(name, built, top, preset == "demo"))
+        built[name] = apply(cls.preset(numbers, **behaviour.get(name, {}), **start),
+                            _section(given, name), name)
+        if name == "demo" and preset == "demo":
+            # The demo's settings live in one place, with the reasons: rib_ext.data.demo.demo_preset.
+            demo_settings = demo_preset(built["demo"].image_size)
+    pipeline_defaults = dict(demo_settings.get("pipeline", {}))
     if dataset != "demo":  # the held-out split is the generated demo's; a user's folder keeps its lists
         pipeline_defaults.pop("eval_list", None)
     for key, value in pipeline_defaults.items():
         top.setdefault(key, value)
-    cfg = PipelineConfig(**top, demo=demo, train_cam=train_cam,
-                         make_cam=apply(PipelineConfig().make_cam, _section(given, "make_cam"), "make_cam"),
-                         eval_seed=eval_seed, crf=apply(PipelineConfig().crf, _section(given, "crf"), "crf"),
-                         rib=rib, irn=irn, segment=segment)
-    return _resolve_lists(cfg)
+    return _resolve_lists(PipelineConfig(**top, **built))
+
+
+def _follows(name: str, built: Dict[str, Any], top: Dict[str, Any], is_demo: bool) -> Dict[str, Any]:
+    """Starting values a section takes from sections built before it: IRN starts from the
+    classifier's backbone (ImageNet weights when given; from scratch, the trained classifier's own
+    backbone, there being no ImageNet weights to start from)."""
+    if name != "irn":
+        return {}
+    train_cam = built["train_cam"]
+    if is_demo:
+        out_dir = top.get("out_dir", "rib_ext_out")
+        weights = top.get("cam_checkpoint") or str(Path(out_dir) / "train_cam" / "cam_net.pth")
+        return dict(backbone=train_cam.backbone, weights=weights)
+    return dict(backbone=train_cam.backbone, weights=train_cam.weights, random_init=train_cam.random_init)
 
 
 def _from_file(args, given: Dict[str, Any]) -> PipelineConfig:
     chosen = [flag for flag, on in (("--preset", "preset" in given),
-                                    ("--rib-preset", getattr(args, "rib_preset", None)),
-                                    ("--irn-preset", getattr(args, "irn_preset", None))) if on]
+                                    ("--rib-behaviour", getattr(args, "rib_preset", None)),
+                                    ("--irn-behaviour", getattr(args, "irn_preset", None))) if on]
     if chosen:
         raise ConfigError(f"{chosen[0]} starts a fresh config; with --config give single fields "
                           f"(e.g. --rib.lr) instead")
@@ -288,18 +287,29 @@ def add_preset_flags(parser: argparse.ArgumentParser) -> None:
                    help="starting values of every stage: demo (from-scratch classifier, small "
                         "images; works on any small VOC-layout folder too), voc or coco (the "
                         "paper's numbers). Default: the dataset's own")
-    g.add_argument("--rib-preset", choices=("reference", "paper"),
-                   help="RIB behaviour: reference = the authors' released code (default); paper = "
+    g.add_argument("--rib-behaviour", "--rib-preset", dest="rib_preset", type=_rib_behaviour,
+                   metavar="{authors,paper}",
+                   help="RIB behaviour: authors = the authors' released code (default); paper = "
                         "the equations")
-    g.add_argument("--irn-preset", choices=("rib", "irn"),
+    g.add_argument("--irn-behaviour", "--irn-preset", dest="irn_preset", choices=("rib", "irn"),
                    help="IRN thresholds of the RIB authors (0.35/0.17, bg 0.27, map power 1.3; "
                         "default) or of IRN's own code (0.30/0.05, 0.25, 1.0)")
 
 
+def _rib_behaviour(text: str) -> str:
+    if text == "reference":
+        raise argparse.ArgumentTypeError("the authors' behaviour is now called 'authors' "
+                                         "(--rib-behaviour authors)")
+    if text not in ("authors", "paper"):
+        raise argparse.ArgumentTypeError(f"--rib-behaviour must be authors or paper, got {text!r}")
+    return text
+
+
 def _preset_name(text: str) -> str:
-    if text in ("reference", "paper"):
-        raise argparse.ArgumentTypeError(f"--preset {text}: the RIB behaviour preset is now "
-                                         f"--rib-preset {text}")
+    if text in ("authors", "reference", "paper"):
+        new = "authors" if text == "reference" else text
+        raise argparse.ArgumentTypeError(f"--preset {text}: RIB's behaviour is chosen with "
+                                         f"--rib-behaviour {new}")
     if text not in ("demo", "voc", "coco"):
         raise argparse.ArgumentTypeError(f"--preset must be demo, voc or coco, got {text!r}")
     return text
@@ -307,3 +317,42 @@ def _preset_name(text: str) -> str:
 
 def describe(cfg: PipelineConfig) -> Optional[str]:
     return f"preset {cfg.preset}, train list {cfg.train_list}, eval list {cfg.eval_list or 'train'}"
+
+
+# ------------------------------------------------------------------------------ the command line
+
+DESCRIPTION = """The WSSS pipeline, stage by stage, on VOC, COCO or the embedded demo.
+
+With no arguments it generates the embedded demo dataset (VOC layout) and runs every stage on the
+CPU in a few minutes. Outputs go to --out (default rib_ext_out/), one folder per stage, each with a
+provenance record (its settings and input fingerprints); the run's resolved settings are in
+config.json (rerun them with --config), its figures in summary.json. Stages skip work already done,
+so a rerun resumes; a rerun with other settings stops unless --overwrite.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m rib_ext.pipeline``'s parser: the run flags, the presets, and one flag per field
+    of the config tree."""
+    p = argparse.ArgumentParser(
+        prog="python -m rib_ext.pipeline", usage="%(prog)s [--stages S] [--preset P] [--FLAG VALUE ...]",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=stage_flag_help(REGISTRY))
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                   help=f"comma-separated stages to run, in pipeline order (default: "
+                        f"{','.join(DEFAULT_STAGES)}; add segment for the final network)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute the stages whose folders were made with other settings, and "
+                        "everything after them (default: stop with the differences)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config tree (JSON, as config.json records it) and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    add_preset_flags(p)
+    add_config_flags(p)
+    return p
+
+
+def config_from_argv(argv=None) -> PipelineConfig:
+    """The validated config tree of a command line (``argv`` as ``python -m rib_ext.pipeline``
+    takes it, without the program name; None: ``sys.argv[1:]``)."""
+    return build_config(build_parser().parse_args(None if argv is None else list(argv)))

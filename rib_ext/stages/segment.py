@@ -2,7 +2,7 @@
 val list; the maths is :func:`rib_ext.segment.segment_stage`."""
 from __future__ import annotations
 
-from rib_ext.stages.common import result_settings
+from rib_ext.stages.common import headline, result_settings
 
 UPSTREAM = ("make_sem_seg", "data:eval", "data:val")
 
@@ -14,7 +14,6 @@ def settings(cfg) -> dict:
 def run(ctx, cfg) -> dict:
     from rib_ext.evaluation import percent
     from rib_ext.segment import segment_stage
-    from rib_ext.stages.eval_seed import headline
 
     if not ctx.is_main:
         return {}
@@ -23,7 +22,7 @@ def run(ctx, cfg) -> dict:
     # RIB-Sal: train on the saliency-refined masks, without re-training (as the paper does).
     saliency = ctx.saliency_mask_dir(name) if cfg.saliency_dir else None
     scores = ctx.score_dir(name)
-    seg = cfg.segment.replace(on_missing="skip") if cfg.allow_missing else cfg.segment
+    seg = cfg.segment
     result = segment_stage(ctx.eval_set, ctx.mask_dir(name), ctx.val_set, ctx.stage_dir("segment"), seg,
                            score_dir=scores if scores.is_dir() else None, saliency_dir=saliency)
     if result.get("miou") is not None:

@@ -1,25 +1,9 @@
-"""Stage ``train_cam``: the multi-label classifier (IRN's recipe), with checkpoints and resume."""
+"""Stage ``train_cam``: the multi-label classifier (:func:`rib_ext.cam.train.train_cam`)."""
 from __future__ import annotations
 
-import time
-import warnings
-from pathlib import Path
+from rib_ext.cam.train import train_cam
+from rib_ext.stages.common import result_settings
 
-import torch
-import torch.nn.functional as F
-
-from rib_ext.config import TrainCamConfig, plain_dict
-from rib_ext.data import ClassificationDataset, TrainTransform
-from rib_ext.models import build_cam_net, load_cam_net, save_cam_net
-from rib_ext.models.checkpoint import weight_problem
-from rib_ext.optim import PolyOptimizer
-from rib_ext.stages.common import file_is_complete, progress, resolve_device, result_settings
-from rib_ext.training import (LossLog, NonFiniteLossError, check_finite, epoch_batches,
-                              load_training_state, save_training_state)
-
-MODEL_FILE = "cam_net.pth"
-STATE_FILE = "train_state.pth"
-LOSS_LOG = "loss.csv"
 UPSTREAM = ("data:train",)
 
 
@@ -34,96 +18,3 @@ def run(ctx, cfg) -> dict:
         ctx.info(f"[train_cam] {path}")
     ctx.barrier()
     return {"model": str(path)}
-
-
-def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
-    """Train the CAM network on ``dataset`` (image-level labels only); returns the model file.
-
-    Resumes from ``out_dir/train_state.pth`` (written every ``cfg.checkpoint_every`` steps and at
-    every epoch's end) to the same weights an uninterrupted run reaches: the data order and the
-    augmentation are functions of (seed, epoch, position) (:func:`rib_ext.training.epoch_batches`).
-    Logs every step to ``out_dir/loss.csv``. Returns at once when ``out_dir/cam_net.pth`` exists.
-    """
-    out_dir = Path(out_dir)
-    model_path = out_dir / MODEL_FILE
-    if model_path.exists():
-        if file_is_complete(model_path):
-            return model_path
-        warnings.warn(f"train_cam: {model_path} is truncated; training again", stacklevel=2)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-
-    model = build_cam_net(cfg.backbone, dataset.num_classes, weights=cfg.weights,
-                          random_init=cfg.random_init, strides=tuple(cfg.strides),
-                          from_scratch=cfg.from_scratch).to(device)
-    trainset = ClassificationDataset(dataset, TrainTransform(tuple(cfg.resize_long), cfg.crop_size))
-    drop_last = len(dataset) >= cfg.batch_size
-    steps_per_epoch = len(epoch_batches(len(dataset), cfg.batch_size, cfg.seed, 0, drop_last))
-    if steps_per_epoch == 0:
-        raise ValueError(f"train_cam: the training list is empty ({len(dataset)} images)")
-
-    backbone_params, classifier_params = model.trainable_parameters()
-    optimizer = PolyOptimizer(
-        [{"params": backbone_params, "lr": cfg.lr / cfg.classifier_lr_mult,
-          "weight_decay": cfg.weight_decay},
-         {"params": classifier_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}],
-        lr=cfg.lr, weight_decay=cfg.weight_decay, max_step=cfg.epochs * steps_per_epoch,
-        authors_momentum=cfg.authors_momentum)
-
-    # Everything that changes the weights; device, workers and checkpoint spacing do not.
-    resume_settings = {k: v for k, v in plain_dict(cfg).items() if k not in ("device", "num_workers", "checkpoint_every")}
-    resume_settings["images"] = len(dataset)
-    state_path = out_dir / STATE_FILE
-    step, seconds = 0, 0.0
-    if state_path.exists():
-        state = load_training_state(state_path, format="rib_ext.cam_train_state", settings=resume_settings,
-                                    model=model, optimizer=optimizer, what="train_cam training state",
-                                    map_location=device)
-        step, seconds = state.step, state.seconds
-
-    def save_state(step: int, seconds: float) -> None:
-        save_training_state(state_path, format="rib_ext.cam_train_state", settings=resume_settings, step=step,
-                            model=model, optimizer=optimizer, seconds=seconds)
-
-    t0 = time.time() - seconds
-    with LossLog(out_dir / LOSS_LOG, ("epoch", "step", "loss", "lr", "seconds"), resume_step=step) as log:
-        for epoch in range(step // steps_per_epoch, cfg.epochs):
-            model.train()
-            batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, drop_last)
-            batches = batches[step - epoch * steps_per_epoch:]
-            loader = torch.utils.data.DataLoader(trainset, batch_sampler=batches, num_workers=cfg.num_workers)
-            bar = progress(loader, f"train_cam epoch {epoch + 1}/{cfg.epochs}", total=len(batches))
-            for batch in bar:
-                logits = model(batch["img"].to(device, non_blocking=True))
-                loss = F.multilabel_soft_margin_loss(logits, batch["label"].to(device))
-                lr = optimizer.param_groups[1]["lr"]  # the classifier's, the rate the user sets
-                loss_value = loss.item()
-                check_finite(loss_value, "train_cam", step=step + 1, lr=lr, epoch=epoch, epochs=cfg.epochs,
-                             hint=f" (the last good state is {state_path})" if state_path.exists() else "")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                log.write(epoch=epoch + 1, step=step, loss=loss_value, lr=lr,
-                          seconds=round(time.time() - t0, 3))
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0:
-                    save_state(step, time.time() - t0)
-    diverged = weight_problem(model)
-    if diverged is not None:
-        # The loss can stay finite while the weights run away: the maps would be all zero. The
-        # state is of the diverged run; removed, so a rerun with a lower rate starts afresh.
-        state_path.unlink(missing_ok=True)
-        raise NonFiniteLossError(f"train_cam: after {step} steps the classifier has {diverged}: "
-                                 f"training diverged with learning rate {cfg.lr:g}; lower --lr "
-                                 f"(nothing was saved as {model_path})")
-    save_cam_net(model_path, model.cpu(), meta={"config": plain_dict(cfg),
-                                                 "class_names": list(dataset.class_names),
-                                                 "seconds": round(time.time() - t0, 1)})
-    state_path.unlink(missing_ok=True)
-    return model_path
-
-
-def load_trained(out_dir: str | Path, device="cpu"):
-    return load_cam_net(Path(out_dir) / MODEL_FILE, device)

@@ -2,16 +2,14 @@
 maths is :func:`rib_ext.irn.train_irn_stage`."""
 from __future__ import annotations
 
-from rib_ext.stages.common import result_settings
+from rib_ext.stages.common import brief, rank0_map_sets, result_settings
 
 # train_cam: on the demo IRN starts from the trained classifier's backbone.
 UPSTREAM = ("ir_label", "train_cam", "data:eval")
 
 
 def settings(cfg) -> dict:
-    from rib_ext.stages import ir_label, make_sem_seg
-
-    others = set(ir_label.FIELDS) | set(make_sem_seg.FIELDS)
+    others = set(cfg.irn.IR_LABEL_FIELDS) | set(cfg.irn.SEM_SEG_FIELDS)
     return {k: v for k, v in result_settings(cfg.irn).items() if k not in others}
 
 
@@ -31,22 +29,13 @@ def check(cfg) -> None:
                           f"{err}; use a larger crop or a smaller --irn.path_radius") from None
 
 
-def irn_config(ctx, cfg):
-    """The IRN settings with the run's missing-file policy."""
-    return cfg.irn.replace(on_missing="skip") if cfg.allow_missing else cfg.irn
-
-
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import train_irn_stage
-    from rib_ext.stages.ir_label import rank0_map_sets
 
     results = {}
     for name, _ in rank0_map_sets(ctx, "train_irn"):
         results[name] = brief(train_irn_stage(ctx.eval_set, ctx.stage_dir("ir_label", name),
-                                              ctx.stage_dir("train_irn", name), irn_config(ctx, cfg)))
+                                              ctx.stage_dir("train_irn", name), cfg.irn))
         ctx.info(f"[train_irn] {name}: {results[name]}")
     return results
 
-
-def brief(result: dict) -> dict:
-    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, type(None)))}

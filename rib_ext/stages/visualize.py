@@ -1,4 +1,4 @@
-"""Stage ``visualize``: pictures of the run (:func:`rib_ext.visualize.visualize_run`).
+"""Stage ``visualize``: pictures of the run (:func:`rib_ext.figures.visualize_run`).
 
 Per image (a fixed, evenly spread set of the evaluated list) the image, its ground truth, the CAM
 and RIB maps, both seeds at their best thresholds and the CRF / IRN masks made so far; a montage of
@@ -19,7 +19,7 @@ def settings(cfg) -> dict:
 
 def run(ctx, cfg) -> dict:
     from rib_ext.rib import OtherImages
-    from rib_ext.visualize import visualize_run
+    from rib_ext.figures import visualize_run
 
     if not ctx.is_main:  # pictures are rank 0's; the others wait
         ctx.barrier()

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rib_ext.visualize import DEFAULT_COUNT, visualize_maps, visualize_run
+from rib_ext.figures import DEFAULT_COUNT, visualize_maps, visualize_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def _run_rib_parts(args, run: Path, root: str, saved: dict):
     """The run's trained classifier, its other-image pool and its RIB settings (from config.json)."""
     from rib_ext.config import RIBConfig
     from rib_ext.rib import OtherImages
-    from rib_ext.stages.train_cam import load_trained
+    from rib_ext.cam.train import load_trained
 
     if "rib" not in saved:
         raise SystemExit(f"{run / 'config.json'}: no rib settings: --steps needs a pipeline run")

@@ -12,14 +12,12 @@ import torch.nn.functional as F
 
 from rib_ext.config import RIBConfig
 from rib_ext.data.transforms import multiscale_flip_views
-from rib_ext.ops import finalize_maps, reference
+from rib_ext.ops import finalize_maps, oracle
 from rib_ext.optim import PolyOptimizer
 from rib_ext.rib.engine import Result, Target
+from rib_ext.rib.losses import SQUASH
 from rib_ext.rib.sampling import OtherImages, image_generator
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS
-
-SQUASH = {"bce_sigmoid": torch.sigmoid, "bce_tanh": lambda y: (torch.tanh(y) + 1) / 2,
-          "bce_softsign": lambda y: (F.softsign(y) + 1) / 2}
 
 
 def _rows_loss(cam, labels, cfg: RIBConfig, per_row_loop: bool):
@@ -31,11 +29,11 @@ def _rows_loss(cam, labels, cfg: RIBConfig, per_row_loop: bool):
     if cfg.coco_first20_bug:
         present[:, 20:] = False
     if per_row_loop:  # the authors' per-row, per-class Python loop
-        logits = reference.gndrp_pool_loop(cam, present, tau)
+        logits = oracle.gndrp_pool_loop(cam, present, tau)
     else:
-        logits = reference.gndrp_pool(cam, present, tau, cfg.gndrp_mode == "paper")
+        logits = oracle.gndrp_pool(cam, present, tau, cfg.gndrp_mode == "paper")
     if cfg.loss == "rib":
-        loss = reference.margin_loss(logits, labels, cfg.margin, cfg.clip_loss).sum()
+        loss = oracle.margin_loss(logits, labels, cfg.margin, cfg.clip_loss).sum()
     else:
         p = SQUASH[cfg.loss](logits).clamp(1e-7, 1 - 1e-7)
         loss = F.binary_cross_entropy(p, labels, reduction="sum")

@@ -31,7 +31,7 @@ def gndrp_kept_mask(cam: torch.Tensor, present: torch.Tensor, tau: float, paper:
 
 def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
                paper: bool = False) -> torch.Tensor:
-    """GNDRP logits [N, K]: masked sum over H*W (reference) or over the kept count (paper)."""
+    """GNDRP logits [N, K]: masked sum over H*W (authors) or over the kept count (paper)."""
     kept, _ = gndrp_kept_mask(cam, present, tau, paper)
     x = cam.to(_acc_dtype(cam.dtype))
     keptf = kept.to(x.dtype)
@@ -46,7 +46,7 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 600.0,
                 paper: bool = False) -> torch.Tensor:
-    """Elementwise loss: -t*min(m, y) with zero gradient where y >= m (paper), -t*y (reference)."""
+    """Elementwise loss: -t*min(m, y) with zero gradient where y >= m (paper), -t*y (authors)."""
     t = labels.to(logits.dtype)
     if not paper:
         return -t * logits
@@ -78,7 +78,7 @@ def cam_max_normalize(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 def gndrp_pool_loop(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
                     visited: int | None = None) -> torch.Tensor:
-    """A literal transcription of the authors' GNDRP (their ``gndp2d``), reference semantics.
+    """A literal transcription of the authors' GNDRP (their ``gndp2d``), the authors' semantics.
 
     Per row and class: a present class is divided by its (detached) max with no guard, absent
     classes get the marker -1; the kept locations are those whose marker is below ``tau`` and the
