@@ -172,8 +172,10 @@ class MapChecker:
     once, naming the image), :meth:`written` after it, :meth:`finish` at the end. One image whose
     maps are zero is possible for a weak classifier: it is named in a warning."""
 
-    def __init__(self, stage: str, cause: str):
-        self.stage, self.cause = stage, cause
+    def __init__(self, stage: str, cause: str, already_done: int = 0):
+        # already_done: maps of this set made by an earlier run (resume); with any, empty maps of
+        # this run are a few images, not the whole set, so they are only named.
+        self.stage, self.cause, self.already_done = stage, cause, already_done
         self.count = 0
         self.empty: List[tuple] = []  # (name, path) of images whose maps are zero everywhere
 
@@ -194,7 +196,7 @@ class MapChecker:
         if not self.empty:
             return
         names = [n for n, _ in self.empty]
-        if len(self.empty) == self.count:
+        if len(self.empty) == self.count and not self.already_done:
             for _, path in self.empty:
                 if path is not None:
                     Path(path).unlink(missing_ok=True)

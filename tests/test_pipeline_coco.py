@@ -74,9 +74,9 @@ def test_paper_preset_drops_the_images_of_no_class(coco_root, tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        authors = RunContext(pipeline.config_from_args(pipeline.build_parser().parse_args(
-            ["--out", str(tmp_path / "a"), "--root", str(coco_root)] + TINY)))
-        paper = RunContext(pipeline.config_from_args(pipeline.build_parser().parse_args(
-            ["--out", str(tmp_path / "p"), "--root", str(coco_root), "--rib-preset", "paper"] + TINY)))
+        authors = RunContext(pipeline.config_from_argv(
+            ["--out", str(tmp_path / "a"), "--root", str(coco_root)] + TINY))
+        paper = RunContext(pipeline.config_from_argv(
+            ["--out", str(tmp_path / "p"), "--root", str(coco_root), "--rib-behaviour", "paper"] + TINY))
         assert STEMS[30] in authors.eval_set.ids and STEMS[30] in authors.pool_set.ids
         assert STEMS[30] not in paper.eval_set.ids and STEMS[30] not in authors.train_set.ids

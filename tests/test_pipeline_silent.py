@@ -155,6 +155,11 @@ def test_map_checker_names_non_finite_and_some_empty_maps(tmp_path):
         checker.written(maps, name)
     with pytest.warns(UserWarning, match=r"rib: 1 of 2 images got maps that are zero .*: c"):
         checker.finish()
+    # Resumed with only empty images left to make: the others were made before, it is not the set.
+    resumed = MapChecker("rib", "the adaptation diverged", already_done=5)
+    resumed.written(empty, "c", tmp_path / "c.npy")
+    with pytest.warns(UserWarning, match=r"1 of 1 images"):
+        resumed.finish()
 
 
 # ------------------------------------------------- item 4: VOC annotation contents in provenance

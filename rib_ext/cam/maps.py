@@ -55,7 +55,7 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), todo)
     loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
     t0 = time.time()
-    checker = MapChecker("make_cam", CAUSE)
+    checker = MapChecker("make_cam", CAUSE, already_done=len(mine) - len(todo))
     for sample in progress(loader, "make_cam", total=len(todo)):
         keys = np.nonzero(sample["label"].numpy())[0]
         if keys.size == 0:  # an image of no class (COCO): nothing to localise, no network call

@@ -55,7 +55,7 @@ def adapt_dataset(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | P
                    else "rib", total=len(todo))
     t0 = time.time()
 
-    checker = MapChecker("rib", CAUSE)
+    checker = MapChecker("rib", CAUSE, already_done=len(mine) - len(todo))
 
     def write(result) -> None:
         checker.check(result.maps, result.name)

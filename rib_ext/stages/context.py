@@ -177,8 +177,8 @@ class RunContext:
     def keeps_no_class_images(self) -> bool:
         """COCO images with no class stay in the list to map and evaluate, with keys-only maps
         and all-background masks, as in the authors' code (their COCO figures count them); the
-        paper preset drops them with a warning, as a classifier's training list does."""
-        return self.cfg.rib.preset != "paper"
+        paper behaviour (--rib-behaviour paper) drops them with a warning, as a classifier's training list does."""
+        return self.cfg.rib.behaviour != "paper"
 
     @property
     def train_set(self):
