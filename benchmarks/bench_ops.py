@@ -5,7 +5,7 @@
 For each realistic shape (26 rows = 6 target views + 20 other images; K = 20 and 80 classes; CAMs
 of 32x32, 48x64 and 128x128) it times:
     loop      a transcription of the authors' per-row, per-class Python loop
-    eager     the vectorised plain-PyTorch version (rib_ext.ops.reference)
+    eager     the vectorised plain-PyTorch version (rib_ext.ops.oracle)
     compile   torch.compile of that vectorised version
     ours      rib_ext's fused gndrp_margin_loss kernel
 and prints the times and the ratios (x = how many times faster ours is). Inputs come from the tests'

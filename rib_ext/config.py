@@ -545,6 +545,9 @@ class PipelineConfig:
     preset: Optional[str] = None  # demo | voc | coco: the settings the stage configs started from
     cam_checkpoint: Optional[str] = None  # a trained classifier to use instead of train_cam's
     device: str = "auto"
+    # Worker processes per rank of the CPU-bound stages (the dense CRF of crf and ir_label); None:
+    # the cores available to the process, shared among the ranks of the machine; 0 or 1: no pool.
+    cpu_workers: Optional[int] = None
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
@@ -564,6 +567,8 @@ class PipelineConfig:
                  f"dataset must be demo, voc or coco, got {self.dataset!r}")
         _require(self.preset is None or self.preset in PIPELINE_PRESETS,
                  f"preset must be one of {PIPELINE_PRESETS}, got {self.preset!r}")
+        _require(self.cpu_workers is None or self.cpu_workers >= 0,
+                 f"cpu_workers must be >= 0 (or none: the cores available), got {self.cpu_workers}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value) and hasattr(value, "validate"):

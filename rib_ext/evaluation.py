@@ -289,11 +289,30 @@ class ThresholdSweep:
 def evaluate_label_maps(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], num_classes: int = 21,
                         ignore: int = 255) -> Dict[str, Any]:
     """Score (prediction, ground truth) label-map pairs, e.g. pseudo masks or CRF seeds."""
+    conf, count = confusion_of_pairs(pairs, num_classes, ignore)
+    if count == 0:
+        raise ValueError("no label maps to evaluate")
+    return {**summarize_confusion(conf), "num_images": count}
+
+
+def confusion_of_pairs(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], num_classes: int,
+                       ignore: int = 255) -> Tuple[np.ndarray, int]:
+    """(summed confusion matrix, number of pairs) of (prediction, ground truth) label maps."""
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     count = 0
     for pred, gt in pairs:
         conf += confusion_matrix(pred, gt, num_classes, ignore)
         count += 1
+    return conf, count
+
+
+def evaluate_sharded(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], num_classes: int = 21,
+                     ignore: int = 255) -> Dict[str, Any]:
+    """:func:`evaluate_label_maps` of this rank's pairs with the counts summed over the ranks
+    (under torchrun every rank calls it with its shard; alone, it is the same thing)."""
+    conf, count = confusion_of_pairs(pairs, num_classes, ignore)
+    conf = distributed.all_reduce_sum(conf)
+    count = int(distributed.all_reduce_sum(np.array([count], dtype=np.int64))[0])
     if count == 0:
         raise ValueError("no label maps to evaluate")
     return {**summarize_confusion(conf), "num_images": count}
@@ -430,8 +449,9 @@ def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str |
         raise ValueError(f"eval_seed: no image of the list has a ground-truth mask ({len(dataset)} images)")
     result = note_missing(sweep.result(), no_mask)
     out_dir = Path(out_dir)
-    if distributed.rank() != 0:
-        return result
-    write_report(out_dir, result, ("background",) + tuple(dataset.class_names), title=title)
-    plot_sweep(out_dir / "sweep.png", result)
+    if distributed.rank() == 0:
+        write_report(out_dir, result, ("background",) + tuple(dataset.class_names), title=title)
+        plot_sweep(out_dir / "sweep.png", result)
+    # The next stages (crf, ir_label) read the best threshold from result.json on every rank.
+    distributed.barrier()
     return result

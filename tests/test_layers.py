@@ -93,3 +93,15 @@ def test_every_stage_module_is_registered():
     shared = {"__init__", "common", "context", "options", "provenance", "registry"}
     modules = {p.stem for p in (ROOT / "rib_ext" / "stages").glob("*.py")} - shared
     assert modules == set(STAGES)
+
+
+def test_every_module_has_a_layer():
+    """A new top-level module or package must be placed in the layer contract, or it escapes it."""
+    import tomllib
+
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    placed = {name.strip() for layer in contract["layers"] for name in layer.replace(":", "|").split("|")}
+    package = ROOT / "rib_ext"
+    found = {f"rib_ext.{p.stem}" for p in package.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    found |= {f"rib_ext.{p.name}" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    assert found - placed == set(), f"modules outside the layer contract: {sorted(found - placed)}"

@@ -233,8 +233,9 @@ def _candidates(current, hint):
         hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
     if isinstance(current, bool) or hint is bool:
         return [not current]
-    if isinstance(current, int) and hint is int:
-        return [current + 1, current * 2, 1, max(current - 1, 0)]
+    if hint is int and (current is None or isinstance(current, int)):  # None: Optional[int] unset
+        c = current or 0
+        return [c + 1, c * 2, 1, max(c - 1, 0)]
     if isinstance(current, float) or hint is float:
         c = float(current or 0.0)
         return [c * 0.5 if c else 0.5, c * 2 if c else 0.25, c + 0.01, 0.3]

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from rib_ext import distributed
 from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
 from rib_ext.data import IGNORE_INDEX, save_index_png
@@ -20,6 +21,7 @@ from rib_ext.irn.config import IRNConfig
 from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
                              split_done)
 from rib_ext.runtime import progress
+from rib_ext.workers import resolve_workers, run_tasks
 
 
 def combine_confident(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
@@ -44,13 +46,25 @@ def confident_labels(img: np.ndarray, maps: np.ndarray, keys: np.ndarray, conf_f
     return combine_confident(fg, bg)
 
 
+def _label_one(job: tuple, name: str) -> None:
+    """One image's confident labels, written atomically (a pool worker's task)."""
+    dataset, index, maps_dir, out_dir, cfg = job
+    img = dataset.image(index[name])
+    keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes,
+                           img.shape[:2], "high_res")
+    labels = confident_labels(img, maps, keys, cfg.conf_fg, cfg.conf_bg, cfg.crf)
+    save_index_png(per_image_path(out_dir, name, ".png"), labels)
+
+
 def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
-                   cfg: Optional[IRNConfig] = None) -> dict:
+                   cfg: Optional[IRNConfig] = None, workers: Optional[int] = None) -> dict:
     """Write ``out_dir/<id>.png`` (grayscale indices; 0 bg, class ids, 255 uncertain) per image.
 
     Images whose PNG exists are skipped (outputs are atomic, so a rerun resumes); images without
-    maps stop the stage with a list, or are skipped with a warning (``cfg.allow_missing``).
-    Returns ``{'written', 'skipped_existing', 'missing', 'seconds'}``.
+    maps stop the stage with a list, or are skipped with a warning (``cfg.allow_missing``). Under
+    torchrun each rank labels its shard; within a rank ``workers`` processes share the images
+    (None: the cores available; 0 or 1: this process). Returns ``{'written',
+    'skipped_existing', 'missing', 'seconds'}``, the counts summed over the ranks.
     """
     cfg = cfg if cfg is not None else IRNConfig()
     out_dir = Path(out_dir)
@@ -59,14 +73,17 @@ def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, "ir_label", {"conf_fg": cfg.conf_fg, "conf_bg": cfg.conf_bg,
                                          "crf": cfg.as_dict()["crf"]})
-    todo, done = split_done(out_dir, present)
-    index = dataset_index(dataset)
+    # Sharded before the done ones are dropped, so the shards stay disjoint whatever the other
+    # ranks have written already.
+    todo, done = split_done(out_dir, distributed.shard(present))
+    job = (dataset, dataset_index(dataset), Path(maps_dir), out_dir, cfg)
     t0 = time.time()
-    for name in progress(todo, "ir_label"):
-        img = dataset.image(index[name])
-        keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes,
-                               img.shape[:2], "high_res")
-        labels = confident_labels(img, maps, keys, cfg.conf_fg, cfg.conf_bg, cfg.crf)
-        save_index_png(per_image_path(out_dir, name, ".png"), labels)
-    return {"written": len(todo), "skipped_existing": len(done), "missing": len(missing),
-            "seconds": round(time.time() - t0, 2)}
+    bar = progress(None, "ir_label", total=len(todo))
+    for _ in run_tasks(_label_one, job, todo, resolve_workers(workers)):
+        bar.update(1)
+    bar.close()
+    seconds = time.time() - t0
+    written, skipped = (int(x) for x in distributed.all_reduce_sum(np.array([len(todo), len(done)])))
+    distributed.barrier()
+    return {"written": written, "skipped_existing": skipped, "missing": len(missing),
+            "seconds": round(seconds, 2)}

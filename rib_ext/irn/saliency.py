@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from rib_ext import distributed
 from rib_ext.data import IGNORE_INDEX, load_label_png, save_index_png
 from rib_ext.io import preview
 from rib_ext.irn.config import IRNConfig
@@ -62,7 +63,7 @@ def apply_saliency(dataset, label_dir: str | Path, saliency_dir: str | Path, out
     A missing saliency map is an error naming it (a pseudo mask without its saliency check would
     silently differ from the rest); missing masks follow ``cfg.allow_missing``. Existing outputs are
     kept (resume). Returns ``{'written', 'skipped_existing', 'missing', 'newly_ignored_fraction',
-    'seconds'}``; the fraction (pixels set to 255 here) is over the pixels written in this call.
+    'seconds'}``; the fraction (pixels set to 255 here) is over the pixels written in this call, on every rank.
     """
     cfg = cfg if cfg is not None else IRNConfig()
     saliency_dir, out_dir = Path(saliency_dir), Path(out_dir)
@@ -73,7 +74,9 @@ def apply_saliency(dataset, label_dir: str | Path, saliency_dir: str | Path, out
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, "saliency", {"saliency_threshold": cfg.saliency_threshold,
                                          "saliency_dir": str(saliency_dir.resolve())})
-    todo, done = split_done(out_dir, names)
+    # Under torchrun each rank refines its shard of the list (the whole list, so that the shards
+    # stay disjoint whatever the other ranks have written already).
+    todo, done = split_done(out_dir, distributed.shard(names))
     _require_saliency(saliency_dir, todo)
     index = dataset_index(dataset)
     t0, flipped, total = time.time(), 0, 0
@@ -89,9 +92,13 @@ def apply_saliency(dataset, label_dir: str | Path, saliency_dir: str | Path, out
         flipped += int(((out == IGNORE_INDEX) & (labels != IGNORE_INDEX)).sum())
         total += out.size
         save_index_png(per_image_path(out_dir, name, ".png"), out)
-    return {"written": len(todo), "skipped_existing": len(done), "missing": len(missing),
+    seconds = time.time() - t0
+    written, skipped, flipped, total = (int(x) for x in distributed.all_reduce_sum(
+        np.array([len(todo), len(done), flipped, total], dtype=np.int64)))
+    distributed.barrier()
+    return {"written": written, "skipped_existing": skipped, "missing": len(missing),
             "newly_ignored_fraction": round(flipped / total, 4) if total else None,
-            "seconds": round(time.time() - t0, 2)}
+            "seconds": round(seconds, 2)}
 
 
 def _require_saliency(saliency_dir: Path, names: Sequence[str]) -> None:

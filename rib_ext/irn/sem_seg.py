@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rib_ext import distributed
 from rib_ext.data import load_label_png, multiscale_flip_views, save_index_png
-from rib_ext.evaluation import evaluate_label_maps, note_missing, with_ground_truth, write_report
+from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_sha256, save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
@@ -93,7 +94,8 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
     random-walk scores there as ``{'keys', 'score': float16 [K', H, W]}`` (what the segment
     stage's re-training starts from). Existing PNGs are kept (resume);
     missing maps stop the stage or are skipped (``cfg.allow_missing``). Returns ``{'written',
-    'skipped_existing', 'missing', 'seconds', 'seconds_per_image'}``.
+    'skipped_existing', 'missing', 'seconds', 'seconds_per_image'}`` (the counts over all ranks:
+    under torchrun each rank walks its shard of the images).
     """
     cfg = cfg if cfg is not None else IRNConfig()
     out_dir = Path(out_dir)
@@ -108,7 +110,9 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
     settings = {k: getattr(cfg, k) for k in ("rw_radius", "beta", "exp_times", "map_power",
                                              "sem_seg_bg_thres", "boundary_pad_to")}
     check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_sha256(model_path)})
-    todo, done = split_done(out_dir, present)
+    # Under torchrun each rank walks its shard of the list (sharded before the done ones are
+    # dropped, so the shards stay disjoint whatever the other ranks have written already).
+    todo, done = split_done(out_dir, distributed.shard(present))
     device = resolve_device(cfg.device)
     net = load_irnet(model_path, device) if todo else None
     index = dataset_index(dataset)
@@ -127,7 +131,9 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
                       "score": scores.cpu().numpy().astype(np.float16)})
         save_index_png(per_image_path(out_dir, name, ".png"), mask)
     seconds = time.time() - t0
-    return {"written": len(todo), "skipped_existing": len(done), "missing": len(missing),
+    written, skipped = (int(x) for x in distributed.all_reduce_sum(np.array([len(todo), len(done)])))
+    distributed.barrier()
+    return {"written": written, "skipped_existing": skipped, "missing": len(missing),
             "seconds": round(seconds, 2),
             "seconds_per_image": round(seconds / len(todo), 3) if todo else None}
 
@@ -161,10 +167,13 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
     if not names:
         raise ValueError(f"eval_mask: none of the {len(with_gt)} images with ground truth has a "
                          f"mask in {mask_dir}")
-    result = note_missing(evaluate_label_maps(_pairs(dataset, names, Path(mask_dir)),
-                                              dataset.num_classes + 1), no_mask)
+    # Under torchrun each rank scores its shard; the confusion counts are summed over the ranks.
+    result = note_missing(evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(mask_dir)),
+                                           dataset.num_classes + 1), no_mask)
     class_names = ("background",) + tuple(dataset.class_names)
-    write_report(out_dir, result, class_names, title="Pseudo masks (IRN random walk)")
+    if distributed.rank() == 0:
+        write_report(out_dir, result, class_names, title="Pseudo masks (IRN random walk)")
+    distributed.barrier()
     return {"miou": result["miou"], "num_images": result["num_images"], "missing": len(missing),
             "per_class_iou": dict(zip(class_names, result["per_class_iou"])),
             "seconds": round(time.time() - t0, 2)}

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rib_ext import distributed
 from rib_ext.config import CRFConfig
 from rib_ext.crf import _densecrf
 from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
-from rib_ext.evaluation import evaluate_label_maps, note_missing, with_ground_truth, write_report
+from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_digest
 from rib_ext.outputs import check_settings, split_done
 from rib_ext.runtime import progress
@@ -130,12 +131,15 @@ def _pairs(dataset, names: Sequence[str], pred_dir: Path) -> Iterator[Tuple[np.n
 def evaluate_folder(dataset, names: Sequence[str], pred_dir: str | Path, report_dir: str | Path,
                     title: str = "DeepLab-v2 segmentation", missing: Sequence[str] = ()) -> dict:
     """mIoU etc. of ``pred_dir/<id>.png`` against the ground truth of ``names``; writes
-    ``report_dir/result.json``, ``result.md`` and ``confusion.npy``; returns the result dict."""
+    ``report_dir/result.json``, ``result.md`` and ``confusion.npy``; returns the result dict.
+    Under torchrun every rank calls it and scores its shard (the counts summed over the ranks)."""
     if not names:
         raise ValueError("segment: no image with a ground-truth mask to evaluate")
-    result = note_missing(evaluate_label_maps(_pairs(dataset, names, Path(pred_dir)),
-                                              dataset.num_classes + 1), missing)
-    write_report(report_dir, result, ("background", *dataset.class_names), title=title)
+    result = note_missing(evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(pred_dir)),
+                                           dataset.num_classes + 1), missing)
+    if distributed.rank() == 0:
+        write_report(report_dir, result, ("background", *dataset.class_names), title=title)
+    distributed.barrier()
     return result
 
 
@@ -157,9 +161,14 @@ def infer_stage(model: DeepLabV2, dataset, out_dir: str | Path, cfg: Optional[Se
         with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "segment", cfg.allow_missing)
     pred_dir = split_dir / ("predictions" if with_gt else VOC_SERVER_DIR)
     # settings.json beside, not inside, the server folder: the server rejects unexpected files.
-    written = predict_folder(model, dataset, dataset.ids, pred_dir, cfg, split_dir, model_path)
+    # Under torchrun each rank predicts its shard of the images, then scores its shard of those
+    # with ground truth (the confusion counts are summed over the ranks, rank 0 writes the report).
+    written = predict_folder(model, dataset, distributed.shard(dataset.ids), pred_dir, cfg,
+                             split_dir, model_path)["written"]
+    written = int(distributed.all_reduce_sum(np.array([written], dtype=np.int64))[0])
+    distributed.barrier()
     summary = {"miou": None, "per_class_iou": None, "num_images": len(dataset.ids),
-               "predictions": str(pred_dir), "report": None, "written": written["written"]}
+               "predictions": str(pred_dir), "report": None, "written": written}
     if with_gt:
         result = evaluate_folder(dataset, with_gt, pred_dir, split_dir,
                                  title=f"DeepLab-v2 segmentation ({split})", missing=no_mask)

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from rib_ext import distributed
 from rib_ext.crf import _densecrf
 from rib_ext.io import save_json
 from rib_ext.outputs import present_names
@@ -88,16 +89,16 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
         _densecrf()  # fail now, not after hours of training, if pydensecrf is missing
     device = resolve_device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_json(out_dir / "config.json", cfg.as_dict())
-
-    train_labels = Path(saliency_dir if saliency_dir is not None else label_dir)
-    names = present_names(train_labels, train_dataset.ids, ".png", "pseudo masks", "segment",
-                          cfg.allow_missing)[0]
-    retrain = _wants_retrain(cfg, score_dir, saliency_dir)
-    if retrain:
-        train_labels = _retrain_labels(train_dataset, names, score_dir, out_dir, cfg, device)
-        names = [n for n in names if (train_labels / f"{n}.png").exists()]
-    trained = train_segmenter(train_dataset, train_labels, out_dir / "train", cfg, names=names)
+    main = distributed.rank() == 0
+    if main:
+        save_json(out_dir / "config.json", cfg.as_dict())
+        train = _train(train_dataset, label_dir, out_dir, cfg, score_dir, saliency_dir, device)
+    # Under torchrun rank 0 trains the network while the others wait; they then find every
+    # training output made (each step skips what exists) and all ranks share the inference.
+    distributed.barrier()
+    if not main:
+        train = _train(train_dataset, label_dir, out_dir, cfg, score_dir, saliency_dir, device)
+    retrain, names, train_labels, trained = train
 
     summary = {"miou": None, "per_class_iou": None, "num_images": 0, "predictions": None, "report": None}
     if val_dataset is not None:
@@ -106,5 +107,20 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
     summary.update(retrain=retrain, train_images=len(names), train_labels=str(train_labels),
                    model=trained["model"], train=trained, seconds=round(time.time() - t0, 2))
     summary.pop("written", None)
-    save_json(out_dir / "summary.json", summary)
+    if main:
+        save_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _train(train_dataset, label_dir, out_dir: Path, cfg: SegmentConfig, score_dir, saliency_dir,
+           device) -> tuple:
+    """(re-trained?, training names, label folder, train_segmenter's summary)."""
+    train_labels = Path(saliency_dir if saliency_dir is not None else label_dir)
+    names = present_names(train_labels, train_dataset.ids, ".png", "pseudo masks", "segment",
+                          cfg.allow_missing)[0]
+    retrain = _wants_retrain(cfg, score_dir, saliency_dir)
+    if retrain:
+        train_labels = _retrain_labels(train_dataset, names, score_dir, out_dir, cfg, device)
+        names = [n for n in names if (train_labels / f"{n}.png").exists()]
+    trained = train_segmenter(train_dataset, train_labels, out_dir / "train", cfg, names=names)
+    return retrain, names, train_labels, trained

@@ -29,5 +29,6 @@ def brief(result: dict) -> dict:
 
 
 def rank0_map_sets(ctx, stage: str):
-    """IRN's stages run on rank 0 (one network per map set); the other ranks get nothing."""
+    """The map sets of a stage that runs on rank 0 alone (train_irn: one network per map set);
+    the other ranks get none."""
     return list(ctx.require_map_sets(stage).items()) if ctx.is_main else []

@@ -14,20 +14,16 @@ def settings(cfg) -> dict:
 
 
 def run(ctx, cfg) -> dict:
-
     results = {}
-    if not ctx.is_main:  # light enough for one rank; the others wait
-        ctx.barrier()
-        return results
     for name, maps_dir in ctx.require_map_sets("crf").items():
         threshold = cfg.crf.threshold
         if threshold is None:
             threshold = ctx.best_threshold(name)
+        # Every rank refines its shard, in a pool of cfg.cpu_workers processes.
         result = refine_seeds(ctx.eval_set, maps_dir, threshold, cfg.crf, ctx.stage_dir("crf", name),
-                     allow_missing=cfg.allow_missing)
+                              allow_missing=cfg.allow_missing, workers=cfg.cpu_workers)
         results[name] = headline(result)
         if "miou" in result:
             ctx.info(f"[crf] {name.upper()} + CRF mIoU {percent(result['miou'])} at threshold "
                      f"{threshold:.2f}")
-    ctx.barrier()
     return results

@@ -1,7 +1,7 @@
 """Stage ``eval_mask``: mIoU of each map set's pseudo masks (:func:`rib_ext.irn.eval_mask_stage`)."""
 from __future__ import annotations
 
-from rib_ext.stages.common import headline, rank0_map_sets
+from rib_ext.stages.common import headline
 
 UPSTREAM = ("make_sem_seg", "data:eval")
 
@@ -15,7 +15,7 @@ def run(ctx, cfg) -> dict:
     from rib_ext.irn import eval_mask_stage
 
     results = {}
-    for name, _ in rank0_map_sets(ctx, "eval_mask"):
+    for name in ctx.require_map_sets("eval_mask"):  # each rank scores its shard of the masks
         out = ctx.stage_dir("eval_mask", name)
         result = eval_mask_stage(ctx.eval_set, ctx.mask_dir(name), out, cfg.irn)
         results[name] = headline(result)

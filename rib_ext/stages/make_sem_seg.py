@@ -3,7 +3,7 @@
 RIB-Sal step: masks refined with saliency maps. The maths: :mod:`rib_ext.irn`."""
 from __future__ import annotations
 
-from rib_ext.stages.common import brief, rank0_map_sets, result_settings
+from rib_ext.stages.common import brief, result_settings
 
 UPSTREAM = ("make_cam", "rib", "train_irn", "data:eval")
 
@@ -18,7 +18,10 @@ def run(ctx, cfg) -> dict:
 
     results = {}
     irn = cfg.irn
-    for name, maps_dir in rank0_map_sets(ctx, "make_sem_seg"):
+    # Every rank walks its shard of the images with the network train_irn wrote: wait until it is
+    # there (train_irn may have run on rank 0 alone).
+    ctx.barrier()
+    for name, maps_dir in ctx.require_map_sets("make_sem_seg").items():
         results[name] = brief(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.stage_dir("train_irn", name),
                                                  ctx.mask_dir(name), irn, score_dir=ctx.score_dir(name)))
         ctx.info(f"[make_sem_seg] {name}: {results[name]}")

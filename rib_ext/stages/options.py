@@ -47,14 +47,15 @@ ALIASES: Dict[str, tuple] = {
     "--device": ("device", "train_cam.device", "make_cam.device", "rib.device", "irn.device",
                  "segment.device"),
     "--num-workers": ("train_cam.num_workers", "make_cam.num_workers", "irn.num_workers",
-                      "segment.num_workers"),
+                      "segment.num_workers", "cpu_workers"),
     "--seed": ("train_cam.seed", "rib.seed", "irn.seed", "segment.seed"),
     "--scales": ("make_cam.scales", "rib.scales"),
     "--allow-missing": ("allow_missing", "irn.allow_missing", "segment.allow_missing"),
 }
 ALIAS_HELP = {
     "--device": "auto (CUDA when present), cpu, cuda, cuda:1 ... (every stage)",
-    "--num-workers": "data-loading worker processes (every stage)",
+    "--num-workers": "worker processes per rank: data loading (every stage; default 0) and the "
+                     "CRF pool of crf and ir_label (--cpu_workers; default the cores available)",
     "--seed": "random seed of train_cam, rib, train_irn and segment",
     "--scales": "inference scales of make_cam and rib, 1.0 first (default 1.0 0.5 1.5 2.0)",
     "--allow-missing": "skip images whose inputs (maps, labels) are missing instead of stopping",

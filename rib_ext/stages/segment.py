@@ -15,8 +15,6 @@ def run(ctx, cfg) -> dict:
     from rib_ext.evaluation import percent
     from rib_ext.segment import segment_stage
 
-    if not ctx.is_main:
-        return {}
     sets = ctx.require_map_sets("segment")
     name = "rib" if "rib" in sets else "cam"
     # RIB-Sal: train on the saliency-refined masks, without re-training (as the paper does).
