@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -57,3 +57,25 @@ def read_checkpoint(path: str | os.PathLike, format: Optional[str], version: Opt
         raise CheckpointError(f"{path}: {what} version {record.get('version')!r} is not supported "
                               f"(expected {version}){hint}")
     return dict(record)
+
+
+def _names(names: Optional[Sequence[str]]) -> str:
+    if not names:
+        return ""
+    shown = ", ".join(list(names)[:5])
+    return f": {shown}{', ...' if len(names) > 5 else ''}"
+
+
+def check_num_classes(path: str | os.PathLike, found: int, expected: int, dataset: str,
+                      found_names: Optional[Sequence[str]] = None,
+                      expected_names: Optional[Sequence[str]] = None) -> None:
+    """Raise :class:`CheckpointError` when a loaded network's class count is not the dataset's.
+
+    A classifier of 20 classes on a 5-class dataset loads and runs (its first 5 channels are
+    taken), so nothing downstream would fail: the maps would silently be the wrong classes'.
+    """
+    if int(found) == int(expected):
+        return
+    raise CheckpointError(f"{path}: a network of {found} classes{_names(found_names)}, but {dataset} "
+                          f"has {expected}{_names(expected_names)}; pass a checkpoint trained on "
+                          f"this dataset's classes (or run train_cam)")

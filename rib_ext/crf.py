@@ -15,8 +15,8 @@ import numpy as np
 from rib_ext import distributed
 from rib_ext.config import CRFConfig
 from rib_ext.data import load_label_png, save_index_png
-from rib_ext.evaluation import (confusion_matrix, indices_to_class_ids, seed_label_indices,
-                                summarize_confusion, write_report)
+from rib_ext.evaluation import (confusion_matrix, indices_to_class_ids, note_missing, seed_label_indices,
+                                summarize_confusion, with_ground_truth, write_report)
 from rib_ext.io import load_npy_dict
 from rib_ext.outputs import map_path, require_maps, split_complete
 from rib_ext.runtime import progress
@@ -142,6 +142,7 @@ def refine_seeds(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig
     out_dir = Path(out_dir)
     mask_dir = out_dir / "masks"
     maps_dir = Path(maps_dir)
+    no_mask = with_ground_truth(dataset, dataset.ids, "crf", allow_missing)[1]
     names = require_maps(maps_dir, dataset.ids, "crf", allow_missing)
     mask_dir.mkdir(parents=True, exist_ok=True)
     mine = distributed.shard(names)
@@ -164,8 +165,8 @@ def refine_seeds(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig
     # Integer counts: summed over ranks they are the whole list's, in any order.
     conf = distributed.all_reduce_sum(conf)
     evaluated, written = (int(x) for x in distributed.all_reduce_sum(counts))
-    result = {"threshold": threshold, "num_images": evaluated, "written": written,
-              "seconds": round(seconds, 1)}
+    result = note_missing({"threshold": threshold, "num_images": evaluated, "written": written,
+                           "seconds": round(seconds, 1)}, no_mask)
     if evaluated:
         result.update(summarize_confusion(conf))
         if distributed.rank() == 0:

@@ -21,6 +21,44 @@ from rib_ext.outputs import map_path, require_maps
 from rib_ext.runtime import progress
 
 
+# --------------------------------------------------------------------------- which images count
+
+class MissingGroundTruthError(FileNotFoundError):
+    """Listed images have no ground-truth mask file (the message names the ids and files)."""
+
+
+def with_ground_truth(dataset, names: Sequence[str], stage: str, allow_missing: bool = False
+                      ) -> Tuple[List[str], List[str]]:
+    """(names whose ground-truth mask exists, names without one).
+
+    A listed image without its mask would drop out of the figures unseen (the mIoU of 7 images
+    reported as the list's 8): an error naming the ids and files, or with ``allow_missing`` a
+    warning naming them; the stage records the count in its result (:func:`note_missing`).
+    """
+    index = {name: i for i, name in enumerate(dataset.ids)}
+    missing = [n for n in names if not dataset.has_mask(index[n])]
+    if missing:
+        shown = ", ".join(f"{n} ({dataset.mask_file(index[n])})" for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        msg = (f"{stage}: {len(missing)} of {len(names)} images have no ground-truth mask: "
+               f"{shown}{more}")
+        if not allow_missing:
+            raise MissingGroundTruthError(msg + " (add the masks, fix the list, or pass "
+                                                "--allow-missing to evaluate without them)")
+        import warnings
+
+        warnings.warn(msg + "; they are left out of the evaluation (--allow-missing)", stacklevel=2)
+    gone = set(missing)
+    return [n for n in names if n not in gone], missing
+
+
+def note_missing(result: Dict[str, Any], missing: Sequence[str]) -> Dict[str, Any]:
+    """``result`` with the images left out for want of a mask (count and ids), for the reports."""
+    if missing:
+        result["missing_masks"] = {"count": len(missing), "ids": list(missing)}
+    return result
+
+
 # --------------------------------------------------------------------------- confusion and scores
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
@@ -311,6 +349,19 @@ def _pct(x: Optional[float]) -> str:
     return "-" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
 
+def percent(x: Optional[float], digits: int = 1) -> str:
+    """A score as a percentage for a log line; an undefined one (None, NaN: e.g. the precision
+    when no pixel is predicted as foreground) says so instead of printing 'nan' as a figure."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * float(x):.{digits}f}"
+
+
+def json_figures(result: Dict[str, Any]) -> Dict[str, Any]:
+    """``result`` with NaN figures as None (JSON has no NaN; ``json.dumps`` would write one)."""
+    return {k: _json_number(v) if isinstance(v, float) else v for k, v in result.items()}
+
+
 def report_markdown(result: Dict[str, Any], class_names: Sequence[str],
                     title: str = "Evaluation") -> str:
     _check_class_names(result, class_names)
@@ -318,7 +369,13 @@ def report_markdown(result: Dict[str, Any], class_names: Sequence[str],
     if "best_threshold" in result:
         lines.append(f"Best background threshold: {result['best_threshold']:.2f} "
                      f"(swept {result['thresholds'][0]:.2f}..{result['thresholds'][-1]:.2f})")
-    lines += [f"Images: {result.get('num_images', '?')}", "",
+    lines.append(f"Images: {result.get('num_images', '?')}")
+    if result.get("missing_masks"):
+        gone = result["missing_masks"]
+        ids = ", ".join(gone["ids"][:20]) + (", ..." if len(gone["ids"]) > 20 else "")
+        lines.append(f"Not counted: {gone['count']} listed image(s) without a ground-truth mask "
+                     f"(--allow-missing): {ids}")
+    lines += ["",
               "| mIoU | Precision | Recall | F1 |", "|---:|---:|---:|---:|",
               f"| {_pct(result['miou'])} | {_pct(result['precision'])} | "
               f"{_pct(result['recall'])} | {_pct(result['f1'])} |", "",
@@ -377,13 +434,12 @@ def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str |
     a ground-truth mask; writes result.json, result.md, confusion.npy and sweep.png to ``out_dir``.
     """
     maps_dir = Path(maps_dir)
-    names = require_maps(maps_dir, dataset.ids, "eval_seed", allow_missing)
+    names, no_mask = with_ground_truth(dataset, dataset.ids, "eval_seed", allow_missing)
+    names = require_maps(maps_dir, names, "eval_seed", allow_missing)
     index = {name: i for i, name in enumerate(dataset.ids)}
     sweep = ThresholdSweep(num_classes=dataset.num_classes + 1, cfg=cfg)
     for name in progress(distributed.shard(names), "eval_seed"):
         gt = dataset.mask(index[name])
-        if gt is None:  # e.g. train_aug ids without a SegmentationClass mask
-            continue
         maps = load_npy_dict(map_path(maps_dir, name))
         sweep.update(maps["high_res"], maps["keys"], gt)
     # Confusion matrices are plain counts: summing them over ranks gives the whole list's.
@@ -391,7 +447,7 @@ def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str |
     sweep.num_images = int(distributed.all_reduce_sum(np.array([sweep.num_images]))[0])
     if sweep.num_images == 0:
         raise ValueError(f"eval_seed: no image of the list has a ground-truth mask ({len(dataset)} images)")
-    result = sweep.result()
+    result = note_missing(sweep.result(), no_mask)
     out_dir = Path(out_dir)
     if distributed.rank() == 0:
         write_report(out_dir, result, ("background",) + tuple(dataset.class_names), title=title)

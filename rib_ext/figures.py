@@ -364,8 +364,9 @@ def visualize_run(out_dir, dataset, ids: Optional[Sequence[str]] = None, count: 
                               "logit_curves": None}
     chosen = [p.stem for p in images]
     if model is not None and pool is not None and rib_cfg is not None and montage_count > 0:
-        few = chosen[:montage_count]
         index = {name: i for i, name in enumerate(dataset.ids)}
+        # An image of no class (kept on COCO) has no adaptation to show.
+        few = [n for n in chosen if dataset.labels(index[n]).any()][:montage_count]
         for name, scores in step_maps_with_engine(model, pool, rib_cfg, dataset, few, device).items():
             i = index[name]
             path = render_step_montage(

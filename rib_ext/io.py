@@ -48,19 +48,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``mkstemp`` creates 0o600 files, which teammates on shared storage cannot read.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
     finally:
         os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with _naming(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """System errors of a write name the output meant (a full disk raises from inside ``np.save``
+    with no file name, or with the temporary one), so the user's message can say which file."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None or Path(str(err.filename)).name.startswith(f".{path.name}."):
+            err.filename, err.filename2 = str(path), None
+        raise
 
 
 def save_npy(path: str | os.PathLike, obj: Any) -> None:
@@ -144,6 +158,29 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# sha256 of files already read in this process, by (path, size, mtime): a run describes its
+# datasets several times (one per stage record) and must not reread 10k annotation files each time.
+_DIGESTS: dict = {}
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """:func:`file_sha256`, cached for the process by path, size and modification time."""
+    key = _stat_key(Path(path))
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
+def remember_digest(path: str | os.PathLike, sha256: str, key: tuple | None = None) -> None:
+    """Record a digest computed elsewhere from the file's bytes (``key``: its stat key then)."""
+    _DIGESTS[key or _stat_key(Path(path))] = sha256
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

@@ -138,3 +138,71 @@ def map_path(maps_dir: Path, name: str) -> Path:
 def require_maps(maps_dir: Path, names: Sequence[str], stage: str, allow_missing: bool = False) -> list[str]:
     """The names whose maps exist in ``maps_dir`` (:func:`present_names` for IRN map files)."""
     return present_names(maps_dir, names, ".npy", "maps", stage, allow_missing)[0]
+
+
+# ------------------------------------------------------------------------------ maps written
+
+def no_class_maps(image_size: Sequence[int]) -> dict:
+    """The map dict of an image with no class (COCO keeps them, as the authors' code does): keys
+    empty and maps of zero classes, so every reader finds its fields; evaluated, it predicts
+    background everywhere."""
+    h, w = int(image_size[0]), int(image_size[1])
+    return {"keys": np.zeros(0, dtype=np.int64), "cam": torch.zeros((0, *strided_size((h, w), 4))),
+            "high_res": np.zeros((0, h, w), dtype=np.float32)}
+
+
+class BadMapsError(ValueError):
+    """Maps that are not finite, or zero for every image: a diverged network, never a result to
+    evaluate (an all-zero map set scores a plausible-looking mIoU, 14 on the demo, every pixel
+    background, with an undefined precision). The message names the images and the likely cause."""
+
+
+def _keys(maps: dict) -> list:
+    return np.asarray(maps["keys"]).tolist()
+
+
+def maps_are_empty(maps: dict) -> bool:
+    """Whether an image with classes got maps that are zero everywhere for all of them (an image
+    with no class, keys empty on COCO, has nothing to show and is not empty in this sense)."""
+    return len(maps["keys"]) > 0 and not (np.asarray(maps["high_res"]) > 0).any()
+
+
+class MapChecker:
+    """Used while a stage writes maps: :meth:`check` before each write (non-finite maps raise at
+    once, naming the image), :meth:`written` after it, :meth:`finish` at the end. One image whose
+    maps are zero is possible for a weak classifier: it is named in a warning."""
+
+    def __init__(self, stage: str, cause: str, already_done: int = 0):
+        # already_done: maps of this set made by an earlier run (resume); with any, empty maps of
+        # this run are a few images, not the whole set, so they are only named.
+        self.stage, self.cause, self.already_done = stage, cause, already_done
+        self.count = 0
+        self.empty: List[tuple] = []  # (name, path) of images whose maps are zero everywhere
+
+    def check(self, maps: dict, name: str) -> None:
+        if len(maps["keys"]) and not np.isfinite(np.asarray(maps["high_res"])).all():
+            raise BadMapsError(f"{self.stage}: image {name} (classes {_keys(maps)}) got maps with "
+                               f"non-finite values: {self.cause}; nothing was written for it")
+
+    def written(self, maps: dict, name: str, path: Path | None = None) -> None:
+        if len(maps["keys"]):
+            self.count += 1
+            if maps_are_empty(maps):
+                self.empty.append((name, path))
+
+    def finish(self) -> None:
+        """Raise when every image's maps are empty (their files are removed first, so a rerun
+        does not take them for done); warn naming the images when only some are."""
+        if not self.empty:
+            return
+        names = [n for n, _ in self.empty]
+        if len(self.empty) == self.count and not self.already_done:
+            for _, path in self.empty:
+                if path is not None:
+                    Path(path).unlink(missing_ok=True)
+            raise BadMapsError(f"{self.stage}: the maps of all {self.count} images are zero "
+                               f"everywhere for every class of the image ({preview(names)}): "
+                               f"{self.cause}; they were not kept")
+        warnings.warn(f"{self.stage}: {len(names)} of {self.count} images got maps that are zero "
+                      f"everywhere for all their classes (a weak classifier?): {preview(names)}",
+                      stacklevel=2)

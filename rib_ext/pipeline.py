@@ -8,12 +8,14 @@ already done, so a rerun resumes; a rerun with other settings stops unless ``--o
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from rib_ext.config import PipelineConfig, plain_dict
 from rib_ext.stages import options
@@ -68,20 +70,53 @@ def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict
 
 
 def _run(cfg: PipelineConfig, stages: List[str], overwrite: bool) -> dict:
-    from rib_ext.io import save_json
+    from rib_ext.runlock import RunLock
     from rib_ext.stages.context import RunContext
-    from rib_ext.stages.provenance import Provenance
 
     ctx = RunContext(cfg, overwrite=overwrite)
     if cfg.cam_checkpoint and "train_cam" in stages:
         ctx.info(f"[pipeline] --cam-checkpoint {cfg.cam_checkpoint}: train_cam is skipped")
         stages = [s for s in stages if s != "train_cam"]
+    # Settings that would fail a late stage stop the run before the first one spends its time.
+    for stage in stages:
+        check = getattr(stage_module(stage), "check", None)
+        if check is not None:
+            check(cfg)
+    make_out_dir(ctx.out)
+    lock = RunLock(ctx.out).acquire() if ctx.is_main else None
+    try:
+        if lock is not None and lock.previous:
+            ctx.info(f"[pipeline] {lock.path}: taking over from {lock.previous}, which ended "
+                     f"without releasing it")
+        return _run_locked(ctx, cfg, stages)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def make_out_dir(out: Path) -> None:
+    """Create --out (and its parents), or stop naming it and why it cannot be made."""
+    from rib_ext.stages.context import PipelineError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PipelineError(f"--out {out}: cannot create the output folder "
+                            f"({err.strerror or err}{': ' + str(err.filename) if err.filename else ''})"
+                            ) from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PipelineError(f"--out {out}: the output folder is not writable")
+
+
+def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
+    from rib_ext.io import save_json
+    from rib_ext.stages.provenance import Provenance
+
     if cfg.dataset != "demo":  # the check below opens them (the demo: after it, as it generates)
         ctx.prepare_datasets(stages)
     # Before anything is written or generated: outputs made with other settings stop the run.
     prov = Provenance(ctx, list(STAGES))
     stages = prov.plan(stages)
-    ctx.out.mkdir(parents=True, exist_ok=True)
     ctx.prepare_datasets(stages)
     ctx.write_json(ctx.out / "config.json", {"stages": stages, "environment": environment(ctx),
                                              **plain_dict(cfg)})
@@ -148,10 +183,37 @@ def user_error_types() -> tuple:
     from rib_ext.checkpoints import CheckpointError
     from rib_ext.distributed import RankFailedError
     from rib_ext.io import UnreadableFileError
+    from rib_ext.outputs import BadMapsError
+    from rib_ext.runlock import RunLockedError
     from rib_ext.training import NonFiniteLossError
 
     return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
-            NonFiniteLossError, RankFailedError, FileNotFoundError, NotADirectoryError, FileExistsError)
+            NonFiniteLossError, RankFailedError, RunLockedError, BadMapsError, FileNotFoundError, NotADirectoryError,
+            FileExistsError)
+
+
+# What the system says when it cannot write an output: the user's to fix (space, permissions), not
+# a bug, so a message naming the file rather than a traceback. Outputs are written under temporary
+# names and renamed (rib_ext.io), so a rerun finds only whole files and resumes.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def os_error_message(err: OSError) -> Optional[str]:
+    """The user's message for a system error writing or reading a file, or None for other errors."""
+    where = err.filename if err.filename is not None else "a file"
+    if err.errno in DISK_FULL:
+        return (f"no space left on the device writing {where} ({err.strerror or err}); free some "
+                f"space and rerun the same command to resume (finished outputs are kept)")
+    if err.errno in NOT_WRITABLE:
+        return (f"permission denied: {where} ({err.strerror or err}); choose a writable --out or "
+                f"fix the permissions, then rerun the same command to resume")
+    return None
+
+
+INTERRUPTED = "interrupted; rerun the same command to resume"
+# The shell's convention for a process ended by SIGINT (128 + 2); user errors exit with 2.
+EXIT_INTERRUPTED = 130
 
 
 def main(argv=None) -> int:
@@ -167,13 +229,38 @@ def main(argv=None) -> int:
         if args.print_config:
             print(json.dumps({"stages": stages, **plain_dict(cfg)}, indent=2))
             return 0
+        warn_overridden(args, cfg)
         run(cfg, stages, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
     except user_error_types() as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        message = os_error_message(err)
+        if message is None or args.debug:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0
+
+
+def warn_overridden(args, cfg: PipelineConfig) -> None:
+    """Flags the run will not use as given, said before it starts."""
+    given = options.given_fields(args)
+    if cfg.irn_auto_thresholds:
+        for field in ("conf_fg", "conf_bg"):
+            if f"irn.{field}" in given:
+                log.warning(f"warning: --irn.{field} {given[f'irn.{field}']} is not used: "
+                            f"--irn-auto-thresholds (on in the {cfg.preset} preset) sets ir_label's "
+                            f"thresholds from each map set's best seed threshold (best "
+                            f"{'+' if field == 'conf_fg' else '-'} 0.1; ir_label prints the values "
+                            f"used); pass --irn-auto-thresholds false to use yours")
 
 
 if __name__ == "__main__":

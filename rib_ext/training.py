@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import logging
 import math
 import os
 import random
@@ -37,6 +38,8 @@ from rib_ext.config import ConfigError
 from rib_ext.io import file_is_complete, save_text
 
 STATE_VERSION = 1
+
+log = logging.getLogger("rib_ext.training")
 
 
 # ----------------------------------------------------------------------------------- random states
@@ -151,6 +154,8 @@ def load_training_state(path: str | os.PathLike, *, format: str, settings: Mappi
                               f"({type(err).__name__}: {err}){hint}") from err
     if restore_rng:
         set_rng_state(record["rng"])
+    # Said aloud: a run that starts mid-way must not pass for a fresh one.
+    log.info(f"resuming {what.replace(' training state', '')} from step {int(record['step'])} ({path})")
     return TrainingState(int(record["step"]), float(record.get("seconds", 0.0)), dict(record.get("extra") or {}))
 
 

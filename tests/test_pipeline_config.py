@@ -98,7 +98,7 @@ def test_stage_runners_pass_the_flags_on(tmp_path, monkeypatch):
     monkeypatch.setattr(segment, "segment_stage", fake("segment", {"miou": None}))
     cfg = config(["--out", str(tmp_path), "--demo-images", "4", "--demo-val-images", "2",
                   "--demo-size", "48", "--allow-missing", "--num-workers", "2", "--seed", "7",
-                  "--device", "cpu", "--irn-auto-thresholds", "false"])
+                  "--device", "cpu", "--irn-auto-thresholds", "false", "--irn.path_radius", "3"])
     maps = tmp_path / "make_cam" / "maps"
     maps.mkdir(parents=True)
     (maps / "x.npy").write_bytes(b"")  # a map set exists; the fakes never read it

@@ -11,9 +11,12 @@ from rib_ext import distributed, ops
 from rib_ext.config import MakeCamConfig
 from rib_ext.data import InferenceDataset
 from rib_ext.io import save_npy
-from rib_ext.outputs import map_path, split_complete
+from rib_ext.outputs import MapChecker, map_path, no_class_maps, split_complete
 from rib_ext.precision import autocast, check_precision, cudnn_benchmark, memory_format
 from rib_ext.runtime import progress, resolve_device
+
+CAUSE = ("the classifier activates nowhere for the image's classes, the sign of a diverged "
+         "training: train it again with a lower --lr (or check --cam-checkpoint)")
 
 
 @torch.no_grad()
@@ -51,13 +54,20 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), todo)
     loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
     t0 = time.time()
+    checker = MapChecker("make_cam", CAUSE, already_done=len(mine) - len(todo))
     # Set for this loop only (the process's value comes back after it).
     with cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
         for sample in progress(loader, "make_cam", total=len(todo)):
             keys = np.nonzero(sample["label"].numpy())[0]
-            maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
-                              cfg.channels_last)
+            if keys.size == 0:  # an image of no class (COCO): nothing to localise, no network call
+                maps = no_class_maps(sample["size"])
+            else:
+                maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
+                                  cfg.channels_last)
+            checker.check(maps, sample["name"])
             save_npy(map_path(out_dir, sample["name"]), maps)
+            checker.written(maps, sample["name"], map_path(out_dir, sample["name"]))
+    checker.finish()
     seconds = time.time() - t0
     distributed.barrier()
     return {"written": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from rib_ext.config import TrainCamConfig, plain_dict
 from rib_ext.data import ClassificationDataset, TrainTransform
 from rib_ext.models import build_cam_net, load_cam_net, save_cam_net
+from rib_ext.models.checkpoint import weight_problem
 from rib_ext.optim import PolyOptimizer
 from rib_ext.runtime import progress, resolve_device
-from rib_ext.training import (DataParallel, check_finite, epoch_batches, load_training_state,
+from rib_ext.training import (DataParallel, NonFiniteLossError, check_finite, epoch_batches, load_training_state,
                               save_training_state, trained_model_exists)
 
 MODEL_FILE = "cam_net.pth"
@@ -107,6 +108,15 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
                 if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0:
                     save_state(step, time.time() - t0)
     model.sync_batch_stats(False)
+    diverged = weight_problem(model)
+    if diverged is not None:
+        # The loss can stay finite while the weights run away: the maps would be all zero. The
+        # state is of the diverged run; removed, so a rerun with a lower rate starts afresh.
+        if par.is_main:
+            state_path.unlink(missing_ok=True)
+        raise NonFiniteLossError(f"train_cam: after {step} steps the classifier has {diverged}: "
+                                 f"training diverged with learning rate {cfg.lr:g}; lower --lr "
+                                 f"(nothing was saved as {model_path})")
     if par.is_main:
         save_cam_net(model_path, model.cpu(), meta={"config": plain_dict(cfg),
                                                      "class_names": list(dataset.class_names),

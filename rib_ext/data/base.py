@@ -89,6 +89,37 @@ class SegmentationDataset:
         """The mask of image ``i`` (or None) and where it came from, for error messages."""
         raise NotImplementedError
 
+    def annotation_files(self) -> list[Path]:
+        """Every file the labels and ground-truth masks of the listed images are read from."""
+        return []
+
+    def annotation_fingerprint(self) -> str:
+        """sha256 over the contents of :meth:`annotation_files` (cached by size and modification
+        time): provenance compares it, so an edited label or mask stops the reuse of outputs
+        made from the old ones."""
+        import hashlib
+
+        from rib_ext.io import file_digest
+
+        root = Path(getattr(self, "root", "/"))
+        h = hashlib.sha256()
+        for path in self.annotation_files():
+            try:
+                name = path.relative_to(root).as_posix()
+            except ValueError:
+                name = path.name
+            h.update(f"{name}\0{file_digest(path)}\n".encode())
+        return h.hexdigest()
+
+    def mask_file(self, i: int) -> Optional[Path]:
+        """The file image ``i``'s ground-truth mask is read from (where it is expected, whether it
+        exists or not), or None when masks are made from the annotations (COCO's instances)."""
+        return None
+
+    def has_mask(self, i: int) -> bool:
+        path = self.mask_file(i)
+        return path is None or path.is_file()
+
     def mask(self, i: int) -> Optional[np.ndarray]:
         """Ground-truth class-index mask uint8 [H, W] (0 bg, c+1 class c, 255 ignore), or None."""
         mask, source = self._mask_path_or_array(i)
@@ -100,4 +131,19 @@ class SegmentationDataset:
                 f"{source}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image "
                 f"{self.image_path(i)} is {size[0]}x{size[1]}"
             )
+        check_mask_values(mask, self.num_classes, source)
         return mask
+
+
+def check_mask_values(mask: np.ndarray, num_classes: int, source: str) -> None:
+    """A ground-truth value above the class count (and not 255, ignore) would be counted as no
+    class at all or stop the confusion matrix deep in an evaluation: name the file instead."""
+    top = int(mask.max()) if mask.size else 0
+    if top <= num_classes:
+        return
+    values = np.unique(mask)
+    bad = [int(v) for v in values if num_classes < v < 255]
+    if bad:
+        raise DatasetError(f"{source}: mask holds value(s) {preview(bad)}, above the {num_classes} "
+                           f"classes of the dataset (0 background, 1..{num_classes} the classes, "
+                           f"255 ignored)")

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from rib_ext.io import save_json
+from rib_ext.io import remember_digest, save_json
 
 from .base import SegmentationDataset, drop_unlabelled, preview
 from .errors import DatasetError
@@ -130,6 +130,8 @@ def _load_coco(ann_file: Path):
     st = ann_file.stat()
     fingerprint = {"path": str(ann_file.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                    "sha256": hashlib.sha256(raw).hexdigest()}
+    # Provenance hashes the file again otherwise (a second read of COCO's 450 MB train json).
+    remember_digest(ann_file, fingerprint["sha256"], (os.path.abspath(ann_file), st.st_size, st.st_mtime_ns))
     try:
         data = json.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -337,6 +339,15 @@ class COCODataset(SegmentationDataset):
     def annotations(self, i: int) -> list[dict]:
         """The raw COCO annotations of image ``i``."""
         return list(self._coco.imgToAnns.get(self._records[self._ids[i]]["id"], []))
+
+    def annotation_files(self) -> list[Path]:
+        files = [self.ann_file]
+        if self.mask_dir is not None:
+            files += [p for p in (self.mask_dir / f"{i}.png" for i in self._ids) if p.is_file()]
+        return files
+
+    def mask_file(self, i: int) -> Optional[Path]:
+        return self.mask_dir / f"{self._ids[i]}.png" if self.mask_dir is not None else None
 
     def _mask_path_or_array(self, i: int):
         stem = self._ids[i]

@@ -363,9 +363,11 @@ class VOCDataset(SegmentationDataset):
         self._ids = drop_unlabelled(ids, self._labels, self.list_source)
 
     def _resolve_labels(self, ids: Sequence[str], labels_path) -> dict[str, np.ndarray]:
+        self.labels_file: Optional[Path] = None  # the labels table read, if one was
         if labels_path is None and (self.root / "cls_labels.npy").is_file():
             labels_path = self.root / "cls_labels.npy"
         if labels_path is not None and self._refresh_if_stale(Path(labels_path)):
+            self.labels_file = Path(labels_path)
             return self._labels_from_file(Path(labels_path), ids)
         skipped = SkippedNames()
         labels = {i: labels_for_id(self.root, i, self._class_names, "auto", skipped) for i in ids}
@@ -406,6 +408,20 @@ class VOCDataset(SegmentationDataset):
 
     def mask_path(self, i: int) -> Optional[Path]:
         return find_mask(self.root, self._ids[i])
+
+    def annotation_files(self) -> list[Path]:
+        """The class list, the labels table (else each id's XML or mask the labels came from),
+        and each listed id's ground-truth mask."""
+        files = [self.root / "classes.txt"] if (self.root / "classes.txt").is_file() else []
+        if self.labels_file is not None:
+            files.append(self.labels_file)
+        else:
+            files += [_label_source(self.root, i, "auto") for i in self._ids]
+        files += [p for p in (find_mask(self.root, i) for i in self._ids) if p is not None]
+        return list(dict.fromkeys(files))
+
+    def mask_file(self, i: int) -> Path:
+        return self.mask_path(i) or self.root / "SegmentationClass" / f"{self._ids[i]}.png"
 
     def _mask_path_or_array(self, i: int):
         path = self.mask_path(i)

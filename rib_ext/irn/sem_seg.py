@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from rib_ext import distributed
 from rib_ext.data import load_label_png, multiscale_flip_views, save_index_png
-from rib_ext.evaluation import evaluate_sharded, write_report
+from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_sha256, save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
@@ -159,8 +159,7 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
     """
     cfg = cfg if cfg is not None else IRNConfig()
     t0 = time.time()
-    index = dataset_index(dataset)
-    with_gt = [n for n in dataset.ids if _has_mask(dataset, index[n])]
+    with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "eval_mask", cfg.allow_missing)
     if not with_gt:
         raise ValueError("eval_mask: no image of the dataset has a ground-truth mask")
     names, missing = present_names(mask_dir, with_gt, ".png", "pseudo masks", "eval_mask",
@@ -169,8 +168,8 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"eval_mask: none of the {len(with_gt)} images with ground truth has a "
                          f"mask in {mask_dir}")
     # Under torchrun each rank scores its shard; the confusion counts are summed over the ranks.
-    result = evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(mask_dir)),
-                              dataset.num_classes + 1)
+    result = note_missing(evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(mask_dir)),
+                                           dataset.num_classes + 1), no_mask)
     class_names = ("background",) + tuple(dataset.class_names)
     if distributed.rank() == 0:
         write_report(out_dir, result, class_names, title="Pseudo masks (IRN random walk)")
@@ -179,9 +178,3 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
             "per_class_iou": dict(zip(class_names, result["per_class_iou"])),
             "seconds": round(time.time() - t0, 2)}
 
-
-def _has_mask(dataset, i: int) -> bool:
-    mask_path = getattr(dataset, "mask_path", None)
-    if mask_path is not None:
-        return mask_path(i) is not None
-    return dataset.mask(i) is not None

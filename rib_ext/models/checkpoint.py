@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from rib_ext.checkpoints import MissingCheckpointError, read_checkpoint, write_checkpoint
+from rib_ext.checkpoints import CheckpointError, MissingCheckpointError, read_checkpoint, write_checkpoint
 from rib_ext.io import preview
 from rib_ext.models import authors
 from rib_ext.models.resnet_cam import CAMNet
@@ -137,6 +137,29 @@ def build_cam_net(backbone: str = "resnet50", num_classes: int = 20,
     return load_backbone_weights(model, weights)
 
 
+# A trained ResNet classifier's parameters stay within a few units (ImageNet's BN scales reach
+# about 10); weight decay and batch norm keep them there. A training that diverged leaves far larger
+# ones (issue 20: 5e4 after one step at lr 1e6, 5e16 after more) with a finite loss, and maps that
+# are zero everywhere. The bound leaves two orders of magnitude of room.
+WEIGHT_LIMIT = 1e3
+
+
+def weight_problem(model: torch.nn.Module) -> Optional[str]:
+    """What is wrong with a network's weights (a non-finite value anywhere, a parameter beyond
+    :data:`WEIGHT_LIMIT`), or None."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"non-finite values in {name}"
+    worst, where = 0.0, ""
+    for name, p in model.named_parameters():
+        top = float(p.detach().abs().max()) if p.numel() else 0.0
+        if top > worst:
+            worst, where = top, name
+    if worst > WEIGHT_LIMIT:
+        return f"weights up to {worst:.3g} (in {where}; a trained classifier's stay below {WEIGHT_LIMIT:g})"
+    return None
+
+
 def save_cam_net(path: os.PathLike | str, model: CAMNet,
                  meta: Optional[Dict[str, Any]] = None) -> None:
     """Save a trained CAM network atomically. ``meta`` must hold only plain Python values
@@ -171,6 +194,7 @@ def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") ->
     if Path(path).is_file():
         model = cam_net_from_authors(read_checkpoint(path, None, None, "PyTorch checkpoint"), str(path))
         if model is not None:
+            check_cam_weights(model, path)
             return model.to(device).eval()
     record = load_cam_checkpoint(path)
     try:
@@ -182,7 +206,19 @@ def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") ->
         raise ValueError(f"{path}: state dict does not match a {record['backbone']} CAMNet with "
                          f"{record['num_classes']} classes: " + "; ".join(problems))
     model.load_state_dict(record["state_dict"], strict=True)
+    names = (record.get("meta") or {}).get("class_names")
+    model.class_names = tuple(names) if isinstance(names, (list, tuple)) else None  # for messages
+    check_cam_weights(model, path, (record.get("meta") or {}).get("config", {}).get("lr"))
     return model.to(device).eval()
+
+
+def check_cam_weights(model: CAMNet, path, lr=None) -> None:
+    """Refuse a classifier whose weights show a diverged training (its maps would be all zero)."""
+    problem = weight_problem(model)
+    if problem is not None:
+        at = f" (it was trained with learning rate {lr:g})" if isinstance(lr, (int, float)) else ""
+        raise CheckpointError(f"{path}: the classifier has {problem}: its training diverged{at}; "
+                              f"train it again with a lower --lr")
 
 
 def cam_net_from_authors(obj: Any, source: str = "checkpoint"):

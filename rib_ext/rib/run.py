@@ -15,10 +15,13 @@ from pathlib import Path
 from rib_ext import distributed
 from rib_ext.config import RIBConfig
 from rib_ext.io import file_is_complete, save_json, save_npy, save_text
-from rib_ext.outputs import map_path, split_complete
-from rib_ext.rib.engine import RIBEngine, Target
+from rib_ext.outputs import MapChecker, map_path, no_class_maps, split_complete
+from rib_ext.rib.engine import Result, RIBEngine, Target
 from rib_ext.rib.sampling import OtherImages
 from rib_ext.runtime import progress, resolve_device
+
+CAUSE = ("the per-image adaptation diverged (lower --rib.lr) or the classifier activates nowhere "
+         "for the image's classes (check make_cam's map of it)")
 
 
 def adapt_dataset(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | Path) -> dict:
@@ -42,17 +45,25 @@ def adapt_dataset(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | P
     def targets():
         for i in todo:
             name = dataset.name(i)
-            yield Target(i, name, dataset.image(i), dataset.labels(i), pool_index.get(name))
+            labels = dataset.labels(i)
+            if not labels.any():  # COCO's images of no class: nothing to adapt to (the authors'
+                write(no_class_result(i, name, dataset.image_size(i)))  # code writes keys only)
+                continue
+            yield Target(i, name, dataset.image(i), labels, pool_index.get(name))
 
     bar = progress(range(len(todo)), f"rib (rank {distributed.rank()})" if distributed.is_distributed()
                    else "rib", total=len(todo))
     t0 = time.time()
 
+    checker = MapChecker("rib", CAUSE, already_done=len(mine) - len(todo))
+
     def write(result) -> None:
+        checker.check(result.maps, result.name)
         # The record first: the map's existence marks the image done, so a kill between the two
         # writes leaves a record without map, which the next run redoes (and rewrites).
         save_json(records_dir / f"{result.name}.json", result.record)
         save_npy(map_path(maps_dir, result.name), result.maps)
+        checker.written(result.maps, result.name, map_path(maps_dir, result.name))
         bar.update(1)
 
     largest = None
@@ -60,6 +71,7 @@ def adapt_dataset(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | P
         # The automatic G must fit the largest image's step (image headers only, no decoding).
         largest = max((dataset.image_size(i) for i in todo), key=lambda hw: hw[0] * hw[1])
     RIBEngine(model, pool, cfg, device).run(targets(), on_result=write, largest=largest)
+    checker.finish()
     bar.close()
     seconds = time.time() - t0
     distributed.barrier()
@@ -68,6 +80,13 @@ def adapt_dataset(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | P
     if distributed.rank() == 0:
         summary.update(merge_records(dataset, records_dir, out_dir))
     return summary
+
+
+def no_class_result(index: int, name: str, image_size) -> Result:
+    """The result of an image with no class: keys-only maps, no step taken."""
+    record = {"name": name, "index": index, "steps": 0, "stop": "no_class", "target_logit_sums": [],
+              "final_target_logit_sum": None, "seconds": 0.0}
+    return Result(name, no_class_maps(image_size), record)
 
 
 def merge_records(dataset, records_dir: Path, out_dir: Path) -> dict:

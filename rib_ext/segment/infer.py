@@ -18,7 +18,8 @@ from rib_ext import distributed
 from rib_ext.config import CRFConfig
 from rib_ext.crf import _densecrf
 from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
-from rib_ext.evaluation import evaluate_sharded, write_report
+from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
+from rib_ext.io import file_digest
 from rib_ext.outputs import check_settings, split_done
 from rib_ext.runtime import progress
 
@@ -82,7 +83,9 @@ def predict_labels(model: DeepLabV2, img: np.ndarray, cfg: Optional[SegmentConfi
 def inference_settings(cfg: SegmentConfig, model_path: Optional[str | Path] = None) -> dict:
     d = cfg.as_dict()
     keys = ("scales", "flip", "use_crf") + (("crf",) if cfg.use_crf else ())
-    return {**{k: d[k] for k in keys}, "model": None if model_path is None else str(Path(model_path).resolve())}
+    # The model by its contents, not its path: a copied or moved run folder predicts on.
+    return {**{k: d[k] for k in keys},
+            "model_sha256": None if model_path is None else file_digest(model_path)}
 
 
 def predict_folder(model: DeepLabV2, dataset, names: Sequence[str], out_dir: str | Path,
@@ -126,14 +129,14 @@ def _pairs(dataset, names: Sequence[str], pred_dir: Path) -> Iterator[Tuple[np.n
 
 
 def evaluate_folder(dataset, names: Sequence[str], pred_dir: str | Path, report_dir: str | Path,
-                    title: str = "DeepLab-v2 segmentation") -> dict:
+                    title: str = "DeepLab-v2 segmentation", missing: Sequence[str] = ()) -> dict:
     """mIoU etc. of ``pred_dir/<id>.png`` against the ground truth of ``names``; writes
     ``report_dir/result.json``, ``result.md`` and ``confusion.npy``; returns the result dict.
     Under torchrun every rank calls it and scores its shard (the counts summed over the ranks)."""
     if not names:
         raise ValueError("segment: no image with a ground-truth mask to evaluate")
-    result = evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(pred_dir)),
-                              dataset.num_classes + 1)
+    result = note_missing(evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(pred_dir)),
+                                           dataset.num_classes + 1), missing)
     if distributed.rank() == 0:
         write_report(report_dir, result, ("background", *dataset.class_names), title=title)
     distributed.barrier()
@@ -153,6 +156,9 @@ def infer_stage(model: DeepLabV2, dataset, out_dir: str | Path, cfg: Optional[Se
     cfg = cfg if cfg is not None else SegmentConfig()
     split_dir = Path(out_dir) / split
     with_gt = [n for i, n in enumerate(dataset.ids) if has_ground_truth(dataset, i)]
+    no_mask: list = []
+    if with_gt and len(with_gt) < len(dataset.ids):  # none at all: a test set, for the server
+        with_gt, no_mask = with_ground_truth(dataset, dataset.ids, "segment", cfg.allow_missing)
     pred_dir = split_dir / ("predictions" if with_gt else VOC_SERVER_DIR)
     # settings.json beside, not inside, the server folder: the server rejects unexpected files.
     # Under torchrun each rank predicts its shard of the images, then scores its shard of those
@@ -165,7 +171,7 @@ def infer_stage(model: DeepLabV2, dataset, out_dir: str | Path, cfg: Optional[Se
                "predictions": str(pred_dir), "report": None, "written": written}
     if with_gt:
         result = evaluate_folder(dataset, with_gt, pred_dir, split_dir,
-                                 title=f"DeepLab-v2 segmentation ({split})")
+                                 title=f"DeepLab-v2 segmentation ({split})", missing=no_mask)
         names = ("background", *dataset.class_names)
         summary.update(miou=result["miou"], num_images=result["num_images"],
                        per_class_iou=dict(zip(names, result["per_class_iou"])),

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from rib_ext.checkpoints import read_checkpoint, write_checkpoint
+from rib_ext.checkpoints import check_num_classes, read_checkpoint, write_checkpoint
 from rib_ext.models import FixedBatchNorm, MissingWeightsError, convert_to_fixed_bn, load_backbone_weights
 from rib_ext.models.checkpoint import missing_weights_message
 from rib_ext.models.resnet_cam import BACKBONES, TORCHVISION_PARTS
@@ -187,10 +187,15 @@ def save_deeplab(path: os.PathLike | str, model: DeepLabV2, meta: Optional[Dict[
     write_checkpoint(path, record)
 
 
-def load_deeplab(path: os.PathLike | str, device: torch.device | str = "cpu") -> DeepLabV2:
-    """Rebuild the network saved by :func:`save_deeplab`, on ``device``, in eval mode."""
+def load_deeplab(path: os.PathLike | str, device: torch.device | str = "cpu",
+                 num_classes: Optional[int] = None) -> DeepLabV2:
+    """Rebuild the network saved by :func:`save_deeplab`, on ``device``, in eval mode;
+    ``num_classes`` (background included), when given, must be the saved network's."""
     record = read_checkpoint(path, MODEL_FORMAT, MODEL_VERSION, "rib_ext DeepLab-v2 model",
                              " (the segment stage's training writes it)")
+    if num_classes is not None and "num_classes" in record:
+        check_num_classes(path, record["num_classes"], num_classes,
+                          "the dataset (background included)")
     try:
         model = DeepLabV2(record["backbone"], record["num_classes"], record["dilations"])
         model.load_state_dict(record["state_dict"], strict=True)

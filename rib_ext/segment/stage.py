@@ -60,7 +60,7 @@ def _retrain_labels(train_dataset, names, score_dir, out_dir: Path, cfg: Segment
         write_score_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg, cfg.retrain_bg)
     distributed.barrier("segment: the confident labels of the first network")
     first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)  # every rank
-    model = load_deeplab(first["model"], device)
+    model = load_deeplab(first["model"], device, train_dataset.num_classes + 1)
     predictions = root / "first_predictions"
     predict_folder(model, train_dataset, distributed.shard(names), predictions, cfg,
                    model_path=first["model"])  # each rank its shard
@@ -106,7 +106,7 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
 
     summary = {"miou": None, "per_class_iou": None, "num_images": 0, "predictions": None, "report": None}
     if val_dataset is not None:
-        model = load_deeplab(trained["model"], device)
+        model = load_deeplab(trained["model"], device, val_dataset.num_classes + 1)
         summary.update(infer_stage(model, val_dataset, out_dir, cfg, model_path=trained["model"]))
     summary.update(retrain=retrain, train_images=len(names), train_labels=str(train_labels),
                    model=trained["model"], train=trained, seconds=round(time.time() - t0, 2))

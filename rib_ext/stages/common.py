@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from rib_ext.evaluation import json_figures
+
 
 def result_settings(section, drop: Sequence[str] = ()) -> dict:
     """A stage config's fields that shape its outputs, as plain values (for provenance): the
@@ -18,7 +20,7 @@ def result_settings(section, drop: Sequence[str] = ()) -> dict:
 def headline(result: dict) -> dict:
     """The figures a summary keeps of an evaluation."""
     keep = ("best_threshold", "threshold", "miou", "precision", "recall", "f1", "num_images", "seconds")
-    return {k: result[k] for k in keep if k in result}
+    return json_figures({k: result[k] for k in keep if k in result})
 
 
 def brief(result: dict) -> dict:

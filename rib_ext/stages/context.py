@@ -123,12 +123,18 @@ class RunContext:
         return self.stage_dir("train_cam", CAM_MODEL_FILE)
 
     def load_classifier(self):
+        """The classifier, checked to have the dataset's classes (and sane weights)."""
+        from rib_ext.checkpoints import check_num_classes
         from rib_ext.models import load_cam_net
 
         path = self.classifier_path()
         if not path.is_file():
             raise PipelineError(f"no classifier at {path}: run train_cam first or pass --cam-checkpoint")
-        return load_cam_net(path, "cpu")
+        model = load_cam_net(path, "cpu")
+        ds = self.eval_set
+        check_num_classes(path, model.num_classes, ds.num_classes, f"dataset {self.cfg.dataset}",
+                          getattr(model, "class_names", None), ds.class_names)
+        return model
 
     def best_threshold(self, name: str) -> float:
         """eval_seed's best background threshold of a map set."""
@@ -153,13 +159,16 @@ class RunContext:
     def dataset(self, which: str):
         """``"train"`` (classifier training), ``"pool"`` (RIB's other images: the training list;
         on COCO with its images of no class kept, as the authors' code keeps them), ``"eval"``
-        (maps made and evaluated) or ``"val"`` (the segment stage's evaluation), each opened once."""
+        (maps made and evaluated; on COCO with its images of no class, see
+        :attr:`keeps_no_class_images`) or ``"val"`` (the segment stage's evaluation), each opened
+        once."""
         if which not in self._datasets:
             from rib_ext.data import build_dataset
 
             kw = {"demo": self.cfg.demo} if self.cfg.dataset == "demo" else {}
             listed = "train" if which == "pool" else which
-            if which == "pool" and self.cfg.dataset == "coco":
+            if self.cfg.dataset == "coco" and (which == "pool" or (which == "eval" and
+                                                                   self.keeps_no_class_images)):
                 kw["keep_unlabelled"] = True
             elif which == "pool":
                 return self.train_set  # VOC lists hold no image without a class
@@ -182,6 +191,13 @@ class RunContext:
         self._prepared = True
 
     @property
+    def keeps_no_class_images(self) -> bool:
+        """COCO images with no class stay in the list to map and evaluate, with keys-only maps
+        and all-background masks, as in the authors' code (their COCO figures count them); the
+        paper behaviour (--rib-behaviour paper) drops them with a warning, as a classifier's training list does."""
+        return self.cfg.rib.behaviour != "paper"
+
+    @property
     def train_set(self):
         return self.dataset("train")
 
@@ -200,7 +216,8 @@ class RunContext:
     def dataset_description(self, which: str) -> dict:
         """What identifies a list's images, for provenance. The demo is described by its generator
         settings (a new seed draws new images under the same ids), so it is not opened here; other
-        datasets by root, list and a hash of the ids."""
+        datasets by root, list, a hash of the ids and one of the contents of the files their labels
+        and masks come from (an edited annotation changes it)."""
         import hashlib
 
         cfg = self.cfg
@@ -212,7 +229,8 @@ class RunContext:
             return desc
         ds = self.dataset(which)
         desc.update(root=str(self.dataset_root().resolve()), num_images=len(ds),
-                    ids_sha256=hashlib.sha256("\n".join(ds.ids).encode()).hexdigest())
+                    ids_sha256=hashlib.sha256("\n".join(ds.ids).encode()).hexdigest(),
+                    annotations_sha256=ds.annotation_fingerprint())
         return desc
 
 

@@ -3,6 +3,7 @@ as class-index PNGs and evaluated with the same code as eval_seed (:func:`rib_ex
 from __future__ import annotations
 
 from rib_ext.crf import refine_seeds
+from rib_ext.evaluation import percent
 from rib_ext.stages.common import headline, result_settings
 
 UPSTREAM = ("make_cam", "rib", "eval_seed", "data:eval")
@@ -23,6 +24,6 @@ def run(ctx, cfg) -> dict:
                               allow_missing=cfg.allow_missing, workers=cfg.cpu_workers)
         results[name] = headline(result)
         if "miou" in result:
-            ctx.info(f"[crf] {name.upper()} + CRF mIoU {100 * result['miou']:.1f} at threshold "
+            ctx.info(f"[crf] {name.upper()} + CRF mIoU {percent(result['miou'])} at threshold "
                      f"{threshold:.2f}")
     return results

@@ -11,6 +11,7 @@ def settings(cfg) -> dict:
 
 
 def run(ctx, cfg) -> dict:
+    from rib_ext.evaluation import percent
     from rib_ext.irn import eval_mask_stage
 
     results = {}
@@ -18,6 +19,6 @@ def run(ctx, cfg) -> dict:
         out = ctx.stage_dir("eval_mask", name)
         result = eval_mask_stage(ctx.eval_set, ctx.mask_dir(name), out, cfg.irn)
         results[name] = headline(result)
-        ctx.info(f"[eval_mask] {name.upper()} -> IRN pseudo-mask mIoU {100 * result['miou']:.1f} "
+        ctx.info(f"[eval_mask] {name.upper()} -> IRN pseudo-mask mIoU {percent(result['miou'])} "
                  f"-> {out / 'result.md'}")
     return results

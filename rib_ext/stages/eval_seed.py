@@ -2,7 +2,9 @@
 (:func:`rib_ext.evaluation.eval_seed`)."""
 from __future__ import annotations
 
-from rib_ext.evaluation import eval_seed
+import math
+
+from rib_ext.evaluation import eval_seed, percent
 from rib_ext.stages.common import headline, result_settings
 
 UPSTREAM = ("make_cam", "rib", "data:eval")
@@ -19,7 +21,11 @@ def run(ctx, cfg) -> dict:
         result = eval_seed(ctx.eval_set, maps_dir, cfg.eval_seed, out,
                            allow_missing=cfg.allow_missing, title=f"{name.upper()} seed")
         results[name] = headline(result)
-        ctx.info(f"[eval_seed] {name.upper()} seed mIoU {100 * result['miou']:.1f} at threshold "
-                 f"{result['best_threshold']:.2f} (precision {100 * result['precision']:.1f}, "
-                 f"recall {100 * result['recall']:.1f}) -> {out / 'result.md'}")
+        ctx.info(f"[eval_seed] {name.upper()} seed mIoU {percent(result['miou'])} at threshold "
+                 f"{result['best_threshold']:.2f} (precision {percent(result['precision'])}, "
+                 f"recall {percent(result['recall'])}) -> {out / 'result.md'}")
+        if math.isnan(result["precision"]):
+            ctx.warn(f"[eval_seed] {name.upper()}: no pixel is foreground at the best threshold "
+                     f"{result['best_threshold']:.2f}, so the precision is undefined: the maps "
+                     f"are (nearly) empty; check the classifier (make_cam) or the thresholds")
     return results

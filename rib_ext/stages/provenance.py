@@ -53,7 +53,8 @@ class Provenance:
                 path = Path(self.ctx.cfg.cam_checkpoint)
                 if not path.is_file():
                     raise PipelineError(f"--cam-checkpoint {path}: file not found")
-                value = {"cam_checkpoint": str(path.resolve()), "sha256": file_sha256(path)}
+                value = in_run_folder({"cam_checkpoint": str(path.resolve()),
+                                       "sha256": file_sha256(path)}, self.ctx.out)
             else:
                 value = self.record(dep)["fingerprint"]
             self._inputs[dep] = value
@@ -62,7 +63,8 @@ class Provenance:
     def record(self, stage: str) -> dict:
         if stage not in self._records:
             mod = stage_module(stage)
-            body = {"stage": stage, "settings": json.loads(json.dumps(mod.settings(self.ctx.cfg))),
+            settings = in_run_folder(json.loads(json.dumps(mod.settings(self.ctx.cfg))), self.ctx.out)
+            body = {"stage": stage, "settings": settings,
                     "inputs": {dep: self.input_value(dep) for dep in mod.UPSTREAM
                                if dep.startswith("data:") or dep in self.registry}}
             self._records[stage] = {**body, "fingerprint": digest(body)}
@@ -143,6 +145,25 @@ class Provenance:
         self.ctx.write_json(self.ctx.stage_dir(stage, RECORD), self.record(stage))
 
 
+RUN_FOLDER = "<out>"
+
+
+def in_run_folder(obj, out: Path):
+    """``obj`` with every path inside the run folder written relative to it (``<out>/train_cam/
+    cam_net.pth``): a copied or moved run folder then keeps its records valid (IRN's weights on the
+    demo are the run's own classifier, named by an absolute path in the settings)."""
+    if isinstance(obj, dict):
+        return {k: in_run_folder(v, out) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [in_run_folder(v, out) for v in obj]
+    if isinstance(obj, str) and "/" in obj:
+        try:
+            return f"{RUN_FOLDER}/{Path(obj).resolve().relative_to(Path(out).resolve()).as_posix()}"
+        except (ValueError, OSError):
+            return obj
+    return obj
+
+
 def differences(saved: dict, now: dict) -> List[str]:
     """'settings.lr 0.0001 -> 0.5'-style lines for every field that differs."""
     out: List[str] = []
@@ -155,6 +176,9 @@ def differences(saved: dict, now: dict) -> List[str]:
             if prefix.startswith("inputs.") and isinstance(a, str) and isinstance(b, str) \
                     and prefix.count(".") == 1:
                 out.append(f"{prefix}: the {prefix[7:]} outputs it was made from have changed")
+            elif prefix.endswith(".annotations_sha256"):
+                out.append(f"{prefix}: the dataset's annotations (labels or masks) have changed "
+                           f"since")
             else:
                 out.append(f"{prefix} {json.dumps(a)} -> {json.dumps(b)}")
 

@@ -12,6 +12,7 @@ def settings(cfg) -> dict:
 
 
 def run(ctx, cfg) -> dict:
+    from rib_ext.evaluation import percent
     from rib_ext.segment import segment_stage
 
     # Every rank: the training is data-parallel and the inference sharded (segment_stage).
@@ -26,5 +27,5 @@ def run(ctx, cfg) -> dict:
                            score_dir=scores if scores.is_dir() else None, saliency_dir=saliency)
     if result.get("miou") is not None:
         ctx.info(f"[segment] DeepLab-v2 on the {name.upper()} pseudo masks: val mIoU "
-                 f"{100 * result['miou']:.1f}")
+                 f"{percent(result['miou'])}")
     return headline(result)

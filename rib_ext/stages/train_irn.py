@@ -13,6 +13,22 @@ def settings(cfg) -> dict:
     return {k: v for k, v in result_settings(cfg.irn).items() if k not in others}
 
 
+def check(cfg) -> None:
+    """Before any stage runs: the training crop must hold IRN's path pairs at stride 4 (else
+    train_irn would stop only after the stages before it have done their work)."""
+    from rib_ext.config import ConfigError
+    from rib_ext.irn.path_index import PathIndex
+
+    grid = cfg.irn.crop_size // 4
+    try:
+        PathIndex(cfg.irn.path_radius).source_shape(grid, grid)
+    except ValueError as err:
+        demo = " (on the demo the crop is the image size: --demo-size)" if cfg.dataset == "demo" else ""
+        raise ConfigError(f"train_irn: --irn.crop_size {cfg.irn.crop_size}{demo} gives a {grid}x{grid} "
+                          f"grid at stride 4, too small for --irn.path_radius {cfg.irn.path_radius}: "
+                          f"{err}; use a larger crop or a smaller --irn.path_radius") from None
+
+
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import train_irn_stage
 

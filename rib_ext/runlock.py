@@ -1,0 +1,82 @@
+"""One run at a time per output folder: ``OUT/.lock``, held with ``fcntl.flock`` for the run's life.
+
+Two runs on one ``--out`` would write the same files (and one would delete what the other is
+writing, with ``--overwrite``), so the second stops at once, naming the process that holds the lock.
+The lock belongs to the open file, not to its presence on disk: when the holder dies, even by
+``kill -9``, the kernel releases it, and the next run takes the folder over without advice to
+delete anything. The file keeps the holder's pid and host for the message.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+LOCK_NAME = ".lock"
+
+
+class RunLockedError(Exception):
+    """Another process runs the pipeline on the same output folder (the message names it)."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        fields = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    except OSError:
+        fields = {}
+    pid, host, since = fields.get("pid", "?"), fields.get("host", "?"), fields.get("started", "?")
+    return f"process {pid} on {host} (since {since})"
+
+
+class RunLock:
+    """``with RunLock(out): ...`` holds ``out/.lock``; :class:`RunLockedError` when already held.
+
+    Not re-entrant: a second lock on the same folder in one process is refused too (flock locks
+    belong to open file descriptions), which is what a library caller running two pipelines on one
+    folder needs to hear.
+    """
+
+    def __init__(self, out: str | os.PathLike):
+        self.path = Path(out) / LOCK_NAME
+        self._fd: Optional[int] = None
+        self.previous: Optional[str] = None  # the stale holder taken over, for a log line
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunLockedError(
+                    f"{self.path.parent} is in use by another run: {_holder(self.path)} holds "
+                    f"{self.path}. Wait for it to finish (or stop it), or use another --out") from None
+            raise
+        if os.fstat(fd).st_size:
+            self.previous = _holder(self.path)  # its process died without releasing: stale
+        stamp = (f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
+                 f"started={time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, stamp, 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # Empty the file first: a later run then knows the folder was left cleanly.
+        try:
+            os.ftruncate(self._fd, 0)
+        finally:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
