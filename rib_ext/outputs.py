@@ -11,6 +11,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from rib_ext import distributed
 from rib_ext.io import file_is_complete, load_npy_dict, preview, save_json
 from rib_ext.ops.cam import strided_size
 
@@ -193,16 +194,18 @@ class MapChecker:
     def finish(self) -> None:
         """Raise when every image's maps are empty (their files are removed first, so a rerun
         does not take them for done); warn naming the images when only some are."""
-        if not self.empty:
-            return
+        # Decided over all ranks (each writes its shard): every rank raises, or none does.
+        empty, count, done = (int(v) for v in distributed.all_reduce_sum(
+            np.array([len(self.empty), self.count, self.already_done], dtype=np.int64)))
         names = [n for n, _ in self.empty]
-        if len(self.empty) == self.count and not self.already_done:
+        if count and empty == count and not done:
             for _, path in self.empty:
                 if path is not None:
                     Path(path).unlink(missing_ok=True)
-            raise BadMapsError(f"{self.stage}: the maps of all {self.count} images are zero "
+            raise BadMapsError(f"{self.stage}: the maps of all {count} images are zero "
                                f"everywhere for every class of the image ({preview(names)}): "
                                f"{self.cause}; they were not kept")
-        warnings.warn(f"{self.stage}: {len(names)} of {self.count} images got maps that are zero "
-                      f"everywhere for all their classes (a weak classifier?): {preview(names)}",
-                      stacklevel=2)
+        if names:
+            warnings.warn(f"{self.stage}: {len(names)} of {self.count} images got maps that are "
+                          f"zero everywhere for all their classes (a weak classifier?): "
+                          f"{preview(names)}", stacklevel=2)

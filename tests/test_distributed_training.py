@@ -292,7 +292,7 @@ def test_a_wait_longer_than_the_timeout_passes_and_says_what_it_waits_for(tmp_pa
 def test_fresh_out_under_torchrun_generates_the_demo_once(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-           "-m", "rib_ext.pipeline", "--out", str(out), "--stages", "train_cam,make_cam",
+           "-m", "rib_ext.pipeline", "--out", str(out), "--stages", "train_cam",
            "--demo-size", "32", "--demo-images", "4", "--demo-val-images", "2", "--epochs", "1",
            "--batch-size", "2", "--scales", "1.0", "--device", "cpu", "--dist-timeout", "900"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -304,5 +304,4 @@ def test_fresh_out_under_torchrun_generates_the_demo_once(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["dist_timeout_s"] == 900 and config["environment"]["world_size"] == WORLD
     assert (out / "train_cam" / "cam_net.pth").is_file()
-    assert len(list((out / "make_cam" / "maps").glob("*.npy"))) == 2
     assert len(read_loss_log(out / "train_cam" / "loss.csv")) == 2  # 4 images, batch 2, 1 epoch

@@ -78,6 +78,10 @@ def test_make_cam_and_rib_run_their_network_under_the_flags(restore_flags):
         def batch(self, recipes):
             return torch.rand(len(recipes), 3, 32, 32), torch.eye(3)[[1] * len(recipes)]
 
+        def stage(self, recipes):  # the engine takes its batches through the (CPU: inline) staging
+            from rib_ext.rib.staging import Staged
+            return Staged([self.batch(r) for r in recipes])
+
     cfg = RIBConfig(steps=2, num_others=2, scales=(1.0,), loss_scales=(1.0,), precision="float32",
                     prefetch="off", device="cpu")
     engine = RIBEngine(model, Pool(), cfg, torch.device("cpu"))

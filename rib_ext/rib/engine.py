@@ -409,7 +409,7 @@ class RIBEngine:
     def _add_final_map(self, st: _State) -> None:
         """The map of the weights after the last update, every scale (``cfg.final_map``)."""
         for s, x2 in enumerate(st.x2):
-            cam = self._cam(st, x2)
+            cam = self._cam(st.params, x2)
             ops.cam_flip_accumulate_(st.acc[s], cam[0], cam[1])
         if self.snapshot_steps:
             st.snapshots.append(self._maps(st))
