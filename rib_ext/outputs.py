@@ -110,6 +110,11 @@ def load_maps(path: str | Path, num_classes: int, image_size: Sequence[int],
 
 # ------------------------------------------------------------------------------------- settings
 
+class MixedOutputsError(ValueError):
+    """A stage folder holds outputs made with other settings (or an unreadable settings record):
+    a user's error, printed as ``error: ...``; nothing of the folder is overwritten."""
+
+
 SETTINGS_FILE = "settings.json"
 
 
@@ -122,11 +127,11 @@ def check_settings(out_dir: str | Path, stage: str, settings: Dict) -> None:
         try:
             old = json.loads(path.read_text())
         except ValueError as err:
-            raise ValueError(f"{path}: unreadable settings file ({err}); delete it to go on") from err
+            raise MixedOutputsError(f"{path}: unreadable settings file ({err}); delete it to go on") from err
         if old != record:
             diff = {k: (old.get(k), record.get(k)) for k in sorted(set(old) | set(record))
                     if old.get(k) != record.get(k)}
-            raise ValueError(f"{stage}: {Path(out_dir)} holds outputs made with other settings "
+            raise MixedOutputsError(f"{stage}: {Path(out_dir)} holds outputs made with other settings "
                              f"(was, now: {diff}); use another output folder or empty this one")
         return
     save_json(path, record)

@@ -183,13 +183,13 @@ def user_error_types() -> tuple:
     from rib_ext.checkpoints import CheckpointError
     from rib_ext.distributed import RankFailedError
     from rib_ext.io import UnreadableFileError
-    from rib_ext.outputs import BadMapsError
+    from rib_ext.outputs import BadMapsError, MixedOutputsError
     from rib_ext.runlock import RunLockedError
     from rib_ext.training import NonFiniteLossError
 
     return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
-            NonFiniteLossError, RankFailedError, RunLockedError, BadMapsError, FileNotFoundError, NotADirectoryError,
-            FileExistsError)
+            NonFiniteLossError, RankFailedError, RunLockedError, BadMapsError, MixedOutputsError,
+            FileNotFoundError, NotADirectoryError, FileExistsError)
 
 
 # What the system says when it cannot write an output: the user's to fix (space, permissions), not

@@ -101,3 +101,15 @@ def test_irn_stages_remake_a_broken_png(tmp_path):
     with pytest.warns(UserWarning, match="b.png"):
         todo, done = split_done(tmp_path, ["a", "b", "c"])
     assert todo == ["b", "c"] and done == ["a"]
+
+
+def test_a_folder_of_other_settings_is_a_user_error(tmp_path):
+    """A per-image folder made with other settings stops as `error: ...` (exit 2), not a traceback."""
+    from rib_ext import pipeline
+    from rib_ext.outputs import MixedOutputsError, check_settings
+
+    check_settings(tmp_path, "ir_label", {"conf_fg": 0.3})
+    check_settings(tmp_path, "ir_label", {"conf_fg": 0.3})  # the same settings: a resume
+    with pytest.raises(MixedOutputsError, match="holds outputs made with other settings"):
+        check_settings(tmp_path, "ir_label", {"conf_fg": 0.4})
+    assert issubclass(MixedOutputsError, pipeline.user_error_types())
