@@ -160,7 +160,10 @@ def extensions():
             if dropped:
                 why += f"; dropped {', '.join(dropped)}: this nvcc cannot compile for them"
             os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        # The .cu files hold the kernels and plain-pointer launchers (csrc/cuda/launch.h); the
+        # ATen side of each CUDA op is a *_host.cpp that the host compiler builds once, not nvcc
+        # once per architecture.
+        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         kwargs["include_dirs"] += pip_cuda_include_dirs(cuda_home)
         nvcc_flags = opt + ["--expt-relaxed-constexpr", "-DRIB_EXT_WITH_CUDA"]
         log(f"CUDA build: toolkit {cuda_home}, torch CUDA {torch.version.cuda}, "

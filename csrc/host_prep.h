@@ -4,7 +4,10 @@
 // device), its dispatch and its kernel launch or parallel_for loop.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/OpMathType.h>
 #include <c10/util/accumulate.h>
 

@@ -1,6 +1,6 @@
 // The Python module rib_ext._C. Importing it loads this shared library, which runs the
 // TORCH_LIBRARY registrations of python/ops.cpp and of every kernel file.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "rib_ext compiled operators (registered under torch.ops.rib_ext)";

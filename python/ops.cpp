@@ -1,4 +1,5 @@
-// Operator schemas of rib_ext. Kernels live in csrc/{cpu,cuda}/<op>_kernel.*, each registering
+// Operator schemas of rib_ext. Kernels live in csrc/cpu/<op>_kernel.cpp and csrc/cuda/<op>_kernel.cu
+// (the CUDA ops around them in csrc/cuda/<op>_host.cpp), each file registering
 // its own backend with TORCH_LIBRARY_IMPL; autograd and fake kernels are registered in Python
 // (rib_ext/ops/). Shapes and semantics: csrc/gndrp.h, csrc/margin_loss.h, csrc/cam_maps.h,
 // csrc/resize.h.

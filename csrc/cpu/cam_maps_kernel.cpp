@@ -1,5 +1,5 @@
 // Localization-map building blocks, CPU: flip-merge (+ accumulate) and per-plane max-normalisation.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

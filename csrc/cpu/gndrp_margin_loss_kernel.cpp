@@ -1,6 +1,6 @@
 // Fused GNDRP pooling + RIB margin loss, CPU. Forward: one pass per plane (max, masked sum) plus
 // the loss term; backward: one pass writing grad_cam = g * dloss/dy * scale * kept.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -1,5 +1,5 @@
 // GNDRP masked pooling, CPU (OpenMP through at::parallel_for over the N*K planes).
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

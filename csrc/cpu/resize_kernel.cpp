@@ -1,6 +1,7 @@
 // Pillow's bicubic resize of uint8 images, CPU: the two passes of csrc/resize.h, rows in parallel.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE
 #include <torch/library.h>
 
 #include <vector>

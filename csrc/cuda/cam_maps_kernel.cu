@@ -1,14 +1,11 @@
-// Localization-map building blocks, CUDA: flip-merge (+ accumulate) and per-plane max-normalisation.
-#include <ATen/ATen.h>
+// Localization-map building blocks, CUDA kernels: flip-merge (+ accumulate) and per-plane
+// max-normalisation. The ops around them: cam_maps_host.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
-#include "../host_prep.h"
 #include "block_reduce.cuh"
+#include "launch.h"
 
 namespace rib_ext {
 namespace cuda {
@@ -49,51 +46,28 @@ __global__ void max_normalize_kernel(const scalar_t* __restrict__ x, int64_t hw,
   }
 }
 
-void flip_merge_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  const int64_t total = a.numel();
-  if (total == 0) return;
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_flip_merge_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    flip_merge_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-        a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), a.size(-1), total, accumulate,
-        out.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
 }  // namespace
 
-at::Tensor cam_flip_merge_cuda(const at::Tensor& cam, const at::Tensor& cam_flip) {
-  const at::cuda::OptionalCUDAGuard guard(cam.device());
-  return cam_flip_merge_host(cam, cam_flip, flip_merge_into);
-}
-
-void cam_flip_accumulate_cuda(at::Tensor& acc, const at::Tensor& cam, const at::Tensor& cam_flip) {
-  const at::cuda::OptionalCUDAGuard guard(cam.device());
-  cam_flip_accumulate_host(acc, cam, cam_flip, flip_merge_into);
-}
-
-at::Tensor cam_max_normalize_cuda(const at::Tensor& maps, double eps) {
-  const at::cuda::OptionalCUDAGuard guard(maps.device());
-  const auto a = prepare_cam_max_normalize(maps);
-  if (a.out.numel() == 0) return a.out;
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, maps.scalar_type(), "cam_max_normalize_cuda", [&] {
+void launch_flip_merge(c10::ScalarType dtype, const void* a, const void* b, int64_t W, int64_t total,
+                       bool accumulate, void* out, cudaStream_t stream) {
+  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cam_flip_merge_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    max_normalize_kernel<scalar_t, acc_t><<<a.maps.count, kThreads, 0, stream>>>(
-        a.maps.x.const_data_ptr<scalar_t>(), a.maps.hw, static_cast<acc_t>(eps),
-        a.out.mutable_data_ptr<scalar_t>());
+    flip_merge_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(a), static_cast<const scalar_t*>(b), W, total, accumulate,
+        static_cast<acc_t*>(out));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return a.out;
 }
 
-TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {
-  m.impl("cam_flip_merge", &cam_flip_merge_cuda);
-  m.impl("cam_flip_accumulate_", &cam_flip_accumulate_cuda);
-  m.impl("cam_max_normalize", &cam_max_normalize_cuda);
+void launch_max_normalize(c10::ScalarType dtype, const void* x, int64_t planes, int64_t hw,
+                          double eps, void* out, cudaStream_t stream) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cam_max_normalize_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    max_normalize_kernel<scalar_t, acc_t><<<planes, kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(x), hw, static_cast<acc_t>(eps), static_cast<scalar_t*>(out));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 }  // namespace cuda

@@ -1,16 +1,13 @@
-// Fused GNDRP pooling + RIB margin loss, CUDA. Forward: one block per plane writes the logit and
-// its loss term; backward: one thread per element computes the plane's weight inline, so the whole
-// backward is a single launch and reads grad_loss on the device (no host sync).
-#include <ATen/ATen.h>
+// Fused GNDRP pooling + RIB margin loss, CUDA kernels. Forward: one block per plane writes the
+// logit and its loss term; backward: one thread per element computes the plane's weight inline, so
+// the whole backward is a single launch and reads grad_loss on the device (no host sync). The ops
+// around them: gndrp_margin_loss_host.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
-#include "../host_prep.h"
 #include "gndrp_plane.cuh"
+#include "launch.h"
 
 namespace rib_ext {
 namespace cuda {
@@ -59,51 +56,37 @@ __global__ void gndrp_margin_loss_backward_kernel(
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gndrp_margin_loss_cuda(
-    const at::Tensor& cam, const at::Tensor& labels, double tau, double margin, bool paper) {
-  const at::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto a = prepare_gndrp_margin_loss(cam, labels);
-  if (a.cam.count == 0) return a.tuple();
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "gndrp_margin_loss_cuda", [&] {
+void launch_gndrp_margin_loss(c10::ScalarType dtype, const void* cam, const void* labels,
+                              int64_t planes, int64_t hw, double tau, double margin, bool paper,
+                              void* logits, void* plane_max, void* scale, void* terms,
+                              cudaStream_t stream) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gndrp_margin_loss_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gndrp_margin_loss_forward_kernel<scalar_t, acc_t><<<a.cam.count, kPlaneThreads, 0, stream>>>(
-        a.cam.x.const_data_ptr<scalar_t>(), a.labels.const_data_ptr<acc_t>(), a.cam.hw,
-        static_cast<acc_t>(tau), static_cast<acc_t>(margin), paper,
-        a.out.pooled.mutable_data_ptr<scalar_t>(), a.out.plane_max.mutable_data_ptr<acc_t>(),
-        a.out.scale.mutable_data_ptr<acc_t>(), a.terms.mutable_data_ptr<acc_t>());
+    gndrp_margin_loss_forward_kernel<scalar_t, acc_t><<<planes, kPlaneThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(cam), static_cast<const acc_t*>(labels), hw,
+        static_cast<acc_t>(tau), static_cast<acc_t>(margin), paper, static_cast<scalar_t*>(logits),
+        static_cast<acc_t*>(plane_max), static_cast<acc_t*>(scale), static_cast<acc_t*>(terms));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return a.tuple();
 }
 
-at::Tensor gndrp_margin_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& cam,
-                                           const at::Tensor& labels, const at::Tensor& logits,
-                                           const at::Tensor& plane_max, const at::Tensor& scale,
-                                           double tau, double margin, bool paper) {
-  const at::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto a = prepare_gndrp_margin_loss_backward(grad_loss, cam, labels, logits, plane_max, scale);
-  const int64_t total = a.grad_cam.numel();
-  if (total == 0) return a.grad_cam;
+void launch_gndrp_margin_loss_backward(c10::ScalarType dtype, const void* cam, int64_t planes,
+                                       int64_t hw, const void* grad_loss, const void* labels,
+                                       const void* logits, const void* plane_max,
+                                       const void* scale, double tau, double margin, bool paper,
+                                       void* out, cudaStream_t stream) {
+  const int64_t total = planes * hw;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535 * 8);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "gndrp_margin_loss_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gndrp_margin_loss_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     gndrp_margin_loss_backward_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
-        a.cam.x.const_data_ptr<scalar_t>(), a.cam.hw, total, a.grad_loss.const_data_ptr<acc_t>(),
-        a.labels.const_data_ptr<acc_t>(), a.logits.const_data_ptr<acc_t>(),
-        a.plane_max.const_data_ptr<acc_t>(), a.scale.const_data_ptr<acc_t>(),
-        static_cast<acc_t>(tau), static_cast<acc_t>(margin), paper,
-        a.grad_cam.mutable_data_ptr<scalar_t>());
+        static_cast<const scalar_t*>(cam), hw, total, static_cast<const acc_t*>(grad_loss),
+        static_cast<const acc_t*>(labels), static_cast<const acc_t*>(logits),
+        static_cast<const acc_t*>(plane_max), static_cast<const acc_t*>(scale),
+        static_cast<acc_t>(tau), static_cast<acc_t>(margin), paper, static_cast<scalar_t*>(out));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return a.grad_cam;
-}
-
-TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {
-  m.impl("gndrp_margin_loss", &gndrp_margin_loss_cuda);
-  m.impl("_gndrp_margin_loss_backward", &gndrp_margin_loss_backward_cuda);
 }
 
 }  // namespace cuda

@@ -1,14 +1,11 @@
-// GNDRP masked pooling, CUDA: forward = one block per (n, k) plane, backward = one thread per element.
-#include <ATen/ATen.h>
+// GNDRP masked pooling, CUDA kernels: forward = one block per (n, k) plane, backward = one thread
+// per element. The ops around them: gndrp_pool_host.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
-#include "../host_prep.h"
 #include "gndrp_plane.cuh"
+#include "launch.h"
 
 namespace rib_ext {
 namespace cuda {
@@ -47,49 +44,33 @@ __global__ void gndrp_pool_backward_kernel(const scalar_t* __restrict__ x, int64
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cuda(const at::Tensor& cam,
-                                                               const at::Tensor& present,
-                                                               double tau, bool paper) {
-  const at::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto a = prepare_gndrp_pool(cam, present);
-  if (a.cam.count == 0) return a.out.tuple();
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "gndrp_pool_cuda", [&] {
+void launch_gndrp_pool(c10::ScalarType dtype, const void* cam, const bool* present, int64_t planes,
+                       int64_t hw, double tau, bool paper, void* pooled, void* plane_max,
+                       void* scale, cudaStream_t stream) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gndrp_pool_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gndrp_pool_forward_kernel<scalar_t, acc_t><<<a.cam.count, kPlaneThreads, 0, stream>>>(
-        a.cam.x.const_data_ptr<scalar_t>(), a.present.const_data_ptr<bool>(), a.cam.hw,
-        static_cast<acc_t>(tau), paper, a.out.pooled.mutable_data_ptr<scalar_t>(),
-        a.out.plane_max.mutable_data_ptr<acc_t>(), a.out.scale.mutable_data_ptr<acc_t>());
+    gndrp_pool_forward_kernel<scalar_t, acc_t><<<planes, kPlaneThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(cam), present, hw, static_cast<acc_t>(tau), paper,
+        static_cast<scalar_t*>(pooled), static_cast<acc_t*>(plane_max), static_cast<acc_t*>(scale));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return a.out.tuple();
 }
 
-at::Tensor gndrp_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& cam,
-                                    const at::Tensor& present, const at::Tensor& plane_max,
-                                    const at::Tensor& scale, double tau, bool paper) {
-  const at::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto a = prepare_gndrp_pool_backward(grad, cam, present, plane_max, scale);
-  const int64_t total = a.grad_cam.numel();
-  if (total == 0) return a.grad_cam;
+void launch_gndrp_pool_backward(c10::ScalarType dtype, const void* cam, int64_t planes, int64_t hw,
+                                const void* grad, const bool* present, const void* plane_max,
+                                const void* scale, double tau, bool paper, void* out,
+                                cudaStream_t stream) {
+  const int64_t total = planes * hw;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535 * 8);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cam.scalar_type(), "gndrp_pool_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gndrp_pool_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     gndrp_pool_backward_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
-        a.cam.x.const_data_ptr<scalar_t>(), a.cam.hw, total, a.grad.const_data_ptr<acc_t>(),
-        a.present.const_data_ptr<bool>(), a.plane_max.const_data_ptr<acc_t>(),
-        a.scale.const_data_ptr<acc_t>(), static_cast<acc_t>(tau), paper,
-        a.grad_cam.mutable_data_ptr<scalar_t>());
+        static_cast<const scalar_t*>(cam), hw, total, static_cast<const acc_t*>(grad), present,
+        static_cast<const acc_t*>(plane_max), static_cast<const acc_t*>(scale),
+        static_cast<acc_t>(tau), paper, static_cast<scalar_t*>(out));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return a.grad_cam;
-}
-
-TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {
-  m.impl("gndrp_pool", &gndrp_pool_cuda);
-  m.impl("_gndrp_pool_backward", &gndrp_pool_backward_cuda);
 }
 
 }  // namespace cuda

@@ -1,14 +1,10 @@
-// The RIB clipped-margin loss, elementwise, CUDA.
-#include <ATen/ATen.h>
+// The RIB clipped-margin loss, elementwise, CUDA kernel. The ops around it: margin_loss_host.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
-#include "../host_prep.h"
 #include "../gndrp.h"
+#include "launch.h"
 
 namespace rib_ext {
 namespace cuda {
@@ -34,39 +30,18 @@ __global__ void margin_loss_kernel(const scalar_t* __restrict__ y, const scalar_
   }
 }
 
-// The forward when a.grad is undefined, else the backward.
-at::Tensor launch(const MarginLossArgs& a, double margin, bool paper) {
-  const int64_t n = a.out.numel();
-  if (n == 0) return a.out;
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.logits.scalar_type(), "margin_loss_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    margin_loss_kernel<scalar_t, acc_t><<<grid_for(n), kThreads, 0, stream>>>(
-        a.logits.const_data_ptr<scalar_t>(), a.labels.const_data_ptr<scalar_t>(),
-        a.grad.defined() ? a.grad.const_data_ptr<scalar_t>() : nullptr, n,
-        static_cast<acc_t>(margin), paper, a.out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return a.out;
-}
-
 }  // namespace
 
-at::Tensor margin_loss_cuda(const at::Tensor& logits, const at::Tensor& labels, double margin,
-                            bool paper) {
-  const at::cuda::OptionalCUDAGuard guard(logits.device());
-  return launch(prepare_margin_loss(logits, labels), margin, paper);
-}
-
-at::Tensor margin_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
-                                     const at::Tensor& labels, double margin, bool paper) {
-  const at::cuda::OptionalCUDAGuard guard(logits.device());
-  return launch(prepare_margin_loss_backward(grad, logits, labels), margin, paper);
-}
-
-TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {
-  m.impl("margin_loss", &margin_loss_cuda);
-  m.impl("_margin_loss_backward", &margin_loss_backward_cuda);
+void launch_margin_loss(c10::ScalarType dtype, const void* y, const void* t, const void* grad,
+                        int64_t n, double margin, bool paper, void* out, cudaStream_t stream) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "margin_loss_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    margin_loss_kernel<scalar_t, acc_t><<<grid_for(n), kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(y), static_cast<const scalar_t*>(t),
+        static_cast<const scalar_t*>(grad), n, static_cast<acc_t>(margin), paper,
+        static_cast<scalar_t*>(out));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 }  // namespace cuda

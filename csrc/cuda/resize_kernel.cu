@@ -1,14 +1,11 @@
-// Pillow's bicubic resize of uint8 images, CUDA: the windows of both axes computed on the device
-// (no host work, no copy), then one thread per output pixel (horizontal pass) and per output byte
-// (vertical pass). Arithmetic and pass order: csrc/resize.h.
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+// Pillow's bicubic resize of uint8 images, CUDA kernels: the windows of both axes computed on the
+// device (no host work, no copy), then one thread per output pixel (horizontal pass) and per output
+// byte (vertical pass). Arithmetic and pass order: csrc/resize.h; the op: resize_host.cpp.
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
-#include "../host_prep.h"
-#include "../resize.h"
+#include <algorithm>
+
+#include "launch.h"
 
 namespace rib_ext {
 namespace cuda {
@@ -27,11 +24,11 @@ struct WindowTable {
   int ksize;
 };
 
-int64_t table_size(const Axis& a) { return static_cast<int64_t>(a.out_size) * (a.ksize + 2); }
-
-WindowTable table_at(int32_t* base, const Axis& a) {
-  return {base, base + static_cast<int64_t>(a.out_size) * a.ksize,
-          base + static_cast<int64_t>(a.out_size) * (a.ksize + 1), a.ksize};
+// The table of `a` at `base` (launch.h: resize_table_size values).
+WindowTable table_at(const int32_t* base, const Axis& a) {
+  int32_t* b = const_cast<int32_t*>(base);  // the kernels that only read it take it as written
+  return {b, b + static_cast<int64_t>(a.out_size) * a.ksize,
+          b + static_cast<int64_t>(a.out_size) * (a.ksize + 1), a.ksize};
 }
 
 // Thread t < first_axis.out_size computes window t of the first axis, the next ones the second's.
@@ -88,8 +85,20 @@ int64_t blocks_for(int64_t total) {
   return std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8));
 }
 
-void launch_horizontal(const uint8_t* in, int64_t rows, int64_t in_w, int64_t channels,
-                       int64_t out_w, const WindowTable& w, uint8_t* out, cudaStream_t stream) {
+}  // namespace
+
+void launch_resize_windows(const Axis& ax, const Axis& ay, int32_t* table, cudaStream_t stream) {
+  const int n_windows = ax.out_size + ay.out_size;
+  windows_kernel<<<blocks_for(n_windows), kThreads, 0, stream>>>(
+      ax, table_at(table, ax), ay, table_at(table + resize_table_size(ax), ay), n_windows);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_resize_horizontal(const uint8_t* in, int64_t rows, int64_t in_w, int64_t channels,
+                              const Axis& ax, const int32_t* table, uint8_t* out,
+                              cudaStream_t stream) {
+  const int64_t out_w = ax.out_size;
+  const WindowTable w = table_at(table, ax);
   const int64_t total = rows * out_w;
   const int64_t blocks = blocks_for(total);
   switch (channels) {
@@ -101,58 +110,12 @@ void launch_horizontal(const uint8_t* in, int64_t rows, int64_t in_w, int64_t ch
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void launch_vertical(const uint8_t* in, int64_t row, int64_t out_h, const WindowTable& w,
-                     uint8_t* out, cudaStream_t stream) {
-  const int64_t total = out_h * row;
-  vertical_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, row, total, w, out);
+void launch_resize_vertical(const uint8_t* in, int64_t row, const Axis& ay, const int32_t* table,
+                            uint8_t* out, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(ay.out_size) * row;
+  vertical_kernel<<<blocks_for(total), kThreads, 0, stream>>>(in, row, total, table_at(table, ay),
+                                                               out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-}  // namespace
-
-at::Tensor resize_bicubic_u8_cuda(const at::Tensor& image, int64_t height, int64_t width,
-                                  bool adaptive_order) {
-  const at::cuda::OptionalCUDAGuard guard(image.device());
-  auto [in, out] = prepare_resize_bicubic_u8(image, height, width);
-  const int64_t H = in.size(0), W = in.size(1), C = in.size(2);
-  const bool need_horizontal = width != W, need_vertical = height != H;
-  if (!need_horizontal && !need_vertical) return out.copy_(in);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-
-  // Both axes' windows in one scratch buffer and one launch (an unneeded axis gets no entries).
-  Axis ax = resize::make_axis(W, width), ay = resize::make_axis(H, height);
-  if (!need_horizontal) ax.out_size = 0;
-  if (!need_vertical) ay.out_size = 0;
-  const int64_t nx = table_size(ax), ny = table_size(ay);
-  auto scratch = at::empty({nx + ny}, in.options().dtype(at::kInt));
-  const WindowTable tx = table_at(scratch.mutable_data_ptr<int32_t>(), ax);
-  const WindowTable ty = table_at(scratch.mutable_data_ptr<int32_t>() + nx, ay);
-  const int n_windows = ax.out_size + ay.out_size;
-  windows_kernel<<<blocks_for(n_windows), kThreads, 0, stream>>>(ax, tx, ay, ty, n_windows);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  const uint8_t* src = in.const_data_ptr<uint8_t>();
-  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  if (!need_horizontal || !need_vertical) {
-    if (need_horizontal) {
-      launch_horizontal(src, H, W, C, width, tx, dst, stream);
-    } else {
-      launch_vertical(src, W * C, height, ty, dst, stream);
-    }
-  } else if (resize::vertical_first(H, W, height, width, adaptive_order)) {
-    auto mid = at::empty({height, W, C}, out.options());
-    launch_vertical(src, W * C, height, ty, mid.mutable_data_ptr<uint8_t>(), stream);
-    launch_horizontal(mid.const_data_ptr<uint8_t>(), height, W, C, width, tx, dst, stream);
-  } else {
-    auto mid = at::empty({H, width, C}, out.options());
-    launch_horizontal(src, H, W, C, width, tx, mid.mutable_data_ptr<uint8_t>(), stream);
-    launch_vertical(mid.const_data_ptr<uint8_t>(), width * C, height, ty, dst, stream);
-  }
-  return out;
-}
-
-TORCH_LIBRARY_IMPL(rib_ext, CUDA, m) {
-  m.impl("resize_bicubic_u8", &resize_bicubic_u8_cuda);
 }
 
 }  // namespace cuda
