@@ -55,6 +55,19 @@ class Section:
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Every field within its declared range (config_fields.setting), then the section's rules
+        across fields (``check_rules``). Run at construction and again by the tree's validate (an
+        in-place edit skips __post_init__)."""
+        check_fields(self)
+        self.check_rules()
+
+    def check_rules(self) -> None:
+        """Rules that tie fields together; a section with any overrides this."""
+
 
 # Multi-scale inference views of IRN / RIB: each scale is run as (image, horizontal flip).
 CAM_SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -68,12 +81,6 @@ class DemoDataConfig(Section):
     num_train: int = setting(240, ">= 1")
     num_val: int = setting(60, ">= 1")
     image_size: int = setting(128, ">= 32")
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        check_fields(self)
 
 
 @dataclass
@@ -100,11 +107,7 @@ class TrainCamConfig(Section):
     seed: int = setting(0, "[0, 4294967295]")
     device: str = "auto"
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        check_fields(self)
+    def check_rules(self) -> None:
         lo, hi = self.resize_long
         _require(lo <= hi, f"resize_long must be (lo, hi) with lo <= hi, got {self.resize_long}")
 
@@ -120,11 +123,7 @@ class MakeCamConfig(Section):
     channels_last: bool = False
     cudnn_benchmark: bool = False
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        check_fields(self)
+    def check_rules(self) -> None:
         _scales("scales", self.scales)
         _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -137,11 +136,7 @@ class EvalSeedConfig(Section):
     threshold_stop: float = setting(0.49, "[0, 1]")  # inclusive
     threshold_step: float = setting(0.01, "(0, 1]")
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        check_fields(self)
+    def check_rules(self) -> None:
         _require(self.threshold_start <= self.threshold_stop,
                  f"threshold_start {self.threshold_start} is above threshold_stop {self.threshold_stop}")
 
@@ -159,12 +154,6 @@ class CRFConfig(Section):
     bilateral_srgb: float = setting(5.0, "> 0")
     bilateral_compat: float = setting(10.0, ">= 0")
     iterations: int = setting(10, ">= 0")
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        check_fields(self)
 
 
 RIB_LOSSES = ("rib", "bce_sigmoid", "bce_tanh", "bce_softsign")
@@ -254,11 +243,7 @@ class RIBConfig(Section):
     seed: int = setting(0, "[0, 4294967295]")
     device: str = "auto"
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        check_fields(self)
+    def check_rules(self) -> None:
         _require(self.behaviour in ("authors", "paper"), f"behaviour must be 'authors' or 'paper', got {self.behaviour!r}")
         _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
@@ -366,9 +351,6 @@ class IRNConfig(Section):
 
     device: str = "auto"
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     @classmethod
     def preset(cls, dataset: str = "voc", behaviour: str = "rib", **overrides: Any) -> "IRNConfig":
         """The thresholds of ``"rib"`` (RIB's code), ``"irn"`` (IRN's code) or ``"rib_coco"``, with
@@ -386,8 +368,7 @@ class IRNConfig(Section):
     def walk_steps(self) -> int:
         return 2 ** self.exp_times
 
-    def validate(self) -> None:
-        check_fields(self)
+    def check_rules(self) -> None:
         if not self.conf_bg <= self.conf_fg:
             raise ValueError(f"need conf_bg <= conf_fg, got conf_bg={self.conf_bg}, "
                              f"conf_fg={self.conf_fg}")
@@ -469,9 +450,6 @@ class SegmentConfig(Section):
     allow_missing: bool = False  # an image without its label / score file: skip it (warned) or stop
     device: str = "auto"
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     @classmethod
     def preset(cls, dataset: str = "voc", **overrides: Any) -> "SegmentConfig":
         """The paper's ``"voc"`` or ``"coco"`` numbers, with keyword overrides."""
@@ -479,8 +457,7 @@ class SegmentConfig(Section):
             raise ValueError(f"unknown segmentation preset {dataset!r}; expected one of {sorted(SEGMENT_PRESETS)}")
         return cls(**{**SEGMENT_PRESETS[dataset], **overrides})
 
-    def validate(self) -> None:
-        check_fields(self)
+    def check_rules(self) -> None:
         if self.backbone not in SEGMENT_BACKBONES:
             raise ValueError(f"backbone must be one of {SEGMENT_BACKBONES}, got {self.backbone!r}")
         if not self.aspp_dilations:
@@ -509,11 +486,7 @@ class VisualizeConfig(Section):
     # Of those, images re-adapted for the per-step montage of RIB's map
     montage_count: int = setting(3, ">= 0")
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        check_fields(self)
+    def check_rules(self) -> None:
         _require(self.montage_count <= self.count,
                  f"montage_count must lie in 0..count ({self.count}), got {self.montage_count}")
 

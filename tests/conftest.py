@@ -12,6 +12,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module of small networks: on a shared 2-core machine two
+    busy-waiting OpenMP threads per process ran them ten to a hundred times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def cpu_and_cuda():
     """Device parametrisation: CPU always, CUDA as a test that skips without a GPU."""
     return ("cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda))

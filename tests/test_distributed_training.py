@@ -43,12 +43,7 @@ SEG = dict(backbone="resnet18", random_init=True, iterations=3, batch_size=3, cr
            checkpoint_every=100, tensorboard=False, device="cpu", use_crf=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port():

@@ -6,21 +6,15 @@ import json
 import warnings
 
 import numpy as np
-import pytest
 
 from rib_ext import pipeline
 from rib_ext.io import load_npy_dict
 from test_data_coco import PERSON, STEMS, coco_root  # noqa: F401  (the fixture)
+from pipeline_runs import main
 
 TINY = ["--dataset", "coco", "--preset", "demo", "--demo-size", "32", "--epochs", "1",
         "--rib-steps", "2", "--num-others", "1", "--thresholds", "0.2", "0.4", "0.1",
         "--scales", "1.0", "--rib.other_crop", "32"]
-
-
-def main(argv):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pipeline.main(argv)
 
 
 def test_edited_coco_category_stops_the_reuse_of_train_cam_and_make_cam(coco_root, tmp_path, capsys):

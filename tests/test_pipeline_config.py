@@ -2,24 +2,17 @@
 and their aliases, presets, flags reaching every stage, user errors as `error:` + status 2."""
 import json
 import logging
-import warnings
-from pathlib import Path
 
 import pytest
 
 from rib_ext import pipeline
 from rib_ext.config import ConfigError, PipelineConfig, RIBConfig, TrainCamConfig, plain_dict
 from rib_ext.data.demo import demo_preset
+from pipeline_runs import main
 
 
 def config(argv):
     return pipeline.config_from_argv(argv)
-
-
-def main(argv):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pipeline.main(argv)
 
 
 # Each of these ran (exit 0) or failed late, after training, before the config was validated.

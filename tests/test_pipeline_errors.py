@@ -7,41 +7,23 @@ import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rib_ext import pipeline
 from rib_ext.runlock import RunLock
+from pipeline_runs import TINY, copy_run, finish_run, main
 
-TINY = ["--demo-images", "8", "--demo-val-images", "3", "--demo-size", "64", "--epochs", "1",
-        "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1",
-        "--scales", "1.0", "--irn-epochs", "1"]
 # IRN at 64 px needs a path radius that fits its 16x16 training grid.
 IRN_FITS = ["--irn.path_radius", "4"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(argv):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pipeline.main(argv)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("errors") / "run"
-    assert main(["--out", str(out), "--stages", "train_cam,make_cam"] + TINY) == 0
-    return out
-
-
-def copy_run(finished, tmp_path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    return out
+    return finish_run(tmp_path_factory, "errors", "train_cam,make_cam")
 
 
 def test_out_under_a_regular_file_is_an_error_naming_it(tmp_path, capsys):

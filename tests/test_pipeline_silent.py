@@ -4,7 +4,6 @@ ground-truth masks, a diverged classifier, an edited annotation, COCO images of 
 import json
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,29 +12,13 @@ import torch
 from factories import tiny_cam_net
 from rib_ext import pipeline
 from rib_ext.models import save_cam_net
+from pipeline_runs import TINY, copy_run, finish_run, main
 
-TINY = ["--demo-images", "8", "--demo-val-images", "3", "--demo-size", "64", "--epochs", "1",
-        "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1",
-        "--scales", "1.0", "--irn-epochs", "1"]
-
-
-def main(argv):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pipeline.main(argv)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("silent") / "run"
-    assert main(["--out", str(out), "--stages", "train_cam,make_cam,eval_seed"] + TINY) == 0
-    return out
-
-
-def copy_run(finished, tmp_path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    return out
+    return finish_run(tmp_path_factory, "silent", "train_cam,make_cam,eval_seed")
 
 
 # ------------------------------------------------------------------ item 7: checkpoint classes

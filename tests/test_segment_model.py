@@ -10,14 +10,7 @@ from rib_ext.models import FixedBatchNorm, MissingWeightsError
 from rib_ext.segment import ASPP, DeepLabV2, build_deeplab, dilated_resnet, load_deeplab, save_deeplab
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine, two busy-waiting OpenMP threads per test
-    process made these small networks ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_deeplab(num_classes=4, seed=0):

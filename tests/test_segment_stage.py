@@ -11,12 +11,12 @@ from rib_ext.io import save_npy
 from rib_ext.segment import (VOC_SERVER_DIR, SegmentConfig, infer_stage, load_deeplab, score_labels,
                              read_log, segment_stage)
 
-from test_segment_model import single_thread  # noqa: F401  (autouse)
 
 pytest.importorskip("pydensecrf.densecrf")
 
 # The tiny networks start from random weights on purpose.
-pytestmark = pytest.mark.filterwarnings("ignore:DeepLab-v2 resnet18 backbone randomly initialised")
+pytestmark = [pytest.mark.filterwarnings("ignore:DeepLab-v2 resnet18 backbone randomly initialised"),
+              pytest.mark.usefixtures("one_thread")]
 
 TINY = dict(backbone="resnet18", random_init=True, iterations=2, batch_size=2, crop_size=21,
             checkpoint_every=100, tensorboard=False, device="cpu", use_crf=True)

@@ -18,14 +18,7 @@ from rib_ext.toy.mnist import IMAGES, LABELS, load_mnist_train
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The toy's nets are tiny: on a shared CPU one torch thread runs them several times faster
-    than two (see ToyConfig.workers)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # 4x4 example: digit intensities, the added shape, and a raw (signed) gradient map.

@@ -16,13 +16,7 @@ from rib_ext.training import (LossLog, NonFiniteLossError, epoch_batches, load_t
                               read_loss_log, save_training_state)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two intra-op threads on a loaded 2-core machine spin against each other (100x slower here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killed(Exception):

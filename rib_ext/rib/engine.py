@@ -157,27 +157,44 @@ def sgd_update_(params, grads, bufs, lrs, weight_decay: float, momentum: float) 
         p.add_(d, alpha=-lrs[i])
 
 
+def _decayed(grads, params, weight_decay: float) -> list:
+    """The gradients with weight decay added (a new list; the gradients themselves untouched)."""
+    return torch._foreach_add(list(grads), params, alpha=weight_decay) if weight_decay else list(grads)
+
+
+def _start_buffers(d, bufs) -> list[int]:
+    """Momentum buffers a first step creates (a copy of d, as torch.optim.SGD does); returns the
+    indices of the buffers that existed before."""
+    old = [i for i, b in enumerate(bufs) if b is not None]
+    for i, b in enumerate(bufs):
+        if b is None:
+            bufs[i] = torch.clone(d[i]).detach()
+    return old
+
+
+def _step_by_lr_(params, d, lrs) -> None:
+    """params[i] -= lrs[i] * d[i]: one foreach call per learning rate (alpha is one scalar per call)."""
+    by_lr: dict[float, list[int]] = {}
+    for i, lr in enumerate(lrs):
+        by_lr.setdefault(float(lr), []).append(i)
+    for lr, idx in by_lr.items():
+        torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)
+
+
 def sgd_update_foreach_(params, grads, bufs, lrs, weight_decay: float, momentum: float) -> None:
     """:func:`sgd_update_` over any number of parameters (a whole group's) in a few
     ``torch._foreach_*`` calls: the same operations per element, so the same result bit for bit."""
     if not params:
         return
-    d = torch._foreach_add(list(grads), params, alpha=weight_decay) if weight_decay else list(grads)
+    d = _decayed(grads, params, weight_decay)
     if momentum:
-        old = [i for i, b in enumerate(bufs) if b is not None]
-        for i, b in enumerate(bufs):
-            if b is None:
-                bufs[i] = torch.clone(d[i]).detach()
+        old = _start_buffers(d, bufs)
         if old:
             kept = [bufs[i] for i in old]
             torch._foreach_mul_(kept, momentum)
             torch._foreach_add_(kept, [d[i] for i in old])
         d = list(bufs)
-    by_lr: dict[float, list[int]] = {}
-    for i, lr in enumerate(lrs):  # one call per learning rate: alpha is one scalar per call
-        by_lr.setdefault(float(lr), []).append(i)
-    for lr, idx in by_lr.items():
-        torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)
+    _step_by_lr_(params, d, lrs)
 
 
 def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: float,
@@ -187,12 +204,10 @@ def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: 
     as the unmasked update (bit for bit); a masked-out non-finite gradient changes nothing."""
     if not params:
         return
-    d = torch._foreach_add(list(grads), params, alpha=weight_decay) if weight_decay else list(grads)
+    d = _decayed(grads, params, weight_decay)
     if momentum:
-        old = [i for i, b in enumerate(bufs) if b is not None]
-        for i, b in enumerate(bufs):
-            if b is None:  # an image's first step: it is alive (no stop precedes its first update)
-                bufs[i] = torch.clone(d[i]).detach()
+        # A buffer created here is an image's first step: it is alive (no stop precedes its first update).
+        old = _start_buffers(d, bufs)
         if old:
             new = torch._foreach_mul([bufs[i] for i in old], momentum)
             torch._foreach_add_(new, [d[i] for i in old])
@@ -200,11 +215,7 @@ def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: 
                 bufs[i].copy_(torch.where(masks[i], n, bufs[i]))
         d = list(bufs)
     d = [torch.where(m, x, 0) for m, x in zip(masks, d)]
-    by_lr: dict[float, list[int]] = {}
-    for i, lr in enumerate(lrs):
-        by_lr.setdefault(float(lr), []).append(i)
-    for lr, idx in by_lr.items():
-        torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)
+    _step_by_lr_(params, d, lrs)
 
 
 GROUP_MEMORY_SLACK = 0.1  # the part of the free device memory the automatic G leaves alone
