@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -29,7 +29,8 @@ DEFAULT_MONTAGE_COUNT = 3  # images with a per-step montage
 
 __all__ = [
     "choose_images", "map_score", "heat_overlay", "label_rgb", "render_image_panel",
-    "render_step_montage", "plot_logit_curves", "load_records", "visualize_maps", "visualize_run",
+    "render_step_montage", "plot_logit_curves", "load_records", "images_with_maps", "visualize_maps",
+    "visualize_run",
     "step_maps_with_engine", "CAPTION_HEIGHT",
 ]
 
@@ -247,6 +248,15 @@ def _read_mask(path: Path) -> Optional[np.ndarray]:
     return load_label_png(path) if path.is_file() else None
 
 
+def images_with_maps(maps_dir: Path, dataset, count: int = DEFAULT_COUNT) -> List[str]:
+    """:func:`choose_images` over the images of ``dataset`` that have a map in ``maps_dir``."""
+    have = [i for i in dataset.ids if (maps_dir / f"{i}.npy").is_file()]
+    if not have:
+        raise FileNotFoundError(f"{maps_dir}: no <id>.npy map of any image of the list "
+                                f"({len(dataset)} ids, e.g. {dataset.ids[:2]})")
+    return choose_images(have, count)
+
+
 def visualize_maps(maps_dirs: Mapping[str, Any], dataset, out_dir, ids: Optional[Sequence[str]] = None,
                    count: int = DEFAULT_COUNT, gt: bool = True,
                    thresholds: Optional[Mapping[str, float]] = None,
@@ -263,13 +273,8 @@ def visualize_maps(maps_dirs: Mapping[str, Any], dataset, out_dir, ids: Optional
     thresholds = dict(thresholds or {})
     if not maps_dirs:
         raise ValueError("visualize_maps: no map folder given")
-    first = next(iter(maps_dirs.values()))
     if ids is None:
-        have = [i for i in dataset.ids if (first / f"{i}.npy").is_file()]
-        if not have:
-            raise FileNotFoundError(f"{first}: no <id>.npy map of any image of the list "
-                                    f"({len(dataset)} ids, e.g. {dataset.ids[:2]})")
-        ids = choose_images(have, count)
+        ids = images_with_maps(next(iter(maps_dirs.values())), dataset, count)
     index = {name: i for i, name in enumerate(dataset.ids)}
     out_dir = Path(out_dir)
     written = []
@@ -327,7 +332,8 @@ def step_maps_with_engine(model, pool, rib_cfg, dataset, ids: Sequence[str],
 
 def visualize_run(out_dir, dataset, ids: Optional[Sequence[str]] = None, count: int = DEFAULT_COUNT,
                   model=None, pool=None, rib_cfg=None, montage_count: int = DEFAULT_MONTAGE_COUNT,
-                  device="cpu", dest: Optional[str] = None) -> Dict[str, Any]:
+                  device="cpu", dest: Optional[str] = None, rank: int = 0,
+                  world: int = 1) -> Dict[str, Any]:
     """Pictures of a finished run under ``out_dir/visualize`` (or ``dest``).
 
     * ``images/<id>.png``: image, ground truth, CAM and RIB maps, both seeds at eval_seed's best
@@ -338,7 +344,10 @@ def visualize_run(out_dir, dataset, ids: Optional[Sequence[str]] = None, count: 
     * ``logit_curves.png``: every image's target logit sum per step, the margin and the stop
       reasons (from ``rib/records.jsonl``; the margin from ``rib_cfg`` or ``config.json``).
 
-    Returns ``{"images": [...], "steps": [...], "logit_curves": path or None, "dir": ...}``.
+    With ``world`` > 1 (ranks of a torchrun), this call draws rank ``rank``'s share of the chosen
+    panels and montages (the choice is the same on every rank) and rank 0 the logit curves; the
+    pictures are those of one process. Returns ``{"images": [...], "steps": [...], "logit_curves":
+    path or None, "dir": ...}`` with this call's pictures.
     """
     out_dir = Path(out_dir)
     dest_dir = Path(dest) if dest else out_dir / "visualize"
@@ -358,15 +367,16 @@ def visualize_run(out_dir, dataset, ids: Optional[Sequence[str]] = None, count: 
                               (f"{caption} IRN mask", out_dir / "make_sem_seg" / s)):
             if folder.is_dir():
                 masks[label] = folder
-    images = visualize_maps(maps_dirs, dataset, dest_dir / "images", ids=ids, count=count,
+    chosen = list(ids) if ids is not None else images_with_maps(next(iter(maps_dirs.values())),
+                                                                dataset, count)
+    images = visualize_maps(maps_dirs, dataset, dest_dir / "images", ids=chosen[rank::world],
                             thresholds=thresholds, masks=masks)
     result: Dict[str, Any] = {"dir": str(dest_dir), "images": [str(p) for p in images], "steps": [],
                               "logit_curves": None}
-    chosen = [p.stem for p in images]
     if model is not None and pool is not None and rib_cfg is not None and montage_count > 0:
         index = {name: i for i, name in enumerate(dataset.ids)}
         # An image of no class (kept on COCO) has no adaptation to show.
-        few = [n for n in chosen if dataset.labels(index[n]).any()][:montage_count]
+        few = [n for n in chosen if dataset.labels(index[n]).any()][:montage_count][rank::world]
         for name, scores in step_maps_with_engine(model, pool, rib_cfg, dataset, few, device).items():
             i = index[name]
             path = render_step_montage(
@@ -374,7 +384,7 @@ def visualize_run(out_dir, dataset, ids: Optional[Sequence[str]] = None, count: 
                 title=f"{name}: RIB map after step k (summed over steps 0..k, as the stage saves it)")
             result["steps"].append(str(path))
     records_path = out_dir / "rib" / "records.jsonl"
-    if records_path.is_file():
+    if rank == 0 and records_path.is_file():
         records = load_records(records_path)
         if records:
             margin = getattr(rib_cfg, "margin", None) if rib_cfg is not None else _saved_margin(out_dir)

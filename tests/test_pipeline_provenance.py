@@ -3,38 +3,20 @@ fields) unless --overwrite; summary.json is merged; config.json says what was us
 wrong result of issue 11 at this level is reproduced first (it used to exit 0)."""
 import json
 import shutil
-import warnings
-from pathlib import Path
 
 import pytest
 
 from rib_ext import pipeline
 from rib_ext.data.demo import demo_preset
+from pipeline_runs import TINY, copy_run, finish_run, main
 
 # Smaller than test_stages.TINY: one scale, 3 images to map; enough to make every file once.
-TINY = ["--demo-images", "8", "--demo-val-images", "3", "--demo-size", "64", "--epochs", "1",
-        "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1",
-        "--scales", "1.0", "--irn-epochs", "1"]
 FIRST = "train_cam,make_cam,rib,eval_seed"
-
-
-def main(argv):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pipeline.main(argv)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prov") / "run"
-    assert main(["--out", str(out), "--stages", FIRST] + TINY) == 0
-    return out
-
-
-def copy_run(finished, tmp_path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    return out
+    return finish_run(tmp_path_factory, "prov", FIRST)
 
 
 def test_rerun_with_other_rib_settings_stops_and_names_the_fields(finished, capsys):
@@ -126,3 +108,54 @@ def test_cam_checkpoint_skips_train_cam_and_enters_provenance(finished, tmp_path
     capsys.readouterr()
     assert main(args) == 2
     assert "inputs.train_cam.sha256" in capsys.readouterr().err
+
+
+def _plan_on_rank(rank, world, port, out, argv, plans):
+    """One torchrun rank's --overwrite plan; rank 1 reads the records late (a slow file system)."""
+    import os
+    import time
+
+    import torch.distributed as dist
+
+    from rib_ext.stages.options import config_from_argv
+    from rib_ext.stages.context import RunContext
+    from rib_ext.stages.provenance import Provenance
+    from rib_ext.stages.registry import STAGES
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        prov = Provenance(RunContext(config_from_argv(argv), overwrite=True), list(STAGES))
+        if rank == 1:
+            read = prov.saved
+            prov.saved = lambda stage: (time.sleep(0.5), read(stage))[1]
+        plans[rank] = prov.plan(["rib"])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_overwrite_under_torchrun_gives_every_rank_the_same_plan(finished, tmp_path):
+    """Rank 0 removed the differing folders while rank 1 was still reading their records: rank 1
+    then saw no record and planned only the asked stage, while rank 0 planned its downstream too
+    (the ranks then disagreed on the stages to run, and rank 0 waited for rank 1 forever)."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    out = copy_run(finished, tmp_path)
+    argv = ["--out", str(out), "--stages", "rib"] + TINY + ["--rib-steps", "1"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plans = mp.Manager().dict()
+    ranks = mp.spawn(_plan_on_rank, args=(2, port, out, argv, plans), nprocs=2, join=False)
+    deadline = time.monotonic() + 60
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:  # rank 1 planned nothing to remove and never came
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail("the ranks' plans differed: rank 0 waits for rank 1 in a barrier forever")
+    assert plans[0] == plans[1] == ["rib", "eval_seed"]
+    assert not (out / "rib").exists() and not (out / "eval_seed").exists()

@@ -1,5 +1,5 @@
-"""The per-image stages after the maps (crf, ir_label, make_sem_seg, eval_mask, segment inference)
-give the same files and figures whatever the number of CRF worker processes and of ranks."""
+"""The per-image stages after the maps (crf, ir_label, make_sem_seg, eval_mask, segment inference,
+visualize's panels) give the same files and figures whatever the number of CRF worker processes and of ranks."""
 import json
 import os
 import socket
@@ -10,17 +10,20 @@ import numpy as np
 import pytest
 import torch
 
+from rib_ext import distributed
 from rib_ext.config import CRFConfig, DemoDataConfig, SegmentConfig
 from rib_ext.data import build_dataset
 from rib_ext.io import load_npy_dict, save_npy
 from rib_ext.irn import IRNConfig, eval_mask_stage, ir_label_stage, make_sem_seg_stage
 from rib_ext.crf import refine_seeds as crf
+from rib_ext.figures import visualize_run
 from rib_ext.workers import resolve_workers, run_tasks
 
 pytest.importorskip("pydensecrf.densecrf")
 
 DEMO = DemoDataConfig(seed=3, num_train=4, num_val=7, image_size=64)
 IRN = dict(device="cpu", boundary_pad_to=None, exp_times=3, conf_fg=0.35, conf_bg=0.15)
+VISUAL_PANELS = 5  # of the 7 images: both ranks draw some
 FIGURES = ("miou", "per_class_iou", "num_images", "precision", "recall", "f1")
 
 
@@ -166,6 +169,8 @@ def _stages(root, maps, irn_path, seg_path, out, workers):
     seg = SegmentConfig(backbone="resnet18", random_init=True, scales=(1.0,), use_crf=True,
                         device="cpu")
     infer_stage(load_deeplab(seg_path), ds, out / "segment", seg, model_path=seg_path)
+    # The visualize stage's panels (of out/make_cam/maps, a link the test made), its share per rank.
+    visualize_run(out, ds, count=VISUAL_PANELS, rank=distributed.rank(), world=distributed.world_size())
 
 
 def _rank_main(rank, world, port, *args):
@@ -183,6 +188,9 @@ def test_two_gloo_ranks_match_one_process(inputs, tmp_path):
     """Each rank takes its shard of every stage (and two CRF workers within a rank); the files
     are byte for byte a single process's, the figures (summed confusion counts) equal."""
     root, maps, irn_path, seg_path = inputs
+    for run in ("single", "multi"):
+        (tmp_path / run / "make_cam").mkdir(parents=True)
+        (tmp_path / run / "make_cam" / "maps").symlink_to(maps, target_is_directory=True)
     _stages(root, maps, irn_path, seg_path, tmp_path / "single", 1)
     torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), root, maps, irn_path, seg_path,
                                                   str(tmp_path / "multi"), 2), nprocs=2, join=True)
@@ -191,6 +199,8 @@ def test_two_gloo_ranks_match_one_process(inputs, tmp_path):
     for folder in ("crf/masks", "ir_label", "sem_seg", "segment/val/predictions"):
         assert len(_pngs(one / folder)) == n, folder
         assert _pngs(one / folder) == _pngs(two / folder), folder
+    assert len(_pngs(one / "visualize/images")) == VISUAL_PANELS
+    assert _pngs(one / "visualize/images") == _pngs(two / "visualize/images")
     # The random-walk scores come from IRN's network, run with each process's intra-op threads
     # (one per rank here, as torchrun sets OMP_NUM_THREADS=1; the machine's count alone): a
     # convolution summed in another order rounds differently, by one float16 step at most here.

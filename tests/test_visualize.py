@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +156,21 @@ def test_visualize_run_and_cli_on_generated_maps(tmp_path):
     assert png.is_file() and _png(png).size == (3 * 192, CAPTION_HEIGHT + th + CAPTION_HEIGHT)
     with pytest.raises(FileNotFoundError, match="no <id>.npy"):
         visualize_maps({"x": tmp_path}, dataset, tmp_path / "none")
+
+
+def test_visualize_run_shares_the_panels_among_ranks(tmp_path):
+    """Under torchrun each rank draws its share of the chosen panels (the same choice on every
+    rank) and rank 0 the logit curves: together, one process's pictures byte for byte."""
+    dataset, out = _tiny_run(tmp_path)
+    one = visualize_run(out, dataset, count=3, dest=str(tmp_path / "one"))
+    parts = [visualize_run(out, dataset, count=3, dest=str(tmp_path / "two"), rank=r, world=2)
+             for r in range(2)]
+    names = [[Path(p).name for p in part["images"]] for part in parts]
+    assert names == [["2021_000000.png", "2021_000002.png"], ["2021_000001.png"]]
+    assert sorted(sum(names, [])) == sorted(Path(p).name for p in one["images"])
+    for p in one["images"]:
+        assert Path(p).read_bytes() == (tmp_path / "two" / "images" / Path(p).name).read_bytes()
+    assert parts[0]["logit_curves"] and parts[1]["logit_curves"] is None
 
 
 def test_report_table_equals_summary(tmp_path):

@@ -131,6 +131,9 @@ class Provenance:
         redo = set(differing)
         for s in differing:
             redo |= {d for d in self.downstream(s) if self.ctx.stage_dir(d).exists()}
+        # Under torchrun every rank reads the records and plans before rank 0 removes anything:
+        # a rank that looked after the removal would find no record and plan other stages.
+        self.ctx.barrier("--overwrite: every rank's plan, before the removal")
         if self.ctx.is_main:
             for s in self.registry:
                 if s in redo and self.ctx.stage_dir(s).exists():

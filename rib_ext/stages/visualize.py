@@ -18,12 +18,12 @@ def settings(cfg) -> dict:
 
 
 def run(ctx, cfg) -> dict:
+    import numpy as np
+
+    from rib_ext import distributed
     from rib_ext.rib import OtherImages
     from rib_ext.figures import visualize_run
 
-    if not ctx.is_main:  # pictures are rank 0's; the others wait
-        ctx.barrier()
-        return {}
     ctx.require_map_sets("visualize")
     vis = cfg.visualize
     model = pool = None
@@ -31,11 +31,15 @@ def run(ctx, cfg) -> dict:
         model = ctx.load_classifier()
         pool = OtherImages(ctx.pool_set, ctx.device, cfg.rib.other_resize_long, cfg.rib.other_crop,
                            cache_bytes=cfg.rib.image_cache_mb << 20)
+    # Every rank draws its share of the panels and montages (the choice of images is the same on
+    # every rank), rank 0 the logit curves.
     result = visualize_run(ctx.out, ctx.eval_set, count=vis.count, model=model, pool=pool,
                            rib_cfg=cfg.rib if model is not None else None,
                            montage_count=vis.montage_count if model is not None else 0,
-                           device=ctx.device, dest=str(ctx.stage_dir("visualize")))
-    ctx.info(f"[visualize] {len(result['images'])} image panels, {len(result['steps'])} step "
-             f"montages -> {result['dir']}")
-    ctx.barrier()
-    return {"images": len(result["images"]), "montages": len(result["steps"]), "dir": result["dir"]}
+                           device=ctx.device, dest=str(ctx.stage_dir("visualize")),
+                           rank=distributed.rank(), world=distributed.world_size())
+    ctx.barrier("visualize: the other ranks' pictures")
+    images, montages = (int(n) for n in distributed.all_reduce_sum(
+        np.array([len(result["images"]), len(result["steps"])], dtype=np.int64)))
+    ctx.info(f"[visualize] {images} image panels, {montages} step montages -> {result['dir']}")
+    return {"images": images, "montages": montages, "dir": result["dir"]}
