@@ -14,7 +14,6 @@ For an input [B, 3, H, W] both outputs are on the stride-4 grid [ceil(H/4), ceil
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from rib_ext.checkpoints import read_checkpoint, write_checkpoint
 from rib_ext.irn.authors import irn_state_from_authors, is_authors_irn_state
 from rib_ext.models import BACKBONES, CAMNet, load_backbone_weights, load_cam_checkpoint
+from rib_ext.models.checkpoint import check_weights_choice, warn_random_init
 from rib_ext.models.resnet_cam import TINY_WIDTHS
 
 IRN_CHECKPOINT_FORMAT = "rib_ext.irn_net"
@@ -229,17 +229,11 @@ def _cam_record(path: Path) -> Optional[Dict[str, Any]]:
 def build_irnet(backbone: str, weights: Optional[str] = None, random_init: bool = False,
                 mean_shift_momentum: float = 0.1) -> IRNet:
     """An :class:`IRNet` whose backbone comes from ``weights``, or random when ``random_init``."""
-    if weights is not None and random_init:
-        raise ValueError(f"both weights ({weights}) and random_init were given; choose one")
-    if weights is None and not random_init:
-        from rib_ext.models.checkpoint import MissingWeightsError, missing_weights_message
-        raise MissingWeightsError(missing_weights_message(backbone)
-                                  + " (IRN may also start from a trained rib_ext CAM network)")
+    check_weights_choice(backbone, weights, random_init,
+                         " (IRN may also start from a trained rib_ext CAM network)")
     net = IRNet(backbone, mean_shift_momentum)
     if weights is None:
-        warnings.warn(f"IRN {backbone} backbone randomly initialised (no weights): fine for a smoke "
-                      f"test, but boundaries and masks will be far below the paper's",
-                      UserWarning, stacklevel=2)
+        warn_random_init(f"IRN {backbone}", "boundaries and masks")
         return net
     return init_backbone(net, weights)
 

@@ -52,6 +52,22 @@ def missing_weights_message(backbone: str, path: Optional[os.PathLike | str] = N
             f"to start from random weights (a smoke test only: results fall far below the paper's).")
 
 
+def check_weights_choice(backbone: str, weights, random_init: bool, hint: str = "") -> None:
+    """Exactly one of ImageNet ``weights`` and ``random_init``; the error says how to get weights
+    (``hint``: what else the network may start from)."""
+    if weights is not None and random_init:
+        raise ValueError(f"both weights ({weights}) and random_init were given; choose one")
+    if weights is None and not random_init:
+        raise MissingWeightsError(missing_weights_message(backbone) + hint)
+
+
+def warn_random_init(what: str, outcome: str) -> None:
+    """The warning of a randomly initialised backbone (``what``: the network and its backbone;
+    ``outcome``: what will fall below the paper's figures), pointing at the caller's caller."""
+    warnings.warn(f"{what} backbone randomly initialised (no ImageNet weights): fine for a smoke "
+                  f"test, but {outcome} will be far below the paper's", UserWarning, stacklevel=3)
+
+
 def _unwrap_state_dict(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
@@ -124,15 +140,10 @@ def build_cam_net(backbone: str = "resnet50", num_classes: int = 20,
                   strides: Sequence[int] = (2, 2, 2, 1), from_scratch: bool = False) -> CAMNet:
     """A :class:`CAMNet` with ImageNet backbone weights from ``weights``, or random weights when
     ``random_init`` (warns). Exactly one of the two must be given."""
-    if weights is not None and random_init:
-        raise ValueError(f"both weights ({weights}) and random_init were given; choose one")
-    if weights is None and not random_init:
-        raise MissingWeightsError(missing_weights_message(backbone))
+    check_weights_choice(backbone, weights, random_init)
     model = CAMNet(backbone, num_classes, strides, from_scratch=from_scratch)
     if random_init:
-        warnings.warn(f"{backbone} backbone randomly initialised (no ImageNet weights): fine for a "
-                      f"smoke test, but maps and scores will be far below the paper's",
-                      UserWarning, stacklevel=2)
+        warn_random_init(backbone, "maps and scores")
         return model
     return load_backbone_weights(model, weights)
 

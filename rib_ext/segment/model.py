@@ -15,8 +15,6 @@ practice with batches of 10, where batch statistics would be noise).
 from __future__ import annotations
 
 import os
-import warnings
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -25,8 +23,8 @@ import torch.nn.functional as F
 import torchvision
 
 from rib_ext.checkpoints import check_num_classes, read_checkpoint, write_checkpoint
-from rib_ext.models import FixedBatchNorm, MissingWeightsError, convert_to_fixed_bn, load_backbone_weights
-from rib_ext.models.checkpoint import missing_weights_message
+from rib_ext.models import FixedBatchNorm, convert_to_fixed_bn, load_backbone_weights
+from rib_ext.models.checkpoint import check_weights_choice, warn_random_init
 from rib_ext.models.resnet_cam import BACKBONES, TORCHVISION_PARTS
 
 MODEL_FORMAT = "rib_ext.deeplab_v2"
@@ -137,15 +135,10 @@ def build_deeplab(backbone: str = "resnet101", num_classes: int = 21,
                   dilations: Sequence[int] = (6, 12, 18, 24)) -> DeepLabV2:
     """A :class:`DeepLabV2` with ImageNet backbone weights from ``weights`` (a torchvision ResNet
     state-dict file), or random weights when ``random_init`` (warns). Exactly one of the two."""
-    if weights is not None and random_init:
-        raise ValueError(f"both weights ({weights}) and random_init were given; choose one")
-    if weights is None and not random_init:
-        raise MissingWeightsError(missing_weights_message(backbone))
+    check_weights_choice(backbone, weights, random_init)
     model = DeepLabV2(backbone, num_classes, dilations)
     if random_init:
-        warnings.warn(f"DeepLab-v2 {backbone} backbone randomly initialised (no ImageNet weights): "
-                      f"a smoke test only, segmentation will be far below the paper's",
-                      UserWarning, stacklevel=2)
+        warn_random_init(f"DeepLab-v2 {backbone}", "the segmentation")
         return model
     return load_backbone_weights(model, weights)
 
