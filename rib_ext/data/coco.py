@@ -24,7 +24,7 @@ from rib_ext.io import remember_digest, save_json
 from .base import SegmentationDataset, drop_unlabelled, preview
 from .errors import DatasetError
 from .images import IGNORE_INDEX, image_size, load_label_png, save_label_png
-from .voc import check_unique_ids, read_id_list
+from .voc import given_ids, read_id_list
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -247,12 +247,7 @@ class COCODataset(SegmentationDataset):
             return None, str(split_or_list)
         if isinstance(split_or_list, (str, os.PathLike)):
             return read_id_list(split_or_list), str(split_or_list)
-        ids = [str(i) for i in split_or_list]
-        if not ids:
-            raise DatasetError(f"{self.root}: empty id list given")
-        where = f"{self.root} (id list of {len(ids)})"
-        check_unique_ids(ids, where)
-        return ids, where
+        return given_ids(self.root, split_or_list)
 
     def _cache_dir(self, cache_dir) -> Optional[Path]:
         if cache_dir is False:

@@ -91,6 +91,16 @@ def check_unique_ids(ids: Sequence[str], where: str) -> None:
         seen[image_id] = pos
 
 
+def given_ids(root, ids: Sequence) -> tuple[list[str], str]:
+    """A sequence of ids given in code, checked (not empty, no id twice), and its description."""
+    ids = [str(i) for i in ids]
+    if not ids:
+        raise DatasetError(f"{root}: empty id list given")
+    where = f"{root} (id list of {len(ids)})"
+    check_unique_ids(ids, where)
+    return ids, where
+
+
 def resolve_id_list(root: str | os.PathLike, ids_or_list: IdsOrList) -> tuple[list[str], str]:
     """Ids from a split name ("train" -> root/ImageSets/Segmentation/train.txt), a list file, or a
     sequence of ids; also returns a description of the source for messages."""
@@ -102,12 +112,7 @@ def resolve_id_list(root: str | os.PathLike, ids_or_list: IdsOrList) -> tuple[li
         if is_bare_name and (split_file.is_file() or not path.is_file()):
             path = split_file
         return read_id_list(path), str(path)
-    ids = [str(i) for i in ids_or_list]
-    if not ids:
-        raise DatasetError(f"{root}: empty id list given")
-    where = f"{root} (id list of {len(ids)})"
-    check_unique_ids(ids, where)
-    return ids, where
+    return given_ids(root, ids_or_list)
 
 
 # ---------------------------------------------------------------------------------------------
