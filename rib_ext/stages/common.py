@@ -26,9 +26,3 @@ def headline(result: dict) -> dict:
 def brief(result: dict) -> dict:
     """The plain values of a stage function's result, for the summary."""
     return {k: v for k, v in result.items() if isinstance(v, (int, float, str, type(None)))}
-
-
-def rank0_map_sets(ctx, stage: str):
-    """The map sets of a stage that runs on rank 0 alone (train_irn: one network per map set);
-    the other ranks get none."""
-    return list(ctx.require_map_sets(stage).items()) if ctx.is_main else []
