@@ -236,9 +236,9 @@ class RIBConfig(Section):
     # Decoded other images kept in (pinned) host memory, LRU beyond
     image_cache_mb: int = setting(4096, ">= 0")
     prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
-    # CUDA: the other images' forward and backward (fixed shapes) replayed from a CUDA graph per
-    # group size G, captured at a group's first full step. Off until measured on a GPU; ignored
-    # (with a warning) on the CPU.
+    # CUDA: the other images' pass and loss, forward and backward (fixed shapes), replayed from a
+    # CUDA graph per group size G, captured at a group's first full step; the target's pass and
+    # the update stay eager. Off until measured on a GPU; ignored (with a warning) on the CPU.
     cuda_graphs: bool = False
     seed: int = setting(0, "[0, 4294967295]")
     device: str = "auto"

@@ -372,6 +372,25 @@ def test_cuda_graphs_setting_is_validated_and_ignored_on_the_cpu(setup):
     _same(sorted(engine.run(targets), key=lambda r: r.name), _run(model, pool, targets, small_cfg()))
 
 
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_graphed_step_maths_equal_the_eager_step_on_the_cpu(setup, monkeypatch, batching):
+    """The graphed path computes the other images' loss terms in one function (the graph's) and
+    adds each image's term to its target terms: with the capture replaced by the plain function,
+    the maps equal the eager path's bit for bit. (The capture itself: CUDA only, below.)"""
+    from rib_ext.rib import engine as engine_mod
+
+    data, model, pool, _ = setup
+    targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
+    cfg = small_cfg(group_size=2, steps=3, head_batching=batching)  # full groups of 2, a tail of 1
+    captured = []
+    monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args: captured.append(len(args)) or fn)
+    graphed = RIBEngine(model, pool, cfg, "cpu")
+    graphed.graphs = {}  # as cuda_graphs does on CUDA
+    results = sorted(graphed.run(targets), key=lambda r: r.name)
+    assert list(graphed.graphs) == [2] and captured == [2 + 2 * len(graphed.names)]
+    _same(results, _run(model, pool, targets, cfg))
+
+
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("extra", [{}, dict(precision="bf16", channels_last=True, head_batching="vmap",
                                             cudnn_benchmark=True)])

@@ -37,7 +37,7 @@ from rib_ext import ops
 from rib_ext.config import RIBConfig
 from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_batch_norms,
                                memory_format)
-from rib_ext.rib.losses import step_loss
+from rib_ext.rib.losses import group_loss, step_loss
 from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
 from rib_ext.rib.targets import TargetViews
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio_tensor
@@ -216,6 +216,12 @@ def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: 
         d = list(bufs)
     d = [torch.where(m, x, 0) for m, x in zip(masks, d)]
     _step_by_lr_(params, d, lrs)
+
+
+def capture_graphed(fn, sample_args):
+    """``torch.cuda.make_graphed_callables(fn, sample_args)``, under a module-level name so that a
+    CPU test can stand the plain function in for the capture and check the graphed step's maths."""
+    return torch.cuda.make_graphed_callables(fn, sample_args)
 
 
 GROUP_MEMORY_SLACK = 0.1  # the part of the free device memory the automatic G leaves alone
@@ -478,14 +484,22 @@ class RIBEngine:
             return readout
         images = torch.cat([b[0] for b in batches])
         if self.graphs is not None and len(live) == self.group_size:
-            other_cams = self._graphed_other_cams(live, images)
+            # The other images' terms of the loss come out of the graph (it holds their pass and
+            # loss, forward and backward); each image's loss adds its own term last, as step_loss does.
+            other_cams = None
+            other_terms = self._graphed_other_losses(live, images,
+                                                     torch.cat([b[1] for b in batches])).unbind(0)
         else:
             with self._fixed_shapes():
                 x2_split = self._stem(images).split([len(b[0]) for b in batches])
                 other_cams = self._other_cams([st.params for st in live], x2_split)
         total, stats, losses = 0, [], []
-        for st, cams, cam_o, (_, other_labels) in zip(live, target_cams, other_cams, batches):
-            loss, stat = step_loss(cams, st.label, cam_o, other_labels, cfg)
+        for i, (st, cams, (_, other_labels)) in enumerate(zip(live, target_cams, batches)):
+            if other_cams is None:
+                loss, stat = step_loss(cams, st.label, None, None, cfg)
+                loss = loss + other_terms[i]
+            else:
+                loss, stat = step_loss(cams, st.label, other_cams[i], other_labels, cfg)
             total = total + loss
             stats.append(stat)
             losses.append(loss.detach())
@@ -530,24 +544,30 @@ class RIBEngine:
             readout.event.record()
         return readout
 
-    def _graphed_other_cams(self, live: list[_State], images: torch.Tensor) -> list:
-        """The other images' pass (stem, head; forward and backward) replayed from the CUDA graph
-        of this group size, captured on first use (warm-up on a side stream, as
-        ``torch.cuda.make_graphed_callables`` does). Inputs (the crops and every image's weights)
-        are copied into the graph's static buffers; the loss and the update run eagerly."""
+    def _graphed_other_losses(self, live: list[_State], images: torch.Tensor,
+                              labels: torch.Tensor) -> torch.Tensor:
+        """Each image's other-images loss term [G], from the CUDA graph of this group size: the
+        stem, the head, the loss, and their backward, captured on first use by
+        :data:`capture_graphed` (``torch.cuda.make_graphed_callables``: warm-up on a side stream,
+        then capture). The inputs (the crops, their labels and every image's weights) are copied
+        into the graph's static buffers; the target's pass and the update run eagerly."""
         g, n = len(live), len(self.names)
         flat = [p for st in live for p in st.params]
         fn = self.graphs.get(g)
         if fn is None:
-            def others(images, *flat):
+            cfg = self.cfg
+
+            def others(images, labels, *flat):
                 x2 = self._stem(images)
                 params = [list(flat[i * n:(i + 1) * n]) for i in range(g)]
-                return torch.stack(self._other_cams(params, x2.chunk(g)))
+                cams = self._other_cams(params, x2.chunk(g))
+                return torch.stack([group_loss(cam, lab, cfg)[0]
+                                    for cam, lab in zip(cams, labels.chunk(g))])
 
             with self._fixed_shapes():
-                fn = self.graphs[g] = torch.cuda.make_graphed_callables(others, (images, *flat))
+                fn = self.graphs[g] = capture_graphed(others, (images, labels, *flat))
         with self._fixed_shapes():
-            return list(fn(images, *flat).unbind(0))
+            return fn(images, labels, *flat)
 
     def _fixed_shapes(self):
         return cudnn_benchmark(True) if self.bench_others else contextlib.nullcontext()
@@ -556,7 +576,7 @@ class RIBEngine:
         """d total / d params: one backward, or with ``bench_others`` two, so that cuDNN times
         the other images' backward (fixed shapes) and not the target's (a new size per image):
         first to the CAMs, then from the target's CAMs and the other images' CAMs apart."""
-        if not self.bench_others:
+        if not self.bench_others or other_cams is None:  # None: the graph replays its backward
             return torch.autograd.grad(total, params)
         t_cams = [c for cams in target_cams for c in cams]
         g = torch.autograd.grad(total, t_cams + list(other_cams))
