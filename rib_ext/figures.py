@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from rib_ext import distributed
 from rib_ext.data.images import voc_palette
 from rib_ext.io import load_npy_dict, save_figure, save_png
 
@@ -369,14 +370,16 @@ def visualize_run(out_dir, dataset, ids: Optional[Sequence[str]] = None, count: 
                 masks[label] = folder
     chosen = list(ids) if ids is not None else images_with_maps(next(iter(maps_dirs.values())),
                                                                 dataset, count)
-    images = visualize_maps(maps_dirs, dataset, dest_dir / "images", ids=chosen[rank::world],
+    images = visualize_maps(maps_dirs, dataset, dest_dir / "images",
+                            ids=distributed.shard(chosen, rank, world),
                             thresholds=thresholds, masks=masks)
     result: Dict[str, Any] = {"dir": str(dest_dir), "images": [str(p) for p in images], "steps": [],
                               "logit_curves": None}
     if model is not None and pool is not None and rib_cfg is not None and montage_count > 0:
         index = {name: i for i, name in enumerate(dataset.ids)}
         # An image of no class (kept on COCO) has no adaptation to show.
-        few = [n for n in chosen if dataset.labels(index[n]).any()][:montage_count][rank::world]
+        few = distributed.shard([n for n in chosen if dataset.labels(index[n]).any()][:montage_count],
+                                rank, world)
         for name, scores in step_maps_with_engine(model, pool, rib_cfg, dataset, few, device).items():
             i = index[name]
             path = render_step_montage(

@@ -8,6 +8,7 @@ import pytest
 
 from rib_ext import pipeline
 from rib_ext.data.demo import demo_preset
+from gloo_ranks import free_port, gloo_rank
 from pipeline_runs import TINY, copy_run, finish_run, main
 
 # Smaller than test_stages.TINY: one scale, 3 images to map; enough to make every file once.
@@ -112,45 +113,33 @@ def test_cam_checkpoint_skips_train_cam_and_enters_provenance(finished, tmp_path
 
 def _plan_on_rank(rank, world, port, out, argv, plans):
     """One torchrun rank's --overwrite plan; rank 1 reads the records late (a slow file system)."""
-    import os
     import time
-
-    import torch.distributed as dist
 
     from rib_ext.stages.options import config_from_argv
     from rib_ext.stages.context import RunContext
     from rib_ext.stages.provenance import Provenance
     from rib_ext.stages.registry import STAGES
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_rank(rank, world, port):
         prov = Provenance(RunContext(config_from_argv(argv), overwrite=True), list(STAGES))
         if rank == 1:
             read = prov.saved
             prov.saved = lambda stage: (time.sleep(0.5), read(stage))[1]
         plans[rank] = prov.plan(["rib"])
-    finally:
-        dist.destroy_process_group()
 
 
 def test_overwrite_under_torchrun_gives_every_rank_the_same_plan(finished, tmp_path):
     """Rank 0 removed the differing folders while rank 1 was still reading their records: rank 1
     then saw no record and planned only the asked stage, while rank 0 planned its downstream too
     (the ranks then disagreed on the stages to run, and rank 0 waited for rank 1 forever)."""
-    import socket
     import time
 
     import torch.multiprocessing as mp
 
     out = copy_run(finished, tmp_path)
     argv = ["--out", str(out), "--stages", "rib"] + TINY + ["--rib-steps", "1"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     plans = mp.Manager().dict()
-    ranks = mp.spawn(_plan_on_rank, args=(2, port, out, argv, plans), nprocs=2, join=False)
+    ranks = mp.spawn(_plan_on_rank, args=(2, free_port(), out, argv, plans), nprocs=2, join=False)
     deadline = time.monotonic() + 60
     while not ranks.join(timeout=1):
         if time.monotonic() > deadline:  # rank 1 planned nothing to remove and never came

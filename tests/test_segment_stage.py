@@ -11,6 +11,8 @@ from rib_ext.io import save_npy
 from rib_ext.segment import (VOC_SERVER_DIR, SegmentConfig, infer_stage, load_deeplab, score_labels,
                              read_log, segment_stage)
 
+from gloo_ranks import free_port, gloo_rank
+
 
 pytest.importorskip("pydensecrf.densecrf")
 
@@ -119,42 +121,25 @@ def test_without_scores_trains_once_on_the_pseudo_masks(demo, tmp_path):
 
 
 def _segment_on_rank(rank, world, port, root, labels, scores, out):
-    import os
+    import warnings
 
-    import torch
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            segment_stage(VOCDataset(root, "train"), labels, VOCDataset(root, "val"), out,
-                          SegmentConfig(**TINY), score_dir=scores)
-    finally:
-        dist.destroy_process_group()
+    with gloo_rank(rank, world, port), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        segment_stage(VOCDataset(root, "train"), labels, VOCDataset(root, "val"), out,
+                      SegmentConfig(**TINY), score_dir=scores)
 
 
 def test_retrain_labels_are_written_by_every_rank_in_shares(demo, tmp_path):
     """Under two gloo ranks each writes its share of the confident and filled labels (and of the
     first network's predictions): every image gets each file, made by the same rules as in one
     process, and the second network trains on them."""
-    import socket
-
     import torch.multiprocessing as mp
 
     train, _ = demo
     labels, scores = _inputs(train, tmp_path)
     out = tmp_path / "segment"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_segment_on_rank, args=(2, port, str(train.root), labels, scores, out), nprocs=2,
-             join=True)
+    mp.spawn(_segment_on_rank, args=(2, free_port(), str(train.root), labels, scores, out),
+             nprocs=2, join=True)
     for i, name in enumerate(train.ids):
         keys = np.nonzero(train.labels(i))[0]
         mask = train.mask(i)

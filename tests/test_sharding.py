@@ -2,7 +2,6 @@
 visualize's panels) give the same files and figures whatever the number of CRF worker processes and of ranks."""
 import json
 import os
-import socket
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from rib_ext.irn import IRNConfig, eval_mask_stage, ir_label_stage, make_sem_seg
 from rib_ext.crf import refine_seeds as crf
 from rib_ext.figures import visualize_run
 from rib_ext.workers import resolve_workers, run_tasks
+from gloo_ranks import free_port, gloo_rank
 
 pytest.importorskip("pydensecrf.densecrf")
 
@@ -149,12 +149,6 @@ def test_crf_worker_error_names_the_file(inputs, tmp_path):
 
 # ---------------------------------------------------------------------- 2 ranks vs 1 process
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stages(root, maps, irn_path, seg_path, out, workers):
     """crf, ir_label, make_sem_seg, eval_mask and segment inference, as the pipeline chains them."""
     from rib_ext.segment.infer import infer_stage
@@ -174,14 +168,8 @@ def _stages(root, maps, irn_path, seg_path, out, workers):
 
 
 def _rank_main(rank, world, port, *args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_rank(rank, world, port):
         _stages(*args)
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_ranks_match_one_process(inputs, tmp_path):
@@ -192,7 +180,7 @@ def test_two_gloo_ranks_match_one_process(inputs, tmp_path):
         (tmp_path / run / "make_cam").mkdir(parents=True)
         (tmp_path / run / "make_cam" / "maps").symlink_to(maps, target_is_directory=True)
     _stages(root, maps, irn_path, seg_path, tmp_path / "single", 1)
-    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), root, maps, irn_path, seg_path,
+    torch.multiprocessing.spawn(_rank_main, args=(2, free_port(), root, maps, irn_path, seg_path,
                                                   str(tmp_path / "multi"), 2), nprocs=2, join=True)
     one, two = tmp_path / "single", tmp_path / "multi"
     n = len(build_dataset("demo", root, "val", demo=DEMO))
@@ -232,7 +220,7 @@ def _torchrun(out: Path, checkpoint: Path):
     import sys
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_free_port()), "-m", "rib_ext.pipeline", "--out", str(out),
+           "--master_port", str(free_port()), "-m", "rib_ext.pipeline", "--out", str(out),
            "--cam-checkpoint", str(checkpoint)] + RUN
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,7 +1,5 @@
 """Pipeline stages end to end on a tiny generated dataset: outputs, resume, interruption, ranks."""
 import json
-import os
-import socket
 import warnings
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from rib_ext import pipeline
 from rib_ext.config import DemoDataConfig, MakeCamConfig
 from rib_ext.data import build_dataset
 from rib_ext.io import load_npy_dict
+from gloo_ranks import free_port, gloo_rank
 
 TINY = ["--demo-images", "12", "--demo-val-images", "6", "--demo-size", "80", "--epochs", "1",
         "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1",
@@ -96,21 +95,9 @@ def test_interrupted_make_cam_leaves_no_partial_file_and_resumes(tiny_data, tmp_
         assert set(load_npy_dict(tmp_path / f"{val.name(i)}.npy")) == {"keys", "cam", "high_res"}
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank, world, port, root, out, model_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_rank(rank, world, port):
         _rib_and_eval(root, out, model_path)
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def _rib_and_eval(root, out, model_path):
@@ -138,7 +125,7 @@ def test_distributed_shards_match_single_process(tiny_data, tmp_path):
     model_path = tmp_path / "cam_net.pth"
     save_cam_net(model_path, tiny_cam_net(train.num_classes))
     _rib_and_eval(root, tmp_path / "single", model_path)
-    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), root, str(tmp_path / "multi"),
+    torch.multiprocessing.spawn(_rank_main, args=(2, free_port(), root, str(tmp_path / "multi"),
                                                   model_path), nprocs=2, join=True)
     single = sorted((tmp_path / "single" / "rib" / "maps").glob("*.npy"))
     multi = sorted((tmp_path / "multi" / "rib" / "maps").glob("*.npy"))
