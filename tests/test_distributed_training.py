@@ -8,11 +8,14 @@ gradient all-reduce, the synced batch statistics). Measured here (largest weight
 train_cam 7e-9 (frozen BN) and 2e-7 (batch statistics), train_irn 1e-7, segment 7e-6 after 3
 steps; the segment figure is what one process gets by summing the same batch in two parts (2 + 1
 images): the tiny random DeepLab amplifies rounding about tenfold per step, not a DDP error.
+IRN's random-init heads are worse conditioned (large random backbone features into group norms):
+on an AMD EPYC (AVX2) one process on 1 thread vs 2 threads already differs by 5e-4 after its 2
+steps (1e-7 on the machine of the figures above), and 2 ranks by 1e-3; so IRN is checked against
+that floor, measured in the same run: at most ``IRN_FLOOR_FACTOR`` times it.
 """
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,8 +32,10 @@ from rib_ext.models import load_cam_net
 from rib_ext.training import DataParallel, rank_share, read_loss_log
 
 from factories import TinyDataset
+from gloo_ranks import free_port, rank_env
 
 WEIGHT_RTOL, WEIGHT_ATOL = 1e-4, 1e-5
+IRN_FLOOR_FACTOR = 10  # IRN: 2 ranks vs 1 process within this many times 1 vs 2 threads' difference
 LOSS_RTOL = 1e-4  # the logged losses (the segment's 3rd step: 2e-5)
 WORLD = 2
 # An odd global batch: the shares are 2 and 1 images, so the per-share weighting matters.
@@ -46,16 +51,8 @@ SEG = dict(backbone="resnet18", random_init=True, iterations=3, batch_size=3, cr
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _join_group(rank, port, timeout_s):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    rank_env(rank, WORLD, port)
     from rib_ext import distributed
 
     assert distributed.init_from_env(timeout_s)
@@ -88,6 +85,21 @@ def _train_all(work: Path, out: Path, two_calls: bool) -> None:
         train_segmenter(demo, work / "labels", out / "seg", SegmentConfig(**SEG))
 
 
+def _train_irn_with_other_threads(work: Path, out: Path) -> None:
+    """The one-process IRN run again with another number of threads: the same maths, another
+    order of float32 sums (the rounding floor of the IRN comparison)."""
+    from rib_ext.irn import IRNConfig, train_irn_stage
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1 if n > 1 else 2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train_irn_stage(_demo(work / "demo"), work / "labels", out / "irn", IRNConfig(**IRN))
+    finally:
+        torch.set_num_threads(n)
+
+
 def _train_rank(rank, port, work, out):
     _join_group(rank, port, 600)
     _train_all(Path(work), Path(out), two_calls=True)
@@ -103,7 +115,8 @@ def runs(tmp_path_factory):
     t0 = time.time()
     _train_all(work, work / "single", two_calls=False)
     t1 = time.time()
-    torch.multiprocessing.spawn(_train_rank, args=(_free_port(), str(work), str(work / "multi")),
+    _train_irn_with_other_threads(work, work / "control")
+    torch.multiprocessing.spawn(_train_rank, args=(free_port(), str(work), str(work / "multi")),
                                 nprocs=WORLD, join=True)
     seconds = {"single": round(t1 - t0, 1), "two ranks": round(time.time() - t1, 1)}
     print(f"\ntraining seconds: {seconds}")
@@ -166,11 +179,21 @@ def test_train_cam_scratch_weights_differ_from_unsynced_statistics(runs):
     assert means and max(m.abs().max().item() for m in means) > 1e-2
 
 
+def _largest_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point())
+
+
 def test_train_irn_two_ranks_resumed_reach_the_single_process_weights(runs):
+    """IRN against the rounding floor measured in the same run (see the module docstring)."""
     single, multi = runs
     sa, sb = _weights(single / "irn" / "irn.pth"), _weights(multi / "irn" / "irn.pth")
-    worst = _compare(sa, sb)
-    print(f"\ntrain_irn: largest weight difference {worst:.3g}")
+    sc = _weights(single.parent / "control" / "irn" / "irn.pth")
+    worst, floor = _largest_difference(sa, sb), _largest_difference(sa, sc)
+    print(f"\ntrain_irn: largest weight difference {worst:.3g}, one process with other threads {floor:.3g}")
+    assert worst <= max(IRN_FLOOR_FACTOR * floor, WEIGHT_ATOL)
+    # and both are rounding-sized next to the weights themselves (|w| up to about 1 here)
+    assert worst < 1e-2
     shift = [k for k in sa if k.endswith("mean_shift.running_mean")]
     assert shift and sa[shift[0]].abs().max() > 0  # the synced running mean moved
     assert [r["step"] for r in read_loss_log(multi / "irn" / "loss.csv")] == [1, 2]
@@ -264,7 +287,7 @@ def test_a_wait_longer_than_the_timeout_passes_and_says_what_it_waits_for(tmp_pa
     rank 1; the control: the same lateness before torch's own barrier times out."""
     log_path, result_path = tmp_path / "log", tmp_path / "result"
     t0 = time.time()
-    torch.multiprocessing.spawn(_slow_rank, args=(_free_port(), str(tmp_path / "out"), str(log_path),
+    torch.multiprocessing.spawn(_slow_rank, args=(free_port(), str(tmp_path / "out"), str(log_path),
                                                   str(result_path)), nprocs=WORLD, join=True)
     print(f"\nslow-rank test: {time.time() - t0:.1f} s")
     results = [json.loads(Path(f"{result_path}.{r}").read_text()) for r in range(WORLD)]
