@@ -55,4 +55,36 @@ inline void check_resize_bicubic_u8(const at::Tensor& image, int64_t height, int
               ": output size must be in 1..", max_side, ", got height ", height, ", width ", width);
 }
 
+// sgd_step_'s arguments (csrc/sgd_step.h).
+inline void check_sgd_step(const at::Tensor& params, const at::Tensor& bufs, const at::Tensor& grads,
+                           const at::Tensor& lrs, const at::Tensor& go, const at::Tensor& first,
+                           int64_t split) {
+  constexpr const char* op = "sgd_step_";
+  TORCH_CHECK(params.dim() == 2, op, ": params must be [G, P] (one row per weight slot), got ",
+              params.sizes());
+  TORCH_CHECK(params.scalar_type() == at::kFloat || params.scalar_type() == at::kDouble, op,
+              ": params must be float32 or float64, got ", params.scalar_type());
+  TORCH_CHECK(params.is_contiguous() && bufs.is_contiguous(), op,
+              ": params and bufs are updated in place and must be contiguous");
+  check_same_shape(params, bufs, "params", "bufs", op);
+  check_same_shape(params, grads, "params", "grads", op);
+  TORCH_CHECK(bufs.scalar_type() == params.scalar_type() && grads.scalar_type() == params.scalar_type()
+                  && lrs.scalar_type() == params.scalar_type(),
+              op, ": bufs, grads and lrs must have params' dtype ", params.scalar_type(), ", got ",
+              bufs.scalar_type(), ", ", grads.scalar_type(), ", ", lrs.scalar_type());
+  TORCH_CHECK(lrs.dim() == 2 && lrs.size(0) == params.size(0) && lrs.size(1) == 2, op,
+              ": lrs must be [G, 2] = [", params.size(0), ", 2], got ", lrs.sizes());
+  for (const auto* t : {&go, &first}) {
+    TORCH_CHECK(t->scalar_type() == at::kBool && t->dim() == 1 && t->size(0) == params.size(0), op,
+                ": go and first must be bool [G] = [", params.size(0), "], got ", t->scalar_type(),
+                " ", t->sizes());
+  }
+  for (const auto* t : {&lrs, &go, &first}) {
+    TORCH_CHECK(t->device() == params.device(), op, ": lrs, go and first must be on params' device ",
+                params.device(), ", got ", t->device());
+  }
+  TORCH_CHECK(split >= 0 && split <= params.size(1), op, ": split must be in 0..", params.size(1),
+              ", got ", split);
+}
+
 }  // namespace rib_ext

@@ -220,4 +220,16 @@ inline ResizeIO prepare_resize_bicubic_u8(const at::Tensor& image, int64_t heigh
   return {in, out};
 }
 
+// sgd_step_ (csrc/sgd_step.h): arguments checked; the gradients, learning rates and flags contiguous.
+struct SgdStepArgs {
+  at::Tensor grads, lrs, go, first;
+};
+
+inline SgdStepArgs prepare_sgd_step(const at::Tensor& params, const at::Tensor& bufs,
+                                    const at::Tensor& grads, const at::Tensor& lrs,
+                                    const at::Tensor& go, const at::Tensor& first, int64_t split) {
+  check_sgd_step(params, bufs, grads, lrs, go, first, split);
+  return {grads.contiguous(), lrs.contiguous(), go.contiguous(), first.contiguous()};
+}
+
 }  // namespace rib_ext

@@ -2,7 +2,7 @@
 // (the CUDA ops around them in csrc/cuda/<op>_host.cpp), each file registering
 // its own backend with TORCH_LIBRARY_IMPL; autograd and fake kernels are registered in Python
 // (rib_ext/ops/). Shapes and semantics: csrc/gndrp.h, csrc/margin_loss.h, csrc/cam_maps.h,
-// csrc/resize.h.
+// csrc/resize.h, csrc/sgd_step.h.
 #include <torch/library.h>
 
 TORCH_LIBRARY(rib_ext, m) {
@@ -34,4 +34,9 @@ TORCH_LIBRARY(rib_ext, m) {
   // Pillow's bicubic resize of a uint8 [H, W, C] image, bit for bit: [height, width, C] uint8;
   // adaptive_order: Pillow >= 13's order of the two passes (else always horizontal first).
   m.def("resize_bicubic_u8(Tensor image, int height, int width, bool adaptive_order=True) -> Tensor");
+
+  // One SGD step of G weight slots [G, P] in place, learning rates and flags on the device.
+  m.def(
+      "sgd_step_(Tensor(a!) params, Tensor(b!) bufs, Tensor grads, Tensor lrs, Tensor go, "
+      "Tensor first, int split, float weight_decay, float momentum) -> ()");
 }

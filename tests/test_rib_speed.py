@@ -404,3 +404,37 @@ def test_cuda_graphs_keep_the_maps(setup, extra):
     graphed = sorted(engine.run(targets), key=lambda r: r.name)
     assert list(engine.graphs) == [2]  # captured for G = 2, replayed at every full step
     _same(graphed, eager, atol=1e-5 if not extra else 2e-2)
+
+
+@pytest.mark.parametrize("read_lag", [0, 1])
+def test_graphed_step_with_weight_slots_reads_late_as_the_eager_step(setup, monkeypatch, read_lag):
+    """With graphs the group's weights are rows of one tensor and one kernel (ops.sgd_step_) steps
+    them, learning rates and masks from the device. Margin stops at different steps (images leave
+    and others take their rows, a stopped image's row masked out until its stop is read): the
+    steps, stops and maps equal the eager engine's bit for bit, read at once or a step late."""
+    from rib_ext.rib import engine as engine_mod
+
+    data, model, pool, _ = setup
+    targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(6)]
+    free = _run(model, pool, targets, small_cfg(steps=4))
+    margin = float(np.median([max(r.record["target_logit_sums"]) for r in free]))
+    cfg = small_cfg(group_size=2, steps=4, margin=margin)
+    monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args: fn)
+    graphed = RIBEngine(model, pool, cfg, "cpu", read_lag=read_lag)
+    graphed.graphs = {}  # as cuda_graphs does on CUDA
+    stepped = []
+    monkeypatch.setattr(engine_mod.WeightSlots, "step", _counting(engine_mod.WeightSlots.step, stepped))
+    results = sorted(graphed.run(targets), key=lambda r: r.name)
+    eager = sorted(RIBEngine(model, pool, cfg, "cpu", read_lag=read_lag).run(targets),
+                   key=lambda r: r.name)
+    stops = {r.record["stop"] for r in results}
+    assert "margin" in stops and len(stops) >= 2, stops
+    assert graphed.slots.group_size == 2 and graphed.slots.free == [0, 1] and stepped
+    _same(results, eager)
+
+
+def _counting(fn, calls):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return counted

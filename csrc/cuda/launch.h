@@ -70,5 +70,11 @@ void launch_resize_horizontal(const uint8_t* in, int64_t rows, int64_t in_w, int
 void launch_resize_vertical(const uint8_t* in, int64_t row, const resize::Axis& ay,
                             const int32_t* table, uint8_t* out, cudaStream_t stream);
 
+// ---- sgd_step_kernel.cu ----
+// params, bufs (in place), grads (scalar) [slots, n]; lrs (scalar) [slots, 2]; go, first [slots].
+void launch_sgd_step(c10::ScalarType dtype, void* params, void* bufs, const void* grads,
+                     const void* lrs, const bool* go, const bool* first, int64_t slots, int64_t n,
+                     int64_t split, double weight_decay, double momentum, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace rib_ext

@@ -49,7 +49,7 @@ def registered_ops() -> tuple[str, ...]:
 # without it, the names the pure-PyTorch fallbacks stand in for.
 OPS = tuple(n for n in registered_ops() if not n.startswith("_")) or (
     "cam_flip_accumulate_", "cam_flip_merge", "cam_max_normalize", "gndrp_margin_loss", "gndrp_pool",
-    "margin_loss", "resize_bicubic_u8")
+    "margin_loss", "resize_bicubic_u8", "sgd_step_")
 
 
 def compiled_with_cuda() -> bool:

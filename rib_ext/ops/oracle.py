@@ -1,7 +1,8 @@
 """Pure-PyTorch references of every operator: the tests' oracle and the fallback without _C.
 
 Written for clarity, vectorised, in the input's accumulation dtype (float32 for half inputs).
-Semantics are documented in csrc/gndrp.h, csrc/margin_loss.h, csrc/cam_maps.h and csrc/resize.h.
+Semantics are documented in csrc/gndrp.h, csrc/margin_loss.h, csrc/cam_maps.h, csrc/resize.h and
+csrc/sgd_step.h.
 """
 from __future__ import annotations
 
@@ -171,3 +172,21 @@ def resize_bicubic_u8(image: torch.Tensor, size, adaptive_order: bool = True) ->
         if side != image.shape[dim]:
             out = _resample_axis(out, dim, side)
     return out.contiguous() if out is not image else image.clone(memory_format=torch.contiguous_format)
+
+
+def sgd_step_(params: torch.Tensor, bufs: torch.Tensor, grads: torch.Tensor, lrs: torch.Tensor,
+              go: torch.Tensor, first: torch.Tensor, split: int, weight_decay: float,
+              momentum: float) -> None:
+    """One SGD step of the [G, P] weight slots in place, as torch.optim.SGD's foreach update
+    computes it (rib_ext.rib.engine.sgd_update_masked_); csrc/sgd_step.h. Plain tensor ops: the
+    learning rate times the step is rounded before it is subtracted where the kernels fuse the
+    two, so this reference agrees with them to a rounding, not bit for bit."""
+    col = torch.arange(params.shape[1], device=params.device)
+    lr = torch.where(col < split, lrs[:, :1], lrs[:, 1:])
+    step = go[:, None]
+    d = grads.add(params, alpha=weight_decay) if weight_decay else grads
+    if momentum:
+        d = torch.where(first[:, None], d, bufs * momentum + d)
+        bufs.copy_(torch.where(step, d, bufs))
+    params.copy_(torch.where(step, params - lr * d, params))
+

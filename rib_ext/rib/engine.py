@@ -39,6 +39,7 @@ from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_
                                memory_format)
 from rib_ext.rib.losses import group_loss, step_loss
 from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
+from rib_ext.rib.slots import WeightSlots
 from rib_ext.rib.targets import TargetViews
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio_tensor
 from rib_ext.training import NonFiniteLossError
@@ -111,6 +112,7 @@ class _State:
     stats: list = field(default_factory=list)
     snapshots: list = field(default_factory=list)  # maps after each step (snapshot_steps only)
     t0: float = field(default_factory=time.time)
+    slot: Optional[int] = None  # its row of the engine's weight slots (cuda_graphs)
 
 
 @dataclass
@@ -293,6 +295,9 @@ class RIBEngine:
         self._affine: Optional[CAMHead] = None  # the bf16 vmap head (built when first needed)
         # group size -> the graphed other-images pass (cuda_graphs on CUDA only)
         self.graphs: Optional[dict] = None
+        # the group's weights as rows of one tensor, stepped by one kernel (with graphs; made
+        # once G is known)
+        self.slots: Optional[WeightSlots] = None
         if cfg.cuda_graphs and self.device.type == "cuda":
             self.graphs = {}
         elif cfg.cuda_graphs:
@@ -313,12 +318,14 @@ class RIBEngine:
     def _start(self, target: Target) -> _State:
         views, label, keys = self.views.take(target)
         x2 = [self._stem(v) for v in views]
-        params = [p.clone().requires_grad_() for p in self.base]
+        slot = self.slots.take() if self.slots is not None else None
+        params = (self.slots.leaves[slot] if slot is not None
+                  else [p.clone().requires_grad_() for p in self.base])
         rng = image_generator(self.cfg.seed, target.index)
         others = self.pool.stream(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
         alive = torch.ones((), dtype=torch.bool, device=self.device) if self.read_lag else None
         return _State(target, keys, label, x2, params, [None] * len(params), [None] * len(x2),
-                      rng, others, alive=alive)
+                      rng, others, alive=alive, slot=slot)
 
     def _cam(self, params: list, x2: torch.Tensor) -> torch.Tensor:
         """Raw CAMs [N, K, h, w] under one image's weights ``params``, float32 whatever the
@@ -457,6 +464,9 @@ class RIBEngine:
         cfg = self.cfg
         late = self.read_lag > 0
         pending = None
+        if self.slots is not None:
+            # in slot order: the graph was captured on the slots' weights in that order
+            group = sorted(group, key=lambda st: st.slot)
         if executor is not None:
             # Draw before the target pass, so the other images are built while the device works.
             # The same draws: the target pass uses no randomness, and an image that explodes now
@@ -507,13 +517,16 @@ class RIBEngine:
         grads = self._grads(total, all_params, target_cams, other_cams)
 
         with torch.no_grad():
-            lrs = []
-            for st in live:
-                # st.queued - 1: this step's index, the updates made so far if the image is alive
-                factor = max(0.0, 1.0 - (st.queued - 1) / cfg.steps) ** cfg.lr_power
-                lrs += [cfg.lr * m * factor for m in self.lr_mults]
+            # st.queued - 1: this step's index, the updates made so far if the image is alive
+            factors = [max(0.0, 1.0 - (st.queued - 1) / cfg.steps) ** cfg.lr_power for st in live]
+            lrs = [cfg.lr * m * factor for factor in factors for m in self.lr_mults]
             all_bufs = [b for st in live for b in st.bufs]
-            if late:
+            if self.slots is not None:
+                rates = [(cfg.lr * self.lr_mults[0] * f, cfg.lr * self.lr_mults[-1] * f) for f in factors]
+                self.slots.step([st.slot for st in live], grads, go if late else [None] * len(live),
+                                rates, [st.queued == 1 for st in live], cfg.weight_decay,
+                                self.momentum)
+            elif late:
                 masks = [g for g, st in zip(go, live) for _ in st.params]
                 sgd_update_masked_(all_params, grads, all_bufs, lrs, cfg.weight_decay,
                                    self.momentum, masks)
@@ -706,8 +719,13 @@ class RIBEngine:
                 if self.group_size == 0:  # automatic: measured at the largest target's size
                     self.group_size = self._choose_group_size(largest)
                     log.info("RIB group size %d (%s)", self.group_size, self.group_choice)
+                if self.graphs is not None and self.slots is None:
+                    self.slots = WeightSlots(self.base, self.lr_mults, self.group_size)
                 stepping = [st for st in active if self._to_step(st)]
-                while not exhausted and len(stepping) < max(1, self.group_size):
+                # With weight slots an image whose stop is not read yet keeps its slot: the
+                # group waits one step for that read rather than hold more than G slots.
+                while (not exhausted and len(stepping) < max(1, self.group_size)
+                       and (self.slots is None or self.slots.free)):
                     nxt = next(queue, None)
                     if nxt is None:
                         exhausted = True
@@ -723,6 +741,8 @@ class RIBEngine:
                 for st in [s for s in active if s.stop is not None]:
                     active.remove(st)
                     res = self._finish(st)
+                    if st.slot is not None:
+                        self.slots.give_back(st.slot)
                     if on_result is not None:
                         on_result(res)
                     else:
