@@ -221,10 +221,11 @@ def test_every_registered_op_has_a_tester():
     from rib_ext.ops import _extension
 
     import test_ops_resize  # uint8 resampling has no gradient: its own module checks it (opcheck too)
+    import test_ops_sgd  # an in-place update, not differentiated: likewise
 
     tested = {cls.op for cls in OpTester.__subclasses__()}
-    assert hasattr(test_ops_resize, "test_opcheck")
-    tested.add("resize_bicubic_u8")
+    assert hasattr(test_ops_resize, "test_opcheck") and hasattr(test_ops_sgd, "test_opcheck")
+    tested |= {"resize_bicubic_u8", "sgd_step_"}
     registered = set(_extension.registered_ops())
     public = {op for op in registered if not op.startswith("_")}
     assert public == set(_extension.OPS) == tested
