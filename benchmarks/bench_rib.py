@@ -62,6 +62,13 @@ VARIANTS = {
     "G4 vmap+bf16+cl": dict(_FAST, group_size=4, head_batching="vmap"),
     "G8 vmap+bf16+cl": dict(_FAST, group_size=8, head_batching="vmap"),
     "Gauto+bf16+cl": dict(_FAST, group_size=0),
+    # CUDA graphs (issue 17): the other images' pass per G, the weights in slots stepped by one
+    # kernel; "+targets": each target's passes captured too
+    "engine+bf16+cl+graphs": dict(_FAST, cuda_graphs=True),
+    "G4 vmap+bf16+cl+graphs": dict(_FAST, group_size=4, head_batching="vmap", cuda_graphs=True),
+    "G4 vmap+bf16+cl+graphs+targets": dict(_FAST, group_size=4, head_batching="vmap",
+                                           cuda_graphs=True, cuda_graph_targets=True),
+    "G8 vmap+bf16+cl+graphs": dict(_FAST, group_size=8, head_batching="vmap", cuda_graphs=True),
 }
 CPU_DEFAULT = ["loop", "engine-before", "engine", "engine+bf16", "engine+cl", "G4 vmap+bf16+cl"]
 # Dense bf16 peak TFLOP/s by device name, most specific first (vendor figures, no sparsity). The

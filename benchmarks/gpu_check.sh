@@ -95,7 +95,8 @@ step bench_ops 40 "$py" benchmarks/bench_ops.py --device cuda --no-loop --min-ru
 step bench_rib_small 90 "$py" benchmarks/bench_rib.py --device cuda --sizes small --images 16 \
     --json "$work/bench_rib_small.json"
 step bench_rib_voc 130 "$py" benchmarks/bench_rib.py --device cuda --sizes voc --images 6 --variants \
-    loop engine engine+bf16+cl "Gauto+bf16+cl" "G4 vmap+bf16+cl" authors engine-before \
+    loop engine engine+bf16+cl "Gauto+bf16+cl" "G4 vmap+bf16+cl" "G4 vmap+bf16+cl+graphs" \
+    "G4 vmap+bf16+cl+graphs+targets" authors engine-before \
     --json "$work/bench_rib_voc.json"
 step make_cam_voc 20 "$py" benchmarks/bench_make_cam.py --device cuda --images 16 --size 448 \
     --json "$work/make_cam_voc.json"

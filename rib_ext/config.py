@@ -237,9 +237,14 @@ class RIBConfig(Section):
     image_cache_mb: int = setting(4096, ">= 0")
     prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
     # CUDA: the other images' pass and loss, forward and backward (fixed shapes), replayed from a
-    # CUDA graph per group size G, captured at a group's first full step; the target's pass and
-    # the update stay eager. Off until measured on a GPU; ignored (with a warning) on the CPU.
+    # CUDA graph per group size G, captured at a group's first full step; the group's weights in
+    # slots that one kernel steps (learning rates on the device). Off until measured on a GPU;
+    # ignored (with a warning) on the CPU.
     cuda_graphs: bool = False
+    # With cuda_graphs: each target's passes (every scale, forward and backward) captured too,
+    # once per image (one warm-up pass and two host waits) and replayed for its steps. Pays only
+    # where launching the head's kernels costs more than that per image; off until measured.
+    cuda_graph_targets: bool = False
     seed: int = setting(0, "[0, 4294967295]")
     device: str = "auto"
 
@@ -251,6 +256,9 @@ class RIBConfig(Section):
         _require(self.gndrp_mode in ("authors", "paper"), f"gndrp_mode must be authors or paper, got {self.gndrp_mode!r}")
         _require(self.loss in RIB_LOSSES, f"loss must be one of {RIB_LOSSES}, got {self.loss!r}")
         _require(self.head_batching in ("loop", "vmap"), f"head_batching must be loop or vmap, got {self.head_batching!r}")
+        _require(self.cuda_graphs or not self.cuda_graph_targets,
+                 "cuda_graph_targets captures the targets' passes beside the other images' graph: "
+                 "it needs cuda_graphs on")
         _scales("scales", self.scales)
         _require(any(s in self.scales for s in self.loss_scales),
                  f"no loss scale {tuple(self.loss_scales)} is among the scales {tuple(self.scales)}")

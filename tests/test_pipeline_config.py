@@ -247,6 +247,10 @@ def _get(tree, path):
     return tree
 
 
+# Flags valid only beside another (a config rule says so).
+NEEDS = {"rib.cuda_graph_targets": ["--rib.cuda_graphs", "true"]}
+
+
 def test_every_generated_flag_changes_its_field():
     """Each field's flag, given a valid value other than the default, sets exactly that value in
     the resolved config (a section the builder forgets fails here)."""
@@ -260,6 +264,7 @@ def test_every_generated_flag_changes_its_field():
             continue
         for value in _candidates(_get(base, path), hint):
             argv = [f"--{path}"] + ([str(v) for v in value] if isinstance(value, list) else [str(value)])
+            argv += NEEDS.get(path, [])
             try:
                 cfg = config(argv)
             except (ConfigError, ValueError, SystemExit):

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from factories import TinyDataset, tiny_cam_net
-from rib_ext.config import RIBConfig
+from rib_ext.config import ConfigError, RIBConfig
 from rib_ext.precision import fold_batch_norms
 from rib_ext.rib import OtherImages, RIBEngine, Target
 from rib_ext.rib.engine import choose_group_size, sgd_update_, sgd_update_foreach_
@@ -360,7 +360,6 @@ def test_automatic_group_size_from_free_memory_and_the_largest_target(setup, mon
 
 def test_cuda_graphs_setting_is_validated_and_ignored_on_the_cpu(setup):
     from rib_ext import pipeline
-    from rib_ext.config import ConfigError
 
     _, model, pool, targets = setup
     with pytest.raises(ConfigError, match="cuda_graphs"):
@@ -383,7 +382,7 @@ def test_graphed_step_maths_equal_the_eager_step_on_the_cpu(setup, monkeypatch, 
     targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
     cfg = small_cfg(group_size=2, steps=3, head_batching=batching)  # full groups of 2, a tail of 1
     captured = []
-    monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args: captured.append(len(args)) or fn)
+    monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args, **kw: captured.append(len(args)) or fn)
     graphed = RIBEngine(model, pool, cfg, "cpu")
     graphed.graphs = {}  # as cuda_graphs does on CUDA
     results = sorted(graphed.run(targets), key=lambda r: r.name)
@@ -392,17 +391,20 @@ def test_graphed_step_maths_equal_the_eager_step_on_the_cpu(setup, monkeypatch, 
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.parametrize("targets_too", [False, True])
 @pytest.mark.parametrize("extra", [{}, dict(precision="bf16", channels_last=True, head_batching="vmap",
                                             cudnn_benchmark=True)])
-def test_cuda_graphs_keep_the_maps(setup, extra):
+def test_cuda_graphs_keep_the_maps(setup, extra, targets_too):
     data, model, _, _ = setup
     cuda_pool = OtherImages(data, "cuda", resize_long=(40, 56), crop=40)
     targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
     cfg = small_cfg(group_size=2, steps=3, **extra)  # full groups of 2, then a tail of 1 (eager)
     eager = _run(model, cuda_pool, targets, cfg, "cuda")
-    engine = RIBEngine(model, cuda_pool, dataclasses.replace(cfg, cuda_graphs=True), "cuda")
+    engine = RIBEngine(model, cuda_pool, dataclasses.replace(cfg, cuda_graphs=True,
+                                                             cuda_graph_targets=targets_too), "cuda")
     graphed = sorted(engine.run(targets), key=lambda r: r.name)
     assert list(engine.graphs) == [2]  # captured for G = 2, replayed at every full step
+    assert engine.slots is not None and engine.slots.free == [0, 1]
     _same(graphed, eager, atol=1e-5 if not extra else 2e-2)
 
 
@@ -419,7 +421,7 @@ def test_graphed_step_with_weight_slots_reads_late_as_the_eager_step(setup, monk
     free = _run(model, pool, targets, small_cfg(steps=4))
     margin = float(np.median([max(r.record["target_logit_sums"]) for r in free]))
     cfg = small_cfg(group_size=2, steps=4, margin=margin)
-    monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args: fn)
+    monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args, **kw: fn)
     graphed = RIBEngine(model, pool, cfg, "cpu", read_lag=read_lag)
     graphed.graphs = {}  # as cuda_graphs does on CUDA
     stepped = []
@@ -431,6 +433,34 @@ def test_graphed_step_with_weight_slots_reads_late_as_the_eager_step(setup, monk
     assert "margin" in stops and len(stops) >= 2, stops
     assert graphed.slots.group_size == 2 and graphed.slots.free == [0, 1] and stepped
     _same(results, eager)
+
+
+@pytest.mark.parametrize("read_lag", [0, 1])
+def test_graphed_target_passes_keep_the_maps_on_the_cpu(setup, monkeypatch, read_lag):
+    """cuda_graph_targets: each image's passes at every scale come from its own graph, captured
+    once (one warm-up run) and replayed for its steps; with the capture replaced by the plain
+    function the steps, stops and maps equal the eager engine's bit for bit."""
+    from rib_ext.rib import engine as engine_mod
+
+    data, model, pool, _ = setup
+    targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
+    cfg = small_cfg(group_size=2, steps=3, scales=(1.0, 0.5, 1.5), loss_scales=(1.0, 1.5))
+    captures = []
+    monkeypatch.setattr(engine_mod, "capture_graphed",
+                        lambda fn, args, warmup=3: captures.append((len(args), warmup)) or fn)
+    with pytest.warns(UserWarning, match="ignored on cpu"):
+        graphed = RIBEngine(model, pool, dataclasses.replace(cfg, cuda_graphs=True,
+                                                             cuda_graph_targets=True),
+                            "cpu", read_lag=read_lag)
+    graphed.graphs = {}  # as cuda_graphs does on CUDA
+    results = sorted(graphed.run(targets), key=lambda r: r.name)
+    n = len(graphed.names)
+    # one capture per image (its three views and weights, one warm-up), one for the group of 2
+    assert sorted(captures) == sorted([(3 + n, 1)] * 5 + [(2 + 2 * n, 3)])
+    _same(results, sorted(RIBEngine(model, pool, cfg, "cpu", read_lag=read_lag).run(targets),
+                          key=lambda r: r.name))
+    with pytest.raises(ConfigError, match="cuda_graph_targets .* needs cuda_graphs on"):
+        small_cfg(cuda_graph_targets=True)
 
 
 def _counting(fn, calls):

@@ -8,10 +8,13 @@ images steps together (one autograd call for the group's summed losses: the weig
 so each image's gradient is its own); a finished image leaves and the next one takes its place.
 
 Speed settings (:class:`RIBConfig`): bf16 autocast and channels_last for the convolutions, the stem
-with its batch norms folded in, the SGD update as ``torch._foreach_*`` over the whole group, host
-synchronisation only twice per group step (the explosion ratios, then the margin statistics), the
+with its batch norms folded in, the SGD update as ``torch._foreach_*`` over the whole group, the
+step's figures read by the host once per step (on CUDA one step late, the stops decided on the
+device), the
 other images built in a background thread while the device runs the target pass, G chosen from a
-memory budget (``group_size=0``).
+memory budget (``group_size=0``), and on CUDA ``cuda_graphs``: the other images' pass replayed
+from a graph per G, the group's weights in :class:`~rib_ext.rib.slots.WeightSlots` stepped by one
+kernel, and with ``cuda_graph_targets`` each target's passes replayed from its own graph.
 """
 from __future__ import annotations
 
@@ -113,6 +116,8 @@ class _State:
     snapshots: list = field(default_factory=list)  # maps after each step (snapshot_steps only)
     t0: float = field(default_factory=time.time)
     slot: Optional[int] = None  # its row of the engine's weight slots (cuda_graphs)
+    target_graph: Optional[Callable] = None  # its passes, graphed (cuda_graph_targets)
+    graph_cams: Optional[tuple] = None  # this step's CAMs per scale from that graph
 
 
 @dataclass
@@ -220,10 +225,11 @@ def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: 
     _step_by_lr_(params, d, lrs)
 
 
-def capture_graphed(fn, sample_args):
-    """``torch.cuda.make_graphed_callables(fn, sample_args)``, under a module-level name so that a
-    CPU test can stand the plain function in for the capture and check the graphed step's maths."""
-    return torch.cuda.make_graphed_callables(fn, sample_args)
+def capture_graphed(fn, sample_args, warmup: int = 3):
+    """``torch.cuda.make_graphed_callables(fn, sample_args)`` after ``warmup`` plain runs, under a
+    module-level name so that a CPU test can stand the plain function in for the capture and check
+    the graphed step's maths."""
+    return torch.cuda.make_graphed_callables(fn, sample_args, num_warmup_iters=warmup)
 
 
 GROUP_MEMORY_SLACK = 0.1  # the part of the free device memory the automatic G leaves alone
@@ -373,8 +379,11 @@ class RIBEngine:
     def _scale_cam(self, st: _State, s: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scale ``s``'s CAMs [2, K, h, w] (differentiable when the scale feeds the loss), added
         to the image's accumulated map (only where the 0-d ``mask`` is True, when given)."""
-        with torch.set_grad_enabled(self.cfg.scales[s] in self.cfg.loss_scales):
-            cam = self._cam(st.params, st.x2[s])
+        if st.graph_cams is not None:
+            cam = st.graph_cams[s]
+        else:
+            with torch.set_grad_enabled(self.cfg.scales[s] in self.cfg.loss_scales):
+                cam = self._cam(st.params, st.x2[s])
         if st.acc[s] is None:
             # cam_flip_accumulate_ wants cam's accumulation dtype (float64 for float64 cams).
             st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=cam.dtype)
@@ -400,6 +409,9 @@ class RIBEngine:
         already stopped) computes its step with its maps masked, and the update masks it out."""
         cfg = self.cfg
         late = self.read_lag > 0
+        if self.graphs is not None and cfg.cuda_graph_targets:
+            for st in group:
+                st.graph_cams = self._graphed_target(st)(*st.x2, *st.params)
         first = [self._scale_cam(st, 0, st.alive if late else None) for st in group]
         ratios = [self._explosion(st, cam) for st, cam in zip(group, first)]
         if late:
@@ -423,7 +435,26 @@ class RIBEngine:
                 if cfg.scales[s] in cfg.loss_scales:
                     loss_cams.append(cam_s)
             out.append(loss_cams)
+        for st in group:
+            st.graph_cams = None  # the loss holds what it needs
         return out, exploded, go
+
+    def _graphed_target(self, st: _State) -> Callable:
+        """The image's passes at every scale, forward and backward, captured on its first step
+        (one warm-up run: the other images' graph has already made the lazy initialisations)
+        and replayed for the rest: CAMs per scale, differentiable at the loss scales."""
+        if st.target_graph is None:
+            cfg, n = self.cfg, len(st.x2)
+
+            def passes(*args):
+                cams = []
+                for s in range(n):
+                    with torch.set_grad_enabled(cfg.scales[s] in cfg.loss_scales):
+                        cams.append(self._cam(list(args[n:]), args[s]))
+                return tuple(cams)
+
+            st.target_graph = capture_graphed(passes, (*st.x2, *st.params), warmup=1)
+        return st.target_graph
 
     def _maps(self, st: _State, acc: Optional[list] = None) -> dict:
         return ops.finalize_maps(st.acc if acc is None else acc, st.target.image.shape[:2],
@@ -741,6 +772,7 @@ class RIBEngine:
                 for st in [s for s in active if s.stop is not None]:
                     active.remove(st)
                     res = self._finish(st)
+                    st.target_graph = None  # its graph's memory back to the allocator
                     if st.slot is not None:
                         self.slots.give_back(st.slot)
                     if on_result is not None:

@@ -9,7 +9,8 @@ UPSTREAM = ("train_cam", "data:eval", "data:train")
 
 # Speed settings that leave the maps as they are (benchmarks/RESULTS.md); precision does not.
 SPEED_ONLY = ("group_size", "head_batching", "channels_last", "cudnn_benchmark", "fold_stem",
-              "foreach_update", "group_memory_gb", "image_cache_mb", "prefetch", "cuda_graphs")
+              "foreach_update", "group_memory_gb", "image_cache_mb", "prefetch", "cuda_graphs",
+              "cuda_graph_targets")
 
 
 def settings(cfg) -> dict:
