@@ -144,7 +144,10 @@ def extensions():
     use_cuda = decide_cuda(torch.version.cuda, cuda_home)
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags = opt + ["-fopenmp"]
+    # No contraction of a * b + c into an FMA where a kernel has FMA instructions (sgd_step_'s
+    # FMA clone): the kernels that match PyTorch bit for bit round where it rounds, and use
+    # std::fma where it fuses.
+    cxx_flags = opt + ["-fopenmp", "-ffp-contract=off"]
     sources = sorted(glob.glob("csrc/cpu/*.cpp")) + sorted(glob.glob("python/*.cpp"))
     kwargs = dict(
         include_dirs=[str(ROOT / "csrc")],

@@ -229,7 +229,9 @@ class RIBConfig(Section):
     # Stages 1-2 with each fixed BN folded into its convolution: fewer kernels, but float rounding
     # differs (~1e-7), so off by default, keeping the authors' maps bit for bit.
     fold_stem: bool = False
-    foreach_update: bool = True  # the SGD update as torch._foreach_* over the group's weights
+    # the SGD update as torch._foreach_* over the group's weights (CUDA; the CPU's per-parameter
+    # update keeps each parameter in cache and is faster there, same bits)
+    foreach_update: bool = True
     # group_size=0 (CUDA): the largest G whose step, measured on the largest target, fits the
     # device's free memory (less a tenth); a positive value caps that budget, in GiB.
     group_memory_gb: float = setting(0.0, ">= 0")

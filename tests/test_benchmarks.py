@@ -84,3 +84,15 @@ def test_gpu_check_dry_run_leaves_two_files(tmp_path):
         names = {Path(n).name for n in tar.getnames()}
     assert {f"{n}.log" for n in steps} | {"summary.txt", "env.txt", "bench_rib_small.json",
                                           "bench_rib_voc.json", "make_cam_voc.json"} <= names
+
+
+def test_bench_sgd_checks_every_way_and_writes_its_figures(tmp_path):
+    """bench_sgd runs every way of the update at a tiny size, after checking they give the same
+    weights bit for bit (a way that differs stops it)."""
+    bench_sgd = _load("bench_sgd")
+    out = tmp_path / "sgd.json"
+    assert bench_sgd.main(["--device", "cpu", "--backbone", "resnet_tiny", "--groups", "1", "3",
+                           "--min-run-time", "0.01", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["devices"]["cpu"]
+    assert [r["group_size"] for r in rows] == [1, 3]
+    assert all(set(r["seconds"]) == set(bench_sgd.WAYS) and min(r["seconds"].values()) > 0 for r in rows)

@@ -101,9 +101,14 @@ class _view(list):
 
 
 def test_engine_foreach_update_matches_per_image_update(setup):
+    """The whole-group foreach update (CUDA's) and the per-parameter one (the CPU's, and
+    foreach_update off): the same maps bit for bit."""
     _, model, pool, targets = setup
     cfg = small_cfg(group_size=2)
-    _same(_run(model, pool, targets, cfg),
+    foreach = RIBEngine(model, pool, cfg, "cpu")
+    assert not foreach.foreach  # the CPU updates parameter by parameter
+    foreach.foreach = True  # as on CUDA
+    _same(sorted(foreach.run(targets), key=lambda r: r.name),
           _run(model, pool, targets, dataclasses.replace(cfg, foreach_update=False)))
 
 
