@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command for the GPU figures (issues 13 and 17), under 8 minutes on one H100 or H200:
 #   benchmarks/gpu_check.sh OUT_DIR
-# builds rib_ext for the local GPU (all cores), runs the CUDA tests, bench_ops, bench_rib at both
-# sizes and make_cam at VOC size. Every step has a time limit (they add up to 480 s) and goes on
+# builds rib_ext for the local GPU (all cores), runs the CUDA tests, bench_ops, bench_sgd, bench_rib at
+# both sizes and make_cam at VOC size. Every step has a time limit (they add up to 480 s) and goes on
 # after a failure; bench_rib rewrites its JSON after every variant and skips a failing one, so a
 # step cut short keeps what it measured. OUT_DIR ends with exactly two files: summary.txt (each
 # step's command, status, seconds and the tables) and gpu_check.tar.gz (every log and JSON).
@@ -68,13 +68,15 @@ if [ "$dry" = "1" ]; then
     echo "DRY RUN: every step at a tiny size on the CPU" | tee -a "$summary"
     dev=(--device cpu)
     tiny=(--sizes tiny --images 1 --steps 1 --no-flops)
-    step build 100 "$py" -c "import torch, rib_ext._C; print('would run: RIB_EXT_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python setup.py build_ext --inplace')"
+    step build 95 "$py" -c "import torch, rib_ext._C; print('would run: RIB_EXT_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python setup.py build_ext --inplace')"
     step ops_backend 10 "$py" -m rib_ext.ops
     step cuda_tests 90 "$py" -m pytest -q -m needs_cuda tests/test_rib_speed.py -p no:cacheprovider
     step bench_ops 40 "$py" benchmarks/bench_ops.py "${dev[@]}" --tiny --no-compile --no-loop --min-run-time 0.01
+    step bench_sgd 15 "$py" benchmarks/bench_sgd.py "${dev[@]}" --backbone resnet_tiny --groups 1 2 \
+        --min-run-time 0.01 --json "$work/bench_sgd.json"
     step bench_rib_small 90 "$py" benchmarks/bench_rib.py "${dev[@]}" "${tiny[@]}" \
         --variants loop engine "G4 vmap+bf16+cl" --json "$work/bench_rib_small.json"
-    step bench_rib_voc 130 "$py" benchmarks/bench_rib.py "${dev[@]}" "${tiny[@]}" \
+    step bench_rib_voc 120 "$py" benchmarks/bench_rib.py "${dev[@]}" "${tiny[@]}" \
         --variants authors engine --json "$work/bench_rib_voc.json"
     step make_cam_voc 20 "$py" benchmarks/bench_make_cam.py "${dev[@]}" --images 1 --size 48 \
         --backbone resnet_tiny --variants float32 --json "$work/make_cam_voc.json"
@@ -88,13 +90,15 @@ if ! "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
     finish
 fi
 # Limits (seconds) add up to 480. Build: 46 s measured on an H100 host with 16 jobs.
-step build 100 env RIB_EXT_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 "$py" setup.py build_ext --inplace
+step build 95 env RIB_EXT_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 "$py" setup.py build_ext --inplace
 step ops_backend 10 "$py" -m rib_ext.ops
 step cuda_tests 90 "$py" -m pytest -q -m needs_cuda tests -p no:cacheprovider
 step bench_ops 40 "$py" benchmarks/bench_ops.py --device cuda --no-loop --min-run-time 0.2
+step bench_sgd 15 "$py" benchmarks/bench_sgd.py --device cuda --groups 1 4 8 --min-run-time 0.2 \
+    --json "$work/bench_sgd.json"
 step bench_rib_small 90 "$py" benchmarks/bench_rib.py --device cuda --sizes small --images 16 \
     --json "$work/bench_rib_small.json"
-step bench_rib_voc 130 "$py" benchmarks/bench_rib.py --device cuda --sizes voc --images 6 --variants \
+step bench_rib_voc 120 "$py" benchmarks/bench_rib.py --device cuda --sizes voc --images 6 --variants \
     loop engine engine+bf16+cl "Gauto+bf16+cl" "G4 vmap+bf16+cl" "G4 vmap+bf16+cl+graphs" \
     "G4 vmap+bf16+cl+graphs+targets" authors engine-before \
     --json "$work/bench_rib_voc.json"
