@@ -22,11 +22,13 @@
 //     (Pillow runs a horizontal-first pass only on the rows the vertical one reads; for bicubic over
 //     the whole image those are all rows.)
 // The weights are computed in double with every operation rounded on its own, never fused into an
-// FMA (as Pillow's x86-64 builds compute them): nvcc contracts a * b + c into one FMA by default,
-// which would move some weights by one unit, hence the explicit _rn intrinsics on the device.
+// FMA (as Pillow's x86-64 builds compute them): a fused one would move some weights by one unit,
+// hence rounding.h's operations.
 #pragma once
 
 #include <c10/macros/Macros.h>
+
+#include "rounding.h"
 
 #include <cmath>
 #include <cstdint>
@@ -40,37 +42,10 @@ constexpr double kBicubicSupport = 2.0;
 constexpr int64_t kMaxSide = int64_t(1) << 24;
 constexpr int kMaxChannels = 4;
 
-C10_HOST_DEVICE inline double add(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-C10_HOST_DEVICE inline double sub(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-
-C10_HOST_DEVICE inline double mul(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-C10_HOST_DEVICE inline double div(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __ddiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
+using rn::add;
+using rn::div;
+using rn::mul;
+using rn::sub;
 
 // Keys' cubic convolution kernel with a = -0.5, in Pillow's order of operations.
 C10_HOST_DEVICE inline double bicubic(double x) {

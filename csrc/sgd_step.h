@@ -19,65 +19,20 @@
 
 #include <c10/macros/Macros.h>
 
-#include <cmath>
+#include "rounding.h"
 
 namespace rib_ext {
 namespace sgd {
 
-// The separately rounded product and sum (no contraction into an FMA: nvcc would fuse them).
-C10_HOST_DEVICE inline float mul_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-C10_HOST_DEVICE inline double mul_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-C10_HOST_DEVICE inline float add_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-C10_HOST_DEVICE inline double add_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-C10_HOST_DEVICE inline float fma_rn(float a, float b, float c) {
-#ifdef __CUDA_ARCH__
-  return __fmaf_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-C10_HOST_DEVICE inline double fma_rn(double a, double b, double c) {
-#ifdef __CUDA_ARCH__
-  return __fma_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-
 // One element of a stepping slot: updates *p and *buf.
 template <typename T>
 C10_HOST_DEVICE inline void step(T* p, T* buf, T g, T lr, bool first, T weight_decay, T momentum) {
-  T d = weight_decay != T(0) ? fma_rn(weight_decay, *p, g) : g;
+  T d = weight_decay != T(0) ? rn::fma(weight_decay, *p, g) : g;
   if (momentum != T(0)) {
-    d = first ? d : add_rn(mul_rn(*buf, momentum), d);
+    d = first ? d : rn::add(rn::mul(*buf, momentum), d);
     *buf = d;
   }
-  *p = fma_rn(-lr, d, *p);
+  *p = rn::fma(-lr, d, *p);
 }
 
 }  // namespace sgd
