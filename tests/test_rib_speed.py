@@ -422,10 +422,10 @@ def test_graphed_step_with_weight_slots_reads_late_as_the_eager_step(setup, monk
     from rib_ext.rib import engine as engine_mod
 
     data, model, pool, _ = setup
-    targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(6)]
-    free = _run(model, pool, targets, small_cfg(steps=4))
+    targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
+    free = _run(model, pool, targets, small_cfg(steps=3))
     margin = float(np.median([max(r.record["target_logit_sums"]) for r in free]))
-    cfg = small_cfg(group_size=2, steps=4, margin=margin)
+    cfg = small_cfg(group_size=2, steps=3, margin=margin)
     monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args, **kw: fn)
     graphed = RIBEngine(model, pool, cfg, "cpu", read_lag=read_lag)
     graphed.graphs = {}  # as cuda_graphs does on CUDA
@@ -449,7 +449,7 @@ def test_graphed_target_passes_keep_the_maps_on_the_cpu(setup, monkeypatch, read
 
     data, model, pool, _ = setup
     targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
-    cfg = small_cfg(group_size=2, steps=3, scales=(1.0, 0.5, 1.5), loss_scales=(1.0, 1.5))
+    cfg = small_cfg(group_size=2, steps=2, scales=(1.0, 0.5, 1.5), loss_scales=(1.0, 1.5))
     captures = []
     monkeypatch.setattr(engine_mod, "capture_graphed",
                         lambda fn, args, warmup=3: captures.append((len(args), warmup)) or fn)
