@@ -57,6 +57,7 @@ class Case:
         self.base, self.g, self.n = base, g, len(base)
         self.grads = [torch.randn(p.shape, generator=gen).to(device) for _ in range(g) for p in base]
         self.lrs = [LR * m * 0.9 for _ in range(g) for m in mults]
+        self.factors = [0.9] * g
         self.rates = [(LR * mults[0] * 0.9, LR * mults[-1] * 0.9)] * g
         self.masks = [torch.ones((), dtype=torch.bool, device=device)] * (g * self.n)
         self.slots = WeightSlots(base, mults, g)
@@ -64,7 +65,7 @@ class Case:
             self.slots.take()
         self.slots.bufs.copy_(torch.randn(self.slots.bufs.shape, generator=gen).to(device))
         self.params = [v for s in range(g) for v in self.slots.leaves[s]]
-        self.bufs = [b.clone() for s in range(g) for b in self.slots._views(self.slots.bufs, s, base)]
+        self.bufs = [b.clone() for s in range(g) for b in self.slots.views(self.slots.bufs, s, base)]
         self.start = self.slots.params.clone(), self.slots.bufs.clone(), [b.clone() for b in self.bufs]
         self.kernel_args = None
 
@@ -84,7 +85,7 @@ class Case:
             elif way == "masked":
                 sgd_update_masked_(self.params, self.grads, self.bufs, self.lrs, WD, MOMENTUM, self.masks)
             elif way == "slots":
-                self.slots.step(list(range(self.g)), self.grads, [None] * self.g, self.rates,
+                self.slots.step(list(range(self.g)), self.grads, [None] * self.g, LR, self.factors,
                                 [False] * self.g, WD, MOMENTUM)
             else:
                 if self.kernel_args is None:

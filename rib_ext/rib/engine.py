@@ -28,7 +28,7 @@ import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -380,14 +380,15 @@ class RIBEngine:
                         setattr(m, name, AffineBatchNorm(child))
         return self._affine
 
+    def _scale_forward(self, params: list, x2: Sequence[torch.Tensor], s: int) -> torch.Tensor:
+        """Scale ``s``'s CAMs under ``params``, differentiable when the scale feeds the loss."""
+        with torch.set_grad_enabled(self.cfg.scales[s] in self.cfg.loss_scales):
+            return self._cam(params, x2[s])
+
     def _scale_cam(self, st: _State, s: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scale ``s``'s CAMs [2, K, h, w] (differentiable when the scale feeds the loss), added
         to the image's accumulated map (only where the 0-d ``mask`` is True, when given)."""
-        if st.graph_cams is not None:
-            cam = st.graph_cams[s]
-        else:
-            with torch.set_grad_enabled(self.cfg.scales[s] in self.cfg.loss_scales):
-                cam = self._cam(st.params, st.x2[s])
+        cam = st.graph_cams[s] if st.graph_cams is not None else self._scale_forward(st.params, st.x2, s)
         if st.acc[s] is None:
             # cam_flip_accumulate_ wants cam's accumulation dtype (float64 for float64 cams).
             st.acc[s] = cam.new_zeros(cam.shape[1:], dtype=cam.dtype)
@@ -445,17 +446,13 @@ class RIBEngine:
 
     def _graphed_target(self, st: _State) -> Callable:
         """The image's passes at every scale, forward and backward, captured on its first step
-        (one warm-up run: the other images' graph has already made the lazy initialisations)
-        and replayed for the rest: CAMs per scale, differentiable at the loss scales."""
+        (after one warm-up run, which makes the lazy initialisations) and replayed for the rest:
+        CAMs per scale, differentiable at the loss scales."""
         if st.target_graph is None:
-            cfg, n = self.cfg, len(st.x2)
+            n = len(st.x2)
 
             def passes(*args):
-                cams = []
-                for s in range(n):
-                    with torch.set_grad_enabled(cfg.scales[s] in cfg.loss_scales):
-                        cams.append(self._cam(list(args[n:]), args[s]))
-                return tuple(cams)
+                return tuple(self._scale_forward(list(args[n:]), args[:n], s) for s in range(n))
 
             st.target_graph = capture_graphed(passes, (*st.x2, *st.params), warmup=1)
         return st.target_graph
@@ -554,33 +551,12 @@ class RIBEngine:
         with torch.no_grad():
             # st.queued - 1: this step's index, the updates made so far if the image is alive
             factors = [max(0.0, 1.0 - (st.queued - 1) / cfg.steps) ** cfg.lr_power for st in live]
-            lrs = [cfg.lr * m * factor for factor in factors for m in self.lr_mults]
-            all_bufs = [b for st in live for b in st.bufs]
             if self.slots is not None:
-                rates = [(cfg.lr * self.lr_mults[0] * f, cfg.lr * self.lr_mults[-1] * f) for f in factors]
                 self.slots.step([st.slot for st in live], grads, go if late else [None] * len(live),
-                                rates, [st.queued == 1 for st in live], cfg.weight_decay,
+                                cfg.lr, factors, [st.queued == 1 for st in live], cfg.weight_decay,
                                 self.momentum)
-            elif late:
-                masks = [g for g, st in zip(go, live) for _ in st.params]
-                sgd_update_masked_(all_params, grads, all_bufs, lrs, cfg.weight_decay,
-                                   self.momentum, masks)
-            elif self.foreach:
-                sgd_update_foreach_(all_params, grads, all_bufs, lrs, cfg.weight_decay,
-                                    self.momentum)
             else:
-                offset = 0
-                for st in live:
-                    n = len(st.params)
-                    view = all_bufs[offset:offset + n]
-                    sgd_update_(st.params, grads[offset:offset + n], view,
-                                lrs[offset:offset + n], cfg.weight_decay, self.momentum)
-                    all_bufs[offset:offset + n] = view
-                    offset += n
-            offset = 0
-            for st in live:
-                st.bufs = all_bufs[offset:offset + len(st.params)]
-                offset += len(st.params)
+                self._update(live, all_params, grads, factors, go if late else None)
             readout.values = self._figures(live, exploded, stats, losses, go)
         if self.device.type == "cuda":
             # The figures to pinned memory behind this step's work; the host waits for this copy
@@ -591,6 +567,32 @@ class RIBEngine:
             readout.event = torch.cuda.Event()
             readout.event.record()
         return readout
+
+    def _update(self, live: list[_State], params: list, grads, factors: list[float],
+                go: Optional[list]) -> None:
+        """The eager SGD update of the images ``live`` (their weights ``params``, one list):
+        masked by ``go`` on late reads, whole-group foreach passes (CUDA), or per parameter."""
+        cfg = self.cfg
+        lrs = [cfg.lr * m * factor for factor in factors for m in self.lr_mults]
+        all_bufs = [b for st in live for b in st.bufs]
+        if go is not None:
+            masks = [g for g, st in zip(go, live) for _ in st.params]
+            sgd_update_masked_(params, grads, all_bufs, lrs, cfg.weight_decay, self.momentum, masks)
+        elif self.foreach:
+            sgd_update_foreach_(params, grads, all_bufs, lrs, cfg.weight_decay, self.momentum)
+        else:
+            offset = 0
+            for st in live:
+                n = len(st.params)
+                view = all_bufs[offset:offset + n]
+                sgd_update_(st.params, grads[offset:offset + n], view,
+                            lrs[offset:offset + n], cfg.weight_decay, self.momentum)
+                all_bufs[offset:offset + n] = view
+                offset += n
+        offset = 0
+        for st in live:
+            st.bufs = all_bufs[offset:offset + len(st.params)]
+            offset += len(st.params)
 
     def _graphed_other_losses(self, live: list[_State], images: torch.Tensor,
                               labels: torch.Tensor) -> torch.Tensor:

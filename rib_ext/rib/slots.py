@@ -55,20 +55,22 @@ class WeightSlots:
         self.group_size = group_size
         self.offsets = _layout(base)
         self.split = _second_rate_start(base, lr_mults)
+        self.mults = (lr_mults[0], lr_mults[-1]) if lr_mults else (1.0, 1.0)
         width = sum(p.numel() for p in base)
         ref = base[0]
         self.params = ref.new_empty((group_size, width))
         self.bufs = ref.new_zeros((group_size, width))
         self.grads = ref.new_zeros((group_size, width))
-        self.leaves = [[v.detach().requires_grad_() for v in self._views(self.params, s, base)]
+        self.leaves = [[v.detach().requires_grad_() for v in self.views(self.params, s, base)]
                        for s in range(group_size)]
-        self.grad_views = [self._views(self.grads, s, base) for s in range(group_size)]
+        self.grad_views = [self.views(self.grads, s, base) for s in range(group_size)]
         self.theta0 = ref.new_empty(width)
-        torch._foreach_copy_(self._views(self.theta0[None], 0, base), list(base))
+        torch._foreach_copy_(self.views(self.theta0[None], 0, base), list(base))
         self.free = list(range(group_size))
         self._no = torch.zeros((), dtype=torch.bool, device=ref.device)
 
-    def _views(self, rows: torch.Tensor, slot: int, base) -> list[torch.Tensor]:
+    def views(self, rows: torch.Tensor, slot: int, base) -> list[torch.Tensor]:
+        """Row ``slot`` of ``rows`` as tensors shaped and laid out as ``base``'s parameters."""
         start = rows.storage_offset() + slot * rows.shape[1]
         return [rows.as_strided(p.shape, p.stride(), start + off) for p, off in zip(base, self.offsets)]
 
@@ -92,19 +94,20 @@ class WeightSlots:
 
     @torch.no_grad()
     def step(self, slots: Sequence[int], grads: Sequence[torch.Tensor],
-             go: Sequence[Optional[torch.Tensor]], rates: Sequence[tuple[float, float]],
+             go: Sequence[Optional[torch.Tensor]], lr: float, factors: Sequence[float],
              first: Sequence[bool], weight_decay: float, momentum: float) -> None:
         """One SGD step of the images in ``slots``: ``grads`` their gradients (per image, its
-        parameters' in order, one list), ``go`` their device masks (None: they all step),
-        ``rates`` their two learning rates (before and after ``split``), ``first`` whether it is
-        their first step. The other slots are left as they are."""
+        parameters' in order, one list), ``go`` their device masks (None: they all step), ``lr``
+        times each multiplier times ``factors`` their learning rates (the engine's product, in
+        its order), ``first`` whether it is their first step. The other slots are left as they
+        are."""
         if len(grads) != len(self.offsets) * len(slots):
             raise ValueError(f"{len(grads)} gradients for {len(slots)} slots of {len(self.offsets)}")
         torch._foreach_copy_([v for s in slots for v in self.grad_views[s]], list(grads))
         lrs = [[0.0, 0.0] for _ in range(self.group_size)]
         fresh = [False] * self.group_size
-        for s, rate, f in zip(slots, rates, first):
-            lrs[s] = list(rate)
+        for s, factor, f in zip(slots, factors, first):
+            lrs[s] = [lr * m * factor for m in self.mults]
             fresh[s] = f
         if go and go[0] is not None:
             parts = [self._no] * self.group_size
