@@ -1,6 +1,7 @@
 """Plain multi-scale + flip CAMs of a classifier in IRN's ``.npy`` format (the baseline maps)."""
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -45,7 +46,9 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision)
-    model = model.to(device).eval()
+    # A copy: moving it, eval() and channels_last would otherwise change the caller's model (and,
+    # in a benchmark, every later setting would run on the earlier one's layout).
+    model = copy.deepcopy(model).to(device).eval()
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mine = distributed.shard(list(range(len(dataset))))

@@ -39,10 +39,11 @@ from torch.func import functional_call
 from rib_ext import ops
 from rib_ext.config import RIBConfig
 from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_batch_norms,
-                               memory_format)
+                               memory_format, tf32_flags)
 from rib_ext.rib.losses import group_loss, step_loss
 from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
 from rib_ext.rib.slots import WeightSlots
+from rib_ext.rib.staging import DEVICE_WORK
 from rib_ext.rib.targets import TargetViews
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio_tensor
 from rib_ext.training import NonFiniteLossError
@@ -228,8 +229,11 @@ def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: 
 def capture_graphed(fn, sample_args, warmup: int = 3):
     """``torch.cuda.make_graphed_callables(fn, sample_args)`` after ``warmup`` plain runs, under a
     module-level name so that a CPU test can stand the plain function in for the capture and check
-    the graphed step's maths."""
-    return torch.cuda.make_graphed_callables(fn, sample_args, num_warmup_iters=warmup)
+    the graphed step's maths. The capture is thread-local (only this thread's calls are checked
+    against it); the engine also brings its own worker threads to rest around it
+    (:meth:`RIBEngine._capture`)."""
+    return torch.cuda.make_graphed_callables(fn, sample_args, num_warmup_iters=warmup,
+                                             capture_error_mode="thread_local")
 
 
 GROUP_MEMORY_SLACK = 0.1  # the part of the free device memory the automatic G leaves alone
@@ -268,7 +272,9 @@ class RIBEngine:
         # cuDNN's algorithm timing only around the other images' pass (fixed shapes): targets
         # come in every size, and timing each new one costs more than it saves.
         self.bench_others = cfg.cudnn_benchmark and self.device.type == "cuda"
-        self.model = model.to(self.device).eval()
+        # A copy: moving it to the device, eval() and channels_last (the unfolded stem) would
+        # otherwise change the caller's model.
+        self.model = copy.deepcopy(model).to(self.device).eval()
         self.pool = pool
         self.head = CAMHead(self.model)
         # The stem never trains: a copy with its batch norms folded into the convolutions (the
@@ -308,11 +314,36 @@ class RIBEngine:
         # the group's weights as rows of one tensor, stepped by one kernel (with graphs; made
         # once G is known)
         self.slots: Optional[WeightSlots] = None
+        # why a capture failed (graphs are then off for the rest of the run); None while they work
+        self.graph_error: Optional[str] = None
         if cfg.cuda_graphs and self.device.type == "cuda":
             self.graphs = {}
         elif cfg.cuda_graphs:
             warnings.warn(f"rib.cuda_graphs is for CUDA devices: ignored on {self.device.type}, "
                           f"which runs eagerly", stacklevel=2)
+
+    def _graphs_on(self) -> bool:
+        return self.graphs is not None and self.graph_error is None
+
+    def _capture(self, fn, args, warmup: int = 3) -> Optional[Callable]:
+        """``fn`` captured by :func:`capture_graphed`, with the worker threads at rest (the
+        prefetch and lookahead preparations wait, :data:`~rib_ext.rib.staging.DEVICE_WORK`) and
+        TF32 as the precision says (the captured backward too). A capture that fails turns graphs
+        off for the rest of the run with a warning naming the cause, and returns None: the run goes
+        on eagerly (the same maps). A stream left capturing cannot go on: that raises."""
+        if self.graph_error is not None:
+            return None
+        try:
+            with DEVICE_WORK.exclusive(), tf32_flags(self.precision):
+                return capture_graphed(fn, args, warmup=warmup)
+        except Exception as exc:  # noqa: BLE001 - any failure of the capture: eager from here on
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise
+            self.graph_error = f"{type(exc).__name__}: {exc}"
+            self.graphs.clear()
+            warnings.warn(f"rib: CUDA graph capture failed ({self.graph_error}); graphs are off for "
+                          f"the rest of this run, which goes on eagerly", RuntimeWarning, stacklevel=2)
+            return None
 
     def _autocast(self):
         # autocast's cast cache must stay off where a CUDA graph may be captured
@@ -414,9 +445,14 @@ class RIBEngine:
         already stopped) computes its step with its maps masked, and the update masks it out."""
         cfg = self.cfg
         late = self.read_lag > 0
-        if self.graphs is not None and cfg.cuda_graph_targets:
+        if self._graphs_on() and cfg.cuda_graph_targets:
             for st in group:
-                st.graph_cams = self._graphed_target(st)(*st.x2, *st.params)
+                graph = self._graphed_target(st)
+                if graph is None:  # the capture failed: every image of the group eager
+                    for other in group:
+                        other.graph_cams = None
+                    break
+                st.graph_cams = graph(*st.x2, *st.params)
         first = [self._scale_cam(st, 0, st.alive if late else None) for st in group]
         ratios = [self._explosion(st, cam) for st, cam in zip(group, first)]
         if late:
@@ -444,17 +480,17 @@ class RIBEngine:
             st.graph_cams = None  # the loss holds what it needs
         return out, exploded, go
 
-    def _graphed_target(self, st: _State) -> Callable:
+    def _graphed_target(self, st: _State) -> Optional[Callable]:
         """The image's passes at every scale, forward and backward, captured on its first step
         (after one warm-up run, which makes the lazy initialisations) and replayed for the rest:
-        CAMs per scale, differentiable at the loss scales."""
+        CAMs per scale, differentiable at the loss scales. None if the capture failed."""
         if st.target_graph is None:
             n = len(st.x2)
 
             def passes(*args):
                 return tuple(self._scale_forward(list(args[n:]), args[:n], s) for s in range(n))
 
-            st.target_graph = capture_graphed(passes, (*st.x2, *st.params), warmup=1)
+            st.target_graph = self._capture(passes, (*st.x2, *st.params), warmup=1)
         return st.target_graph
 
     def _maps(self, st: _State, acc: Optional[list] = None) -> dict:
@@ -525,12 +561,15 @@ class RIBEngine:
         if not live:
             return readout
         images = torch.cat([b[0] for b in batches])
-        if self.graphs is not None and len(live) == self.group_size:
+        other_terms = None
+        if self._graphs_on() and len(live) == self.group_size:
             # The other images' terms of the loss come out of the graph (it holds their pass and
-            # loss, forward and backward); each image's loss adds its own term last, as step_loss does.
+            # loss, forward and backward); each image's loss adds its own term last, as step_loss
+            # does. None: the capture failed, and the step goes on eagerly.
+            other_terms = self._graphed_other_losses(live, images, torch.cat([b[1] for b in batches]))
+        if other_terms is not None:
             other_cams = None
-            other_terms = self._graphed_other_losses(live, images,
-                                                     torch.cat([b[1] for b in batches])).unbind(0)
+            other_terms = other_terms.unbind(0)
         else:
             with self._fixed_shapes():
                 x2_split = self._stem(images).split([len(b[0]) for b in batches])
@@ -595,12 +634,13 @@ class RIBEngine:
             offset += len(st.params)
 
     def _graphed_other_losses(self, live: list[_State], images: torch.Tensor,
-                              labels: torch.Tensor) -> torch.Tensor:
+                              labels: torch.Tensor) -> Optional[torch.Tensor]:
         """Each image's other-images loss term [G], from the CUDA graph of this group size: the
         stem, the head, the loss, and their backward, captured on first use by
         :data:`capture_graphed` (``torch.cuda.make_graphed_callables``: warm-up on a side stream,
         then capture). The inputs (the crops, their labels and every image's weights) are copied
-        into the graph's static buffers; the target's pass and the update run eagerly."""
+        into the graph's static buffers; the target's pass and the update run eagerly. None if
+        the capture failed."""
         g, n = len(live), len(self.names)
         flat = [p for st in live for p in st.params]
         fn = self.graphs.get(g)
@@ -615,7 +655,10 @@ class RIBEngine:
                                     for cam, lab in zip(cams, labels.chunk(g))])
 
             with self._fixed_shapes():
-                fn = self.graphs[g] = capture_graphed(others, (images, labels, *flat))
+                fn = self._capture(others, (images, labels, *flat))
+            if fn is None:
+                return None
+            self.graphs[g] = fn
         with self._fixed_shapes():
             return fn(images, labels, *flat)
 
@@ -626,6 +669,12 @@ class RIBEngine:
         """d total / d params: one backward, or with ``bench_others`` two, so that cuDNN times
         the other images' backward (fixed shapes) and not the target's (a new size per image):
         first to the CAMs, then from the target's CAMs and the other images' CAMs apart."""
+        # The backward under the precision's TF32 flags, as the forward (float32: TF32 off for
+        # cuDNN's convolution gradients too, which PyTorch otherwise allows).
+        with tf32_flags(self.precision):
+            return self._grads_in(total, params, target_cams, other_cams)
+
+    def _grads_in(self, total, params, target_cams, other_cams):
         if not self.bench_others or other_cams is None:  # None: the graph replays its backward
             return torch.autograd.grad(total, params)
         t_cams = [c for cams in target_cams for c in cams]

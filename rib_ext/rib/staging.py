@@ -8,9 +8,15 @@ It ends by recording an event; whoever takes the result makes its own stream wai
 tensors as used on that stream (``record_stream``), so that the caching allocator does not hand
 their memory to the side stream again while the consumer still reads them. On the CPU everything
 runs inline, as before.
+
+Every preparation runs inside :data:`DEVICE_WORK`, which a CUDA graph capture holds exclusively:
+a capture waits for the preparations under way to end and keeps new ones waiting until it is
+done, so that no thread of ours allocates, pins or copies while a stream is capturing.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -36,6 +42,65 @@ def _tensors(value: Any):
     elif isinstance(value, dict):
         for v in value.values():
             yield from _tensors(v)
+
+
+class DeviceWorkGate:
+    """Device work of the worker threads (any number at once) against a CUDA graph capture (alone).
+
+    ``with gate.work():`` around a thread's device work; ``with gate.exclusive():`` around a
+    capture: it waits until no other thread is inside ``work()``, and holds new work back until it
+    ends. The thread holding it exclusively may still enter ``work()`` itself (no deadlock)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._working: dict[int, int] = {}  # thread id -> depth of work() it is in
+        self._owner: int | None = None  # the thread holding the gate exclusively
+        self._depth = 0
+
+    def busy_threads(self) -> int:
+        """How many threads other than the caller are inside ``work()`` now."""
+        me = threading.get_ident()
+        with self._cond:
+            return sum(1 for t, n in self._working.items() if n and t != me)
+
+    @contextlib.contextmanager
+    def work(self):
+        me = threading.get_ident()
+        with self._cond:
+            while self._owner is not None and self._owner != me:
+                self._cond.wait()
+            self._working[me] = self._working.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._working[me] -= 1
+                if not self._working[me]:
+                    del self._working[me]
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        me = threading.get_ident()
+        with self._cond:
+            while self._owner is not None and self._owner != me:
+                self._cond.wait()
+            self._owner = me  # from here on, new work by other threads waits
+            self._depth += 1
+            while any(n and t != me for t, n in self._working.items()):
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._owner = None
+                self._cond.notify_all()
+
+
+# The one gate of the process: captures and the preparations of every engine's worker threads.
+DEVICE_WORK = DeviceWorkGate()
 
 
 class Staged:
@@ -71,10 +136,11 @@ class SideStream:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
 
     def run(self, fn: Callable[..., Any], *args) -> Staged:
-        if self.stream is None:
-            return Staged(fn(*args))
-        with torch.cuda.stream(self.stream):
-            value = fn(*args)
-            event = torch.cuda.Event()
-            event.record(self.stream)
-        return Staged(value, event, self.device)
+        with DEVICE_WORK.work():  # never while a graph is being captured
+            if self.stream is None:
+                return Staged(fn(*args))
+            with torch.cuda.stream(self.stream):
+                value = fn(*args)
+                event = torch.cuda.Event()
+                event.record(self.stream)
+            return Staged(value, event, self.device)
