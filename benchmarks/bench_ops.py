@@ -10,11 +10,14 @@ of 32x32, 48x64 and 128x128) it times:
               shapes, not once per shape; a per-shape static compile cost minutes on the GPU check)
     ours      rib_ext's fused gndrp_margin_loss kernel
 and prints the times and the ratios (x = how many times faster ours is). Inputs come from the tests'
-factories, so the benchmark measures exactly what the tests check.
+factories, so the benchmark measures exactly what the tests check. Each shape's row is printed
+(``row ...``) as soon as it is measured, with the device, the operators' backend, torch and CUDA,
+and ``--json`` is rewritten after each row.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import sys
@@ -25,6 +28,7 @@ import torch.utils.benchmark as tb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from factories import make_cam, make_labels  # noqa: E402
+from bench_facts import print_row, run_facts, write_json  # noqa: E402
 
 from rib_ext import ops  # noqa: E402
 from rib_ext.ops import oracle  # noqa: E402
@@ -62,7 +66,8 @@ def time_it(fn, cam, labels, paper, min_run_time):
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def bench_device(device, paper, use_compile, use_loop, min_run_time, shapes=SHAPES):
+def bench_device(device, paper, use_compile, use_loop, min_run_time, shapes=SHAPES,
+                 on_row=lambda shape, t: None):
     rows = []
     compiled = torch.compile(eager_step, dynamic=True) if use_compile else None
     for shape in shapes:
@@ -75,6 +80,7 @@ def bench_device(device, paper, use_compile, use_loop, min_run_time, shapes=SHAP
         if use_loop:
             t["loop"] = time_it(fwd_bwd(loop_step), cam, labels, paper, min_run_time / 4)
         rows.append((shape, t))
+        on_row(shape, t)
     return rows
 
 
@@ -103,6 +109,7 @@ def main(argv=None):
     p.add_argument("--no-loop", action="store_true", help="skip the (slow) authors' loop column")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
     p.add_argument("--tiny", action="store_true", help="one small shape (a check of the script)")
+    p.add_argument("--json", default=None, help="write the rows here (after each shape)")
     args = p.parse_args(argv)
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -113,9 +120,20 @@ def main(argv=None):
           f"{platform.processor() or platform.machine()}, mode {args.mode}")
     print(f"backends: " + ", ".join(f"{op}={ops.backend(op, d)}" for d in devices
                                     for op in ("gndrp_margin_loss",)))
+    doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "mode": args.mode, "rows": []}
     for device in devices:
+        facts = run_facts(device)
+
+        def on_row(shape, t):
+            doc["rows"].append({"shape": list(shape), "seconds": t, **facts})
+            print_row(f"ops {device} {'x'.join(map(str, shape))}",
+                      ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items())
+                      + f"; backend {facts['backend']}")
+            write_json(args.json, doc)
+
         rows = bench_device(device, args.mode == "paper", not args.no_compile, not args.no_loop,
-                            args.min_run_time, [(4, 3, 8, 8)] if args.tiny else SHAPES)
+                            args.min_run_time, [(4, 3, 8, 8)] if args.tiny else SHAPES, on_row)
         if device == "cuda":
             print(f"gpu: {torch.cuda.get_device_name()}")
         print(format_table(device, rows))

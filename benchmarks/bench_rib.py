@@ -12,18 +12,22 @@ Weights are random (speed does not depend on them); images come from the embedde
 torch.utils.flop_counter, forward and backward) over ``--peak-tflops`` (by default the dense bf16
 peak of the GPU named in :data:`PEAK_TFLOPS`, e.g. 989 on an H100 or H200 SXM; none elsewhere).
 
-With ``--json`` the file is rewritten (atomically) after every variant, so a variant that fails or
-a run that is cut short keeps every figure measured before it; a failing variant is logged with its
-error, recorded as such, and the others still run.
+Each variant is warmed up on a whole group (its G images: the grouped shapes, cuDNN's plans, the
+group's graph captured) and timed on a multiple of G images (``--images`` rounded down, at least
+G), so no timed run ends on an eager tail or pays a capture for the group; with
+``cuda_graph_targets`` every new image still captures its own graph, inside the timing (that is
+what the setting costs). Each row is printed (``row ...``) as soon as it is measured and names the
+device, the operators' backend, torch and CUDA. With ``--json`` the file is rewritten (atomically)
+after every variant, so a variant that fails or a run that is cut short keeps every figure measured
+before it; a failing variant is logged with its error, recorded as such, and the others still
+run. The FLOPs for MFU are counted after the variants (they fill in the rows' TFLOP/s and MFU).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,9 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rib_ext.config import DemoDataConfig, RIBConfig  # noqa: E402
 from rib_ext.data import build_dataset  # noqa: E402
-from rib_ext.io import save_text  # noqa: E402
 from rib_ext.rib import OtherImages, RIBEngine, Target  # noqa: E402
 from rib_ext.rib import oracle_loop  # noqa: E402
+from bench_facts import device_name, print_row, run_facts, write_json  # noqa: E402
 
 SIZES = {
     "tiny": dict(backbone="resnet_tiny", image_size=48, others=2, crop=48),  # the tests' size
@@ -103,13 +107,25 @@ def count_flops(model, pool, target, cfg, device) -> float:
     return float(counter.get_total_flops())
 
 
+def group_of(v, cfg) -> int:
+    """The variant's group size as configured (0: automatic; 1 for the reference loops)."""
+    settings = VARIANTS[v]
+    return 1 if settings is None else int(settings.get("group_size", cfg.group_size))
+
+
+AUTO_MAX_GROUP = 16  # choose_group_size's cap: the most images an automatic G may warm up on
+
+
 def run_size(name, args, device, variants, on_row=lambda res: None):
     """Measure ``variants`` at size ``name``; ``on_row(result so far)`` after each variant."""
     size = SIZES[name]
     n = args.images or (4 if device.type == "cpu" else 16)
+    groups = [group_of(v, RIBConfig()) for v in variants]
+    # enough targets for the largest group's warm-up and timed run
+    n_targets = max([n] + [AUTO_MAX_GROUP if g == 0 and device.type == "cuda" else g for g in groups])
     root = Path(tempfile.mkdtemp(prefix="rib_bench_"))
     data = build_dataset("demo", root, "train",
-                         demo=DemoDataConfig(num_train=max(24, n + 8), num_val=2,
+                         demo=DemoDataConfig(num_train=max(24, n_targets + 8), num_val=2,
                                              image_size=size["image_size"]))
     model = build_model(size["backbone"], data.num_classes, device)
     crop = size["crop"]
@@ -117,31 +133,48 @@ def run_size(name, args, device, variants, on_row=lambda res: None):
                     other_resize_long=(int(crop * 0.625), int(crop * 1.25)),
                     stop_on_margin=False, stop_on_explosion=False)
     pool = OtherImages(data, device, cfg.other_resize_long, cfg.other_crop)
-    targets = [Target(i, data.name(i), data.image(i), data.labels(i), i) for i in range(n)]
+    targets = [Target(i, data.name(i), data.image(i), data.labels(i), i) for i in range(n_targets)]
     for j in range(len(pool)):  # decode the pool once, so no variant pays the decoding
         pool.image(j)
 
-    flops = count_flops(model, pool, targets[0], cfg, device) if args.flops else None
-    res = {"size": name, **size, "steps": args.steps, "images": n, "flops_per_image": flops,
+    facts = run_facts(device)
+    res = {"size": name, **size, "steps": args.steps, "images": n, "flops_per_image": None,
            "rows": []}
     for v in variants:
         try:
-            row = measure(v, model, pool, targets, cfg, device, flops, args.peak_tflops)
-            print(f"  {name} {v}: {row['images_per_s']:.3f} images/s", file=sys.stderr, flush=True)
+            row = measure(v, model, pool, targets, n, cfg, device)
+            row.update(facts)
+            print_row(f"{name} {v}", f"{row['images_per_s']:.3f} images/s over "
+                      f"{row['timed_images']} images, G={row['group_size']}, peak "
+                      f"{row['peak_memory_gb'] if row['peak_memory_gb'] is not None else '-'} GB; "
+                      f"{facts['device_name']}, backend {facts['backend']}, torch {facts['torch']}, "
+                      f"CUDA {facts['cuda']}")
         except Exception as e:  # one variant's failure must not cost the others' figures
             traceback.print_exc()
-            row = {"variant": v, "settings": VARIANTS[v], "error": f"{type(e).__name__}: {e}"}
-            print(f"  {name} {v}: FAILED ({row['error']})", file=sys.stderr, flush=True)
+            row = {"variant": v, "settings": VARIANTS[v], "error": f"{type(e).__name__}: {e}",
+                   **facts}
+            print_row(f"{name} {v}", f"FAILED ({row['error']})")
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         res["rows"].append(row)
         on_row(res)
+    if args.flops:  # last: the rows come first, MFU fills them in
+        flops = res["flops_per_image"] = count_flops(model, pool, targets[0], cfg, device)
+        for row in res["rows"]:
+            if "images_per_s" in row:
+                row["tflops"] = round(flops * row["images_per_s"] / 1e12, 3)
+                if args.peak_tflops:
+                    row["mfu"] = round(row["tflops"] / args.peak_tflops, 4)
+        print_row(f"{name} flops", f"{flops:.4g} per image (K steps, forward and backward)")
+        on_row(res)
     return res
 
 
-def measure(v, model, pool, targets, cfg, device, flops, peak) -> dict:
-    """One variant's row: images/s over ``targets`` after a one-image warm-up."""
+def measure(v, model, pool, targets, images, cfg, device) -> dict:
+    """One variant's row: images/s over a multiple of its G images (``images`` rounded down, at
+    least G) after a warm-up on a whole group (for an automatic G: one image to choose it, then
+    the group)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -151,28 +184,33 @@ def measure(v, model, pool, targets, cfg, device, flops, peak) -> dict:
             return [oracle_loop.adapt_one(model, t, pool, cfg, per_row_loop=v == "authors")
                     for t in ts]
         settings = {"per_row_loop": v == "authors"}
+        g = 1
     else:
         settings = VARIANTS[v]
         engine = RIBEngine(model, pool, dataclasses.replace(cfg, **settings), device)
         run = engine.run
-    run(targets[:1])  # warm-up (cuDNN plans, the automatic G's measurement)
+        g = engine.group_size
+        if g == 0:
+            run(targets[:1])  # the automatic G's measurement
+            g = engine.group_size
+    warm = targets[:g]
+    run(warm)  # warm-up on a whole group: its shapes, cuDNN's plans, the group's graph
     if engine is not None and engine.group_choice:
         extra["group_choice"] = engine.group_choice
+    if engine is not None and engine.graph_error:
+        extra["graph_error"] = engine.graph_error  # captured nothing: the row ran eagerly
+    timed = targets[:min(len(targets), max(g, images // g * g))]
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    run(targets)
+    run(timed)
     sync(device)
-    ips = len(targets) / (time.perf_counter() - t0)
-    row = {"variant": v, "settings": settings, "images_per_s": round(ips, 4),
-           "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-           if device.type == "cuda" else None, **extra}
-    if flops:
-        row["tflops"] = round(flops * ips / 1e12, 3)
-        if peak:
-            row["mfu"] = round(row["tflops"] / peak, 4)
-    return row
+    ips = len(timed) / (time.perf_counter() - t0)
+    return {"variant": v, "settings": settings, "images_per_s": round(ips, 4), "group_size": g,
+            "warmup_images": len(warm), "timed_images": len(timed),
+            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if device.type == "cuda" else None, **extra}
 
 
 def print_table(res, device_desc):
@@ -219,19 +257,19 @@ def main(argv=None):
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; see --list")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = device_name(device)
     if args.peak_tflops is None:
         args.peak_tflops = peak_tflops(name) if device.type == "cuda" else None
     desc = (f"torch {torch.__version__}, {device.type} ({name})"
             + (f", {torch.get_num_threads()} threads, {os.cpu_count()} cores" if device.type == "cpu" else ""))
     doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "device": device.type, "device_name": name, "torch": torch.__version__,
-           "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
+           **run_facts(device), "threads": torch.get_num_threads(),
            "peak_tflops": args.peak_tflops, "command": " ".join(sys.argv), "sizes": []}
 
+    print(f"### bench_rib: {desc}", flush=True)
+
     def write(res):
-        if args.json:
-            save_text(args.json, json.dumps({**doc, "sizes": doc["sizes"] + [res]}, indent=1))
+        write_json(args.json, {**doc, "sizes": doc["sizes"] + [res]})
 
     for s in args.sizes:
         doc["sizes"].append(run_size(s, args, device, variants, write))

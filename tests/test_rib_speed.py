@@ -1,4 +1,5 @@
-"""The RIB engine's speed settings compute what the plain engine computes (issue 13)."""
+"""The RIB engine's speed settings compute what the plain engine computes."""
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -38,6 +39,18 @@ def _same(a_results, b_results, atol=0.0):
     for a, b in zip(a_results, b_results, strict=True):
         assert a.record["steps"] == b.record["steps"] and a.record["stop"] == b.record["stop"]
         np.testing.assert_allclose(a.maps["high_res"], b.maps["high_res"], rtol=0, atol=atol)
+
+
+@contextlib.contextmanager
+def deterministic_cudnn():
+    """cuDNN's deterministic algorithms (no timing) for a test that compares CUDA runs bit for bit;
+    the process's flags as they were afterwards."""
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
 def _randomise_bn(model):
@@ -220,8 +233,9 @@ def test_cuda_prefetch_is_deterministic_and_auto_group_measures(setup):
     _, model, _, targets = setup
     cuda_pool = OtherImages(setup[0], "cuda", resize_long=(40, 56), crop=40)
     cfg = small_cfg(group_size=2)
-    _same(_run(model, cuda_pool, targets, dataclasses.replace(cfg, prefetch="on"), "cuda"),
-          _run(model, cuda_pool, targets, dataclasses.replace(cfg, prefetch="off"), "cuda"))
+    with deterministic_cudnn():  # compared bit for bit
+        _same(_run(model, cuda_pool, targets, dataclasses.replace(cfg, prefetch="on"), "cuda"),
+              _run(model, cuda_pool, targets, dataclasses.replace(cfg, prefetch="off"), "cuda"))
     engine = RIBEngine(model, cuda_pool, small_cfg(group_size=0, group_memory_gb=1.0), "cuda")
     engine.run(targets)
     assert engine.group_choice["step_bytes_per_image"] > 0 and engine.group_size >= 1
@@ -359,6 +373,16 @@ def test_automatic_group_size_from_free_memory_and_the_largest_target(setup, mon
     assert engine._choose_group_size((333, 500)) == 5
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 141 * gib))
     assert engine._choose_group_size((333, 500)) == 1  # never below one image
+    # With graphs, each image's graph pool (one more step) and weight slots count too.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * gib, 141 * gib))
+    engine.cfg = small_cfg(group_size=0)
+    engine.graphs = {}
+    slot_bytes = 3 * 4 * sum(p.numel() for p in engine.base)
+    assert engine._choose_group_size((333, 500)) == int(36 * gib // (6 * gib + slot_bytes)) == 5
+    assert engine.group_choice["graph_pool_bytes_per_image"] == 3 * gib
+    assert engine.group_choice["slot_bytes_per_image"] == slot_bytes
+    engine.cfg = small_cfg(group_size=0, cuda_graphs=True, cuda_graph_targets=True)
+    assert engine._choose_group_size((333, 500)) == int(36 * gib // (9 * gib + slot_bytes)) == 3
     with pytest.raises(ValueError, match="group_memory_gb"):
         small_cfg(group_memory_gb=-1.0)
 
@@ -408,9 +432,40 @@ def test_cuda_graphs_keep_the_maps(setup, extra, targets_too):
     engine = RIBEngine(model, cuda_pool, dataclasses.replace(cfg, cuda_graphs=True,
                                                              cuda_graph_targets=targets_too), "cuda")
     graphed = sorted(engine.run(targets), key=lambda r: r.name)
+    assert engine.graph_error is None  # no capture failed (a failure would have run eagerly)
     assert list(engine.graphs) == [2]  # captured for G = 2, replayed at every full step
     assert engine.slots is not None and engine.slots.free == [0, 1]
     _same(graphed, eager, atol=1e-5 if not extra else 2e-2)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("targets_too", [False, True])
+def test_cuda_graphs_hand_a_slot_to_a_new_image_after_a_margin_stop(setup, monkeypatch, targets_too):
+    """Under real graphs: images stop on the margin at different steps, a new image takes the
+    stopped one's slot (its weights and momentum start afresh there), and the steps, stops and
+    maps are the eager engine's (float32, to the graphs' rounding)."""
+    from rib_ext.rib.slots import WeightSlots
+
+    data, model, _, _ = setup
+    cuda_pool = OtherImages(data, "cuda", resize_long=(40, 56), crop=40)
+    targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
+    taken = []
+    take = WeightSlots.take
+    monkeypatch.setattr(WeightSlots, "take", lambda self: taken.append(take(self)) or taken[-1])
+    with deterministic_cudnn():
+        free = _run(model, cuda_pool, targets, small_cfg(steps=3), "cuda")
+        margin = float(np.median([max(r.record["target_logit_sums"]) for r in free]))
+        cfg = small_cfg(group_size=2, steps=3, margin=margin)
+        eager = _run(model, cuda_pool, targets, cfg, "cuda")
+        engine = RIBEngine(model, cuda_pool, dataclasses.replace(cfg, cuda_graphs=True,
+                                                                 cuda_graph_targets=targets_too),
+                           "cuda")
+        graphed = sorted(engine.run(targets), key=lambda r: r.name)
+    stops = {r.record["stop"] for r in eager}
+    assert "margin" in stops and len(stops) >= 2, stops
+    assert engine.graph_error is None and list(engine.graphs) == [2]
+    assert len(taken) == len(targets) and set(taken) == {0, 1}  # two slots, handed on
+    _same(graphed, eager, atol=1e-5)
 
 
 @pytest.mark.parametrize("read_lag", [0, 1])

@@ -730,18 +730,31 @@ class RIBEngine:
         """G for ``group_size=0``: on CUDA the largest G whose step fits the device's free memory
         (less a tenth for the allocator's slack; capped by ``group_memory_gb`` when positive),
         from one measured step at the size of the largest target, ``largest`` (H, W); on the CPU
-        1 (the convolutions already use every core, and a group only adds memory)."""
+        1 (the convolutions already use every core, and a group only adds memory).
+
+        The measured step is eager. With ``cuda_graphs`` each image also costs (an estimate, on
+        the safe side): its rows of the weight slots (weights, momentum and gradients, float32),
+        and the graph's private memory pool, which keeps the captured pass's activations apart
+        from the eager ones (counted as one more step of the image); with ``cuda_graph_targets``
+        its own target graph's pool as well (one more step again)."""
         cfg = self.cfg
         if self.device.type != "cuda" or largest is None:
             self.group_choice = {"group_size": 1, "why": f"{self.device.type}: no gain from groups"}
             return 1
-        per_image = self._probe_step_bytes(largest)
+        step = self._probe_step_bytes(largest)
+        graph_pools = slot_bytes = 0
+        if self.graphs is not None:
+            graph_pools = step * (2 if cfg.cuda_graph_targets else 1)
+            slot_bytes = 3 * sum(p.numel() for p in self.base) * 4
+        per_image = step + graph_pools + slot_bytes
         free = torch.cuda.mem_get_info(self.device)[0]
         budget = free * (1 - GROUP_MEMORY_SLACK)
         if cfg.group_memory_gb:
             budget = min(budget, cfg.group_memory_gb * 2**30)
         g = choose_group_size(per_image, budget)
-        self.group_choice = {"group_size": g, "step_bytes_per_image": int(per_image),
+        self.group_choice = {"group_size": g, "step_bytes_per_image": int(step),
+                             "graph_pool_bytes_per_image": int(graph_pools),
+                             "slot_bytes_per_image": int(slot_bytes),
                              "free_bytes": int(free), "budget_bytes": int(budget),
                              "largest_target": [int(largest[0]), int(largest[1])]}
         return g
