@@ -28,6 +28,7 @@ from rib_ext.config import DemoDataConfig, MakeCamConfig  # noqa: E402
 from rib_ext.data import build_dataset  # noqa: E402
 from rib_ext.io import load_npy_dict  # noqa: E402
 from rib_ext.cam.maps import make_cam  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_facts, when loaded by path
 from bench_facts import print_row, run_facts, write_json  # noqa: E402
 
 VARIANTS = {"float32": {}, "float32+cl": dict(channels_last=True, cudnn_benchmark=True),

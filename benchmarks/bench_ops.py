@@ -28,6 +28,7 @@ import torch.utils.benchmark as tb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from factories import make_cam, make_labels  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_facts, when loaded by path
 from bench_facts import print_row, run_facts, write_json  # noqa: E402
 
 from rib_ext import ops  # noqa: E402

@@ -42,6 +42,7 @@ from rib_ext.config import DemoDataConfig, RIBConfig  # noqa: E402
 from rib_ext.data import build_dataset  # noqa: E402
 from rib_ext.rib import OtherImages, RIBEngine, Target  # noqa: E402
 from rib_ext.rib import oracle_loop  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_facts, when loaded by path
 from bench_facts import device_name, print_row, run_facts, write_json  # noqa: E402
 
 SIZES = {

@@ -35,6 +35,7 @@ from rib_ext.models import build_cam_net  # noqa: E402
 from rib_ext.rib.engine import (CAMHead, sgd_update_, sgd_update_foreach_,  # noqa: E402
                                 sgd_update_masked_)
 from rib_ext.rib.slots import WeightSlots  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_facts, when loaded by path
 from bench_facts import print_row, run_facts, write_json  # noqa: E402
 
 WD, MOMENTUM, LR, CLASSIFIER_MULT = 1e-4, 0.9, 0.01, 10.0

@@ -110,7 +110,7 @@ if [ "$dry" = "1" ]; then  # the same steps, at a tiny size, on the CPU
     cam=(--images 2 --warmup 1 --size 48 --backbone resnet_tiny)
     sgd=(--backbone resnet_tiny --min-run-time 0.01)
     opsargs=(--tiny --min-run-time 0.01)
-    build=("$py" -c "import rib_ext._C, sys; print('dry run: rib_ext._C imports; the real call runs:', sys.argv[1:])"
+    build=("$py" -c "import sys, torch, rib_ext._C; print('dry run: rib_ext._C imports; the real call runs:', sys.argv[1:])"
            env RIB_EXT_CUDA=1 "MAX_JOBS=$(nproc)" python setup.py build_ext --inplace)
 else
     dev=cuda

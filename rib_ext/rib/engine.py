@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import itertools
 import logging
 import math
@@ -229,11 +230,12 @@ def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: 
 def capture_graphed(fn, sample_args, warmup: int = 3):
     """``torch.cuda.make_graphed_callables(fn, sample_args)`` after ``warmup`` plain runs, under a
     module-level name so that a CPU test can stand the plain function in for the capture and check
-    the graphed step's maths. The capture is thread-local (only this thread's calls are checked
-    against it); the engine also brings its own worker threads to rest around it
-    (:meth:`RIBEngine._capture`)."""
-    return torch.cuda.make_graphed_callables(fn, sample_args, num_warmup_iters=warmup,
-                                             capture_error_mode="thread_local")
+    the graphed step's maths. The capture is thread-local where torch offers it (only this
+    thread's calls are checked against it); the engine also brings its own worker threads to rest
+    around it (:meth:`RIBEngine._capture`)."""
+    mode = ({"capture_error_mode": "thread_local"} if "capture_error_mode" in
+            inspect.signature(torch.cuda.make_graphed_callables).parameters else {})
+    return torch.cuda.make_graphed_callables(fn, sample_args, num_warmup_iters=warmup, **mode)
 
 
 GROUP_MEMORY_SLACK = 0.1  # the part of the free device memory the automatic G leaves alone
