@@ -105,8 +105,9 @@ step() {  # step NAME CMD...: run under its limit, log to NAME.log, rows into th
 if [ "$dry" = "1" ]; then  # the same steps, at a tiny size, on the CPU
     dev=cpu
     voc=(--sizes tiny --images 1 --steps 1)
-    small=(--sizes tiny --images 1 --steps 1)
+    small=(--sizes tiny --steps 1)
     groups_images=(--images 1)
+    settings_images=(--images 1)
     cam=(--images 2 --warmup 1 --size 48 --backbone resnet_tiny)
     sgd=(--backbone resnet_tiny --min-run-time 0.01)
     opsargs=(--tiny --min-run-time 0.01)
@@ -115,8 +116,9 @@ if [ "$dry" = "1" ]; then  # the same steps, at a tiny size, on the CPU
 else
     dev=cuda
     voc=(--sizes voc --images 4)
-    small=(--sizes small --images 8)
+    small=(--sizes small)
     groups_images=(--images 16)
+    settings_images=(--images 8)
     cam=(--images 8 --warmup 1 --size 448)
     sgd=(--min-run-time 0.1)
     opsargs=(--min-run-time 0.1)
@@ -151,7 +153,7 @@ step rib_voc "$py" benchmarks/bench_rib.py --device "$dev" "${voc[@]}" --no-flop
 step rib_groups_small "$py" benchmarks/bench_rib.py --device "$dev" "${small[@]}" "${groups_images[@]}" \
     --no-flops --variants "engine+bf16+cl" "G8 vmap+bf16+cl" "G8 vmap+bf16+cl+graphs" \
     --json "$work/rib_groups_small.json"
-step rib_settings_small "$py" benchmarks/bench_rib.py --device "$dev" "${small[@]}" --variants \
+step rib_settings_small "$py" benchmarks/bench_rib.py --device "$dev" "${small[@]}" "${settings_images[@]}" --variants \
     loop engine-before engine engine+fold engine+tf32 engine+bf16 engine+cl engine+bf16+cl+prefetch \
     engine+bf16+cl+graphs "G4 vmap+bf16+cl" "G4 vmap+bf16+cl+graphs" \
     "G4 vmap+bf16+cl+graphs+targets" --json "$work/rib_settings_small.json"
