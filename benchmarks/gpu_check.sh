@@ -81,7 +81,7 @@ step() {  # step NAME CMD...: run under its limit, log to NAME.log, rows into th
     lim="$(awk -v l="$limit" -v s="$scale" 'BEGIN { printf "%.2f", l * s }')"
     step_t0=$SECONDS
     current="$name"
-    echo "== $name (limit $lim s): $*" | tee -a "$summary"
+    echo "== $name (limit $lim s): $(echo "$*" | tr -s '\n ' '  ')" | tee -a "$summary"
     # in the background, so that a TERM reaches the trap while the step runs
     timeout --kill-after=2 "$lim" "$@" >"$work/$name.log" 2>&1 &
     child=$!
@@ -92,11 +92,12 @@ step() {  # step NAME CMD...: run under its limit, log to NAME.log, rows into th
     { [ "$last_rc" -eq 124 ] || [ "$last_rc" -eq 137 ]; } && why=" (time limit reached)"
     echo "   rc=$last_rc$why, $((SECONDS - step_t0)) s" | tee -a "$summary"
     [ "$last_rc" -eq 0 ] || status=1
-    # the rows and tables (benchmarks) or the tail (the others) into the summary
+    # the rows and tables (benchmarks), or the failures and the tail (the others), into the summary
     if grep -qE '^(row |\||###)' "$work/$name.log"; then
         grep -E '^(row |\||###|gpu|device)' "$work/$name.log" >>"$summary"
     else
-        tail -n 15 "$work/$name.log" >>"$summary"
+        grep -E '(FAILED|ERROR)' "$work/$name.log" | head -n 40 >>"$summary"
+        tail -n 12 "$work/$name.log" >>"$summary"
     fi
     finished=$((finished + 1))
     publish
@@ -157,7 +158,11 @@ step rib_settings_small "$py" benchmarks/bench_rib.py --device "$dev" "${small[@
     loop engine-before engine engine+fold engine+tf32 engine+bf16 engine+cl engine+bf16+cl+prefetch \
     engine+bf16+cl+graphs "G4 vmap+bf16+cl" "G4 vmap+bf16+cl+graphs" \
     "G4 vmap+bf16+cl+graphs+targets" --json "$work/rib_settings_small.json"
-step cuda_tests "$py" -m pytest -q -m needs_cuda tests -p no:cacheprovider
+# the engine's tests first (graphs, slots, speed settings), one line per test as it ends
+first=(tests/test_rib_speed.py tests/test_precision.py)
+step cuda_tests bash -c '"$0" -m pytest -v --tb=short -m needs_cuda -p no:cacheprovider "$1" "$2"; a=$?
+    "$0" -m pytest -v --tb=short -m needs_cuda -p no:cacheprovider tests --ignore="$1" --ignore="$2"
+    b=$?; [ "$a" -eq 0 ] && [ "$b" -eq 0 ]' "$py" "${first[@]}"
 step make_cam_voc "$py" benchmarks/bench_make_cam.py --device "$dev" "${cam[@]}" \
     --variants float32 bf16+cl --json "$work/make_cam_voc.json"
 step bench_sgd "$py" benchmarks/bench_sgd.py --device "$dev" "${sgd[@]}" --groups 1 4 \
