@@ -25,6 +25,7 @@ from rib_ext.io import save_json, save_npy, save_text
 
 from .base import SegmentationDataset, drop_unlabelled, preview
 from .errors import DatasetError
+from .idlists import check_ids, id_key, id_keys, read_id_list  # noqa: F401  (the package's names)
 from .images import IGNORE_INDEX, load_label_png
 
 VOC_CLASSES = (
@@ -55,40 +56,9 @@ def read_class_names(root: str | os.PathLike) -> tuple[str, ...]:
     return tuple(names)
 
 
-def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Image ids of a list file, one per line.
-
-    Only the first token of a line counts, and a path-like token is reduced to its stem, so the
-    "JPEGImages/<id>.jpg SegmentationClassAug/<id>.png" lists of some repositories work too.
-    An id listed twice is an error naming both lines: it would count twice in the scores and its
-    outputs would be written twice.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: image list not found")
-    ids, first_line = [], {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        tokens = line.split()
-        if tokens:
-            image_id = Path(tokens[0]).stem if ("/" in tokens[0] or "." in tokens[0]) else tokens[0]
-            if image_id in first_line:
-                raise DatasetError(f"{path}, line {number}: id {image_id!r} is listed again "
-                                   f"(first on line {first_line[image_id]})")
-            first_line[image_id] = number
-            ids.append(image_id)
-    if not ids:
-        raise DatasetError(f"{path}: image list is empty")
-    return ids
-
-
 def check_unique_ids(ids: Sequence[str], where: str) -> None:
-    """An id given twice in a sequence of ids is an error naming both positions."""
-    seen = {}
-    for pos, image_id in enumerate(ids):
-        if image_id in seen:
-            raise DatasetError(f"{where}: id {image_id!r} is given twice (positions {seen[image_id]} "
-                               f"and {pos})")
-        seen[image_id] = pos
+    """Ids given in code: valid ids, none twice (:func:`rib_ext.data.idlists.check_ids`)."""
+    check_ids(ids, where)
 
 
 def given_ids(root, ids: Sequence) -> tuple[list[str], str]:
@@ -185,13 +155,6 @@ def labels_from_mask(mask: np.ndarray, num_classes: int = len(VOC_CLASSES), wher
     return labels
 
 
-def id_key(image_id: str) -> Union[int, str]:
-    """Key of an id in ``cls_labels.npy``: IRN stores ``int("2007_000032".replace("_", ""))``.
-    Ids that are not digits once the underscores go keep their string form."""
-    digits = image_id.replace("_", "")
-    return int(digits) if digits.isdigit() else image_id
-
-
 def load_cls_labels(path: str | os.PathLike) -> dict:
     """IRN's labels file: ``np.save`` of ``{id_key: float32 [K]}``."""
     path = Path(path)
@@ -265,7 +228,8 @@ def write_cls_labels(
     ids = list(ids)
     names = read_class_names(root)
     skipped = SkippedNames()
-    table = {id_key(i): labels_for_id(root, i, names, source, skipped) for i in ids}
+    keys = id_keys(ids, str(root))
+    table = {keys[i]: labels_for_id(root, i, names, source, skipped) for i in ids}
     warn_unknown_names(skipped, str(root), names)
     fingerprint = _labels_fingerprint(root, ids, source)
     save_npy(out_path, table)
@@ -396,10 +360,11 @@ class VOCDataset(SegmentationDataset):
 
     def _labels_from_file(self, path: Path, ids: Sequence[str]) -> dict[str, np.ndarray]:
         table = load_cls_labels(path)
-        missing = [i for i in ids if id_key(i) not in table]
+        keys = id_keys(ids, f"{path} read for {self.list_source}")
+        missing = [i for i in ids if keys[i] not in table]
         if missing:
             raise DatasetError(f"{path}: no labels for {len(missing)} listed id(s): {preview(missing)}")
-        labels = {i: table[id_key(i)] for i in ids}
+        labels = {i: table[keys[i]] for i in ids}
         wrong = [i for i in ids if labels[i].shape != (self.num_classes,)]
         if wrong:
             raise DatasetError(

@@ -1,0 +1,124 @@
+"""Inputs read as written and checked when opened: id lists, IRN label keys, mask headers, image
+sizes, the Python API's targets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rib_ext.data import DatasetError, VOCDataset, save_label_png
+from rib_ext.data import __main__ as data_cli
+from rib_ext.data.voc import read_id_list
+
+
+def _voc(root, ids, size=(20, 24), classes=((1,),)):
+    """A VOC-layout folder whose images each hold class 1 (mask-derived labels)."""
+    h, w = size
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    for image_id in ids:
+        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        mask = np.zeros((h, w), np.uint8)
+        mask[2:8, 2:8] = 1
+        save_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+# --- id lists: one reader, ids as written ------------------------------------------------------
+
+def test_list_id_with_a_dot_is_kept_whole(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("img.v1\nimg.v2\n")
+    # The old reader cut both to "img" (and then refused the second as listed twice).
+    assert read_id_list(lst) == ["img.v1", "img.v2"]
+
+
+def test_list_image_paths_reduce_to_the_id(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("/JPEGImages/2007_000002.jpg /SegmentationClassAug/2007_000002.png\n"
+                   "2008_000003.jpg\n2008_000004\n")
+    assert read_id_list(lst) == ["2007_000002", "2008_000003", "2008_000004"]
+
+
+def test_list_dotted_id_never_reads_another_image(tmp_path):
+    root = _voc(tmp_path / "voc", ["img"])
+    lst = tmp_path / "l.txt"
+    lst.write_text("img.v2\n")
+    with pytest.raises(DatasetError, match=r"img\.v2"):
+        VOCDataset(root, lst)  # the old reader read img.jpg in its place
+
+
+def test_list_id_with_a_space_names_file_and_line(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("2007_000002\nmy image\n")
+    with pytest.raises(DatasetError, match=r"l\.txt, line 2: .*'my image'"):
+        read_id_list(lst)
+
+
+def test_list_pair_of_paths_of_two_images_is_refused(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("JPEGImages/a.jpg SegmentationClassAug/b.png\n")
+    with pytest.raises(DatasetError, match="line 1"):
+        read_id_list(lst)
+
+
+def test_list_comment_lines_are_skipped(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("# train split\n2007_000002\n  # indented note\n2008_000003\n")
+    assert read_id_list(lst) == ["2007_000002", "2008_000003"]
+
+
+def test_list_utf8_bom_is_stripped(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_bytes("\ufeff2008_000604\n2008_000605\n".encode("utf-8"))
+    assert read_id_list(lst) == ["2008_000604", "2008_000605"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"])
+def test_list_utf16_names_the_file(tmp_path, encoding):
+    lst = tmp_path / "l.txt"
+    lst.write_bytes("2008_000604\n2008_000605\n".encode(encoding))
+    with pytest.raises(DatasetError, match=r"l\.txt: .*UTF-16"):
+        read_id_list(lst)
+
+
+def test_list_undecodable_names_file_and_line(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_bytes(b"2008_000604\n2008_\xff\xfe0605\n")
+    with pytest.raises(DatasetError, match=r"l\.txt, line 2: not UTF-8"):
+        read_id_list(lst)
+
+
+def test_ids_given_in_code_are_checked_alike(tmp_path):
+    root = _voc(tmp_path / "voc", ["a"])
+    with pytest.raises(DatasetError, match="'a b'"):
+        VOCDataset(root, ["a b"])
+
+
+def test_coco_reads_lists_with_the_same_reader():
+    import inspect
+
+    from rib_ext.data import coco, voc
+    from rib_ext.data.idlists import read_id_list as the_reader
+
+    assert coco.read_id_list is the_reader and voc.read_id_list is the_reader
+    assert "read_id_list" in inspect.getsource(coco.COCODataset._wanted_ids)
+
+
+# --- IRN label keys -----------------------------------------------------------------------------
+
+def test_write_labels_refuses_colliding_keys(tmp_path, capsys):
+    root = _voc(tmp_path / "voc", ["1_23", "12_3"])
+    code = data_cli.main(["write-labels", "--root", str(root), "--list", "ImageSets/Segmentation/train.txt"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1_23" in err and "12_3" in err
+    assert not (root / "cls_labels.npy").exists()
+
+
+def test_labels_file_with_colliding_keys_is_refused_when_read(tmp_path):
+    root = _voc(tmp_path / "voc", ["1_23", "12_3"])
+    np.save(root / "cls_labels.npy", {123: np.eye(20, dtype=np.float32)[0]})
+    with pytest.raises(DatasetError, match="1_23.*12_3"):
+        VOCDataset(root, "train")
