@@ -520,6 +520,9 @@ class PipelineConfig:
     # Worker processes per rank of the CPU-bound stages (the dense CRF of crf and ir_label); None:
     # the cores available to the process, shared among the ranks of the machine; 0 or 1: no pool.
     cpu_workers: Optional[int] = setting(None, ">= 0")
+    # The largest image (H*W pixels) a dataset accepts when opened (None: no limit); the stages are
+    # sized for VOC's and COCO's (at most 0.4 MP). Same default as rib_ext.data's MAX_PIXELS.
+    max_pixels: Optional[int] = setting(2_000_000, ">= 1")
     # torchrun: the process group's timeout (seconds) for one collective (DDP's gradient
     # all-reduce...); waits for another rank's work are not bounded by it (rib_ext.distributed).
     dist_timeout_s: float = setting(7200.0, "> 0")

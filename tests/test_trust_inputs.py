@@ -122,3 +122,88 @@ def test_labels_file_with_colliding_keys_is_refused_when_read(tmp_path):
     np.save(root / "cls_labels.npy", {123: np.eye(20, dtype=np.float32)[0]})
     with pytest.raises(DatasetError, match="1_23.*12_3"):
         VOCDataset(root, "train")
+
+
+# --- data problems found when the dataset is opened (headers only) -------------------------------
+
+def test_sixteen_bit_mask_is_refused_when_opened(tmp_path):
+    root = _voc(tmp_path / "voc", ["a", "b"])
+    mask = root / "SegmentationClass" / "b.png"
+    Image.fromarray(np.zeros((20, 24), np.uint16)).save(mask)  # mode I;16
+    assert Image.open(mask).mode.startswith("I")
+    with pytest.raises(DatasetError, match=r"b\.png: mask has mode 'I;16.*16-bit"):
+        VOCDataset(root, "train", labels_path=_labels_file(root, ["a", "b"]))
+
+
+def _labels_file(root, ids):
+    path = root / "labels.npy"
+    np.save(path, {i: np.eye(20, dtype=np.float32)[0] for i in ids})
+    return path
+
+
+def test_mask_of_another_size_is_refused_when_opened(tmp_path):
+    root = _voc(tmp_path / "voc", ["a", "b"])
+    save_label_png(root / "SegmentationClass" / "b.png", np.zeros((20, 23), np.uint8))
+    with pytest.raises(DatasetError, match=r"b\.png: mask is 20x23 .*b\.jpg is 20x24"):
+        VOCDataset(root, "train", labels_path=_labels_file(root, ["a", "b"]))
+
+
+def _exif_rotated_jpeg(path, h, w):
+    img = Image.fromarray(np.full((h, w, 3), 120, np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": viewers show it w x h
+    img.save(path, exif=exif.tobytes())
+
+
+def test_exif_rotation_is_ignored_and_said_when_a_mask_follows_it(tmp_path):
+    root = _voc(tmp_path / "voc", ["a"])
+    _exif_rotated_jpeg(root / "JPEGImages" / "a.jpg", 20, 24)
+    ds = VOCDataset(root, "train")  # a mask of the stored pixels' size: fine
+    assert ds.image(0).shape == (20, 24, 3) and ds.image_size(0) == (20, 24)
+    assert ds.mask(0).shape == (20, 24)
+    # A mask drawn on the rotated view (24x20) is refused, saying EXIF is ignored.
+    mask = np.zeros((24, 20), np.uint8)
+    mask[2:8, 2:8] = 1
+    save_label_png(root / "SegmentationClass" / "a.png", mask)
+    with pytest.raises(DatasetError, match=r"a\.png: mask is 24x20 .*EXIF rotation, which is ignored"):
+        VOCDataset(root, "train")
+
+
+def test_huge_image_is_refused_when_opened_naming_it_and_its_size(tmp_path):
+    root = _voc(tmp_path / "voc", ["a", "big"])
+    Image.fromarray(np.full((4000, 4000, 3), 7, np.uint8)).save(root / "JPEGImages" / "big.jpg")
+    (root / "SegmentationClass" / "big.png").unlink()
+    labels = _labels_file(root, ["a", "big"])
+    with pytest.raises(DatasetError, match=r"big\.jpg: image big is 4000x4000 .*16000000 pixels.*--max-pixels"):
+        VOCDataset(root, "train", labels_path=labels)
+    assert len(VOCDataset(root, "train", labels_path=labels, max_pixels=None)) == 2
+    assert len(VOCDataset(root, "train", labels_path=labels, max_pixels=16_000_000)) == 2
+
+
+def test_pipeline_max_pixels_setting_reaches_the_datasets(tmp_path):
+    from rib_ext.config import PipelineConfig
+    from rib_ext.data.base import MAX_PIXELS
+    from rib_ext.stages.options import config_from_argv
+
+    assert PipelineConfig().max_pixels == MAX_PIXELS
+    cfg = config_from_argv(["--dataset", "voc", "--root", str(tmp_path), "--max-pixels", "123"])
+    assert cfg.max_pixels == 123
+    from rib_ext.stages import context
+    import inspect
+    assert "max_pixels" in inspect.getsource(context.RunContext)
+
+
+def test_pipeline_stops_on_a_huge_image_before_any_stage(tmp_path, capsys):
+    from tests.pipeline_runs import main
+
+    root = _voc(tmp_path / "voc", ["a", "big"])
+    Image.fromarray(np.full((1500, 1500, 3), 7, np.uint8)).save(root / "JPEGImages" / "big.jpg")
+    (root / "SegmentationClass" / "big.png").unlink()
+    _labels_file(root, ["a", "big"])
+    (root / "labels.npy").rename(root / "cls_labels.npy")
+    out = tmp_path / "out"
+    code = main(["--dataset", "voc", "--root", str(root), "--train-list", "train", "--eval-list",
+                 "train", "--out", str(out), "--max-pixels", "1000000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "big.jpg: image big is 1500x1500" in err
+    assert not (out / "train_cam").exists()

@@ -23,7 +23,7 @@ import numpy as np
 
 from rib_ext.io import save_json, save_npy, save_text
 
-from .base import SegmentationDataset, drop_unlabelled, preview
+from .base import MAX_PIXELS, SegmentationDataset, drop_unlabelled, preview
 from .errors import DatasetError
 from .idlists import check_ids, id_key, id_keys, read_id_list  # noqa: F401  (the package's names)
 from .images import IGNORE_INDEX, load_label_png
@@ -318,10 +318,13 @@ class VOCDataset(SegmentationDataset):
 
     Image-level labels, in order of preference: ``labels_path`` if given, else ``root/cls_labels.npy``
     if present, else each image's XML annotation, else its segmentation mask. Images with no class are
-    dropped with a warning. Every listed id must have its JPEG (checked here, up front).
+    dropped with a warning. Every listed id must have its JPEG, and the images' and masks' headers
+    must pass :meth:`check_headers` (checked here, up front; ``max_pixels``: the largest image
+    accepted, None for no limit).
     """
 
-    def __init__(self, root: str | os.PathLike, ids_or_list_path: IdsOrList, labels_path: Optional[str | os.PathLike] = None):
+    def __init__(self, root: str | os.PathLike, ids_or_list_path: IdsOrList, labels_path: Optional[str | os.PathLike] = None,
+                 *, max_pixels: Optional[int] = MAX_PIXELS):
         self.root = Path(root)
         _require_dir(self.root, "dataset root")
         _require_dir(self.root / "JPEGImages", "image folder JPEGImages")
@@ -330,6 +333,7 @@ class VOCDataset(SegmentationDataset):
         self._class_names = read_class_names(self.root)
         self._labels = self._resolve_labels(ids, labels_path)
         self._ids = drop_unlabelled(ids, self._labels, self.list_source)
+        self.check_headers(max_pixels)
 
     def _resolve_labels(self, ids: Sequence[str], labels_path) -> dict[str, np.ndarray]:
         self.labels_file: Optional[Path] = None  # the labels table read, if one was

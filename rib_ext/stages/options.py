@@ -46,7 +46,7 @@ ALIASES: Dict[str, tuple] = {
     "--irn-epochs": ("irn.epochs",), "--segment-backbone": ("segment.backbone",),
     "--segment-weights": ("segment.weights",), "--segment-iterations": ("segment.iterations",),
     "--crf-threshold": ("crf.threshold",),
-    "--dist-timeout": ("dist_timeout_s",),
+    "--dist-timeout": ("dist_timeout_s",), "--max-pixels": ("max_pixels",),
     # Several sections:
     "--device": ("device", "train_cam.device", "make_cam.device", "rib.device", "irn.device",
                  "segment.device"),
