@@ -118,8 +118,9 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     prov = Provenance(ctx, list(STAGES))
     stages = prov.plan(stages)
     ctx.prepare_datasets(stages)
+    # The output folder recorded absolute: --config OUT/config.json from any folder resumes this run.
     ctx.write_json(ctx.out / "config.json", {"stages": stages, "environment": environment(ctx),
-                                             **plain_dict(cfg)})
+                                             **plain_dict(cfg), "out_dir": str(ctx.out.resolve())})
     train_set, eval_set = ctx.train_set, ctx.eval_set
     ctx.info(f"[pipeline] dataset {cfg.dataset} ({options.describe(cfg)}): {len(train_set)} "
              f"training images, {len(eval_set)} images to map and evaluate, "

@@ -278,6 +278,11 @@ def _from_file(args, given: Dict[str, Any]) -> PipelineConfig:
         raise ConfigError(f"--config {path}: expected a JSON object")
     # What the pipeline writes beside the settings in its config.json (a record, not settings).
     settings = {k: v for k, v in saved.items() if k not in RUN_RECORD_KEYS}
+    if any(k in saved for k in RUN_RECORD_KEYS) and isinstance(saved.get("out_dir"), str) and \
+            not Path(saved["out_dir"]).is_absolute():
+        # A run's config.json lives in its output folder; older ones recorded a relative --out,
+        # which read from another working folder would silently start a new run elsewhere.
+        settings["out_dir"] = str(path.resolve().parent)
     try:
         cfg = from_plain(PipelineConfig, settings)
     except ConfigError as err:
