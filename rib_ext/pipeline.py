@@ -53,8 +53,10 @@ def environment(ctx) -> dict:
     return env
 
 
-def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict:
-    """Run ``stages`` with ``cfg``; returns this run's summary (merged into OUT/summary.json)."""
+def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False,
+        take_over_lock: bool = False) -> dict:
+    """Run ``stages`` with ``cfg``; returns this run's summary (merged into OUT/summary.json).
+    ``take_over_lock``: take over OUT/.lock left by a process on another host."""
     from rib_ext import distributed
 
     cfg.validate()
@@ -62,14 +64,14 @@ def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict
     if not logging.getLogger("rib_ext").handlers:  # called as a library (e.g. the ablation)
         setup_logging()
     try:
-        return _run(cfg, stages, overwrite)
+        return _run(cfg, stages, overwrite, take_over_lock)
     except BaseException as err:
         # Ranks waiting for this one (rib_ext.distributed.barrier) stop with its error at once.
         distributed.report_failure(f"{type(err).__name__}: {err}")
         raise
 
 
-def _run(cfg: PipelineConfig, stages: List[str], overwrite: bool) -> dict:
+def _run(cfg: PipelineConfig, stages: List[str], overwrite: bool, take_over_lock: bool = False) -> dict:
     from rib_ext.runlock import RunLock
     from rib_ext.stages.context import RunContext
 
@@ -83,7 +85,7 @@ def _run(cfg: PipelineConfig, stages: List[str], overwrite: bool) -> dict:
         if check is not None:
             check(cfg)
     make_out_dir(ctx.out)
-    lock = RunLock(ctx.out).acquire() if ctx.is_main else None
+    lock = RunLock(ctx.out, take_over_foreign=take_over_lock).acquire() if ctx.is_main else None
     try:
         if lock is not None and lock.previous:
             ctx.info(f"[pipeline] {lock.path}: taking over from {lock.previous}, which ended "
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
             print(json.dumps({"stages": stages, **plain_dict(cfg)}, indent=2))
             return 0
         warn_overridden(args, cfg)
-        run(cfg, stages, overwrite=args.overwrite)
+        run(cfg, stages, overwrite=args.overwrite, take_over_lock=args.take_over_lock)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -47,3 +47,37 @@ def test_relative_out_of_an_older_config_is_its_own_folder(cwd):
     assert os.path.realpath(cfg.out_dir) == os.path.realpath(run)
     # --out on top still wins.
     assert config_from_argv(["--config", "../first/OUT/config.json", "--out", "X"]).out_dir == "X"
+
+
+# --- a lock left on another host ----------------------------------------------------------------
+
+def _foreign_lock(out):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".lock").write_text("pid=4242\nhost=other-node-17\nstarted=2026-01-01 00:00:00\n")
+
+
+def test_lock_of_another_host_is_refused_naming_host_and_pid(tmp_path):
+    from rib_ext.runlock import RunLock, RunLockedError
+
+    _foreign_lock(tmp_path)
+    with pytest.raises(RunLockedError, match=r"process 4242 on other-node-17.*--take-over-lock"):
+        RunLock(tmp_path).acquire()
+    assert "other-node-17" in (tmp_path / ".lock").read_text()  # left as it was
+    lock = RunLock(tmp_path, take_over_foreign=True).acquire()
+    try:
+        assert "process 4242 on other-node-17" in lock.previous
+    finally:
+        lock.release()
+
+
+def test_pipeline_refuses_a_foreign_lock_unless_told(tmp_path, capsys):
+    out = tmp_path / "run"
+    _foreign_lock(out)
+    assert main(["--out", str(out), "--stages", "eval_seed"] + SMALL_DEMO) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "other-node-17" in err and "4242" in err
+    assert not (out / "data").exists()  # stopped before the data generation
+    assert main(["--out", str(out), "--stages", "eval_seed", "--take-over-lock"] + SMALL_DEMO) == 2
+    captured = capsys.readouterr()
+    assert "taking over from process 4242 on other-node-17" in captured.out
+    assert "no maps" in captured.err  # it ran (and stopped where a run with no maps stops)

@@ -372,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute the stages whose folders were made with other settings, and "
                         "everything after them (default: stop with the differences)")
+    p.add_argument("--take-over-lock", action="store_true",
+                   help="take over OUT/.lock left by a process on another host (default: stop, "
+                        "naming it; a lock of this host's ended process is taken over anyway)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config tree (JSON, as config.json records it) and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
