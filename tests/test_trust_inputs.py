@@ -207,3 +207,71 @@ def test_pipeline_stops_on_a_huge_image_before_any_stage(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "big.jpg: image big is 1500x1500" in err
     assert not (out / "train_cam").exists()
+
+
+# --- the Python API: targets and tau ------------------------------------------------------------
+
+def _target(**kw):
+    from rib_ext.rib import Target
+
+    args = dict(index=0, name="img", image=np.zeros((8, 10, 3), np.uint8),
+                label=np.array([0, 1, 0, 0], np.float32))
+    args.update(kw)
+    return Target(**args)
+
+
+def test_target_float_image_is_refused():
+    img = np.random.default_rng(0).random((8, 10, 3)).astype(np.float32)  # in [0, 1]
+    with pytest.raises(ValueError, match=r"img: image is float32.*uint8.*\* 255"):
+        _target(image=img)
+
+
+def test_target_chw_image_is_refused():
+    with pytest.raises(ValueError, match=r"img: image has shape \(3, 8, 10\).*\[H, W, 3\].*channels first"):
+        _target(image=np.zeros((3, 8, 10), np.uint8))
+
+
+@pytest.mark.parametrize("label, what", [(np.zeros(4, np.float32), "no class"),
+                                         (np.array([[0, 1, 0, 0]], np.float32), r"\[K\]"),
+                                         (np.array([0, 2, 0, 0], np.float32), "0 or 1"),
+                                         (np.array([0, np.nan, 1, 0], np.float32), "0 or 1")])
+def test_target_bad_label_is_refused(label, what):
+    with pytest.raises(ValueError, match=rf"img: label .*{what}"):
+        _target(label=label)
+
+
+def test_target_label_of_another_length_is_named_by_the_engine():
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from factories import TinyDataset, tiny_cam_net
+
+    from rib_ext.config import RIBConfig
+    from rib_ext.rib import OtherImages, RIBEngine
+
+    data = TinyDataset(n=4, k=4)
+    pool = OtherImages(data, "cpu", resize_long=(40, 72), crop=48)
+    cfg = RIBConfig.preset(behaviour="authors", steps=1, num_others=1, other_resize_long=(40, 72),
+                           other_crop=48, scales=(1.0,), loss_scales=(1.0,), group_size=1)
+    engine = RIBEngine(tiny_cam_net(k=4), pool, cfg, "cpu")
+    bad = _target(image=data.image(0), label=np.array([0, 1, 0, 0, 1], np.float32))
+    with pytest.raises(ValueError, match=r"img: label has 5 classes but the classifier has 4"):
+        engine.run([bad])
+
+
+@pytest.mark.parametrize("tau", [float("nan"), -1.0, 0.0, 5.0, float("inf")])
+@pytest.mark.parametrize("op", ["pool", "fused"])
+def test_ops_refuse_a_tau_outside_0_1(tau, op):
+    import torch
+
+    from rib_ext import ops
+
+    cam = torch.randn(2, 3, 5, 6)
+    labels = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    with pytest.raises(ValueError, match=r"tau must be a number in \(0, 1\], got"):
+        if op == "pool":
+            ops.gndrp_pool(cam, labels > 0, tau)
+        else:
+            ops.gndrp_margin_loss(cam, labels, tau)
+    # The edges of the range work.
+    ops.gndrp_pool(cam, labels > 0, 1.0)
+    ops.gndrp_margin_loss(cam, labels, 1e-3)
