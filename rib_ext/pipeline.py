@@ -223,6 +223,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.debug)
+    from rib_ext.runtime import install_warning_format
+
+    install_warning_format()
     try:
         try:
             cfg = options.build_config(args)

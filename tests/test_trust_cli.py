@@ -81,3 +81,128 @@ def test_pipeline_refuses_a_foreign_lock_unless_told(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "taking over from process 4242 on other-node-17" in captured.out
     assert "no maps" in captured.err  # it ran (and stopped where a run with no maps stops)
+
+
+# --- warnings: one line each, none where the demo's choice is by design --------------------------
+
+def test_package_warnings_print_one_line_without_source(capsys):
+    import io
+    import warnings
+
+    import rib_ext.models.checkpoint as checkpoint
+    from rib_ext.runtime import install_warning_format
+
+    seen = []
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda *a, **k: seen.append(a)  # what Python would show
+        install_warning_format()
+        buf = io.StringIO()
+        warnings.showwarning("resnet50 backbone randomly initialised", UserWarning,
+                             checkpoint.__file__, 67, file=buf)
+        assert buf.getvalue() == "warning: resnet50 backbone randomly initialised\n"
+        warnings.showwarning("from elsewhere", UserWarning, "/x/site-packages/y.py", 3)
+        assert seen == [("from elsewhere", UserWarning, "/x/site-packages/y.py", 3, None, None)]
+
+
+def test_from_scratch_classifier_does_not_warn_of_random_init():
+    import warnings
+
+    from rib_ext.models.checkpoint import build_cam_net
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_cam_net("resnet_tiny", 4, random_init=True, from_scratch=True)
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        build_cam_net("resnet_tiny", 4, random_init=True)
+
+
+def test_default_demo_run_prints_no_python_warning_format(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.pipeline_runs import TINY
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "rib_ext.pipeline", "--out", str(tmp_path / "run"),
+                           "--stages", "train_cam,make_cam"] + TINY, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr, proc.stderr
+    assert "randomly initialised" not in proc.stderr + proc.stdout
+    assert all(line.startswith(("warning: ", "[")) or not line.strip() or line.startswith(" ")
+               for line in proc.stderr.splitlines()), proc.stderr
+
+
+# --- --help --------------------------------------------------------------------------------------
+
+def _help(module):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_pipeline_help_shows_every_default_and_the_choices():
+    import re
+
+    text = _help("rib_ext.pipeline")
+    # Every generated flag's help line says its default.
+    flags = re.findall(r"^  (--[a-z_]+\.?[a-z_.]*)\b.*?(?=^  --|\Z)", text, re.S | re.M)
+    blocks = re.split(r"\n(?=  --)", text)
+    settings = [b for b in blocks if b.lstrip().startswith("--") and not b.lstrip().startswith(
+        ("--help", "--stages", "--overwrite", "--take-over-lock", "--print-config", "--debug",
+         "--config", "--preset", "--rib-behaviour", "--irn-behaviour"))]
+    assert flags and len(settings) > 100
+    missing = [b.split()[0] for b in settings if "default" not in b]
+    assert not missing, missing
+    dataset = next(b for b in blocks if b.lstrip().startswith("--dataset"))
+    assert "{demo,voc,coco}" in dataset and "the dataset" in dataset
+    assert "--rib.pooling {gndrp,gap}" in text
+    assert "--train_cam.backbone {resnet18,resnet34,resnet50,resnet101,resnet_tiny}" in text
+    thresholds = next(b for b in blocks if b.lstrip().startswith("--thresholds"))
+    from rib_ext.stages.options import build_config, build_parser
+    demo = build_config(build_parser().parse_args([])).eval_seed
+    assert f"default {demo.threshold_start} {demo.threshold_stop} {demo.threshold_step}" in \
+        " ".join(thresholds.split())
+
+
+def test_unknown_backbone_stops_before_the_data_is_generated(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", str(tmp_path / "run"), "--backbone", "resnet51"] + SMALL_DEMO)
+    assert stop.value.code == 2 and "resnet51" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    from rib_ext.config import TrainCamConfig
+    with pytest.raises(ValueError, match="resnet51"):
+        TrainCamConfig(backbone="resnet51")  # a config file too
+
+
+def test_cam_backbone_choices_are_the_models():
+    from rib_ext.config import CAM_BACKBONES
+    from rib_ext.models import BACKBONES
+
+    assert set(CAM_BACKBONES) == set(BACKBONES)
+
+
+def test_toy_help_shows_a_single_percent_sign():
+    text = _help("rib_ext.toy")
+    assert "10% of" in " ".join(text.split()) and "%%" not in text
+
+
+def test_ops_help_is_help():
+    text = _help("rib_ext.ops")
+    assert text.startswith("usage: python -m rib_ext.ops") and "extension_loaded" not in text
+
+
+def test_device_mps_where_unavailable_is_an_error(tmp_path, capsys):
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("an MPS device is present")
+    assert main(["--out", str(tmp_path / "run"), "--device", "mps"] + SMALL_DEMO) == 2
+    assert "error: device 'mps' asked for, but no Apple MPS device is available" in capsys.readouterr().err

@@ -139,11 +139,13 @@ def build_cam_net(backbone: str = "resnet50", num_classes: int = 20,
                   weights: Optional[os.PathLike | str] = None, random_init: bool = False,
                   strides: Sequence[int] = (2, 2, 2, 1), from_scratch: bool = False) -> CAMNet:
     """A :class:`CAMNet` with ImageNet backbone weights from ``weights``, or random weights when
-    ``random_init`` (warns). Exactly one of the two must be given."""
+    ``random_init`` (warns, unless ``from_scratch``: training every stage from random weights is
+    then the plan). Exactly one of the two must be given."""
     check_weights_choice(backbone, weights, random_init)
     model = CAMNet(backbone, num_classes, strides, from_scratch=from_scratch)
     if random_init:
-        warn_random_init(backbone, "maps and scores")
+        if not from_scratch:  # training from scratch (the demo) is random by design: no warning
+            warn_random_init(backbone, "maps and scores")
         return model
     return load_backbone_weights(model, weights)
 

@@ -19,7 +19,9 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from rib_ext.config import ConfigError, PipelineConfig, from_plain
+from rib_ext.config import (CAM_BACKBONES, PIPELINE_PRESETS, RIB_LOSSES, SEGMENT_BACKBONES, ConfigError,
+                             PipelineConfig, from_plain)
+from rib_ext.config_fields import PRECISIONS
 from rib_ext.config_fields import field_range
 from rib_ext.data.demo import demo_preset
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
@@ -61,8 +63,20 @@ ALIAS_HELP = {
     "--num-workers": "worker processes per rank: data loading (every stage; default 0) and the "
                      "CRF pool of crf and ir_label (--cpu_workers; default the cores available)",
     "--seed": "random seed of train_cam, rib, train_irn and segment",
-    "--scales": "inference scales of make_cam and rib, 1.0 first (default 1.0 0.5 1.5 2.0)",
+    "--scales": "inference scales of make_cam and rib, 1.0 first",
     "--allow-missing": "skip images whose inputs (maps, labels) are missing instead of stopping",
+}
+# The values a text setting takes (its check_rules says the same): the flags offer them as choices.
+CHOICES: Dict[str, tuple] = {
+    "dataset": ("demo", "voc", "coco"), "train_cam.backbone": CAM_BACKBONES,
+    "irn.backbone": CAM_BACKBONES, "segment.backbone": SEGMENT_BACKBONES,
+    "make_cam.precision": PRECISIONS, "rib.precision": PRECISIONS, "rib.pooling": ("gndrp", "gap"),
+    "rib.gndrp_mode": ("authors", "paper"), "rib.loss": RIB_LOSSES,
+    "rib.head_batching": ("loop", "vmap"), "rib.prefetch": ("auto", "on", "off"),
+}
+FIELD_HELP = {
+    "dataset": "the dataset: demo (generated under OUT/data, or --root), voc or coco (--root the "
+               "dataset folder)",
 }
 
 
@@ -128,10 +142,49 @@ def _maybe_none(tp, optional: bool):
     return convert
 
 
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return " ".join(_shown(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def _value(cfg, path: str):
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def preset_defaults() -> Dict[str, PipelineConfig]:
+    """The config a run gets with no flags but --dataset NAME, per dataset: what --help shows."""
+    configs = {}
+    for name in PIPELINE_PRESETS:
+        configs[name] = build_config(argparse.Namespace(**{PREFIX + "dataset": name}))
+    return configs
+
+
+def default_help(get, configs: Dict[str, PipelineConfig]) -> str:
+    """'default X' of the plain run (the demo), and the voc/coco presets' values where they
+    differ; ``get``: a field's dotted path, or a function of the config giving the value shown."""
+    if isinstance(get, str):
+        path = get
+        get = lambda cfg: _value(cfg, path)  # noqa: E731
+    values = {name: get(cfg) for name, cfg in configs.items()}
+    text = f"default {_shown(values['demo'])}"
+    others = [f"{name}: {_shown(v)}" for name, v in values.items() if name != "demo" and v != values["demo"]]
+    if values["voc"] == "voc" and values["coco"] == "coco":
+        others = []  # --dataset itself
+    if others:
+        text += f" (--dataset {', '.join(others)})"
+    return text.replace("%", "%%")
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     singles = {targets[0]: flag for flag, targets in ALIASES.items() if len(targets) == 1}
     groups: Dict[str, Any] = {}
     ranges = _range_help(PipelineConfig)
+    configs = preset_defaults()
     for path, hint in _leaves(PipelineConfig):
         section = path.split(".")[0] if "." in path else "run"
         if section not in groups:
@@ -140,20 +193,26 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         names = [f"--{path}"]
         if path in singles:
             names.append(singles[path])
-        groups[section].add_argument(*names, dest=PREFIX + path, default=argparse.SUPPRESS,
-                                     metavar=path.split(".")[-1].upper(), help=ranges.get(path),
-                                     **_argspec(hint))
+        choices = CHOICES.get(path)
+        extra = {"choices": choices} if choices else {}
+        helps = [FIELD_HELP.get(path), ranges.get(path), default_help(path, configs)]
+        groups[section].add_argument(
+            *names, dest=PREFIX + path, default=argparse.SUPPRESS,
+            metavar="{" + ",".join(choices) + "}" if choices else path.split(".")[-1].upper(),
+            help="; ".join(h for h in helps if h), **_argspec(hint), **extra)
     multi = parser.add_argument_group("flags that reach several stages")
     hints = dict(_leaves(PipelineConfig))
     for flag, targets in ALIASES.items():
         if len(targets) > 1:
+            helps = [ALIAS_HELP.get(flag), default_help(targets[0], configs)]
             multi.add_argument(flag, dest="alias:" + flag, default=argparse.SUPPRESS,
-                               help=ALIAS_HELP.get(flag), **_argspec(hints[targets[1]]))
+                               help="; ".join(h for h in helps if h), **_argspec(hints[targets[1]]))
     # The threshold sweep in one flag, as before.
     multi.add_argument("--thresholds", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
                        default=argparse.SUPPRESS, dest="alias:--thresholds",
-                       help="eval_seed's background-threshold sweep, STOP inclusive (default "
-                            "0.20 0.49 0.01)")
+                       help="eval_seed's background-threshold sweep, STOP inclusive; " +
+                            default_help(lambda c: (c.eval_seed.threshold_start, c.eval_seed.threshold_stop,
+                                                    c.eval_seed.threshold_step), configs))
 
 
 def given_fields(args: argparse.Namespace) -> Dict[str, Any]:
