@@ -120,6 +120,7 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     prov = Provenance(ctx, list(STAGES))
     stages = prov.plan(stages)
     ctx.prepare_datasets(stages)
+    note_other_version(ctx)
     # The output folder recorded absolute: --config OUT/config.json from any folder resumes this run.
     ctx.write_json(ctx.out / "config.json", {"stages": stages, "environment": environment(ctx),
                                              **plain_dict(cfg), "out_dir": str(ctx.out.resolve())})
@@ -145,6 +146,18 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     if ctx.is_main:
         ctx.info(f"[pipeline] report: {write_run_report(ctx.out, cfg)}")
     return summary
+
+
+def note_other_version(ctx) -> None:
+    """One line when OUT's finished outputs were made by another rib_ext version: they are reused
+    (their settings and inputs are what provenance checks), but the user should know."""
+    import rib_ext
+
+    made_by = (_read_json(ctx.out / "config.json").get("environment") or {}).get("rib_ext_version")
+    ours = getattr(rib_ext, "__version__", None)
+    if made_by and ours and made_by != ours:
+        ctx.info(f"[pipeline] note: {ctx.out} was made by rib_ext {made_by} (this is {ours}); its "
+                 f"finished outputs are reused (another --out makes them afresh)")
 
 
 def write_run_report(out: Path, cfg: PipelineConfig) -> Path:

@@ -206,3 +206,14 @@ def test_device_mps_where_unavailable_is_an_error(tmp_path, capsys):
         pytest.skip("an MPS device is present")
     assert main(["--out", str(tmp_path / "run"), "--device", "mps"] + SMALL_DEMO) == 2
     assert "error: device 'mps' asked for, but no Apple MPS device is available" in capsys.readouterr().err
+
+
+def test_outputs_of_another_version_are_reused_with_a_note(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--stages", "eval_seed"] + SMALL_DEMO) == 2  # no maps yet
+    record = json.loads((out / "config.json").read_text())
+    record["environment"]["rib_ext_version"] = "0.0.1"
+    (out / "config.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["--out", str(out), "--stages", "eval_seed"] + SMALL_DEMO) == 2
+    assert "was made by rib_ext 0.0.1 (this is " in capsys.readouterr().out
