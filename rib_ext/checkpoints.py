@@ -6,6 +6,7 @@ damaged file is refused with a message naming it instead of failing somewhere la
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -25,9 +26,26 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
 
 
 def write_checkpoint(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """``torch.save(record)`` atomically (a killed write never leaves a partial file under ``path``)."""
+    """``torch.save(record)`` atomically (a killed write never leaves a partial file under ``path``).
+
+    Written through a Python file, so a full disk raises the system's OSError (ENOSPC, which the
+    pipeline turns into its message naming ``path``) rather than the zip writer's RuntimeError."""
     with atomic_path(path) as tmp:
-        torch.save(dict(record), tmp)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(dict(record), f)
+        except RuntimeError as err:  # the zip writer's own failure: say what the disk says
+            if _free_bytes(tmp.parent) < (1 << 20):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
 
 
 def read_checkpoint(path: str | os.PathLike, format: Optional[str], version: Optional[int] = None,

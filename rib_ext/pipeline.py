@@ -221,6 +221,9 @@ def os_error_message(err: OSError) -> Optional[str]:
     if err.errno in DISK_FULL:
         return (f"no space left on the device writing {where} ({err.strerror or err}); free some "
                 f"space and rerun the same command to resume (finished outputs are kept)")
+    if err.errno == errno.ENAMETOOLONG:
+        return (f"file name too long for the file system: {where}; shorten the image ids (or the "
+                f"--out path) that it is made from")
     if err.errno in NOT_WRITABLE:
         return (f"permission denied: {where} ({err.strerror or err}); choose a writable --out or "
                 f"fix the permissions, then rerun the same command to resume")

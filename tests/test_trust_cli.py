@@ -217,3 +217,41 @@ def test_outputs_of_another_version_are_reused_with_a_note(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--out", str(out), "--stages", "eval_seed"] + SMALL_DEMO) == 2
     assert "was made by rib_ext 0.0.1 (this is " in capsys.readouterr().out
+
+
+# --- tracebacks where error: is promised ---------------------------------------------------------
+
+def test_output_names_of_a_250_character_id_fit_their_temporary_names(tmp_path):
+    import numpy as np
+
+    from rib_ext.io import save_npy
+
+    path = tmp_path / ("a" * 250 + ".npy")
+    save_npy(path, {"keys": np.arange(2)})
+    assert path.is_file() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_full_disk_writing_a_checkpoint_is_the_system_error_naming_it(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    import rib_ext.checkpoints as checkpoints
+    from rib_ext.pipeline import os_error_message
+
+    monkeypatch.setattr(checkpoints, "open", lambda *a, **k: open("/dev/full", "wb"), raising=False)
+    path = tmp_path / "cam_net.pth"
+    with pytest.raises(OSError) as caught:
+        checkpoints.write_checkpoint(path, {"w": torch.zeros(100_000)})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert "no space left on the device writing" in os_error_message(caught.value)
+    assert not path.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_too_long_file_name_is_a_message():
+    import errno
+
+    from rib_ext.pipeline import os_error_message
+
+    err = OSError(errno.ENAMETOOLONG, "File name too long", "/o/" + "a" * 300 + ".npy")
+    assert "file name too long" in os_error_message(err)
