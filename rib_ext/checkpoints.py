@@ -64,7 +64,7 @@ def read_checkpoint(path: str | os.PathLike, format: Optional[str], version: Opt
         record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for damaged files (zip, pickle, EOF)
         raise CheckpointError(f"{path}: not a readable {what} (truncated, corrupt or not a torch.save "
-                              f"file?): {type(err).__name__}: {err}{hint}") from err
+                              f"file?): {_load_failure(err)}{hint}") from err
     if not isinstance(record, Mapping):
         raise CheckpointError(f"{path}: not a {what}: expected a state dict or a record (a dict), found "
                               f"a {type(record).__name__}{hint}")
@@ -75,6 +75,18 @@ def read_checkpoint(path: str | os.PathLike, format: Optional[str], version: Opt
         raise CheckpointError(f"{path}: {what} version {record.get('version')!r} is not supported "
                               f"(expected {version}){hint}")
     return dict(record)
+
+
+def _load_failure(err: Exception) -> str:
+    """What torch.load said, without its advice to torch's own users (re-running with
+    weights_only=False, filing an issue with PyTorch): the file is the problem here."""
+    text = str(err)
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        detail = [ln.strip() for ln in text.splitlines() if ln.strip() and not any(
+            w in ln for w in ("weights_only", "Weights only", "file an issue", "documentation",
+                              "trusted source", "WeightsUnpickler"))]
+        return "not a file of tensors" + (f" ({detail[0]})" if detail else "")
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _names(names: Optional[Sequence[str]]) -> str:

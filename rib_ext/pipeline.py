@@ -192,20 +192,9 @@ def setup_logging(debug: bool = False) -> None:
 
 
 def user_error_types() -> tuple:
-    from rib_ext.config import ConfigError
-    from rib_ext.data import DatasetError
-    from rib_ext.stages.context import PipelineError
+    from rib_ext.stages.options import user_error_types as types
 
-    from rib_ext.checkpoints import CheckpointError
-    from rib_ext.distributed import RankFailedError
-    from rib_ext.io import UnreadableFileError
-    from rib_ext.outputs import BadMapsError, MixedOutputsError
-    from rib_ext.runlock import RunLockedError
-    from rib_ext.training import NonFiniteLossError
-
-    return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
-            NonFiniteLossError, RankFailedError, RunLockedError, BadMapsError, MixedOutputsError,
-            FileNotFoundError, NotADirectoryError, FileExistsError)
+    return types()
 
 
 # What the system says when it cannot write an output: the user's to fix (space, permissions), not

@@ -255,3 +255,93 @@ def test_too_long_file_name_is_a_message():
 
     err = OSError(errno.ENAMETOOLONG, "File name too long", "/o/" + "a" * 300 + ".npy")
     assert "file name too long" in os_error_message(err)
+
+
+def test_report_and_visualize_on_an_empty_or_unfinished_folder_are_errors(tmp_path, capsys):
+    from rib_ext import report
+    from rib_ext.visualize import __main__ as visualize
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report.main([str(empty)]) == 2
+    assert "error: " in capsys.readouterr().err
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "data").mkdir(parents=True)
+    (unfinished / "config.json").write_text(json.dumps({"stages": [], "environment": {}}))
+    assert report.main([str(unfinished)]) == 2
+    assert "no summary" in capsys.readouterr().err
+    assert visualize.main(["--run", str(empty), "--root", str(tmp_path / "nowhere")]) == 2
+    assert "error: " in capsys.readouterr().err
+
+
+def test_data_demo_of_a_too_small_size_is_an_error(tmp_path, capsys):
+    from rib_ext.data import __main__ as data_cli
+
+    assert data_cli.main(["demo", "--root", str(tmp_path / "d"), "--size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and ">= 32, got 8" in err
+
+
+def _tiny_net():
+    from rib_ext.models import CAMNet
+
+    return CAMNet("resnet_tiny", 5, (2, 2, 2, 1))
+
+
+def test_classifier_saved_from_data_parallel_is_accepted(tmp_path):
+    import torch
+
+    from rib_ext.models.checkpoint import load_cam_net, save_cam_net
+
+    net = _tiny_net()
+    bare = tmp_path / "bare.pth"
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, bare)
+    ours = tmp_path / "ours.pth"
+    save_cam_net(ours, net)
+    record = torch.load(ours, weights_only=True)
+    record["state_dict"] = {f"module.{k}": v for k, v in record["state_dict"].items()}
+    torch.save(record, ours)
+    for path in (bare, ours):
+        loaded = load_cam_net(path)
+        for k, v in net.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), (path, k)
+
+
+def test_torchvision_weights_as_the_classifier_name_the_weights_flag(tmp_path):
+    import torch
+
+    from rib_ext.checkpoints import CheckpointError
+    from rib_ext.models import CAMNet
+    from rib_ext.models.checkpoint import load_cam_net
+
+    path = tmp_path / "resnet18.pth"
+    torch.save({**CAMNet("resnet18", 5).torchvision_view().state_dict(),
+                "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}, path)
+    with pytest.raises(CheckpointError, match="resnet18 ImageNet weights.*--weights") as caught:
+        load_cam_net(path)
+    assert "load_backbone_weights" not in str(caught.value)
+
+
+def test_weights_of_another_depth_are_a_checkpoint_error_naming_the_flags(tmp_path):
+    import torch
+
+    from rib_ext.checkpoints import CheckpointError
+    from rib_ext.models import CAMNet
+    from rib_ext.models.checkpoint import load_backbone_weights
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(CAMNet("resnet18", 5).torchvision_view().state_dict(), path)
+    with pytest.raises(CheckpointError, match="resnet18 weights, but the backbone is resnet34: "
+                                              "pass --backbone resnet18"):
+        load_backbone_weights(CAMNet("resnet34", 5), path)
+
+
+def test_a_non_torch_file_does_not_show_torchs_advice(tmp_path):
+    from rib_ext.checkpoints import CheckpointError, read_checkpoint
+
+    path = tmp_path / "junk.pth"
+    path.write_text("not a torch file\n")
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(path, None)
+    text = str(caught.value)
+    assert str(path) in text and "file an issue" not in text and "weights_only" not in text

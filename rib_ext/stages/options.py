@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -446,3 +447,32 @@ def config_from_argv(argv=None) -> PipelineConfig:
     """The validated config tree of a command line (``argv`` as ``python -m rib_ext.pipeline``
     takes it, without the program name; None: ``sys.argv[1:]``)."""
     return build_config(build_parser().parse_args(None if argv is None else list(argv)))
+
+
+# ------------------------------------------------------------------ errors of every command line
+
+def user_error_types() -> tuple:
+    from rib_ext.checkpoints import CheckpointError
+    from rib_ext.config import ConfigError
+    from rib_ext.data import DatasetError
+    from rib_ext.distributed import RankFailedError
+    from rib_ext.io import UnreadableFileError
+    from rib_ext.outputs import BadMapsError, MixedOutputsError
+    from rib_ext.runlock import RunLockedError
+    from rib_ext.stages.context import PipelineError
+    from rib_ext.training import NonFiniteLossError
+
+    return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
+            NonFiniteLossError, RankFailedError, RunLockedError, BadMapsError, MixedOutputsError,
+            FileNotFoundError, NotADirectoryError, FileExistsError)
+
+
+def run_command(body: typing.Callable[[], int], debug: bool = False) -> int:
+    """``body()``, its user errors printed as ``error: ...`` with exit status 2 (``debug``: raised)."""
+    try:
+        return body()
+    except user_error_types() as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
