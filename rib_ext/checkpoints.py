@@ -6,6 +6,7 @@ damaged file is refused with a message naming it instead of failing somewhere la
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -25,9 +26,26 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
 
 
 def write_checkpoint(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """``torch.save(record)`` atomically (a killed write never leaves a partial file under ``path``)."""
+    """``torch.save(record)`` atomically (a killed write never leaves a partial file under ``path``).
+
+    Written through a Python file, so a full disk raises the system's OSError (ENOSPC, which the
+    pipeline turns into its message naming ``path``) rather than the zip writer's RuntimeError."""
     with atomic_path(path) as tmp:
-        torch.save(dict(record), tmp)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(dict(record), f)
+        except RuntimeError as err:  # the zip writer's own failure: say what the disk says
+            if _free_bytes(tmp.parent) < (1 << 20):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
 
 
 def read_checkpoint(path: str | os.PathLike, format: Optional[str], version: Optional[int] = None,
@@ -46,7 +64,7 @@ def read_checkpoint(path: str | os.PathLike, format: Optional[str], version: Opt
         record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for damaged files (zip, pickle, EOF)
         raise CheckpointError(f"{path}: not a readable {what} (truncated, corrupt or not a torch.save "
-                              f"file?): {type(err).__name__}: {err}{hint}") from err
+                              f"file?): {_load_failure(err)}{hint}") from err
     if not isinstance(record, Mapping):
         raise CheckpointError(f"{path}: not a {what}: expected a state dict or a record (a dict), found "
                               f"a {type(record).__name__}{hint}")
@@ -57,6 +75,18 @@ def read_checkpoint(path: str | os.PathLike, format: Optional[str], version: Opt
         raise CheckpointError(f"{path}: {what} version {record.get('version')!r} is not supported "
                               f"(expected {version}){hint}")
     return dict(record)
+
+
+def _load_failure(err: Exception) -> str:
+    """What torch.load said, without its advice to torch's own users (re-running with
+    weights_only=False, filing an issue with PyTorch): the file is the problem here."""
+    text = str(err)
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        detail = [ln.strip() for ln in text.splitlines() if ln.strip() and not any(
+            w in ln for w in ("weights_only", "Weights only", "file an issue", "documentation",
+                              "trusted source", "WeightsUnpickler"))]
+        return "not a file of tensors" + (f" ({detail[0]})" if detail else "")
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _names(names: Optional[Sequence[str]]) -> str:

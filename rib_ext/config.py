@@ -83,6 +83,11 @@ class DemoDataConfig(Section):
     image_size: int = setting(128, ">= 32")
 
 
+# The classifier's backbones (rib_ext.models.BACKBONES; resnet_tiny: the tests' and toy runs'
+# small network): checked with the settings, before any data is generated or read.
+CAM_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet_tiny")
+
+
 @dataclass
 class TrainCamConfig(Section):
     """Classifier training: IRN's recipe (5 epochs, batch 16, crop 512, resize-long 320..640, flip,
@@ -108,6 +113,8 @@ class TrainCamConfig(Section):
     device: str = "auto"
 
     def check_rules(self) -> None:
+        _require(self.backbone in CAM_BACKBONES,
+                 f"backbone must be one of {CAM_BACKBONES}, got {self.backbone!r}")
         lo, hi = self.resize_long
         _require(lo <= hi, f"resize_long must be (lo, hi) with lo <= hi, got {self.resize_long}")
 
@@ -379,6 +386,8 @@ class IRNConfig(Section):
         return 2 ** self.exp_times
 
     def check_rules(self) -> None:
+        if self.backbone not in CAM_BACKBONES:
+            raise ValueError(f"backbone must be one of {CAM_BACKBONES}, got {self.backbone!r}")
         if not self.conf_bg <= self.conf_fg:
             raise ValueError(f"need conf_bg <= conf_fg, got conf_bg={self.conf_bg}, "
                              f"conf_fg={self.conf_fg}")
@@ -520,6 +529,9 @@ class PipelineConfig:
     # Worker processes per rank of the CPU-bound stages (the dense CRF of crf and ir_label); None:
     # the cores available to the process, shared among the ranks of the machine; 0 or 1: no pool.
     cpu_workers: Optional[int] = setting(None, ">= 0")
+    # The largest image (H*W pixels) a dataset accepts when opened (None: no limit); the stages are
+    # sized for VOC's and COCO's (at most 0.4 MP). Same default as rib_ext.data's MAX_PIXELS.
+    max_pixels: Optional[int] = setting(2_000_000, ">= 1")
     # torchrun: the process group's timeout (seconds) for one collective (DDP's gradient
     # all-reduce...); waits for another rank's work are not bounded by it (rib_ext.distributed).
     dist_timeout_s: float = setting(7200.0, "> 0")

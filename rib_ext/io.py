@@ -40,6 +40,15 @@ def current_umask() -> int:
     return mask
 
 
+# The temporary name keeps only this much of the final one: ".<name>.<random>.tmp" must stay within
+# the file systems' 255 bytes for any final name that fits (an image id of 250 characters).
+TEMP_NAME_KEEP = 64
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:TEMP_NAME_KEEP]}."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -50,7 +59,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
     finally:
@@ -72,7 +81,7 @@ def _naming(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if err.filename is None or Path(str(err.filename)).name.startswith(f".{path.name}."):
+        if err.filename is None or Path(str(err.filename)).name.startswith(_temp_prefix(path)):
             err.filename, err.filename2 = str(path), None
         raise
 

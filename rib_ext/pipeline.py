@@ -53,8 +53,10 @@ def environment(ctx) -> dict:
     return env
 
 
-def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict:
-    """Run ``stages`` with ``cfg``; returns this run's summary (merged into OUT/summary.json)."""
+def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False,
+        take_over_lock: bool = False) -> dict:
+    """Run ``stages`` with ``cfg``; returns this run's summary (merged into OUT/summary.json).
+    ``take_over_lock``: take over OUT/.lock left by a process on another host."""
     from rib_ext import distributed
 
     cfg.validate()
@@ -62,14 +64,14 @@ def run(cfg: PipelineConfig, stages: List[str], overwrite: bool = False) -> dict
     if not logging.getLogger("rib_ext").handlers:  # called as a library (e.g. the ablation)
         setup_logging()
     try:
-        return _run(cfg, stages, overwrite)
+        return _run(cfg, stages, overwrite, take_over_lock)
     except BaseException as err:
         # Ranks waiting for this one (rib_ext.distributed.barrier) stop with its error at once.
         distributed.report_failure(f"{type(err).__name__}: {err}")
         raise
 
 
-def _run(cfg: PipelineConfig, stages: List[str], overwrite: bool) -> dict:
+def _run(cfg: PipelineConfig, stages: List[str], overwrite: bool, take_over_lock: bool = False) -> dict:
     from rib_ext.runlock import RunLock
     from rib_ext.stages.context import RunContext
 
@@ -83,7 +85,7 @@ def _run(cfg: PipelineConfig, stages: List[str], overwrite: bool) -> dict:
         if check is not None:
             check(cfg)
     make_out_dir(ctx.out)
-    lock = RunLock(ctx.out).acquire() if ctx.is_main else None
+    lock = RunLock(ctx.out, take_over_foreign=take_over_lock).acquire() if ctx.is_main else None
     try:
         if lock is not None and lock.previous:
             ctx.info(f"[pipeline] {lock.path}: taking over from {lock.previous}, which ended "
@@ -118,8 +120,10 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     prov = Provenance(ctx, list(STAGES))
     stages = prov.plan(stages)
     ctx.prepare_datasets(stages)
+    note_other_version(ctx)
+    # The output folder recorded absolute: --config OUT/config.json from any folder resumes this run.
     ctx.write_json(ctx.out / "config.json", {"stages": stages, "environment": environment(ctx),
-                                             **plain_dict(cfg)})
+                                             **plain_dict(cfg), "out_dir": str(ctx.out.resolve())})
     train_set, eval_set = ctx.train_set, ctx.eval_set
     ctx.info(f"[pipeline] dataset {cfg.dataset} ({options.describe(cfg)}): {len(train_set)} "
              f"training images, {len(eval_set)} images to map and evaluate, "
@@ -142,6 +146,18 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     if ctx.is_main:
         ctx.info(f"[pipeline] report: {write_run_report(ctx.out, cfg)}")
     return summary
+
+
+def note_other_version(ctx) -> None:
+    """One line when OUT's finished outputs were made by another rib_ext version: they are reused
+    (their settings and inputs are what provenance checks), but the user should know."""
+    import rib_ext
+
+    made_by = (_read_json(ctx.out / "config.json").get("environment") or {}).get("rib_ext_version")
+    ours = getattr(rib_ext, "__version__", None)
+    if made_by and ours and made_by != ours:
+        ctx.info(f"[pipeline] note: {ctx.out} was made by rib_ext {made_by} (this is {ours}); its "
+                 f"finished outputs are reused (another --out makes them afresh)")
 
 
 def write_run_report(out: Path, cfg: PipelineConfig) -> Path:
@@ -176,20 +192,9 @@ def setup_logging(debug: bool = False) -> None:
 
 
 def user_error_types() -> tuple:
-    from rib_ext.config import ConfigError
-    from rib_ext.data import DatasetError
-    from rib_ext.stages.context import PipelineError
+    from rib_ext.stages.options import user_error_types as types
 
-    from rib_ext.checkpoints import CheckpointError
-    from rib_ext.distributed import RankFailedError
-    from rib_ext.io import UnreadableFileError
-    from rib_ext.outputs import BadMapsError, MixedOutputsError
-    from rib_ext.runlock import RunLockedError
-    from rib_ext.training import NonFiniteLossError
-
-    return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
-            NonFiniteLossError, RankFailedError, RunLockedError, BadMapsError, MixedOutputsError,
-            FileNotFoundError, NotADirectoryError, FileExistsError)
+    return types()
 
 
 # What the system says when it cannot write an output: the user's to fix (space, permissions), not
@@ -205,6 +210,9 @@ def os_error_message(err: OSError) -> Optional[str]:
     if err.errno in DISK_FULL:
         return (f"no space left on the device writing {where} ({err.strerror or err}); free some "
                 f"space and rerun the same command to resume (finished outputs are kept)")
+    if err.errno == errno.ENAMETOOLONG:
+        return (f"file name too long for the file system: {where}; shorten the image ids (or the "
+                f"--out path) that it is made from")
     if err.errno in NOT_WRITABLE:
         return (f"permission denied: {where} ({err.strerror or err}); choose a writable --out or "
                 f"fix the permissions, then rerun the same command to resume")
@@ -220,6 +228,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.debug)
+    from rib_ext.runtime import install_warning_format
+
+    install_warning_format()
     try:
         try:
             cfg = options.build_config(args)
@@ -230,7 +241,7 @@ def main(argv=None) -> int:
             print(json.dumps({"stages": stages, **plain_dict(cfg)}, indent=2))
             return 0
         warn_overridden(args, cfg)
-        run(cfg, stages, overwrite=args.overwrite)
+        run(cfg, stages, overwrite=args.overwrite, take_over_lock=args.take_over_lock)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -262,8 +262,12 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                                 description="write OUT/report.md for a finished pipeline run")
     p.add_argument("out", help="the run's output folder")
     args = p.parse_args(argv)
-    print(write_report(args.out, preset=preset_of_run(args.out)))
-    return 0
+    from rib_ext.stages.options import run_command
+
+    def body() -> int:
+        print(write_report(args.out, preset=preset_of_run(args.out)))
+        return 0
+    return run_command(body)
 
 
 def preset_of_run(out_dir) -> Optional[dict]:

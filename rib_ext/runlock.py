@@ -5,6 +5,11 @@ writing, with ``--overwrite``), so the second stops at once, naming the process 
 The lock belongs to the open file, not to its presence on disk: when the holder dies, even by
 ``kill -9``, the kernel releases it, and the next run takes the folder over without advice to
 delete anything. The file keeps the holder's pid and host for the message.
+
+A file left by a process on another host is not taken over on its own: on shared storage the
+lock may not reach across machines (NFS without lock support), so that process may still be
+writing the folder. The run stops naming the host and pid, and takes over only when told
+(``take_over_foreign``, the pipeline's ``--take-over-lock``).
 """
 from __future__ import annotations
 
@@ -23,11 +28,15 @@ class RunLockedError(Exception):
     """Another process runs the pipeline on the same output folder (the message names it)."""
 
 
-def _holder(path: Path) -> str:
+def _fields(path: Path) -> dict:
     try:
-        fields = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    except OSError:
-        fields = {}
+        return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def _holder(path: Path) -> str:
+    fields = _fields(path)
     pid, host, since = fields.get("pid", "?"), fields.get("host", "?"), fields.get("started", "?")
     return f"process {pid} on {host} (since {since})"
 
@@ -40,8 +49,9 @@ class RunLock:
     folder needs to hear.
     """
 
-    def __init__(self, out: str | os.PathLike):
+    def __init__(self, out: str | os.PathLike, take_over_foreign: bool = False):
         self.path = Path(out) / LOCK_NAME
+        self.take_over_foreign = take_over_foreign
         self._fd: Optional[int] = None
         self.previous: Optional[str] = None  # the stale holder taken over, for a log line
 
@@ -57,6 +67,13 @@ class RunLock:
                     f"{self.path}. Wait for it to finish (or stop it), or use another --out") from None
             raise
         if os.fstat(fd).st_size:
+            host = _fields(self.path).get("host")
+            if host and host != socket.gethostname() and not self.take_over_foreign:
+                os.close(fd)
+                raise RunLockedError(
+                    f"{self.path} was left by {_holder(self.path)}, another host: this host cannot "
+                    f"tell whether that process still writes {self.path.parent}. If it has ended, "
+                    f"rerun with --take-over-lock; else wait for it, or use another --out")
             self.previous = _holder(self.path)  # its process died without releasing: stale
         stamp = (f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
                  f"started={time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()

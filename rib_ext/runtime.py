@@ -3,8 +3,10 @@ about stages or the method."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+import warnings
 from typing import Iterable
 
 import torch
@@ -13,12 +15,41 @@ from tqdm.auto import tqdm
 log = logging.getLogger("rib_ext.progress")
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The package's own warnings as one line, ``warning: message`` (no source path or line:
+    they speak to the user, not to a developer); others as Python shows them."""
+    if os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep) and issubclass(category, UserWarning):
+        stream = file if file is not None else sys.stderr
+        try:
+            stream.write(f"warning: {message}\n")
+        except OSError:  # a closed stream: warnings must never stop a run
+            pass
+        return
+    _default_show(message, category, filename, lineno, file, line)
+
+
+_default_show = warnings.showwarning
+
+
+def install_warning_format() -> None:
+    """Route warnings through :func:`_show_warning` (the command lines call this once)."""
+    global _default_show
+    if warnings.showwarning is not _show_warning:
+        _default_show = warnings.showwarning
+        warnings.showwarning = _show_warning
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} asked for, but no CUDA device is available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but no Apple MPS device is available")
     return dev
 
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rib_ext.config import DemoDataConfig
+from rib_ext.config import ConfigError, DemoDataConfig
 from rib_ext.data.demo import generate_demo
 from rib_ext.data.errors import DatasetError
 from rib_ext.data.voc import read_id_list, write_cls_labels
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         else:
             path = generate_demo(args.root, DemoDataConfig(args.seed, args.train, args.val, args.size))
             print(f"demo dataset in {path}")
-    except DatasetError as err:
+    except (DatasetError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

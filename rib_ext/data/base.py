@@ -13,8 +13,23 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from .errors import DatasetError
-from .images import image_size, load_rgb
+from .images import check_label_header, image_header, image_size, load_rgb
 from ..io import preview  # noqa: F401  (the datasets name a few ids in their messages)
+
+
+# Images above this many pixels are refused when a dataset is opened (raise it with the datasets'
+# ``max_pixels`` or the pipeline's --max-pixels): VOC's and COCO's are at most 640x640 (0.4 MP);
+# the classifier's multi-scale maps of a 4000x4000 photo (scale 2: 8000x8000) need tens of GB and
+# used to fail minutes into make_cam with an allocation error naming no image.
+MAX_PIXELS = 2_000_000
+
+
+def check_max_pixels(max_pixels: Optional[int]) -> Optional[int]:
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                   or max_pixels < 1):
+        raise DatasetError(f"max_pixels must be a positive integer (or None: no limit), got "
+                           f"{max_pixels!r}")
+    return max_pixels
 
 
 def drop_unlabelled(ids: Sequence[str], labels: Mapping[str, np.ndarray], where: str) -> list[str]:
@@ -84,6 +99,28 @@ class SegmentationDataset:
     def image_size(self, i: int) -> tuple[int, int]:
         """``(H, W)`` without decoding the image."""
         return image_size(self.image_path(i))
+
+    def check_headers(self, max_pixels: Optional[int] = MAX_PIXELS) -> None:
+        """Every image's and ground-truth mask's header (no decode, about 0.1 ms a file): an
+        image above ``max_pixels`` (None: no limit), a mask that is not 8-bit palette/grayscale or
+        not its image's size stop here, naming the file, rather than a stage hours later."""
+        max_pixels = check_max_pixels(max_pixels)
+        for i in range(len(self._ids)):
+            h, w, _, orientation = image_header(self.image_path(i))
+            self.check_image_header(i, (h, w), orientation, max_pixels)
+
+    def check_image_header(self, i: int, hw: tuple[int, int], orientation: int,
+                           max_pixels: Optional[int]) -> None:
+        """:meth:`check_headers` for image ``i`` whose header gave ``hw`` and its EXIF orientation."""
+        path, (h, w) = self.image_path(i), hw
+        if max_pixels is not None and h * w > max_pixels:
+            raise DatasetError(f"{path}: image {self._ids[i]} is {h}x{w} (HxW, {h * w} pixels), above "
+                               f"the limit of {max_pixels} pixels that the stages are sized for; "
+                               f"resize it, or raise the limit (--max-pixels, or the dataset's "
+                               f"max_pixels) if the machine has the memory")
+        mask = self.mask_file(i)
+        if mask is not None and mask.is_file():
+            check_label_header(mask, path, (h, w), orientation)
 
     def _mask_path_or_array(self, i: int) -> tuple[Optional[np.ndarray], str]:
         """The mask of image ``i`` (or None) and where it came from, for error messages."""

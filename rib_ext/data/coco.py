@@ -21,9 +21,9 @@ import numpy as np
 
 from rib_ext.io import remember_digest, save_json
 
-from .base import SegmentationDataset, drop_unlabelled, preview
+from .base import MAX_PIXELS, SegmentationDataset, check_max_pixels, drop_unlabelled, preview
 from .errors import DatasetError
-from .images import IGNORE_INDEX, image_size, load_label_png, save_label_png
+from .images import IGNORE_INDEX, image_header, load_label_png, save_label_png
 from .voc import given_ids, read_id_list
 
 COCO_CLASSES = (
@@ -204,6 +204,7 @@ class COCODataset(SegmentationDataset):
         mask_dir: Optional[str | os.PathLike] = None,
         cache_dir: Union[None, bool, str, os.PathLike] = None,
         keep_unlabelled: bool = False,
+        max_pixels: Optional[int] = MAX_PIXELS,
     ):
         # keep_unlabelled: for RIB's pool of other images, where the authors keep the images with
         # no annotation (all-zero label rows share no class with any target).
@@ -226,7 +227,7 @@ class COCODataset(SegmentationDataset):
         _raise_problems(_annotation_problems(self._coco, self.ann_file), str(self.ann_file))
         self._class_names = COCO_CLASSES
         self._index_images(wanted, where)
-        self._check_image_sizes()
+        self._check_image_sizes(check_max_pixels(max_pixels))
         self._cache_record = {"format": CACHE_FORMAT, "mask_version": MASK_VERSION,
                               "annotations": self.ann_fingerprint}
         self._cache_recorded = False
@@ -274,17 +275,20 @@ class COCODataset(SegmentationDataset):
         self._ids = (list(ids) if self.keep_unlabelled
                      else drop_unlabelled(ids, self._labels, f"{self.ann_file} [{where}]"))
 
-    def _check_image_sizes(self) -> None:
-        """The json's height/width against each JPEG's header. Reading only the header costs about
-        50 us per image (4 s for train2014's 82k, against ~15 s to parse its json), so it is done
-        here, before any stage, rather than surfacing as a bare IndexError at eval_seed."""
+    def _check_image_sizes(self, max_pixels: Optional[int]) -> None:
+        """The json's height/width against each JPEG's header, and the checks of
+        :meth:`check_image_header` (size limit, ready masks' headers). Reading only the header
+        costs about 50 us per image (4 s for train2014's 82k, against ~15 s to parse its json), so
+        it is done here, before any stage, rather than surfacing as a bare IndexError at eval_seed."""
         problems = []
-        for stem in self._ids:
+        for i, stem in enumerate(self._ids):
             rec = self._records[stem]
-            hw = image_size(self.image_dir / rec["file_name"])
-            if hw != (rec.get("height"), rec.get("width")):
+            h, w, _, orientation = image_header(self.image_dir / rec["file_name"])
+            if (h, w) != (rec.get("height"), rec.get("width")):
                 problems.append(f"image {rec['file_name']} (id {rec['id']}) is {rec.get('height')}x"
-                                f"{rec.get('width')} (HxW) in 'images' but its JPEG is {hw[0]}x{hw[1]}")
+                                f"{rec.get('width')} (HxW) in 'images' but its JPEG is {h}x{w}")
+            else:
+                self.check_image_header(i, (h, w), orientation, max_pixels)
         _raise_problems(problems, str(self.ann_file))
 
     def _invalidate_stale_cache(self) -> None:

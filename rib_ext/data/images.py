@@ -6,6 +6,11 @@ and :func:`save_index_png`, a grayscale ("L") PNG for the intermediate labels th
 reads with ``imageio.imread`` (ir_label, CRF masks, pseudo masks): imageio expands a palette PNG
 to H x W x 3 colours, but returns a grayscale one as the H x W indices, as IRN's own outputs are.
 :func:`load_label_png` reads both.
+
+EXIF orientation is ignored everywhere: images are read as their pixels are stored, as IRN's
+loaders and ``PIL.Image.open`` read them, so a mask is the size of its image's stored pixels (a
+mask drawn on the rotated view of an EXIF-rotated photo is refused when the dataset is opened,
+naming both files, rather than mis-aligned).
 """
 from __future__ import annotations
 
@@ -144,3 +149,44 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except _DECODE_ERRORS as e:
         raise DatasetError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from e
     return h, w
+
+
+# Modes a label PNG may have: indices (P, L) or VOC colours (RGB, RGBA; see load_label_png).
+LABEL_MODES = ("P", "L", "RGB", "RGBA")
+
+
+def image_header(path: str | os.PathLike) -> tuple[int, int, str, int]:
+    """``(H, W, mode, EXIF orientation)`` of an image from its header only (no decode); the
+    orientation is 1 (none) when the file has no EXIF."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            mode = img.mode
+            try:
+                orientation = int(img.getexif().get(0x0112, 1) or 1)
+            except Exception:  # a broken EXIF block: the pixels are still readable
+                orientation = 1
+    except _DECODE_ERRORS as e:
+        raise DatasetError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from e
+    return h, w, mode, orientation
+
+
+def check_label_header(path: str | os.PathLike, image_path: str | os.PathLike,
+                       image_hw: tuple[int, int], image_orientation: int = 1) -> None:
+    """A ground-truth mask's mode and size from its header, against its image's: what would
+    otherwise stop an evaluation hours into a run stops when the dataset is opened."""
+    h, w, mode, _ = image_header(path)
+    if mode not in LABEL_MODES:
+        depth = " (16-bit)" if mode.startswith("I;16") else ""
+        raise DatasetError(f"{path}: mask has mode {mode!r}{depth}; expected an 8-bit palette (P) or "
+                           f"grayscale (L) PNG of class indices")
+    if (h, w) != tuple(image_hw):
+        rotated = ""
+        if (w, h) == tuple(image_hw) and image_orientation in (5, 6, 7, 8):
+            rotated = (f"; {image_path} carries an EXIF rotation, which is ignored (images are read "
+                       f"as stored): the mask must match the stored pixels")
+        raise DatasetError(f"{path}: mask is {h}x{w} (HxW) but its image {image_path} is "
+                           f"{image_hw[0]}x{image_hw[1]}{rotated}")

@@ -23,8 +23,9 @@ import numpy as np
 
 from rib_ext.io import save_json, save_npy, save_text
 
-from .base import SegmentationDataset, drop_unlabelled, preview
+from .base import MAX_PIXELS, SegmentationDataset, drop_unlabelled, preview
 from .errors import DatasetError
+from .idlists import check_ids, id_key, id_keys, read_id_list  # noqa: F401  (the package's names)
 from .images import IGNORE_INDEX, load_label_png
 
 VOC_CLASSES = (
@@ -55,40 +56,9 @@ def read_class_names(root: str | os.PathLike) -> tuple[str, ...]:
     return tuple(names)
 
 
-def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Image ids of a list file, one per line.
-
-    Only the first token of a line counts, and a path-like token is reduced to its stem, so the
-    "JPEGImages/<id>.jpg SegmentationClassAug/<id>.png" lists of some repositories work too.
-    An id listed twice is an error naming both lines: it would count twice in the scores and its
-    outputs would be written twice.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: image list not found")
-    ids, first_line = [], {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        tokens = line.split()
-        if tokens:
-            image_id = Path(tokens[0]).stem if ("/" in tokens[0] or "." in tokens[0]) else tokens[0]
-            if image_id in first_line:
-                raise DatasetError(f"{path}, line {number}: id {image_id!r} is listed again "
-                                   f"(first on line {first_line[image_id]})")
-            first_line[image_id] = number
-            ids.append(image_id)
-    if not ids:
-        raise DatasetError(f"{path}: image list is empty")
-    return ids
-
-
 def check_unique_ids(ids: Sequence[str], where: str) -> None:
-    """An id given twice in a sequence of ids is an error naming both positions."""
-    seen = {}
-    for pos, image_id in enumerate(ids):
-        if image_id in seen:
-            raise DatasetError(f"{where}: id {image_id!r} is given twice (positions {seen[image_id]} "
-                               f"and {pos})")
-        seen[image_id] = pos
+    """Ids given in code: valid ids, none twice (:func:`rib_ext.data.idlists.check_ids`)."""
+    check_ids(ids, where)
 
 
 def given_ids(root, ids: Sequence) -> tuple[list[str], str]:
@@ -185,13 +155,6 @@ def labels_from_mask(mask: np.ndarray, num_classes: int = len(VOC_CLASSES), wher
     return labels
 
 
-def id_key(image_id: str) -> Union[int, str]:
-    """Key of an id in ``cls_labels.npy``: IRN stores ``int("2007_000032".replace("_", ""))``.
-    Ids that are not digits once the underscores go keep their string form."""
-    digits = image_id.replace("_", "")
-    return int(digits) if digits.isdigit() else image_id
-
-
 def load_cls_labels(path: str | os.PathLike) -> dict:
     """IRN's labels file: ``np.save`` of ``{id_key: float32 [K]}``."""
     path = Path(path)
@@ -265,7 +228,8 @@ def write_cls_labels(
     ids = list(ids)
     names = read_class_names(root)
     skipped = SkippedNames()
-    table = {id_key(i): labels_for_id(root, i, names, source, skipped) for i in ids}
+    keys = id_keys(ids, str(root))
+    table = {keys[i]: labels_for_id(root, i, names, source, skipped) for i in ids}
     warn_unknown_names(skipped, str(root), names)
     fingerprint = _labels_fingerprint(root, ids, source)
     save_npy(out_path, table)
@@ -354,10 +318,13 @@ class VOCDataset(SegmentationDataset):
 
     Image-level labels, in order of preference: ``labels_path`` if given, else ``root/cls_labels.npy``
     if present, else each image's XML annotation, else its segmentation mask. Images with no class are
-    dropped with a warning. Every listed id must have its JPEG (checked here, up front).
+    dropped with a warning. Every listed id must have its JPEG, and the images' and masks' headers
+    must pass :meth:`check_headers` (checked here, up front; ``max_pixels``: the largest image
+    accepted, None for no limit).
     """
 
-    def __init__(self, root: str | os.PathLike, ids_or_list_path: IdsOrList, labels_path: Optional[str | os.PathLike] = None):
+    def __init__(self, root: str | os.PathLike, ids_or_list_path: IdsOrList, labels_path: Optional[str | os.PathLike] = None,
+                 *, max_pixels: Optional[int] = MAX_PIXELS):
         self.root = Path(root)
         _require_dir(self.root, "dataset root")
         _require_dir(self.root / "JPEGImages", "image folder JPEGImages")
@@ -366,6 +333,7 @@ class VOCDataset(SegmentationDataset):
         self._class_names = read_class_names(self.root)
         self._labels = self._resolve_labels(ids, labels_path)
         self._ids = drop_unlabelled(ids, self._labels, self.list_source)
+        self.check_headers(max_pixels)
 
     def _resolve_labels(self, ids: Sequence[str], labels_path) -> dict[str, np.ndarray]:
         self.labels_file: Optional[Path] = None  # the labels table read, if one was
@@ -396,10 +364,11 @@ class VOCDataset(SegmentationDataset):
 
     def _labels_from_file(self, path: Path, ids: Sequence[str]) -> dict[str, np.ndarray]:
         table = load_cls_labels(path)
-        missing = [i for i in ids if id_key(i) not in table]
+        keys = id_keys(ids, f"{path} read for {self.list_source}")
+        missing = [i for i in ids if keys[i] not in table]
         if missing:
             raise DatasetError(f"{path}: no labels for {len(missing)} listed id(s): {preview(missing)}")
-        labels = {i: table[id_key(i)] for i in ids}
+        labels = {i: table[keys[i]] for i in ids}
         wrong = [i for i in ids if labels[i].shape != (self.num_classes,)]
         if wrong:
             raise DatasetError(

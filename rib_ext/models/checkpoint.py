@@ -16,7 +16,7 @@ import torch
 from rib_ext.checkpoints import CheckpointError, MissingCheckpointError, read_checkpoint, write_checkpoint
 from rib_ext.io import preview
 from rib_ext.models import authors
-from rib_ext.models.resnet_cam import CAMNet
+from rib_ext.models.resnet_cam import BACKBONES, CAMNet
 
 # torchvision's IMAGENET1K_V1 files (what IRN / RIB start from), for the error messages.
 TORCHVISION_FILES = {
@@ -129,8 +129,12 @@ def load_backbone_weights(model: CAMNet, path: os.PathLike | str) -> CAMNet:
         guess = guess_resnet_depth(list(state))
         hint = (f" The file looks like a {guess} checkpoint." if guess and guess != model.backbone_name
                 else "")
-        raise ValueError(f"{path}: not a torchvision {model.backbone_name} state dict: "
-                         + "; ".join(problems) + "." + hint)
+        if guess and guess != model.backbone_name:
+            raise CheckpointError(f"{path}: torchvision {guess} weights, but the backbone is "
+                                  f"{model.backbone_name}: pass --backbone {guess} to use them, or "
+                                  f"--weights of a {model.backbone_name}")
+        raise CheckpointError(f"{path}: not a torchvision {model.backbone_name} state dict: "
+                              + "; ".join(problems) + "." + hint)
     view.load_state_dict(state, strict=True)
     return model
 
@@ -139,11 +143,13 @@ def build_cam_net(backbone: str = "resnet50", num_classes: int = 20,
                   weights: Optional[os.PathLike | str] = None, random_init: bool = False,
                   strides: Sequence[int] = (2, 2, 2, 1), from_scratch: bool = False) -> CAMNet:
     """A :class:`CAMNet` with ImageNet backbone weights from ``weights``, or random weights when
-    ``random_init`` (warns). Exactly one of the two must be given."""
+    ``random_init`` (warns, unless ``from_scratch``: training every stage from random weights is
+    then the plan). Exactly one of the two must be given."""
     check_weights_choice(backbone, weights, random_init)
     model = CAMNet(backbone, num_classes, strides, from_scratch=from_scratch)
     if random_init:
-        warn_random_init(backbone, "maps and scores")
+        if not from_scratch:  # training from scratch (the demo) is random by design: no warning
+            warn_random_init(backbone, "maps and scores")
         return model
     return load_backbone_weights(model, weights)
 
@@ -195,7 +201,7 @@ def load_cam_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
         raise MissingCheckpointError(f"CAM network checkpoint not found: {path} (train_cam writes it)")
     return read_checkpoint(path, CAM_CHECKPOINT_FORMAT, CAM_CHECKPOINT_VERSION,
                            "rib_ext CAM network checkpoint",
-                           " (written by save_cam_net; for ImageNet backbone weights use load_backbone_weights)")
+                           " (train_cam writes it; ImageNet backbone weights go to --weights)")
 
 
 def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") -> CAMNet:
@@ -203,19 +209,24 @@ def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") ->
     RIB authors' ``res50_cam.pth`` state dicts load too, recognised by their keys
     (:mod:`rib_ext.models.authors`)."""
     if Path(path).is_file():
-        model = cam_net_from_authors(read_checkpoint(path, None, None, "PyTorch checkpoint"), str(path))
+        obj = read_checkpoint(path, None, None, "PyTorch checkpoint")
+        model = cam_net_from_authors(obj, str(path))
+        if model is None:
+            model = cam_net_from_state_dict(obj, str(path))
         if model is not None:
             check_cam_weights(model, path)
             return model.to(device).eval()
     record = load_cam_checkpoint(path)
+    # DataParallel / DistributedDataParallel prefix every key with 'module.'.
+    record["state_dict"] = authors.plain_state_dict(record.get("state_dict")) or record.get("state_dict")
     try:
         model = CAMNet(record["backbone"], record["num_classes"], tuple(record["strides"]))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: cannot rebuild the CAM network: {err}") from err
     problems = _state_dict_problems(model.state_dict(), record["state_dict"])
     if problems:
-        raise ValueError(f"{path}: state dict does not match a {record['backbone']} CAMNet with "
-                         f"{record['num_classes']} classes: " + "; ".join(problems))
+        raise CheckpointError(f"{path}: state dict does not match a {record['backbone']} CAMNet "
+                              f"with {record['num_classes']} classes: " + "; ".join(problems))
     model.load_state_dict(record["state_dict"], strict=True)
     names = (record.get("meta") or {}).get("class_names")
     model.class_names = tuple(names) if isinstance(names, (list, tuple)) else None  # for messages
@@ -230,6 +241,33 @@ def check_cam_weights(model: CAMNet, path, lr=None) -> None:
         at = f" (it was trained with learning rate {lr:g})" if isinstance(lr, (int, float)) else ""
         raise CheckpointError(f"{path}: the classifier has {problem}: its training diverged{at}; "
                               f"train it again with a lower --lr")
+
+
+def cam_net_from_state_dict(obj: Any, source: str = "checkpoint"):
+    """A :class:`CAMNet` from a bare state dict of one (``torch.save(model.state_dict())``, with
+    DataParallel's ``module.`` prefixes or without), or None when ``obj`` is not one. A
+    torchvision ImageNet state dict is refused, naming the flag that takes it."""
+    state = authors.plain_state_dict(obj)
+    if state is None or "format" in obj:
+        return None
+    if "classifier.weight" not in state or "stage1.0.weight" in state:
+        depth = guess_resnet_depth(list(state))
+        if depth is not None:
+            raise CheckpointError(f"{source}: torchvision {depth} ImageNet weights, not a trained "
+                                  f"classifier: pass them with --weights (train_cam trains the "
+                                  f"classifier from them), not as the classifier checkpoint")
+        return None
+    tv_keys = [re.sub(r"^stage\d\.", "", k) for k in state if not k.startswith("classifier.")]
+    backbone = guess_resnet_depth(tv_keys)
+    candidates = [backbone] if backbone else [b for b in BACKBONES]
+    for name in candidates:
+        model = CAMNet(name, int(state["classifier.weight"].shape[0]), (2, 2, 2, 1))
+        if not _state_dict_problems(model.state_dict(), state):
+            model.load_state_dict(state, strict=True)
+            model.class_names = None
+            return model
+    raise CheckpointError(f"{source}: a state dict with a classifier, but of no rib_ext CAMNet "
+                          f"backbone ({', '.join(BACKBONES)})")
 
 
 def cam_net_from_authors(obj: Any, source: str = "checkpoint"):

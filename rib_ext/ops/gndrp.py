@@ -21,6 +21,18 @@ def _is_paper(mode: str) -> bool:
     return mode == "paper"
 
 
+def _check_tau(tau) -> float:
+    """tau thresholds a map divided by its max, so only (0, 1] means anything: nan or <= 0 keeps no
+    location (logits of 0, no gradient), > 1 keeps every one (plain average pooling)."""
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:  # also false for nan
+        raise ValueError(f"tau must be a number in (0, 1], got {tau!r}")
+    return value
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -34,7 +46,8 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
             float16/bfloat16 (accumulated in float32).
         present: ``[N, K]``, true (or > 0) where class k is in row n's label. Absent classes keep
             every location (plain average pooling), as the authors' code does.
-        tau: threshold on the max-normalised map (detached max); locations below it are pooled.
+        tau: threshold on the max-normalised map (detached max); locations below it are pooled;
+            a number in (0, 1] (anything else is a ValueError).
         mode: ``'authors'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
             sum divided by the number of kept locations; 0 when none is kept).
 
@@ -46,6 +59,7 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
         logits ``[N, K]`` in cam's dtype, differentiable w.r.t. ``cam``.
     """
     paper = _is_paper(mode)
+    tau = _check_tau(tau)
     present = present if present.dtype == torch.bool else present > 0
     if use_compiled("gndrp_pool", cam):
         return torch.ops.rib_ext.gndrp_pool.default(cam, present, float(tau), paper)[0]
@@ -70,6 +84,7 @@ def gndrp_margin_loss(cam: torch.Tensor, labels: torch.Tensor, tau: float = 0.4,
         ``cam``, and the logits ``[N, K]`` detached (for the stop statistic and logging).
     """
     paper = _is_paper(mode)
+    tau = _check_tau(tau)
     labels = labels.to(_acc_dtype(cam.dtype))
     if use_compiled("gndrp_margin_loss", cam):
         loss, logits, _, _ = torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, float(tau),

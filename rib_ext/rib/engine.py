@@ -93,8 +93,38 @@ class Target:
     index: int  # position in the full image list: seeds its random draws
     name: str
     image: np.ndarray  # uint8 [H, W, 3]
-    label: np.ndarray  # float32 [K]
+    label: np.ndarray  # float32 [K] of 0/1, at least one class
     pool_index: Optional[int] = None  # its own index in the other-image pool, never drawn for it
+
+    def __post_init__(self) -> None:
+        check_target(self)
+
+
+def check_target(target: Target, num_classes: Optional[int] = None) -> None:
+    """A target's image and label as the engine reads them, or a ValueError naming the image and
+    the value (a float image would be cast to black, a CHW one read as a 3-pixel-wide image)."""
+    name, image, label = target.name, target.image, target.label
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name}: image must be a numpy array uint8 [H, W, 3], got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        chw = " (it looks channels first: use image.transpose(1, 2, 0))" if (
+            image.ndim == 3 and image.shape[0] == 3) else ""
+        raise ValueError(f"{name}: image has shape {image.shape}; expected [H, W, 3] RGB{chw}")
+    if image.dtype != np.uint8:
+        hint = (" (values in [0, 1]: pass (image * 255).round().astype(np.uint8))"
+                if image.dtype.kind == "f" and image.size and 0 <= np.nanmin(image) and np.nanmax(image) <= 1
+                else "")
+        raise ValueError(f"{name}: image is {image.dtype}; expected uint8 RGB values 0..255{hint}")
+    label = np.asarray(label)
+    if label.ndim != 1:
+        raise ValueError(f"{name}: label has shape {label.shape}; expected [K] (one 0/1 per class)")
+    if not np.isin(label, (0, 1)).all():
+        raise ValueError(f"{name}: label holds values other than 0 or 1: {label.tolist()}")
+    if not label.any():
+        raise ValueError(f"{name}: label has no class (all zeros): there is nothing to adapt")
+    if num_classes is not None and label.shape[0] != num_classes:
+        raise ValueError(f"{name}: label has {label.shape[0]} classes but the classifier has "
+                         f"{num_classes}")
 
 
 @dataclass
@@ -359,6 +389,7 @@ class RIBEngine:
     # -- per image ----------------------------------------------------------------------------
     @torch.no_grad()
     def _start(self, target: Target) -> _State:
+        check_target(target, self.pool.labels.shape[1])
         views, label, keys = self.views.take(target)
         x2 = [self._stem(v) for v in views]
         slot = self.slots.take() if self.slots is not None else None

@@ -6,7 +6,6 @@ pool + loss op; every other combination composes the separate ops.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +22,10 @@ SQUASH = {
 
 
 def pooling_tau(cfg: RIBConfig) -> float:
-    """GAP is GNDRP that keeps every location: an infinite threshold."""
+    """The GNDRP threshold; GAP pools with no class normalised (:func:`_present`), where the
+    threshold is never read: any valid one (1.0) gives the plain mean."""
     if cfg.pooling == "gap":
-        return math.inf
+        return 1.0
     if cfg.pooling != "gndrp":
         raise ValueError(f"pooling must be 'gndrp' or 'gap', got {cfg.pooling!r}")
     return cfg.tau

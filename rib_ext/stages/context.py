@@ -166,6 +166,7 @@ class RunContext:
             from rib_ext.data import build_dataset
 
             kw = {"demo": self.cfg.demo} if self.cfg.dataset == "demo" else {}
+            kw["max_pixels"] = self.cfg.max_pixels
             listed = "train" if which == "pool" else which
             if self.cfg.dataset == "coco" and (which == "pool" or (which == "eval" and
                                                                    self.keeps_no_class_images)):

@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from rib_ext.config import ConfigError, PipelineConfig, from_plain
+from rib_ext.config import (CAM_BACKBONES, PIPELINE_PRESETS, RIB_LOSSES, SEGMENT_BACKBONES, ConfigError,
+                             PipelineConfig, from_plain)
+from rib_ext.config_fields import PRECISIONS
 from rib_ext.config_fields import field_range
 from rib_ext.data.demo import demo_preset
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
@@ -46,7 +49,7 @@ ALIASES: Dict[str, tuple] = {
     "--irn-epochs": ("irn.epochs",), "--segment-backbone": ("segment.backbone",),
     "--segment-weights": ("segment.weights",), "--segment-iterations": ("segment.iterations",),
     "--crf-threshold": ("crf.threshold",),
-    "--dist-timeout": ("dist_timeout_s",),
+    "--dist-timeout": ("dist_timeout_s",), "--max-pixels": ("max_pixels",),
     # Several sections:
     "--device": ("device", "train_cam.device", "make_cam.device", "rib.device", "irn.device",
                  "segment.device"),
@@ -61,8 +64,20 @@ ALIAS_HELP = {
     "--num-workers": "worker processes per rank: data loading (every stage; default 0) and the "
                      "CRF pool of crf and ir_label (--cpu_workers; default the cores available)",
     "--seed": "random seed of train_cam, rib, train_irn and segment",
-    "--scales": "inference scales of make_cam and rib, 1.0 first (default 1.0 0.5 1.5 2.0)",
+    "--scales": "inference scales of make_cam and rib, 1.0 first",
     "--allow-missing": "skip images whose inputs (maps, labels) are missing instead of stopping",
+}
+# The values a text setting takes (its check_rules says the same): the flags offer them as choices.
+CHOICES: Dict[str, tuple] = {
+    "dataset": ("demo", "voc", "coco"), "train_cam.backbone": CAM_BACKBONES,
+    "irn.backbone": CAM_BACKBONES, "segment.backbone": SEGMENT_BACKBONES,
+    "make_cam.precision": PRECISIONS, "rib.precision": PRECISIONS, "rib.pooling": ("gndrp", "gap"),
+    "rib.gndrp_mode": ("authors", "paper"), "rib.loss": RIB_LOSSES,
+    "rib.head_batching": ("loop", "vmap"), "rib.prefetch": ("auto", "on", "off"),
+}
+FIELD_HELP = {
+    "dataset": "the dataset: demo (generated under OUT/data, or --root), voc or coco (--root the "
+               "dataset folder)",
 }
 
 
@@ -128,10 +143,49 @@ def _maybe_none(tp, optional: bool):
     return convert
 
 
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return " ".join(_shown(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def _value(cfg, path: str):
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def preset_defaults() -> Dict[str, PipelineConfig]:
+    """The config a run gets with no flags but --dataset NAME, per dataset: what --help shows."""
+    configs = {}
+    for name in PIPELINE_PRESETS:
+        configs[name] = build_config(argparse.Namespace(**{PREFIX + "dataset": name}))
+    return configs
+
+
+def default_help(get, configs: Dict[str, PipelineConfig]) -> str:
+    """'default X' of the plain run (the demo), and the voc/coco presets' values where they
+    differ; ``get``: a field's dotted path, or a function of the config giving the value shown."""
+    if isinstance(get, str):
+        path = get
+        get = lambda cfg: _value(cfg, path)  # noqa: E731
+    values = {name: get(cfg) for name, cfg in configs.items()}
+    text = f"default {_shown(values['demo'])}"
+    others = [f"{name}: {_shown(v)}" for name, v in values.items() if name != "demo" and v != values["demo"]]
+    if values["voc"] == "voc" and values["coco"] == "coco":
+        others = []  # --dataset itself
+    if others:
+        text += f" (--dataset {', '.join(others)})"
+    return text.replace("%", "%%")
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     singles = {targets[0]: flag for flag, targets in ALIASES.items() if len(targets) == 1}
     groups: Dict[str, Any] = {}
     ranges = _range_help(PipelineConfig)
+    configs = preset_defaults()
     for path, hint in _leaves(PipelineConfig):
         section = path.split(".")[0] if "." in path else "run"
         if section not in groups:
@@ -140,20 +194,26 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         names = [f"--{path}"]
         if path in singles:
             names.append(singles[path])
-        groups[section].add_argument(*names, dest=PREFIX + path, default=argparse.SUPPRESS,
-                                     metavar=path.split(".")[-1].upper(), help=ranges.get(path),
-                                     **_argspec(hint))
+        choices = CHOICES.get(path)
+        extra = {"choices": choices} if choices else {}
+        helps = [FIELD_HELP.get(path), ranges.get(path), default_help(path, configs)]
+        groups[section].add_argument(
+            *names, dest=PREFIX + path, default=argparse.SUPPRESS,
+            metavar="{" + ",".join(choices) + "}" if choices else path.split(".")[-1].upper(),
+            help="; ".join(h for h in helps if h), **_argspec(hint), **extra)
     multi = parser.add_argument_group("flags that reach several stages")
     hints = dict(_leaves(PipelineConfig))
     for flag, targets in ALIASES.items():
         if len(targets) > 1:
+            helps = [ALIAS_HELP.get(flag), default_help(targets[0], configs)]
             multi.add_argument(flag, dest="alias:" + flag, default=argparse.SUPPRESS,
-                               help=ALIAS_HELP.get(flag), **_argspec(hints[targets[1]]))
+                               help="; ".join(h for h in helps if h), **_argspec(hints[targets[1]]))
     # The threshold sweep in one flag, as before.
     multi.add_argument("--thresholds", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
                        default=argparse.SUPPRESS, dest="alias:--thresholds",
-                       help="eval_seed's background-threshold sweep, STOP inclusive (default "
-                            "0.20 0.49 0.01)")
+                       help="eval_seed's background-threshold sweep, STOP inclusive; " +
+                            default_help(lambda c: (c.eval_seed.threshold_start, c.eval_seed.threshold_stop,
+                                                    c.eval_seed.threshold_step), configs))
 
 
 def given_fields(args: argparse.Namespace) -> Dict[str, Any]:
@@ -278,6 +338,11 @@ def _from_file(args, given: Dict[str, Any]) -> PipelineConfig:
         raise ConfigError(f"--config {path}: expected a JSON object")
     # What the pipeline writes beside the settings in its config.json (a record, not settings).
     settings = {k: v for k, v in saved.items() if k not in RUN_RECORD_KEYS}
+    if any(k in saved for k in RUN_RECORD_KEYS) and isinstance(saved.get("out_dir"), str) and \
+            not Path(saved["out_dir"]).is_absolute():
+        # A run's config.json lives in its output folder; older ones recorded a relative --out,
+        # which read from another working folder would silently start a new run elsewhere.
+        settings["out_dir"] = str(path.resolve().parent)
     try:
         cfg = from_plain(PipelineConfig, settings)
     except ConfigError as err:
@@ -367,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute the stages whose folders were made with other settings, and "
                         "everything after them (default: stop with the differences)")
+    p.add_argument("--take-over-lock", action="store_true",
+                   help="take over OUT/.lock left by a process on another host (default: stop, "
+                        "naming it; a lock of this host's ended process is taken over anyway)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config tree (JSON, as config.json records it) and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -379,3 +447,32 @@ def config_from_argv(argv=None) -> PipelineConfig:
     """The validated config tree of a command line (``argv`` as ``python -m rib_ext.pipeline``
     takes it, without the program name; None: ``sys.argv[1:]``)."""
     return build_config(build_parser().parse_args(None if argv is None else list(argv)))
+
+
+# ------------------------------------------------------------------ errors of every command line
+
+def user_error_types() -> tuple:
+    from rib_ext.checkpoints import CheckpointError
+    from rib_ext.config import ConfigError
+    from rib_ext.data import DatasetError
+    from rib_ext.distributed import RankFailedError
+    from rib_ext.io import UnreadableFileError
+    from rib_ext.outputs import BadMapsError, MixedOutputsError
+    from rib_ext.runlock import RunLockedError
+    from rib_ext.stages.context import PipelineError
+    from rib_ext.training import NonFiniteLossError
+
+    return (ConfigError, DatasetError, PipelineError, CheckpointError, UnreadableFileError,
+            NonFiniteLossError, RankFailedError, RunLockedError, BadMapsError, MixedOutputsError,
+            FileNotFoundError, NotADirectoryError, FileExistsError)
+
+
+def run_command(body: typing.Callable[[], int], debug: bool = False) -> int:
+    """``body()``, its user errors printed as ``error: ...`` with exit status 2 (``debug``: raised)."""
+    try:
+        return body()
+    except user_error_types() as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2

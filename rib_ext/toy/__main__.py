@@ -15,7 +15,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m rib_ext.toy",
         description=(
-            "Toy experiment of RIB (NeurIPS 2021, Sec. 3.1): digits '2' and '8', 10%% of them with "
+            "Toy experiment of RIB (NeurIPS 2021, Sec. 3.1): digits '2' and '8', 10% of them with "
             "a circle ('2') or a square ('8'); a 5-conv + linear classifier trained with sigmoid "
             "BCE; the high gradient ratio (HGR) of the digit (R_D), the shape (R_ND) and the "
             "background (R_BG) in the input-gradient map of every conv layer and of the logit "

@@ -63,7 +63,13 @@ def _run_rib_parts(args, run: Path, root: str, saved: dict):
 
 
 def main(argv=None) -> int:
+    from rib_ext.stages.options import run_command
+
     args = build_parser().parse_args(argv)
+    return run_command(lambda: _main(args))
+
+
+def _main(args) -> int:
     if args.run:
         import json
 
