@@ -17,7 +17,7 @@ from .sgd import sgd_step_
 
 __all__ = [
     "HAS_C", "MODES", "backend", "backends", "compiled_with_cuda", "compiled_with_openmp",
-    "authors", "gndrp_pool", "gndrp_margin_loss", "margin_loss", "margin_stop_statistic",
+    "oracle", "gndrp_pool", "gndrp_margin_loss", "margin_loss", "margin_stop_statistic",
     "cam_flip_merge", "cam_flip_accumulate_", "cam_max_normalize", "finalize_maps",
     "strided_size", "strided_up_size", "resize_bicubic_u8", "sgd_step_",
 ]
