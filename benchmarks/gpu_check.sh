@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one command for the GPU figures (issues 13 and 17), under 8 minutes on one H100 or H200:
+# The one command for the GPU figures, under 8 minutes on one H100 or H200:
 #   benchmarks/gpu_check.sh OUT_DIR
 # builds rib_ext for the local GPU (all cores), runs the CUDA tests, bench_ops, bench_sgd, bench_rib at
 # both sizes and make_cam at VOC size. Every step has a time limit (they add up to 480 s) and goes on

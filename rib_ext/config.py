@@ -143,7 +143,7 @@ class EvalSeedConfig(Section):
 
 @dataclass
 class CRFConfig(Section):
-    """Dense CRF on seeds (IRN's settings, DESIGN.md / IRN_NOTES.md)."""
+    """Dense CRF on seeds (the settings of IRN's released code)."""
 
     # Background threshold; None = the best one of eval_seed
     threshold: Optional[float] = setting(None, "[0, 1]")
@@ -289,7 +289,7 @@ class RIBConfig(Section):
 # What a stage does when an image has no input file: stop with a list, or skip with a warning.
 
 
-# ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask); see shared/IRN_NOTES.md
+# ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask), as IRN's released code does it
 
 # What differs between the IRN and RIB authors' code; everything else is shared. VOC presets pad
 # every image to 512 x 512 before the boundary network (IRN's EdgeDisplacement, which RIB keeps for

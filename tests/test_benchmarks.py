@@ -1,4 +1,4 @@
-"""The benchmark scripts run to the end on the CPU (issue 17): figures are measured elsewhere."""
+"""The benchmark scripts run to the end on the CPU: figures are measured elsewhere."""
 import importlib.util
 import json
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""A slow, readable RIB loop written straight from DESIGN.md 1.1: one model, one optimizer, one
+"""A slow, readable RIB loop written straight from the authors' released per-image loop (fixed
+batch norm, the stem frozen, GNDRP, the margin and explosion stops): one model, one optimizer, one
 image at a time, eager PyTorch. It is the tests' oracle for the engine, not something to run.
 """
 from __future__ import annotations
