@@ -16,3 +16,19 @@ def test_ops_star_import_gives_every_listed_name():
     missing = [name for name in ops.__all__ if name not in namespace]
     assert not missing
     assert "oracle" in namespace and "gndrp_pool" in namespace
+
+
+def _readme_layout() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Layout")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_readme_layout_names_every_module_of_the_package():
+    layout = _readme_layout()
+    entries = sorted(p.name + "/" for p in PACKAGE.iterdir()
+                     if p.is_dir() and (p / "__init__.py").exists())
+    entries += sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    missing = [e for e in entries if not re.search(rf"(?<![\w/.]){re.escape(e)}", layout)]
+    assert not missing, f"README's layout does not name {missing}"
