@@ -48,10 +48,10 @@ def group_loss(cam: torch.Tensor, labels: torch.Tensor, cfg: RIBConfig):
     """(loss, logits [N, K] detached) of one row group; ``cam`` [N, K, h, w] raw, differentiable."""
     tau = pooling_tau(cfg)
     loss_mode = "paper" if cfg.clip_loss else "authors"
-    if (cfg.loss == "rib" and loss_mode == cfg.gndrp_mode and not cfg.coco_first20_bug
+    if (cfg.loss == "rib" and loss_mode == cfg.gndrp_behaviour and not cfg.coco_first20_bug
             and cfg.pooling == "gndrp"):
-        return ops.gndrp_margin_loss(cam, labels, tau, cfg.margin, cfg.gndrp_mode)
-    logits = ops.gndrp_pool(cam, _present(labels, cfg), tau, cfg.gndrp_mode)
+        return ops.gndrp_margin_loss(cam, labels, tau, cfg.margin, cfg.gndrp_behaviour)
+    logits = ops.gndrp_pool(cam, _present(labels, cfg), tau, cfg.gndrp_behaviour)
     if cfg.loss == "rib":
         loss = ops.margin_loss(logits, labels, cfg.margin, loss_mode, "sum")
     elif cfg.loss in SQUASH:

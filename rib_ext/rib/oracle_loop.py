@@ -32,7 +32,7 @@ def _rows_loss(cam, labels, cfg: RIBConfig, per_row_loop: bool):
     if per_row_loop:  # the authors' per-row, per-class Python loop
         logits = oracle.gndrp_pool_loop(cam, present, tau)
     else:
-        logits = oracle.gndrp_pool(cam, present, tau, cfg.gndrp_mode == "paper")
+        logits = oracle.gndrp_pool(cam, present, tau, cfg.gndrp_behaviour == "paper")
     if cfg.loss == "rib":
         loss = oracle.margin_loss(logits, labels, cfg.margin, cfg.clip_loss).sum()
     else:

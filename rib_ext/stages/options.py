@@ -45,7 +45,7 @@ ALIASES: Dict[str, tuple] = {
     "--pooling": ("rib.pooling",), "--rib-loss": ("rib.loss",), "--group-size": ("rib.group_size",),
     "--irn-epochs": ("irn.epochs",), "--segment-backbone": ("segment.backbone",),
     "--segment-weights": ("segment.weights",), "--segment-iterations": ("segment.iterations",),
-    "--crf-threshold": ("crf.threshold",),
+    "--crf-threshold": ("crf.threshold",), "--rib.gndrp_mode": ("rib.gndrp_behaviour",),
     "--dist-timeout": ("dist_timeout_s",),
     # Several sections:
     "--device": ("device", "train_cam.device", "make_cam.device", "rib.device", "irn.device",
