@@ -1,6 +1,6 @@
 """Forward + backward time of the RIB training step's pooling + loss, four ways, side by side.
 
-    python benchmarks/bench_ops.py [--device cpu|cuda|all] [--mode reference|paper] [--no-compile]
+    python benchmarks/bench_ops.py [--device cpu|cuda|all] [--behaviour authors|paper] [--no-compile]
 
 For each realistic shape (26 rows = 6 target views + 20 other images; K = 20 and 80 classes; CAMs
 of 32x32, 48x64 and 128x128) it times:
@@ -98,7 +98,7 @@ def format_table(device, rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
-    p.add_argument("--mode", default="authors", choices=list(ops.MODES))
+    p.add_argument("--behaviour", "--mode", default="authors", choices=list(ops.BEHAVIOURS))
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--no-loop", action="store_true", help="skip the (slow) authors' loop column")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
@@ -110,11 +110,11 @@ def main(argv=None):
         print("no CUDA device: CUDA rows skipped")
         devices = [d for d in devices if d != "cuda"]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu cores {os.cpu_count()}, "
-          f"{platform.processor() or platform.machine()}, mode {args.mode}")
+          f"{platform.processor() or platform.machine()}, behaviour {args.behaviour}")
     print(f"backends: " + ", ".join(f"{op}={ops.backend(op, d)}" for d in devices
                                     for op in ("gndrp_margin_loss",)))
     for device in devices:
-        rows = bench_device(device, args.mode == "paper", not args.no_compile, not args.no_loop,
+        rows = bench_device(device, args.behaviour == "paper", not args.no_compile, not args.no_loop,
                             args.min_run_time, [(4, 3, 8, 8)] if args.tiny else SHAPES)
         if device == "cuda":
             print(f"gpu: {torch.cuda.get_device_name()}")

@@ -7,7 +7,7 @@ from op_tester import OpTester
 from rib_ext import ops
 from rib_ext.ops import oracle
 
-MODES = ["authors", "paper"]
+BEHAVIOURS = ["authors", "paper"]
 
 
 def make_logits(shape, *, device="cpu", dtype=torch.float32, layout="contiguous", seed=0):
@@ -21,9 +21,9 @@ def make_logits(shape, *, device="cpu", dtype=torch.float32, layout="contiguous"
 class TestMarginLoss(OpTester):
     op = "margin_loss"
     FALLBACKS = ("margin_loss",)
-    CASES = [dict(shape=s, mode=m, reduction=r) for s in [(26, 20), (1, 1), (4, 80)] for m in MODES
+    CASES = [dict(shape=s, behaviour=m, reduction=r) for s in [(26, 20), (1, 1), (4, 80)] for m in BEHAVIOURS
              for r in ["sum", "mean", "none"]]
-    GRADCHECK_CASES = [dict(shape=(5, 7), mode=m, reduction="none") for m in MODES]
+    GRADCHECK_CASES = [dict(shape=(5, 7), behaviour=m, reduction="none") for m in BEHAVIOURS]
     OPCHECK_CASES = [dict(paper=p) for p in (False, True)]
     LAYOUTS = ("contiguous", "noncontiguous")
 
@@ -32,10 +32,10 @@ class TestMarginLoss(OpTester):
         return y, make_labels(*case["shape"], device=device, dtype=dtype)
 
     def call(self, args, case):
-        return ops.margin_loss(*args, 0.5, case["mode"], case["reduction"])
+        return ops.margin_loss(*args, 0.5, case["behaviour"], case["reduction"])
 
     def oracle(self, args, case):
-        out = oracle.margin_loss(*args, 0.5, case["mode"] == "paper")
+        out = oracle.margin_loss(*args, 0.5, case["behaviour"] == "paper")
         return {"sum": out.sum(), "mean": out.mean(), "none": out}[case["reduction"]]
 
     def opcheck_calls(self, case, device):
@@ -49,7 +49,7 @@ class TestMarginLoss(OpTester):
 def test_margin_loss_clip_by_hand():
     """y = [1, 2, 3], t = [1, 1, 0], m = 2.
     paper: -(1) - min(2, 2) - 0 = -3; gradient -1 where y < 2, 0 at y = 2 (clip active) and for t = 0.
-    reference: -(1 + 2) = -3 as well here, but gradient -t everywhere: [-1, -1, 0]."""
+    authors: -(1 + 2) = -3 as well here, but gradient -t everywhere: [-1, -1, 0]."""
     y = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
     t = torch.tensor([[1.0, 1.0, 0.0]])
     paper = ops.margin_loss(y, t, 2.0, "paper")

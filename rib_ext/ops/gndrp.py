@@ -1,8 +1,8 @@
 """GNDRP masked pooling and its fused form with the RIB margin loss.
 
-Semantics (both modes) are in csrc/gndrp.h; :mod:`rib_ext.ops.oracle` holds the same maths in
-plain PyTorch. ``mode='authors'`` is the authors' released code, ``mode='paper'`` the paper's
-equation.
+Semantics (both behaviours) are in csrc/gndrp.h; :mod:`rib_ext.ops.oracle` holds the same maths in
+plain PyTorch. ``behaviour='authors'`` is the authors' released code, ``behaviour='paper'`` the
+paper's equation.
 """
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from . import oracle
 from ._checks import check_cam, check_rows
 from ._extension import HAS_C, use_compiled
 
-MODES = ("authors", "paper")
+BEHAVIOURS = ("authors", "paper")
+MODES = BEHAVIOURS  # the earlier name
 
 
-def _is_paper(mode: str) -> bool:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return mode == "paper"
+def _is_paper(behaviour: str, mode: str | None = None) -> bool:
+    """Whether ``behaviour`` is the paper's; ``mode`` is its earlier name, still accepted."""
+    if mode is not None:
+        behaviour = mode
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"behaviour must be one of {BEHAVIOURS}, got {behaviour!r}")
+    return behaviour == "paper"
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -26,7 +30,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
-               mode: str = "authors") -> torch.Tensor:
+               behaviour: str = "authors", *, mode: str | None = None) -> torch.Tensor:
     """Global non-discriminative region pooling (GNDRP).
 
     Args:
@@ -35,8 +39,9 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
         present: ``[N, K]``, true (or > 0) where class k is in row n's label. Absent classes keep
             every location (plain average pooling), as the authors' code does.
         tau: threshold on the max-normalised map (detached max); locations below it are pooled.
-        mode: ``'authors'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
-            sum divided by the number of kept locations; 0 when none is kept).
+        behaviour: ``'authors'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
+            sum divided by the number of kept locations; 0 when none is kept). ``mode=`` is its
+            earlier name.
 
     A present class whose max is <= 0: ``'authors'`` divides without a guard as the authors'
     code does (max < 0 keeps nothing: logit 0, no gradient; max == 0 keeps the negative locations
@@ -45,7 +50,7 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
     Returns:
         logits ``[N, K]`` in cam's dtype, differentiable w.r.t. ``cam``.
     """
-    paper = _is_paper(mode)
+    paper = _is_paper(behaviour, mode)
     present = present if present.dtype == torch.bool else present > 0
     if use_compiled("gndrp_pool", cam):
         return torch.ops.rib_ext.gndrp_pool.default(cam, present, float(tau), paper)[0]
@@ -53,23 +58,25 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
 
 
 def gndrp_margin_loss(cam: torch.Tensor, labels: torch.Tensor, tau: float = 0.4,
-                      margin: float = 600.0, mode: str = "authors"):
+                      margin: float = 600.0, behaviour: str = "authors", *,
+                      mode: str | None = None):
     """GNDRP pooling and the RIB loss in one op: the training step's hot path.
 
     ``loss = sum_{n,k} -t[n,k] * min(m, y[n,k])`` (paper) or ``-t[n,k] * y[n,k]`` (authors), with
-    ``y = gndrp_pool(cam, labels > 0, tau, mode)``.
+    ``y = gndrp_pool(cam, labels > 0, tau, behaviour)``.
 
     Args:
         cam: ``[N, K, H, W]`` raw CAMs of every row of the step's batch.
         labels: ``[N, K]`` multi-hot labels (also the GNDRP presence mask).
-        tau, mode: as :func:`gndrp_pool`.
-        margin: the clip m (paper mode); in authors mode the margin is the engine's stop rule.
+        tau, behaviour, mode: as :func:`gndrp_pool`.
+        margin: the clip m (paper behaviour); in the authors' behaviour the margin is the engine's
+            stop rule.
 
     Returns:
         ``(loss, logits)``: a scalar (float32, or float64 for float64 cams) differentiable w.r.t.
         ``cam``, and the logits ``[N, K]`` detached (for the stop statistic and logging).
     """
-    paper = _is_paper(mode)
+    paper = _is_paper(behaviour, mode)
     labels = labels.to(_acc_dtype(cam.dtype))
     if use_compiled("gndrp_margin_loss", cam):
         loss, logits, _, _ = torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, float(tau),

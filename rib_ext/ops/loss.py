@@ -12,11 +12,12 @@ REDUCTIONS = ("sum", "mean", "none")
 
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 600.0,
-                mode: str = "authors", reduction: str = "sum") -> torch.Tensor:
+                behaviour: str = "authors", reduction: str = "sum", *,
+                mode: str | None = None) -> torch.Tensor:
     """L_RIB on pooled logits.
 
-    ``mode='paper'``: ``-t * min(m, y)`` elementwise, gradient ``-t`` where ``y < m`` and 0 where
-    ``y >= m``. ``mode='authors'``: ``-t * y`` (the authors' code: no clip; the margin becomes a
+    ``behaviour='paper'``: ``-t * min(m, y)`` elementwise, gradient ``-t`` where ``y < m`` and 0
+    where ``y >= m``. ``behaviour='authors'``: ``-t * y`` (the authors' code: no clip; the margin becomes a
     stop rule, see :func:`margin_stop_statistic`).
 
     Args:
@@ -24,8 +25,9 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 600.
         labels: same shape, multi-hot (not differentiated).
         margin: m.
         reduction: ``'sum'`` (the authors' loss, the default), ``'mean'`` or ``'none'``.
+        mode: the earlier name of ``behaviour``.
     """
-    paper = _is_paper(mode)
+    paper = _is_paper(behaviour, mode)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if use_compiled("margin_loss", logits):
