@@ -15,12 +15,12 @@ BEHAVIOURS = ["authors", "paper"]
 
 def _check_pool(cam, present, tau, behaviour):
     out = ops.gndrp_pool(cam, present, tau, behaviour)
-    ref = oracle.gndrp_pool(cam.detach().clone().requires_grad_(), present, tau, behaviour == "paper")
+    ref = oracle.gndrp_pool(cam.detach().clone().requires_grad_(), present, tau, behaviour)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     g = torch.randn_like(out)
     (grad,) = torch.autograd.grad(out, cam, g)
     cam_ref = cam.detach().clone().requires_grad_()
-    (grad_ref,) = torch.autograd.grad(oracle.gndrp_pool(cam_ref, present, tau, behaviour == "paper"),
+    (grad_ref,) = torch.autograd.grad(oracle.gndrp_pool(cam_ref, present, tau, behaviour),
                                       cam_ref, g)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-7)
 
@@ -30,7 +30,7 @@ class TestGndrpPool(OpTester):
     FALLBACKS = ("gndrp_pool",)
     CASES = [dict(shape=s, behaviour=m) for s in SHAPES for m in BEHAVIOURS]
     GRADCHECK_CASES = [dict(shape=(2, 3, 4, 5), behaviour=m) for m in BEHAVIOURS]
-    OPCHECK_CASES = [dict(paper=p) for p in (False, True)]
+    OPCHECK_CASES = [dict(behaviour=b) for b in BEHAVIOURS]
 
     def make_inputs(self, case, device, dtype, layout):
         cam = make_cam(*case["shape"], device=device, dtype=dtype, layout=layout, requires_grad=True)
@@ -40,16 +40,16 @@ class TestGndrpPool(OpTester):
         return ops.gndrp_pool(*args, 0.4, case["behaviour"])
 
     def oracle(self, args, case):
-        return oracle.gndrp_pool(*args, 0.4, case["behaviour"] == "paper")
+        return oracle.gndrp_pool(*args, 0.4, case["behaviour"])
 
     def opcheck_calls(self, case, device):
         cam = make_cam(3, 4, 5, 6, device=device, requires_grad=True)
         present = make_labels(3, 4, device=device) > 0
-        _, pmax, scale = torch.ops.rib_ext.gndrp_pool.default(cam.detach(), present, 0.4, case["paper"])
+        _, pmax, scale = torch.ops.rib_ext.gndrp_pool.default(cam.detach(), present, 0.4, case["behaviour"])
         grad = torch.randn(3, 4, device=device)
-        return [(torch.ops.rib_ext.gndrp_pool.default, (cam, present, 0.4, case["paper"])),
+        return [(torch.ops.rib_ext.gndrp_pool.default, (cam, present, 0.4, case["behaviour"])),
                 (torch.ops.rib_ext._gndrp_pool_backward.default,
-                 (grad, cam.detach(), present, pmax, scale, 0.4, case["paper"]))]
+                 (grad, cam.detach(), present, pmax, scale, 0.4, case["behaviour"]))]
 
 
 class TestGndrpMarginLoss(OpTester):
@@ -59,7 +59,7 @@ class TestGndrpMarginLoss(OpTester):
     FALLBACKS = ("gndrp_margin_loss",)
     CASES = [dict(shape=s, behaviour=m) for s in [(26, 20, 8, 8), (3, 80, 5, 6), (2, 1, 1, 1)] for m in BEHAVIOURS]
     GRADCHECK_CASES = [dict(shape=(3, 4, 3, 5), behaviour=m) for m in BEHAVIOURS]
-    OPCHECK_CASES = [dict(paper=p) for p in (False, True)]
+    OPCHECK_CASES = [dict(behaviour=b) for b in BEHAVIOURS]
     MARGIN = 0.3  # small, so the paper clip is active on some rows
 
     def make_inputs(self, case, device, dtype, layout):
@@ -70,13 +70,13 @@ class TestGndrpMarginLoss(OpTester):
         return ops.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["behaviour"])
 
     def oracle(self, args, case):
-        loss, logits = oracle.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["behaviour"] == "paper")
+        loss, logits = oracle.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["behaviour"])
         return loss, logits.detach()
 
     def opcheck_calls(self, case, device):
         cam = make_cam(3, 4, 5, 6, device=device, requires_grad=True)
         labels = make_labels(3, 4, device=device)
-        return [(torch.ops.rib_ext.gndrp_margin_loss.default, (cam, labels, 0.4, 0.5, case["paper"]))]
+        return [(torch.ops.rib_ext.gndrp_margin_loss.default, (cam, labels, 0.4, 0.5, case["behaviour"]))]
 
     @pytest.mark.parametrize("device", cpu_and_cuda())
     def test_logits_detached_and_both_clip_sides_exercised(self, case, device):
@@ -84,7 +84,7 @@ class TestGndrpMarginLoss(OpTester):
         loss, logits = self.call((cam, labels), case)
         assert loss.requires_grad and not logits.requires_grad
         _, logits_ref = self.oracle((cam, labels), case)
-        if case["behaviour"] == "paper" and case["shape"][0] * case["shape"][1] >= 20:
+        if case["behaviour"] and case["shape"][0] * case["shape"][1] >= 20:
             clipped = (logits_ref >= self.MARGIN) & (labels > 0)
             assert clipped.any() and (~clipped & (labels > 0)).any(), "the test must exercise both sides"
 
@@ -148,7 +148,7 @@ def test_half_precision_cuda(dtype, behaviour):
     cam = cam32.to(dtype).requires_grad_()
     loss, logits = ops.gndrp_margin_loss(cam, labels, 0.4, 600.0, behaviour)
     loss_ref, logits_ref = oracle.gndrp_margin_loss(cam.detach().float(), labels, 0.4, 600.0,
-                                                       behaviour == "paper")
+                                                       behaviour)
     assert loss.dtype == torch.float32 and logits.dtype == dtype
     torch.testing.assert_close(logits.float(), logits_ref, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(loss, loss_ref, rtol=1e-3, atol=1e-2)
@@ -206,6 +206,24 @@ def test_bad_inputs_have_clear_errors():
             ops.gndrp_pool(cam[0], torch.ones(3, 4, dtype=torch.bool))
 
 
+@pytest.mark.skipif(not ops.HAS_C, reason="needs the compiled extension")
+def test_the_kernels_refuse_an_unknown_behaviour():
+    cam, labels = make_cam(2, 3, 4, 4), torch.ones(2, 3)
+    calls = [lambda: torch.ops.rib_ext.gndrp_pool.default(cam, labels > 0, 0.4, "reference"),
+             lambda: torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, 0.4, 0.5, "reference"),
+             lambda: torch.ops.rib_ext.margin_loss.default(labels, labels, 0.5, "reference")]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="behaviour must be 'authors' or 'paper', got 'reference'"):
+            call()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        cam, labels = torch.empty(2, 3, 4, 4), torch.empty(2, 3)
+        for call in calls:
+            with pytest.raises(RuntimeError, match="behaviour must be 'authors' or 'paper'"):
+                call()
+
+
 @pytest.mark.skipif(not ops.HAS_C, reason="the fake kernels exist with the compiled extension")
 def test_fake_kernels_check_inputs_like_the_kernels():
     """Under FakeTensor tracing (torch.compile) no kernel runs: the fake kernels' torch._check must
@@ -215,13 +233,13 @@ def test_fake_kernels_check_inputs_like_the_kernels():
     with FakeTensorMode():
         cam = torch.empty(2, 3, 4, 4)
         with pytest.raises(RuntimeError, match=r"gndrp_pool: present must be \[N, K\] = \[2, 3\], got \(3, 3\)"):
-            torch.ops.rib_ext.gndrp_pool.default(cam, torch.empty(3, 3, dtype=torch.bool), 0.4, False)
+            torch.ops.rib_ext.gndrp_pool.default(cam, torch.empty(3, 3, dtype=torch.bool), 0.4, "authors")
         with pytest.raises(RuntimeError, match=r"gndrp_pool: cam must be \[N, K, H, W\], got 3 dims"):
-            torch.ops.rib_ext.gndrp_pool.default(cam[0], torch.empty(3, 4, dtype=torch.bool), 0.4, False)
+            torch.ops.rib_ext.gndrp_pool.default(cam[0], torch.empty(3, 4, dtype=torch.bool), 0.4, "authors")
         with pytest.raises(RuntimeError, match="gndrp_pool: present must be bool"):
-            torch.ops.rib_ext.gndrp_pool.default(cam, torch.empty(2, 3), 0.4, False)
+            torch.ops.rib_ext.gndrp_pool.default(cam, torch.empty(2, 3), 0.4, "authors")
         with pytest.raises(RuntimeError, match=r"gndrp_margin_loss: labels must be \[N, K\]"):
-            torch.ops.rib_ext.gndrp_margin_loss.default(cam, torch.empty(2, 4), 0.4, 0.5, False)
+            torch.ops.rib_ext.gndrp_margin_loss.default(cam, torch.empty(2, 4), 0.4, 0.5, "authors")
 
 
 @pytest.mark.skipif(not ops.HAS_C, reason="needs the compiled extension")
