@@ -135,7 +135,7 @@ def test_demo_preset_trains_on_a_users_voc_folder(tmp_path, capsys):
     assert (out / "train_cam" / "cam_net.pth").is_file()
 
 
-def test_rib_preset_flag_and_the_old_spelling(capsys):
+def test_rib_behaviour_flag_and_the_old_spelling(capsys):
     assert config(["--rib-preset", "paper"]).rib.gndrp_behaviour == "paper"
     assert config([]).rib.behaviour == "authors"
     with pytest.raises(SystemExit) as exit_info:
