@@ -1,6 +1,6 @@
 """Forward + backward time of the RIB training step's pooling + loss, four ways, side by side.
 
-    python benchmarks/bench_ops.py [--device cpu|cuda|all] [--mode reference|paper] [--no-compile]
+    python benchmarks/bench_ops.py [--device cpu|cuda|all] [--behaviour authors|paper] [--no-compile]
 
 For each realistic shape (26 rows = 6 target views + 20 other images; K = 20 and 80 classes; CAMs
 of 32x32, 48x64 and 128x128) it times:
@@ -39,47 +39,47 @@ SHAPES = [(26, 20, 32, 32), (26, 20, 48, 64), (26, 20, 128, 128),
 TAU, MARGIN = 0.4, 600.0
 
 
-def loop_step(cam, labels, paper):
+def loop_step(cam, labels, behaviour):
     logits = oracle.gndrp_pool_loop(cam, labels > 0, TAU)
-    return oracle.margin_loss(logits, labels, MARGIN, paper).sum()
+    return oracle.margin_loss(logits, labels, MARGIN, behaviour).sum()
 
 
-def eager_step(cam, labels, paper):
-    return oracle.gndrp_margin_loss(cam, labels, TAU, MARGIN, paper)[0]
+def eager_step(cam, labels, behaviour):
+    return oracle.gndrp_margin_loss(cam, labels, TAU, MARGIN, behaviour)[0]
 
 
-def ours_step(cam, labels, paper):
-    return ops.gndrp_margin_loss(cam, labels, TAU, MARGIN, "paper" if paper else "authors")[0]
+def ours_step(cam, labels, behaviour):
+    return ops.gndrp_margin_loss(cam, labels, TAU, MARGIN, behaviour)[0]
 
 
 def fwd_bwd(step):
-    def run(cam, labels, paper):
+    def run(cam, labels, behaviour):
         cam.grad = None
-        step(cam, labels, paper).backward()
+        step(cam, labels, behaviour).backward()
     return run
 
 
-def time_it(fn, cam, labels, paper, min_run_time):
-    fn(cam, labels, paper)  # warm-up (and compilation)
-    fn(cam, labels, paper)
-    timer = tb.Timer(stmt="fn(cam, labels, paper)",
-                     globals=dict(fn=fn, cam=cam, labels=labels, paper=paper))
+def time_it(fn, cam, labels, behaviour, min_run_time):
+    fn(cam, labels, behaviour)  # warm-up (and compilation)
+    fn(cam, labels, behaviour)
+    timer = tb.Timer(stmt="fn(cam, labels, behaviour)",
+                     globals=dict(fn=fn, cam=cam, labels=labels, behaviour=behaviour))
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def bench_device(device, paper, use_compile, use_loop, min_run_time, shapes=SHAPES,
+def bench_device(device, behaviour, use_compile, use_loop, min_run_time, shapes=SHAPES,
                  on_row=lambda shape, t: None):
     rows = []
     compiled = torch.compile(eager_step, dynamic=True) if use_compile else None
     for shape in shapes:
         cam = make_cam(*shape, device=device, requires_grad=True)
         labels = make_labels(shape[0], shape[1], device=device)
-        t = {"ours": time_it(fwd_bwd(ours_step), cam, labels, paper, min_run_time),
-             "eager": time_it(fwd_bwd(eager_step), cam, labels, paper, min_run_time)}
+        t = {"ours": time_it(fwd_bwd(ours_step), cam, labels, behaviour, min_run_time),
+             "eager": time_it(fwd_bwd(eager_step), cam, labels, behaviour, min_run_time)}
         if compiled is not None:
-            t["compile"] = time_it(fwd_bwd(compiled), cam, labels, paper, min_run_time)
+            t["compile"] = time_it(fwd_bwd(compiled), cam, labels, behaviour, min_run_time)
         if use_loop:
-            t["loop"] = time_it(fwd_bwd(loop_step), cam, labels, paper, min_run_time / 4)
+            t["loop"] = time_it(fwd_bwd(loop_step), cam, labels, behaviour, min_run_time / 4)
         rows.append((shape, t))
         on_row(shape, t)
     return rows
@@ -105,7 +105,7 @@ def format_table(device, rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
-    p.add_argument("--mode", default="authors", choices=list(ops.MODES))
+    p.add_argument("--behaviour", "--mode", default="authors", choices=list(ops.BEHAVIOURS))
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--no-loop", action="store_true", help="skip the (slow) authors' loop column")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
@@ -118,11 +118,11 @@ def main(argv=None):
         print("no CUDA device: CUDA rows skipped")
         devices = [d for d in devices if d != "cuda"]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu cores {os.cpu_count()}, "
-          f"{platform.processor() or platform.machine()}, mode {args.mode}")
+          f"{platform.processor() or platform.machine()}, behaviour {args.behaviour}")
     print(f"backends: " + ", ".join(f"{op}={ops.backend(op, d)}" for d in devices
                                     for op in ("gndrp_margin_loss",)))
     doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "mode": args.mode, "rows": []}
+           "behaviour": args.behaviour, "rows": []}
     for device in devices:
         facts = run_facts(device)
 
@@ -133,7 +133,7 @@ def main(argv=None):
                       + f"; backend {facts['backend']}")
             write_json(args.json, doc)
 
-        rows = bench_device(device, args.mode == "paper", not args.no_compile, not args.no_loop,
+        rows = bench_device(device, args.behaviour, not args.no_compile, not args.no_loop,
                             args.min_run_time, [(4, 3, 8, 8)] if args.tiny else SHAPES, on_row)
         if device == "cuda":
             print(f"gpu: {torch.cuda.get_device_name()}")

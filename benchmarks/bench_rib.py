@@ -55,7 +55,7 @@ _FAST = dict(precision="bf16", channels_last=True, cudnn_benchmark=True, fold_st
 VARIANTS = {
     "authors": None,
     "loop": None,
-    "engine-before": dict(fold_stem=False, foreach_update=False, prefetch="off"),  # as before issue 13
+    "engine-before": dict(fold_stem=False, foreach_update=False, prefetch="off"),  # without the engine's speed settings
     "engine": {},
     "engine+fold": dict(fold_stem=True),
     "engine+tf32": dict(precision="tf32"),
@@ -67,7 +67,7 @@ VARIANTS = {
     "G4 vmap+bf16+cl": dict(_FAST, group_size=4, head_batching="vmap"),
     "G8 vmap+bf16+cl": dict(_FAST, group_size=8, head_batching="vmap"),
     "Gauto+bf16+cl": dict(_FAST, group_size=0),
-    # CUDA graphs (issue 17): the other images' pass per G, the weights in slots stepped by one
+    # CUDA graphs: the other images' pass per G, the weights in slots stepped by one
     # kernel; "+targets": each target's passes captured too
     "engine+bf16+cl+graphs": dict(_FAST, cuda_graphs=True),
     "G4 vmap+bf16+cl+graphs": dict(_FAST, group_size=4, head_batching="vmap", cuda_graphs=True),

@@ -1,4 +1,4 @@
-"""bf16 against float32 RIB maps on the embedded demo, for the same draws (issue 13's criteria):
+"""bf16 against float32 RIB maps on the embedded demo, for the same draws, against the criteria bf16 must meet:
 per-image Pearson correlation of ``high_res`` (>= 0.99), seed mIoU (within 0.3), the same stop
 decision (>= 95 % of images).
 

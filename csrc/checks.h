@@ -3,8 +3,17 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
 
 namespace rib_ext {
+
+// The behaviour argument of the GNDRP and margin-loss ops: "authors" (the authors' released code)
+// or "paper" (the paper's equations); the kernels take it as one bool, true for "paper".
+inline bool is_paper_behaviour(c10::string_view behaviour, const char* op) {
+  TORCH_CHECK(behaviour == "authors" || behaviour == "paper", op,
+              ": behaviour must be 'authors' or 'paper', got '", std::string(behaviour), "'");
+  return behaviour == "paper";
+}
 
 inline void check_cam(const at::Tensor& cam, const char* op) {
   TORCH_CHECK(cam.dim() == 4, op, ": cam must be [N, K, H, W], got ", cam.dim(), " dims ",

@@ -5,24 +5,25 @@
 // present  [N, K] bool   the row's label: true where class k is in row n's image
 // labels   [N, K]        same dtype as cam's accumulation type is not required; read as float
 // tau                    threshold on the max-normalised map
-// paper                  false: the authors' released code; true: the paper's equation
+// behaviour              "authors": the authors' released code; "paper": the paper's equation
+//                        (the kernels take it as the bool paper: behaviour == "paper")
 //
 // For every plane (n, k):
 //   M = max_u cam[n,k,u]                                   (treated as a constant: no gradient)
 //   kept(u) = true                          if !present[n,k]
-//           = cam[n,k,u] / M <  tau         (reference; no guard on M, see below)
+//           = cam[n,k,u] / M <  tau         (authors; no guard on M, see below)
 //           = true                          (paper, M <= 0)
 //           = cam[n,k,u] / M <= tau         (paper, M > 0)
 //   pooled[n,k] = sum_{kept} cam[n,k,u] * scale[n,k]
-//   scale = 1 / (H*W)                       (reference)
+//   scale = 1 / (H*W)                       (authors)
 //         = 1 / #kept, or 0 if #kept == 0   (paper)
 //
 // A present class whose map is never positive (it happens on other images whose crop cut their
-// object out). Reference mode divides by M without a guard, exactly as the authors' code does, in
+// object out). The authors' behaviour divides by M without a guard, exactly as the authors' code does, in
 // IEEE arithmetic: M < 0 makes every ratio >= 1, so nothing is kept (logit 0, no gradient) for
 // tau <= 1; M == 0 turns negative locations into -inf (kept) and zeros into NaN (dropped: a
 // comparison with NaN is false), so the logit is the plain mean but the zero locations get no
-// gradient; an all-zero plane keeps nothing. Paper mode (not the authors' code) guards: with no
+// gradient; an all-zero plane keeps nothing. The paper behaviour (not the authors' code) guards: with no
 // positive evidence no location is "discriminative", so every location is pooled (average pooling)
 // and no NaN or division by zero appears.
 //
@@ -30,6 +31,8 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
+
+#include "margin_loss.h"
 
 namespace rib_ext {
 
@@ -40,18 +43,6 @@ C10_HOST_DEVICE inline bool gndrp_kept(acc_t v, acc_t plane_max, bool present, a
   // Divide (not v < tau*M): the authors' arithmetic, NaN and infinities included (see above).
   const acc_t r = v / plane_max;
   return paper ? (r <= tau) : (r < tau);
-}
-
-// The RIB loss term of one (row, class): -t * min(m, y) (paper) or -t * y (reference).
-template <typename acc_t>
-C10_HOST_DEVICE inline acc_t margin_loss_term(acc_t y, acc_t t, acc_t margin, bool paper) {
-  return paper ? -t * (y < margin ? y : margin) : -t * y;
-}
-
-// d(term)/dy: -t where the clip is inactive, 0 where y >= m (paper); -t everywhere (reference).
-template <typename acc_t>
-C10_HOST_DEVICE inline acc_t margin_loss_grad(acc_t y, acc_t t, acc_t margin, bool paper) {
-  return (paper && !(y < margin)) ? acc_t(0) : -t;
 }
 
 }  // namespace rib_ext

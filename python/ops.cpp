@@ -6,24 +6,25 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(rib_ext, m) {
+  // behaviour: "authors" (the authors' released code) or "paper" (the paper's equations).
   // GNDRP pooling: (pooled [N,K], plane_max [N,K] f32, scale [N,K] f32)
-  m.def("gndrp_pool(Tensor cam, Tensor present, float tau, bool paper) -> (Tensor, Tensor, Tensor)");
+  m.def("gndrp_pool(Tensor cam, Tensor present, float tau, str behaviour) -> (Tensor, Tensor, Tensor)");
   m.def(
       "_gndrp_pool_backward(Tensor grad, Tensor cam, Tensor present, Tensor plane_max, "
-      "Tensor scale, float tau, bool paper) -> Tensor");
+      "Tensor scale, float tau, str behaviour) -> Tensor");
 
   // GNDRP + margin loss in one pass: (loss [] f32, logits [N,K], plane_max, scale)
   m.def(
-      "gndrp_margin_loss(Tensor cam, Tensor labels, float tau, float margin, bool paper) "
+      "gndrp_margin_loss(Tensor cam, Tensor labels, float tau, float margin, str behaviour) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "_gndrp_margin_loss_backward(Tensor grad_loss, Tensor cam, Tensor labels, Tensor logits, "
-      "Tensor plane_max, Tensor scale, float tau, float margin, bool paper) -> Tensor");
+      "Tensor plane_max, Tensor scale, float tau, float margin, str behaviour) -> Tensor");
 
   // Elementwise clipped-margin loss and its gradient w.r.t. the logits.
-  m.def("margin_loss(Tensor logits, Tensor labels, float margin, bool paper) -> Tensor");
+  m.def("margin_loss(Tensor logits, Tensor labels, float margin, str behaviour) -> Tensor");
   m.def(
-      "_margin_loss_backward(Tensor grad, Tensor logits, Tensor labels, float margin, bool paper) "
+      "_margin_loss_backward(Tensor grad, Tensor logits, Tensor labels, float margin, str behaviour) "
       "-> Tensor");
 
   // Localization-map building blocks.

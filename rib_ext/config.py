@@ -150,7 +150,7 @@ class EvalSeedConfig(Section):
 
 @dataclass
 class CRFConfig(Section):
-    """Dense CRF on seeds (IRN's settings, DESIGN.md / IRN_NOTES.md)."""
+    """Dense CRF on seeds (the settings of IRN's released code)."""
 
     # Background threshold; None = the best one of eval_seed
     threshold: Optional[float] = setting(None, "[0, 1]")
@@ -187,6 +187,9 @@ class RIBConfig(Section):
     (``coco_first20_bug``: classes 20..79 average-pooled); ``paper`` normalises all 80.
     """
 
+    # Earlier names of fields, still read from config files (and accepted as flags).
+    OLD_NAMES: ClassVar[Dict[str, str]] = {"gndrp_mode": "gndrp_behaviour"}
+
     behaviour: str = "authors"  # set by preset(behaviour=...), recorded: authors | paper
     steps: int = setting(10, ">= 1")  # K
     # Lambda, of the backbone (stages 3-4); the classifier gets lr * classifier_lr_mult
@@ -199,7 +202,7 @@ class RIBConfig(Section):
     margin: float = setting(600.0, "> 0")  # m
     tau: float = setting(0.4, "(0, 1]")
     pooling: str = "gndrp"  # gndrp | gap
-    gndrp_mode: str = "authors"  # authors (sum / HW, < tau) | paper (sum / kept, <= tau)
+    gndrp_behaviour: str = "authors"  # authors (sum / HW, < tau) | paper (sum / kept, <= tau)
     loss: str = "rib"  # rib | bce_sigmoid | bce_tanh | bce_softsign (the paper's ablation)
     clip_loss: bool = False  # paper: -t * min(m, y); authors: -t * y
     stop_on_margin: bool = True
@@ -262,7 +265,8 @@ class RIBConfig(Section):
         _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
         _require(self.pooling in ("gndrp", "gap"), f"pooling must be gndrp or gap, got {self.pooling!r}")
-        _require(self.gndrp_mode in ("authors", "paper"), f"gndrp_mode must be authors or paper, got {self.gndrp_mode!r}")
+        _require(self.gndrp_behaviour in ("authors", "paper"),
+                 f"gndrp_behaviour must be authors or paper, got {self.gndrp_behaviour!r}")
         _require(self.loss in RIB_LOSSES, f"loss must be one of {RIB_LOSSES}, got {self.loss!r}")
         _require(self.head_batching in ("loop", "vmap"), f"head_batching must be loop or vmap, got {self.head_batching!r}")
         _require(self.cuda_graphs or not self.cuda_graph_targets,
@@ -286,7 +290,7 @@ class RIBConfig(Section):
         if behaviour == "paper":
             # The paper's B (20 on VOC) counts the target among the step's images; the authors'
             # code draws B images besides it.
-            values.update(behaviour="paper", gndrp_mode="paper", clip_loss=True, stop_on_margin=False,
+            values.update(behaviour="paper", gndrp_behaviour="paper", clip_loss=True, stop_on_margin=False,
                           stop_on_explosion=False, final_map=True,
                           num_others=values.get("num_others", cls.num_others) - 1)
         values.update(overrides)
@@ -296,7 +300,7 @@ class RIBConfig(Section):
 # What a stage does when an image has no input file: stop with a list, or skip with a warning.
 
 
-# ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask); see shared/IRN_NOTES.md
+# ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask), as IRN's released code does it
 
 # What differs between the IRN and RIB authors' code; everything else is shared. VOC presets pad
 # every image to 512 x 512 before the boundary network (IRN's EdgeDisplacement, which RIB keeps for
@@ -566,6 +570,12 @@ def from_plain(cls, values: Any, where: str = ""):
         raise ConfigError(f"expected a mapping of {cls.__name__} settings, got {shown(values)}",
                           where or None)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for old, new in getattr(cls, "OLD_NAMES", {}).items():
+        if old in values:
+            if new in values:
+                raise ConfigError(f"given twice, also under its earlier name {old}",
+                                  _join(where, new))
+            values = {new if k == old else k: v for k, v in values.items()}
     for name in values:
         if name not in fields:
             raise ConfigError(f"unknown setting{nearest(name, fields)}", _join(where, name))

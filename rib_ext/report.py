@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 from rib_ext.io import save_text
 from rib_ext.stages.registry import MAP_SETS
 
-# The paper's PASCAL VOC 2012 train figures (mIoU %), DESIGN.md: RIB's Table 1 / 3 / 4.
+# The paper's PASCAL VOC 2012 figures (mIoU %): RIB's Tables 1, 3 and 4 (seeds, CRF and IRN masks on
+# train; the DeepLab-v2 segmentation on val).
 PAPER_VOC = {"cam": {"seed": 48.8}, "rib": {"seed": 56.5, "crf": 62.9, "mask": 70.6, "segment": 68.3}}
 COLUMNS = (("seed", "eval_seed", "seed mIoU"), ("crf", "crf", "+ CRF"), ("mask", "eval_mask", "IRN mask"))
 

@@ -1,5 +1,5 @@
 """Every setting's range and type, stated once on its dataclass field and checked everywhere a
-config is made: flags, config files, Python, in-place edits (issue 20, items 1 and 6)."""
+config is made: flags, config files, Python, in-place edits."""
 import dataclasses
 import json
 import math
@@ -107,7 +107,7 @@ def test_every_out_of_range_or_non_finite_value_is_refused(path, f, hint):
             cfg.validate()
 
 
-# The cases of issue 20, item 1: each ran to the end (or to a traceback) before.
+# Values out of range given as flags: each of these once ran to the end (or to a traceback).
 @pytest.mark.parametrize("flags, message", [
     (["--irn.sem_seg_bg_thres", "3"], "irn.sem_seg_bg_thres must be in [0, 1], got 3.0"),
     (["--irn.conf_fg", "1.5"], "irn.conf_fg must be in [0, 1], got 1.5"),

@@ -39,7 +39,7 @@ def test_reference_mode_is_the_authors_unguarded_division(device, dtype):
     cam, present = _degenerate(device, dtype)
     want, want_grad = _value_and_grad(lambda x: oracle.gndrp_pool_loop(x, present, 0.4), cam)
     for fn in (lambda x: ops.gndrp_pool(x, present, 0.4, "authors"),
-               lambda x: oracle.gndrp_pool(x, present, 0.4, paper=False)):
+               lambda x: oracle.gndrp_pool(x, present, 0.4, behaviour="authors")):
         got, grad = _value_and_grad(fn, cam)
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(grad, want_grad, rtol=0, atol=0)
@@ -75,7 +75,7 @@ def test_paper_mode_average_pools_planes_without_positive_evidence(device):
     for k in range(4):  # max <= 0: every location kept, divided by their number
         torch.testing.assert_close(got[0, k], cam[0, k].mean())
         assert (grad[0, k] == 1 / 42).all()
-    ref = oracle.gndrp_pool(cam, present, 0.4, paper=True)
+    ref = oracle.gndrp_pool(cam, present, 0.4, behaviour="paper")
     torch.testing.assert_close(got, ref)
 
 
@@ -115,7 +115,7 @@ def test_coco_first20_bug_is_the_authors_loop_over_20_classes():
     torch.testing.assert_close(all80[:, 3], want[:, 3])
     # The paper preset normalises every class.
     _, logits_paper = group_loss(x, labels, RIBConfig.preset("coco", behaviour="paper"))
-    torch.testing.assert_close(logits_paper, oracle.gndrp_pool(cam, labels > 0, 0.5, paper=True))
+    torch.testing.assert_close(logits_paper, oracle.gndrp_pool(cam, labels > 0, 0.5, behaviour="paper"))
 
 
 def test_gap_pooling_is_a_plain_mean_even_for_a_zero_plane():

@@ -10,17 +10,17 @@ from rib_ext.ops import oracle
 
 SHAPES = [(3, 20, 8, 8), (2, 1, 5, 7), (4, 80, 6, 9), (2, 3, 1, 1), (2, 3, 1, 11), (3, 2, 13, 1)]
 LAYOUTS = ["contiguous", "channels_last", "noncontiguous"]
-MODES = ["authors", "paper"]
+BEHAVIOURS = ["authors", "paper"]
 
 
-def _check_pool(cam, present, tau, mode):
-    out = ops.gndrp_pool(cam, present, tau, mode)
-    ref = oracle.gndrp_pool(cam.detach().clone().requires_grad_(), present, tau, mode == "paper")
+def _check_pool(cam, present, tau, behaviour):
+    out = ops.gndrp_pool(cam, present, tau, behaviour)
+    ref = oracle.gndrp_pool(cam.detach().clone().requires_grad_(), present, tau, behaviour)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     g = torch.randn_like(out)
     (grad,) = torch.autograd.grad(out, cam, g)
     cam_ref = cam.detach().clone().requires_grad_()
-    (grad_ref,) = torch.autograd.grad(oracle.gndrp_pool(cam_ref, present, tau, mode == "paper"),
+    (grad_ref,) = torch.autograd.grad(oracle.gndrp_pool(cam_ref, present, tau, behaviour),
                                       cam_ref, g)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-7)
 
@@ -28,28 +28,28 @@ def _check_pool(cam, present, tau, mode):
 class TestGndrpPool(OpTester):
     op = "gndrp_pool"
     FALLBACKS = ("gndrp_pool",)
-    CASES = [dict(shape=s, mode=m) for s in SHAPES for m in MODES]
-    GRADCHECK_CASES = [dict(shape=(2, 3, 4, 5), mode=m) for m in MODES]
-    OPCHECK_CASES = [dict(paper=p) for p in (False, True)]
+    CASES = [dict(shape=s, behaviour=m) for s in SHAPES for m in BEHAVIOURS]
+    GRADCHECK_CASES = [dict(shape=(2, 3, 4, 5), behaviour=m) for m in BEHAVIOURS]
+    OPCHECK_CASES = [dict(behaviour=b) for b in BEHAVIOURS]
 
     def make_inputs(self, case, device, dtype, layout):
         cam = make_cam(*case["shape"], device=device, dtype=dtype, layout=layout, requires_grad=True)
         return cam, make_labels(*case["shape"][:2], device=device) > 0
 
     def call(self, args, case):
-        return ops.gndrp_pool(*args, 0.4, case["mode"])
+        return ops.gndrp_pool(*args, 0.4, case["behaviour"])
 
     def oracle(self, args, case):
-        return oracle.gndrp_pool(*args, 0.4, case["mode"] == "paper")
+        return oracle.gndrp_pool(*args, 0.4, case["behaviour"])
 
     def opcheck_calls(self, case, device):
         cam = make_cam(3, 4, 5, 6, device=device, requires_grad=True)
         present = make_labels(3, 4, device=device) > 0
-        _, pmax, scale = torch.ops.rib_ext.gndrp_pool.default(cam.detach(), present, 0.4, case["paper"])
+        _, pmax, scale = torch.ops.rib_ext.gndrp_pool.default(cam.detach(), present, 0.4, case["behaviour"])
         grad = torch.randn(3, 4, device=device)
-        return [(torch.ops.rib_ext.gndrp_pool.default, (cam, present, 0.4, case["paper"])),
+        return [(torch.ops.rib_ext.gndrp_pool.default, (cam, present, 0.4, case["behaviour"])),
                 (torch.ops.rib_ext._gndrp_pool_backward.default,
-                 (grad, cam.detach(), present, pmax, scale, 0.4, case["paper"]))]
+                 (grad, cam.detach(), present, pmax, scale, 0.4, case["behaviour"]))]
 
 
 class TestGndrpMarginLoss(OpTester):
@@ -57,9 +57,9 @@ class TestGndrpMarginLoss(OpTester):
 
     op = "gndrp_margin_loss"
     FALLBACKS = ("gndrp_margin_loss",)
-    CASES = [dict(shape=s, mode=m) for s in [(26, 20, 8, 8), (3, 80, 5, 6), (2, 1, 1, 1)] for m in MODES]
-    GRADCHECK_CASES = [dict(shape=(3, 4, 3, 5), mode=m) for m in MODES]
-    OPCHECK_CASES = [dict(paper=p) for p in (False, True)]
+    CASES = [dict(shape=s, behaviour=m) for s in [(26, 20, 8, 8), (3, 80, 5, 6), (2, 1, 1, 1)] for m in BEHAVIOURS]
+    GRADCHECK_CASES = [dict(shape=(3, 4, 3, 5), behaviour=m) for m in BEHAVIOURS]
+    OPCHECK_CASES = [dict(behaviour=b) for b in BEHAVIOURS]
     MARGIN = 0.3  # small, so the paper clip is active on some rows
 
     def make_inputs(self, case, device, dtype, layout):
@@ -67,16 +67,16 @@ class TestGndrpMarginLoss(OpTester):
         return cam, make_labels(*case["shape"][:2], device=device, dtype=dtype)
 
     def call(self, args, case):
-        return ops.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["mode"])
+        return ops.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["behaviour"])
 
     def oracle(self, args, case):
-        loss, logits = oracle.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["mode"] == "paper")
+        loss, logits = oracle.gndrp_margin_loss(*args, 0.4, self.MARGIN, case["behaviour"])
         return loss, logits.detach()
 
     def opcheck_calls(self, case, device):
         cam = make_cam(3, 4, 5, 6, device=device, requires_grad=True)
         labels = make_labels(3, 4, device=device)
-        return [(torch.ops.rib_ext.gndrp_margin_loss.default, (cam, labels, 0.4, 0.5, case["paper"]))]
+        return [(torch.ops.rib_ext.gndrp_margin_loss.default, (cam, labels, 0.4, 0.5, case["behaviour"]))]
 
     @pytest.mark.parametrize("device", cpu_and_cuda())
     def test_logits_detached_and_both_clip_sides_exercised(self, case, device):
@@ -84,14 +84,14 @@ class TestGndrpMarginLoss(OpTester):
         loss, logits = self.call((cam, labels), case)
         assert loss.requires_grad and not logits.requires_grad
         _, logits_ref = self.oracle((cam, labels), case)
-        if case["mode"] == "paper" and case["shape"][0] * case["shape"][1] >= 20:
+        if case["behaviour"] and case["shape"][0] * case["shape"][1] >= 20:
             clipped = (logits_ref >= self.MARGIN) & (labels > 0)
             assert clipped.any() and (~clipped & (labels > 0)).any(), "the test must exercise both sides"
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("mode", MODES)
-def test_gndrp_pool_degenerate_planes(device, mode):
+@pytest.mark.parametrize("behaviour", BEHAVIOURS)
+def test_gndrp_pool_degenerate_planes(device, behaviour):
     """All classes absent; a present class whose map is all negative, all equal, all zero."""
     cam = make_cam(4, 5, 6, 7, device=device).detach()
     cam[0, 0] = -torch.rand(6, 7, device=device) - 0.1  # max < 0
@@ -101,15 +101,15 @@ def test_gndrp_pool_degenerate_planes(device, mode):
     cam.requires_grad_()
     present = torch.ones(4, 5, dtype=torch.bool, device=device)
     present[3] = False  # a row with every class absent
-    _check_pool(cam, present, 0.4, mode)
-    out = ops.gndrp_pool(cam, present, 0.4, mode)
+    _check_pool(cam, present, 0.4, behaviour)
+    out = ops.gndrp_pool(cam, present, 0.4, behaviour)
     assert torch.isfinite(out).all()
-    if mode == "paper":  # non-positive max keeps every location: the plain mean
+    if behaviour == "paper":  # non-positive max keeps every location: the plain mean
         torch.testing.assert_close(out[0, 0], cam[0, 0].mean())
         torch.testing.assert_close(out[0, 3], torch.tensor(-1.0, device=device))
     else:  # the authors' unguarded division: max < 0 keeps nothing (tests/test_fidelity_gndrp.py)
         assert out[0, 0].item() == 0.0 and out[0, 3].item() == 0.0
-    # An all-equal positive plane keeps nothing: 0 in both modes (paper: no division by zero).
+    # An all-equal positive plane keeps nothing: 0 in both behaviours (paper: no division by zero).
     assert out[0, 1].item() == 0.0
     torch.testing.assert_close(out[3], cam[3].mean(dim=(1, 2)))
 
@@ -118,13 +118,13 @@ def test_gndrp_pool_hand_worked_example():
     """The authors' semantics on a 2x2 map, worked by hand.
 
     plane = [[4, 1], [-2, 2]], tau = 0.4, max M = 4, normalised = [[1, .25], [-.5, .5]].
-    reference: kept where < 0.4 -> {1, -2}; logit = (1 - 2) / (2*2) = -0.25.
-    paper:     kept where <= 0.4 -> {1, -2}; logit = (1 - 2) / 2 = -0.5.
-    absent class: every location, (4 + 1 - 2 + 2) / 4 = 1.25 (both modes in reference;
-    paper divides by the kept count 4 as well -> 1.25).
-    With tau = 0.5: reference keeps {1, -2} (0.5 is not < 0.5) -> -0.25;
-                    paper keeps {1, -2, 2} (0.5 <= 0.5)        -> (1 - 2 + 2) / 3 = 1/3.
-    Gradient (reference, tau 0.4): 1/4 at the kept locations (0,1) and (1,0), 0 elsewhere.
+    authors: kept where < 0.4 -> {1, -2}; logit = (1 - 2) / (2*2) = -0.25.
+    paper:   kept where <= 0.4 -> {1, -2}; logit = (1 - 2) / 2 = -0.5.
+    absent class: every location, (4 + 1 - 2 + 2) / 4 = 1.25 in both behaviours (authors divides
+    by H*W = 4, paper by the kept count, 4 as well).
+    With tau = 0.5: authors keeps {1, -2} (0.5 is not < 0.5) -> -0.25;
+                    paper keeps {1, -2, 2} (0.5 <= 0.5)      -> (1 - 2 + 2) / 3 = 1/3.
+    Gradient (authors, tau 0.4): 1/4 at the kept locations (0,1) and (1,0), 0 elsewhere.
     """
     plane = torch.tensor([[4.0, 1.0], [-2.0, 2.0]])
     cam = torch.stack([plane, plane])[None].clone().requires_grad_()  # [1, 2, 2, 2]
@@ -141,14 +141,14 @@ def test_gndrp_pool_hand_worked_example():
 
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("mode", MODES)
-def test_half_precision_cuda(dtype, mode):
+@pytest.mark.parametrize("behaviour", BEHAVIOURS)
+def test_half_precision_cuda(dtype, behaviour):
     cam32 = make_cam(26, 20, 16, 16, device="cuda")
     labels = make_labels(26, 20, device="cuda")
     cam = cam32.to(dtype).requires_grad_()
-    loss, logits = ops.gndrp_margin_loss(cam, labels, 0.4, 600.0, mode)
+    loss, logits = ops.gndrp_margin_loss(cam, labels, 0.4, 600.0, behaviour)
     loss_ref, logits_ref = oracle.gndrp_margin_loss(cam.detach().float(), labels, 0.4, 600.0,
-                                                       mode == "paper")
+                                                       behaviour)
     assert loss.dtype == torch.float32 and logits.dtype == dtype
     torch.testing.assert_close(logits.float(), logits_ref, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(loss, loss_ref, rtol=1e-3, atol=1e-2)
@@ -157,12 +157,12 @@ def test_half_precision_cuda(dtype, mode):
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.parametrize("mode", MODES)
-def test_cuda_matches_cpu(mode):
+@pytest.mark.parametrize("behaviour", BEHAVIOURS)
+def test_cuda_matches_cpu(behaviour):
     cam = make_cam(26, 20, 32, 32)
     labels = make_labels(26, 20)
-    cpu = ops.gndrp_margin_loss(cam, labels, 0.4, 600.0, mode)
-    gpu = ops.gndrp_margin_loss(cam.cuda(), labels.cuda(), 0.4, 600.0, mode)
+    cpu = ops.gndrp_margin_loss(cam, labels, 0.4, 600.0, behaviour)
+    gpu = ops.gndrp_margin_loss(cam.cuda(), labels.cuda(), 0.4, 600.0, behaviour)
     torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-5, atol=1e-5)
 
@@ -182,15 +182,46 @@ def test_compiles_without_graph_breaks():
     torch.testing.assert_close(g1, g2)
 
 
+def test_the_earlier_keyword_mode_still_chooses_the_behaviour():
+    cam, labels = make_cam(2, 3, 4, 4), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    present = labels > 0
+    for behaviour in BEHAVIOURS:
+        assert torch.equal(ops.gndrp_pool(cam, present, 0.4, mode=behaviour),
+                           ops.gndrp_pool(cam, present, 0.4, behaviour=behaviour))
+        assert torch.equal(ops.gndrp_margin_loss(cam, labels, 0.4, 0.3, mode=behaviour)[0],
+                           ops.gndrp_margin_loss(cam, labels, 0.4, 0.3, behaviour=behaviour)[0])
+        assert torch.equal(ops.margin_loss(labels * 3, labels, 2.0, mode=behaviour),
+                           ops.margin_loss(labels * 3, labels, 2.0, behaviour=behaviour))
+    assert ops.MODES == ops.BEHAVIOURS
+
+
 def test_bad_inputs_have_clear_errors():
     cam = make_cam(2, 3, 4, 4)
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="behaviour must be one of"):
         ops.gndrp_pool(cam, torch.ones(2, 3, dtype=torch.bool), 0.4, "gap")
     if ops.HAS_C:
         with pytest.raises(RuntimeError, match=r"present must be \[N, K\]"):
             ops.gndrp_pool(cam, torch.ones(3, 3, dtype=torch.bool))
         with pytest.raises(RuntimeError, match=r"cam must be \[N, K, H, W\]"):
             ops.gndrp_pool(cam[0], torch.ones(3, 4, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not ops.HAS_C, reason="needs the compiled extension")
+def test_the_kernels_refuse_an_unknown_behaviour():
+    cam, labels = make_cam(2, 3, 4, 4), torch.ones(2, 3)
+    calls = [lambda: torch.ops.rib_ext.gndrp_pool.default(cam, labels > 0, 0.4, "reference"),
+             lambda: torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, 0.4, 0.5, "reference"),
+             lambda: torch.ops.rib_ext.margin_loss.default(labels, labels, 0.5, "reference")]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="behaviour must be 'authors' or 'paper', got 'reference'"):
+            call()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        cam, labels = torch.empty(2, 3, 4, 4), torch.empty(2, 3)
+        for call in calls:
+            with pytest.raises(RuntimeError, match="behaviour must be 'authors' or 'paper'"):
+                call()
 
 
 @pytest.mark.skipif(not ops.HAS_C, reason="the fake kernels exist with the compiled extension")
@@ -202,13 +233,13 @@ def test_fake_kernels_check_inputs_like_the_kernels():
     with FakeTensorMode():
         cam = torch.empty(2, 3, 4, 4)
         with pytest.raises(RuntimeError, match=r"gndrp_pool: present must be \[N, K\] = \[2, 3\], got \(3, 3\)"):
-            torch.ops.rib_ext.gndrp_pool.default(cam, torch.empty(3, 3, dtype=torch.bool), 0.4, False)
+            torch.ops.rib_ext.gndrp_pool.default(cam, torch.empty(3, 3, dtype=torch.bool), 0.4, "authors")
         with pytest.raises(RuntimeError, match=r"gndrp_pool: cam must be \[N, K, H, W\], got 3 dims"):
-            torch.ops.rib_ext.gndrp_pool.default(cam[0], torch.empty(3, 4, dtype=torch.bool), 0.4, False)
+            torch.ops.rib_ext.gndrp_pool.default(cam[0], torch.empty(3, 4, dtype=torch.bool), 0.4, "authors")
         with pytest.raises(RuntimeError, match="gndrp_pool: present must be bool"):
-            torch.ops.rib_ext.gndrp_pool.default(cam, torch.empty(2, 3), 0.4, False)
+            torch.ops.rib_ext.gndrp_pool.default(cam, torch.empty(2, 3), 0.4, "authors")
         with pytest.raises(RuntimeError, match=r"gndrp_margin_loss: labels must be \[N, K\]"):
-            torch.ops.rib_ext.gndrp_margin_loss.default(cam, torch.empty(2, 4), 0.4, 0.5, False)
+            torch.ops.rib_ext.gndrp_margin_loss.default(cam, torch.empty(2, 4), 0.4, 0.5, "authors")
 
 
 @pytest.mark.skipif(not ops.HAS_C, reason="needs the compiled extension")

@@ -7,7 +7,7 @@ from op_tester import OpTester
 from rib_ext import ops
 from rib_ext.ops import oracle
 
-MODES = ["authors", "paper"]
+BEHAVIOURS = ["authors", "paper"]
 
 
 def make_logits(shape, *, device="cpu", dtype=torch.float32, layout="contiguous", seed=0):
@@ -21,10 +21,10 @@ def make_logits(shape, *, device="cpu", dtype=torch.float32, layout="contiguous"
 class TestMarginLoss(OpTester):
     op = "margin_loss"
     FALLBACKS = ("margin_loss",)
-    CASES = [dict(shape=s, mode=m, reduction=r) for s in [(26, 20), (1, 1), (4, 80)] for m in MODES
+    CASES = [dict(shape=s, behaviour=m, reduction=r) for s in [(26, 20), (1, 1), (4, 80)] for m in BEHAVIOURS
              for r in ["sum", "mean", "none"]]
-    GRADCHECK_CASES = [dict(shape=(5, 7), mode=m, reduction="none") for m in MODES]
-    OPCHECK_CASES = [dict(paper=p) for p in (False, True)]
+    GRADCHECK_CASES = [dict(shape=(5, 7), behaviour=m, reduction="none") for m in BEHAVIOURS]
+    OPCHECK_CASES = [dict(behaviour=b) for b in BEHAVIOURS]
     LAYOUTS = ("contiguous", "noncontiguous")
 
     def make_inputs(self, case, device, dtype, layout):
@@ -32,24 +32,24 @@ class TestMarginLoss(OpTester):
         return y, make_labels(*case["shape"], device=device, dtype=dtype)
 
     def call(self, args, case):
-        return ops.margin_loss(*args, 0.5, case["mode"], case["reduction"])
+        return ops.margin_loss(*args, 0.5, case["behaviour"], case["reduction"])
 
     def oracle(self, args, case):
-        out = oracle.margin_loss(*args, 0.5, case["mode"] == "paper")
+        out = oracle.margin_loss(*args, 0.5, case["behaviour"])
         return {"sum": out.sum(), "mean": out.mean(), "none": out}[case["reduction"]]
 
     def opcheck_calls(self, case, device):
         y = make_logits((6, 20), device=device).requires_grad_()
         t = make_labels(6, 20, device=device)
-        return [(torch.ops.rib_ext.margin_loss.default, (y, t, 0.5, case["paper"])),
+        return [(torch.ops.rib_ext.margin_loss.default, (y, t, 0.5, case["behaviour"])),
                 (torch.ops.rib_ext._margin_loss_backward.default,
-                 (torch.randn(6, 20, device=device), y.detach(), t, 0.5, case["paper"]))]
+                 (torch.randn(6, 20, device=device), y.detach(), t, 0.5, case["behaviour"]))]
 
 
 def test_margin_loss_clip_by_hand():
     """y = [1, 2, 3], t = [1, 1, 0], m = 2.
     paper: -(1) - min(2, 2) - 0 = -3; gradient -1 where y < 2, 0 at y = 2 (clip active) and for t = 0.
-    reference: -(1 + 2) = -3 as well here, but gradient -t everywhere: [-1, -1, 0]."""
+    authors: -(1 + 2) = -3 as well here, but gradient -t everywhere: [-1, -1, 0]."""
     y = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
     t = torch.tensor([[1.0, 1.0, 0.0]])
     paper = ops.margin_loss(y, t, 2.0, "paper")
@@ -84,4 +84,4 @@ def test_fake_kernel_checks_shapes_like_the_kernel():
     with FakeTensorMode():
         y, t = torch.empty(2, 3), torch.empty(3, 2)
         with pytest.raises(RuntimeError, match=r"margin_loss: logits \(2, 3\) and labels \(3, 2\) must have the same shape"):
-            torch.ops.rib_ext.margin_loss.default(y, t, 0.5, False)
+            torch.ops.rib_ext.margin_loss.default(y, t, 0.5, "authors")

@@ -1,7 +1,7 @@
 """The pipeline on a tiny COCO folder (tests/test_data_coco.py's fixture: three 20x30 images, one
-with no class): an edited annotation stops the reuse of the stages made from it (issue 20 item 4),
+with no class): an edited annotation stops the reuse of the stages made from it,
 and the images with no class get keys-only maps and count in the evaluation, as in the authors'
-code (item 9)."""
+code."""
 import json
 import warnings
 

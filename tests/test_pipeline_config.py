@@ -135,8 +135,8 @@ def test_demo_preset_trains_on_a_users_voc_folder(tmp_path, capsys):
     assert (out / "train_cam" / "cam_net.pth").is_file()
 
 
-def test_rib_preset_flag_and_the_old_spelling(capsys):
-    assert config(["--rib-preset", "paper"]).rib.gndrp_mode == "paper"
+def test_rib_behaviour_flag_and_the_old_spelling(capsys):
+    assert config(["--rib-preset", "paper"]).rib.gndrp_behaviour == "paper"
     assert config([]).rib.behaviour == "authors"
     with pytest.raises(SystemExit) as exit_info:
         pipeline.build_parser().parse_args(["--preset", "paper"])
@@ -145,6 +145,22 @@ def test_rib_preset_flag_and_the_old_spelling(capsys):
     with pytest.raises(SystemExit):
         pipeline.build_parser().parse_args(["--rib-behaviour", "reference"])
     assert "now called 'authors'" in capsys.readouterr().err
+
+
+def test_gndrp_behaviour_under_its_old_name_in_flags_and_config_files(tmp_path):
+    """The GNDRP switch was called gndrp_mode: old config.json files and the old flag still work."""
+    assert config(["--rib.gndrp_mode", "paper"]).rib.gndrp_behaviour == "paper"
+    assert config(["--rib.gndrp_behaviour", "paper"]).rib.gndrp_behaviour == "paper"
+    saved = plain_dict(config([]))
+    saved["rib"]["gndrp_mode"] = saved["rib"].pop("gndrp_behaviour")
+    saved["rib"]["gndrp_mode"] = "paper"
+    path = tmp_path / "old_config.json"
+    path.write_text(json.dumps(saved))
+    assert config(["--config", str(path)]).rib.gndrp_behaviour == "paper"
+    saved["rib"]["gndrp_behaviour"] = "authors"
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="gndrp_mode"):
+        config(["--config", str(path)])
 
 
 def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Errors a user meets at run time (issue 20): each one was a traceback (or a silent wrong result)
+"""Errors a user meets at run time: each one was a traceback (or a silent wrong result)
 and is now ``error: <message naming the value or file>`` with exit status 2 (130 for Ctrl-C, the
 shell's convention for SIGINT), with nothing half-written. Each test reproduces the case first."""
 import errno

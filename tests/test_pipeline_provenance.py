@@ -1,6 +1,7 @@
 """Provenance of the pipeline's stage folders: reruns with other settings or data stop (naming the
 fields) unless --overwrite; summary.json is merged; config.json says what was used. Each silent
-wrong result of issue 11 at this level is reproduced first (it used to exit 0)."""
+wrong result that a rerun with other settings or data once gave is reproduced first (it used to
+exit 0)."""
 import json
 import shutil
 

@@ -1,4 +1,4 @@
-"""Silent wrong results of issue 20 at the pipeline's level, each reproduced first as a user would
+"""Silent wrong results at the pipeline's level, each reproduced first as a user would
 meet it (they used to end with exit 0 and wrong figures): a classifier of other classes, missing
 ground-truth masks, a diverged classifier, an edited annotation, COCO images of no class."""
 import json
@@ -21,7 +21,7 @@ def finished(tmp_path_factory):
     return finish_run(tmp_path_factory, "silent", "train_cam,make_cam,eval_seed")
 
 
-# ------------------------------------------------------------------ item 7: checkpoint classes
+# ------------------------------------------------------------------ checkpoint classes
 
 def test_cam_checkpoint_of_other_classes_is_refused_naming_both(tmp_path, capsys):
     ckpt = tmp_path / "voc_classifier.pth"
@@ -46,7 +46,7 @@ def test_segment_model_of_other_classes_is_refused(tmp_path):
         load_deeplab(tmp_path / "m.pth", num_classes=6)
 
 
-# ------------------------------------------------------------- item 5: a missing ground-truth mask
+# ------------------------------------------------------------- a missing ground-truth mask
 
 def test_missing_ground_truth_mask_is_an_error_or_counted_with_allow_missing(finished, tmp_path, capsys):
     # A VOC-layout copy of the demo's data (the demo itself would regenerate a deleted mask).
@@ -71,7 +71,7 @@ def test_missing_ground_truth_mask_is_an_error_or_counted_with_allow_missing(fin
         in (out / "eval_seed" / "cam" / "result.md").read_text()
 
 
-# -------------------------------------------------- item 2: a diverged classifier, empty maps, nan
+# -------------------------------------------------- a diverged classifier, empty maps, nan
 
 def test_diverged_classifier_stops_train_cam_with_the_learning_rate(tmp_path, capsys):
     out = tmp_path / "run"
@@ -145,7 +145,7 @@ def test_map_checker_names_non_finite_and_some_empty_maps(tmp_path):
         resumed.finish()
 
 
-# ------------------------------------------------- item 4: VOC annotation contents in provenance
+# ------------------------------------------------- VOC annotation contents in provenance
 
 def test_voc_description_follows_the_annotation_contents_not_their_dates(finished, tmp_path):
     import os

@@ -1,5 +1,5 @@
 """precision="float32" means float32 (no TF32 on Ampere and newer GPUs); TF32 is its own named
-choice; the previous flags come back afterwards (issue 20, item 8)."""
+choice; the previous flags come back afterwards."""
 import numpy as np
 import pytest
 import torch

@@ -64,7 +64,7 @@ def test_engine_matches_reference_loop(setup, preset):
 
 @pytest.mark.parametrize("variant", [dict(pooling="gap"), dict(loss="bce_tanh"),
                                      dict(loss="bce_sigmoid"), dict(coco_first20_bug=True),
-                                     dict(gndrp_mode="paper", clip_loss=False)])
+                                     dict(gndrp_behaviour="paper", clip_loss=False)])
 def test_engine_matches_loop_for_ablation_variants(setup, variant):
     _, model, pool, targets = setup
     cfg = tiny_cfg(**variant)

@@ -1,4 +1,4 @@
-"""How many maps each behaviour sums and how many other images it draws (issue 20, items 10, 11).
+"""How many maps each behaviour sums and how many other images it draws.
 
 The paper: M = sum_{k=0..K} CAM(x; theta_k), K+1 maps; B = 20 images per step, the target among
 them. The authors' code: the maps of theta_0..theta_{K-1} (taken before each update), and B = 20
@@ -81,7 +81,7 @@ def test_paper_final_map_is_the_map_of_the_last_weights(setup):
     assert not np.allclose(with_final.maps["high_res"], without.maps["high_res"])
 
 
-# ---------------------------------------------------------------- item 11: a pool smaller than K x B
+# ---------------------------------------------------------------- a pool smaller than K x B
 
 class _SmallPool(TinyDataset):
     """Target 0 of class 0; images 1, 2 share it; ``disjoint`` more images of other classes."""

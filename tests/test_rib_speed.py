@@ -260,7 +260,7 @@ def test_make_cam_speed_settings_keep_the_maps(setup):
 
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
 def test_bf16_on_every_grouped_path_correlates_with_float32(setup, batching):
-    """Issue 17: bf16 on the vmap path raised on the CPU (autocast does not reach inside vmap)."""
+    """bf16 on the vmap path once raised on the CPU (autocast does not reach inside vmap)."""
     _, model, pool, targets = setup
     cfg = small_cfg(group_size=2, head_batching=batching)
     f32 = _run(model, pool, targets, cfg)

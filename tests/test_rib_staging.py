@@ -1,4 +1,4 @@
-"""RIB's data made on the adaptation device (issue 17): the other images' batches and the target's
+"""RIB's data made on the adaptation device: the other images' batches and the target's
 views from the cached uint8 images with resize_bicubic_u8, staged on a side stream, equal bit for
 bit to the Pillow-on-the-host path they replace (kept here as the oracle)."""
 import dataclasses
@@ -17,7 +17,7 @@ from rib_ext.rib.targets import TargetViews
 
 
 def pillow_batch(pool, recipes):
-    """The other images as built before issue 17: Pillow on the host, then per image on the device
+    """The other images as the host builds them: Pillow on the host, then per image on the device
     float, flip, normalise and paste on zeros; labels gathered on the device."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

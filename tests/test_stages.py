@@ -171,3 +171,13 @@ def test_interrupted_rib_stage_resumes(tiny_data, tmp_path, monkeypatch):
         b = load_npy_dict(tmp_path / "straight" / "maps" / f"{name}.npy")
         np.testing.assert_allclose(a["high_res"], b["high_res"], rtol=1e-5, atol=1e-6)
     assert len((tmp_path / "resumed" / "records.jsonl").read_text().splitlines()) == len(val)
+
+
+def test_every_registered_stage_module_keeps_the_stage_contract():
+    from rib_ext.stages.registry import STAGES, stage_module
+    for name in STAGES:
+        module = stage_module(name)
+        assert isinstance(module.UPSTREAM, tuple | list), name
+        known = set(STAGES) | {"data:train", "data:eval", "data:val"}
+        assert set(module.UPSTREAM) <= known, name
+        assert callable(module.settings) and callable(module.run), name

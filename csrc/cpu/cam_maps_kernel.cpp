@@ -7,6 +7,7 @@
 
 #include <limits>
 
+#include "../cam_maps.h"
 #include "../host_prep.h"
 
 namespace rib_ext {

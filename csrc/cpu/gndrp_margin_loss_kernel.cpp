@@ -13,7 +13,9 @@ namespace rib_ext {
 namespace cpu {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gndrp_margin_loss_cpu(
-    const at::Tensor& cam, const at::Tensor& labels, double tau, double margin, bool paper) {
+    const at::Tensor& cam, const at::Tensor& labels, double tau, double margin,
+    c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "gndrp_margin_loss");
   const auto a = prepare_gndrp_margin_loss(cam, labels);
   const int64_t planes = a.cam.count;
   const int64_t hw = a.cam.hw;
@@ -47,7 +49,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gndrp_margin_loss_cpu
 at::Tensor gndrp_margin_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& cam,
                                           const at::Tensor& labels, const at::Tensor& logits,
                                           const at::Tensor& plane_max, const at::Tensor& scale,
-                                          double tau, double margin, bool paper) {
+                                          double tau, double margin, c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "_gndrp_margin_loss_backward");
   const auto a = prepare_gndrp_margin_loss_backward(grad_loss, cam, labels, logits, plane_max, scale);
   const int64_t hw = a.cam.hw;
   if (a.grad_cam.numel() == 0) return a.grad_cam;

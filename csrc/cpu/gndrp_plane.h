@@ -30,8 +30,8 @@ inline PlaneStats<scalar_t, acc_t> gndrp_plane(const scalar_t* x, int64_t hw, bo
 #pragma omp simd reduction(max : m)
   for (int64_t u = 0; u < hw; ++u) m = std::max(m, static_cast<acc_t>(x[u]));
 
-  // Hoisted out of the loop: whether the plane is normalised at all (gndrp.h: reference mode
-  // divides by a non-positive max too, as the authors' code does).
+  // Hoisted out of the loop: whether the plane is normalised at all (gndrp.h: the authors'
+  // behaviour divides by a non-positive max too, as their code does).
   const bool normalise = present && (!paper || m > acc_t(0));
   acc_t sum = 0;
   acc_t count = 0;  // exact in float up to 2^24 locations

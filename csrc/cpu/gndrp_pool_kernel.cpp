@@ -13,7 +13,9 @@ namespace cpu {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cpu(const at::Tensor& cam,
                                                               const at::Tensor& present,
-                                                              double tau, bool paper) {
+                                                              double tau,
+                                                              c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "gndrp_pool");
   const auto a = prepare_gndrp_pool(cam, present);
   const int64_t planes = a.cam.count;
   const int64_t hw = a.cam.hw;
@@ -42,7 +44,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cpu(const at::Tensor& 
 // grad_cam[n,k,u] = grad[n,k] * scale[n,k] * kept(n,k,u)
 at::Tensor gndrp_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& cam,
                                    const at::Tensor& present, const at::Tensor& plane_max,
-                                   const at::Tensor& scale, double tau, bool paper) {
+                                   const at::Tensor& scale, double tau,
+                                   c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "_gndrp_pool_backward");
   const auto a = prepare_gndrp_pool_backward(grad, cam, present, plane_max, scale);
   const int64_t hw = a.cam.hw;
   if (a.grad_cam.numel() == 0) return a.grad_cam;

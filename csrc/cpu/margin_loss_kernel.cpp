@@ -6,13 +6,14 @@
 #include <torch/library.h>
 
 #include "../host_prep.h"
-#include "../gndrp.h"
+#include "../margin_loss.h"
 
 namespace rib_ext {
 namespace cpu {
 
 at::Tensor margin_loss_cpu(const at::Tensor& logits, const at::Tensor& labels, double margin,
-                           bool paper) {
+                           c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "margin_loss");
   const auto a = prepare_margin_loss(logits, labels);
   const int64_t n = a.out.numel();
   if (n == 0) return a.out;
@@ -32,7 +33,9 @@ at::Tensor margin_loss_cpu(const at::Tensor& logits, const at::Tensor& labels, d
 }
 
 at::Tensor margin_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
-                                    const at::Tensor& labels, double margin, bool paper) {
+                                    const at::Tensor& labels, double margin,
+                                    c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "_margin_loss_backward");
   const auto a = prepare_margin_loss_backward(grad, logits, labels);
   const int64_t n = a.out.numel();
   if (n == 0) return a.out;

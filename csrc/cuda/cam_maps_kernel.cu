@@ -4,6 +4,7 @@
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 
+#include "../cam_maps.h"
 #include "block_reduce.cuh"
 #include "launch.h"
 

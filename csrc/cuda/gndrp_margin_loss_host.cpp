@@ -12,7 +12,9 @@ namespace rib_ext {
 namespace cuda {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gndrp_margin_loss_cuda(
-    const at::Tensor& cam, const at::Tensor& labels, double tau, double margin, bool paper) {
+    const at::Tensor& cam, const at::Tensor& labels, double tau, double margin,
+    c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "gndrp_margin_loss");
   const c10::cuda::OptionalCUDAGuard guard(cam.device());
   const auto a = prepare_gndrp_margin_loss(cam, labels);
   if (a.cam.count == 0) return a.tuple();
@@ -27,7 +29,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gndrp_margin_loss_cud
 at::Tensor gndrp_margin_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& cam,
                                            const at::Tensor& labels, const at::Tensor& logits,
                                            const at::Tensor& plane_max, const at::Tensor& scale,
-                                           double tau, double margin, bool paper) {
+                                           double tau, double margin, c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "_gndrp_margin_loss_backward");
   const c10::cuda::OptionalCUDAGuard guard(cam.device());
   const auto a = prepare_gndrp_margin_loss_backward(grad_loss, cam, labels, logits, plane_max, scale);
   if (a.grad_cam.numel() == 0) return a.grad_cam;

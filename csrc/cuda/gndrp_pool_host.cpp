@@ -13,7 +13,9 @@ namespace cuda {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cuda(const at::Tensor& cam,
                                                                const at::Tensor& present,
-                                                               double tau, bool paper) {
+                                                               double tau,
+                                                               c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "gndrp_pool");
   const c10::cuda::OptionalCUDAGuard guard(cam.device());
   const auto a = prepare_gndrp_pool(cam, present);
   if (a.cam.count == 0) return a.out.tuple();
@@ -26,7 +28,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cuda(const at::Tensor&
 
 at::Tensor gndrp_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& cam,
                                     const at::Tensor& present, const at::Tensor& plane_max,
-                                    const at::Tensor& scale, double tau, bool paper) {
+                                    const at::Tensor& scale, double tau,
+                                    c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "_gndrp_pool_backward");
   const c10::cuda::OptionalCUDAGuard guard(cam.device());
   const auto a = prepare_gndrp_pool_backward(grad, cam, present, plane_max, scale);
   if (a.grad_cam.numel() == 0) return a.grad_cam;

@@ -26,13 +26,16 @@ at::Tensor launch(const MarginLossArgs& a, double margin, bool paper) {
 }  // namespace
 
 at::Tensor margin_loss_cuda(const at::Tensor& logits, const at::Tensor& labels, double margin,
-                            bool paper) {
+                            c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "margin_loss");
   const c10::cuda::OptionalCUDAGuard guard(logits.device());
   return launch(prepare_margin_loss(logits, labels), margin, paper);
 }
 
 at::Tensor margin_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
-                                     const at::Tensor& labels, double margin, bool paper) {
+                                     const at::Tensor& labels, double margin,
+                                     c10::string_view behaviour) {
+  const bool paper = is_paper_behaviour(behaviour, "_margin_loss_backward");
   const c10::cuda::OptionalCUDAGuard guard(logits.device());
   return launch(prepare_margin_loss_backward(grad, logits, labels), margin, paper);
 }

@@ -3,7 +3,7 @@
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 
-#include "../gndrp.h"
+#include "../margin_loss.h"
 #include "launch.h"
 
 namespace rib_ext {

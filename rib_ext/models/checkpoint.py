@@ -156,7 +156,7 @@ def build_cam_net(backbone: str = "resnet50", num_classes: int = 20,
 
 # A trained ResNet classifier's parameters stay within a few units (ImageNet's BN scales reach
 # about 10); weight decay and batch norm keep them there. A training that diverged leaves far larger
-# ones (issue 20: 5e4 after one step at lr 1e6, 5e16 after more) with a finite loss, and maps that
+# ones (measured: 5e4 after one step at lr 1e6, 5e16 after more) with a finite loss, and maps that
 # are zero everywhere. The bound leaves two orders of magnitude of room.
 WEIGHT_LIMIT = 1e3
 

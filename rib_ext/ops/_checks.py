@@ -8,6 +8,11 @@ from __future__ import annotations
 import torch
 
 
+def check_behaviour(behaviour: str, op: str) -> None:
+    torch._check(behaviour in ("authors", "paper"),
+                 lambda: f"{op}: behaviour must be 'authors' or 'paper', got '{behaviour}'")
+
+
 def check_cam(cam: torch.Tensor, op: str) -> None:
     torch._check(cam.dim() == 4, lambda: f"{op}: cam must be [N, K, H, W], got {cam.dim()} dims {tuple(cam.shape)}")
     torch._check(cam.numel() == 0 or cam.shape[2] * cam.shape[3] > 0,

@@ -1,24 +1,28 @@
 """GNDRP masked pooling and its fused form with the RIB margin loss.
 
-Semantics (both modes) are in csrc/gndrp.h; :mod:`rib_ext.ops.oracle` holds the same maths in
-plain PyTorch. ``mode='authors'`` is the authors' released code, ``mode='paper'`` the paper's
-equation.
+Semantics (both behaviours) are in csrc/gndrp.h; :mod:`rib_ext.ops.oracle` holds the same maths in
+plain PyTorch. ``behaviour='authors'`` is the authors' released code, ``behaviour='paper'`` the
+paper's equation.
 """
 from __future__ import annotations
 
 import torch
 
 from . import oracle
-from ._checks import check_cam, check_rows
+from ._checks import check_behaviour, check_cam, check_rows
 from ._extension import HAS_C, use_compiled
 
-MODES = ("authors", "paper")
+BEHAVIOURS = ("authors", "paper")
+MODES = BEHAVIOURS  # the earlier name
 
 
-def _is_paper(mode: str) -> bool:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return mode == "paper"
+def _checked_behaviour(behaviour: str, mode: str | None = None) -> str:
+    """``behaviour``, checked; ``mode`` is its earlier name, still accepted."""
+    if mode is not None:
+        behaviour = mode
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"behaviour must be one of {BEHAVIOURS}, got {behaviour!r}")
+    return behaviour
 
 
 def _check_tau(tau) -> float:
@@ -38,7 +42,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
-               mode: str = "authors") -> torch.Tensor:
+               behaviour: str = "authors", *, mode: str | None = None) -> torch.Tensor:
     """Global non-discriminative region pooling (GNDRP).
 
     Args:
@@ -48,8 +52,9 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
             every location (plain average pooling), as the authors' code does.
         tau: threshold on the max-normalised map (detached max); locations below it are pooled;
             a number in (0, 1] (anything else is a ValueError).
-        mode: ``'authors'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
-            sum divided by the number of kept locations; 0 when none is kept).
+        behaviour: ``'authors'`` (strict ``< tau``, sum divided by H*W) or ``'paper'`` (``<= tau``,
+            sum divided by the number of kept locations; 0 when none is kept). ``mode=`` is its
+            earlier name.
 
     A present class whose max is <= 0: ``'authors'`` divides without a guard as the authors'
     code does (max < 0 keeps nothing: logit 0, no gradient; max == 0 keeps the negative locations
@@ -58,46 +63,49 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
     Returns:
         logits ``[N, K]`` in cam's dtype, differentiable w.r.t. ``cam``.
     """
-    paper = _is_paper(mode)
+    behaviour = _checked_behaviour(behaviour, mode)
     tau = _check_tau(tau)
     present = present if present.dtype == torch.bool else present > 0
     if use_compiled("gndrp_pool", cam):
-        return torch.ops.rib_ext.gndrp_pool.default(cam, present, float(tau), paper)[0]
-    return oracle.gndrp_pool(cam, present, tau, paper)
+        return torch.ops.rib_ext.gndrp_pool.default(cam, present, float(tau), behaviour)[0]
+    return oracle.gndrp_pool(cam, present, tau, behaviour)
 
 
 def gndrp_margin_loss(cam: torch.Tensor, labels: torch.Tensor, tau: float = 0.4,
-                      margin: float = 600.0, mode: str = "authors"):
+                      margin: float = 600.0, behaviour: str = "authors", *,
+                      mode: str | None = None):
     """GNDRP pooling and the RIB loss in one op: the training step's hot path.
 
     ``loss = sum_{n,k} -t[n,k] * min(m, y[n,k])`` (paper) or ``-t[n,k] * y[n,k]`` (authors), with
-    ``y = gndrp_pool(cam, labels > 0, tau, mode)``.
+    ``y = gndrp_pool(cam, labels > 0, tau, behaviour)``.
 
     Args:
         cam: ``[N, K, H, W]`` raw CAMs of every row of the step's batch.
         labels: ``[N, K]`` multi-hot labels (also the GNDRP presence mask).
-        tau, mode: as :func:`gndrp_pool`.
-        margin: the clip m (paper mode); in authors mode the margin is the engine's stop rule.
+        tau, behaviour, mode: as :func:`gndrp_pool`.
+        margin: the clip m (paper behaviour); in the authors' behaviour the margin is the engine's
+            stop rule.
 
     Returns:
         ``(loss, logits)``: a scalar (float32, or float64 for float64 cams) differentiable w.r.t.
         ``cam``, and the logits ``[N, K]`` detached (for the stop statistic and logging).
     """
-    paper = _is_paper(mode)
+    behaviour = _checked_behaviour(behaviour, mode)
     tau = _check_tau(tau)
     labels = labels.to(_acc_dtype(cam.dtype))
     if use_compiled("gndrp_margin_loss", cam):
         loss, logits, _, _ = torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, float(tau),
-                                                                 float(margin), paper)
+                                                                 float(margin), behaviour)
         return loss, logits.detach()
-    loss, logits = oracle.gndrp_margin_loss(cam, labels, tau, margin, paper)
+    loss, logits = oracle.gndrp_margin_loss(cam, labels, tau, margin, behaviour)
     return loss, logits.detach()
 
 
 if HAS_C:
 
     @torch.library.register_fake("rib_ext::gndrp_pool")
-    def _gndrp_pool_fake(cam, present, tau, paper):
+    def _gndrp_pool_fake(cam, present, tau, behaviour):
+        check_behaviour(behaviour, "gndrp_pool")
         check_cam(cam, "gndrp_pool")
         check_rows(cam, present, "present", "gndrp_pool")
         torch._check(present.dtype == torch.bool, lambda: f"gndrp_pool: present must be bool, got {present.dtype}")
@@ -106,14 +114,16 @@ if HAS_C:
         return cam.new_empty(rows), cam.new_empty(rows, dtype=acc), cam.new_empty(rows, dtype=acc)
 
     @torch.library.register_fake("rib_ext::_gndrp_pool_backward")
-    def _gndrp_pool_backward_fake(grad, cam, present, plane_max, scale, tau, paper):
+    def _gndrp_pool_backward_fake(grad, cam, present, plane_max, scale, tau, behaviour):
+        check_behaviour(behaviour, "_gndrp_pool_backward")
         check_cam(cam, "_gndrp_pool_backward")
         check_rows(cam, grad, "grad", "_gndrp_pool_backward")
         check_rows(cam, present, "present", "_gndrp_pool_backward")
         return torch.empty_like(cam, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("rib_ext::gndrp_margin_loss")
-    def _gndrp_margin_loss_fake(cam, labels, tau, margin, paper):
+    def _gndrp_margin_loss_fake(cam, labels, tau, margin, behaviour):
+        check_behaviour(behaviour, "gndrp_margin_loss")
         check_cam(cam, "gndrp_margin_loss")
         check_rows(cam, labels, "labels", "gndrp_margin_loss")
         rows = cam.shape[:2]
@@ -123,7 +133,8 @@ if HAS_C:
 
     @torch.library.register_fake("rib_ext::_gndrp_margin_loss_backward")
     def _gndrp_margin_loss_backward_fake(grad_loss, cam, labels, logits, plane_max, scale, tau,
-                                         margin, paper):
+                                         margin, behaviour):
+        check_behaviour(behaviour, "_gndrp_margin_loss_backward")
         check_cam(cam, "_gndrp_margin_loss_backward")
         check_rows(cam, labels, "labels", "_gndrp_margin_loss_backward")
         check_rows(cam, logits, "logits", "_gndrp_margin_loss_backward")
@@ -131,30 +142,30 @@ if HAS_C:
         return torch.empty_like(cam, memory_format=torch.contiguous_format)
 
     def _pool_setup_context(ctx, inputs, output):
-        cam, present, tau, paper = inputs
+        cam, present, tau, behaviour = inputs
         _, plane_max, scale = output
         ctx.save_for_backward(cam, present, plane_max, scale)
-        ctx.tau, ctx.paper = tau, paper
+        ctx.tau, ctx.behaviour = tau, behaviour
 
     def _pool_backward(ctx, grad_pooled, _grad_max, _grad_scale):
         cam, present, plane_max, scale = ctx.saved_tensors
         grad_cam = torch.ops.rib_ext._gndrp_pool_backward.default(
-            grad_pooled, cam, present, plane_max, scale, ctx.tau, ctx.paper)
+            grad_pooled, cam, present, plane_max, scale, ctx.tau, ctx.behaviour)
         return grad_cam, None, None, None
 
     torch.library.register_autograd("rib_ext::gndrp_pool", _pool_backward,
                                     setup_context=_pool_setup_context)
 
     def _fused_setup_context(ctx, inputs, output):
-        cam, labels, tau, margin, paper = inputs
+        cam, labels, tau, margin, behaviour = inputs
         _, logits, plane_max, scale = output
         ctx.save_for_backward(cam, labels, logits, plane_max, scale)
-        ctx.tau, ctx.margin, ctx.paper = tau, margin, paper
+        ctx.tau, ctx.margin, ctx.behaviour = tau, margin, behaviour
 
     def _fused_backward(ctx, grad_loss, _grad_logits, _grad_max, _grad_scale):
         cam, labels, logits, plane_max, scale = ctx.saved_tensors
         grad_cam = torch.ops.rib_ext._gndrp_margin_loss_backward.default(
-            grad_loss, cam, labels, logits, plane_max, scale, ctx.tau, ctx.margin, ctx.paper)
+            grad_loss, cam, labels, logits, plane_max, scale, ctx.tau, ctx.margin, ctx.behaviour)
         return grad_cam, None, None, None, None
 
     torch.library.register_autograd("rib_ext::gndrp_margin_loss", _fused_backward,

@@ -15,12 +15,20 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def gndrp_kept_mask(cam: torch.Tensor, present: torch.Tensor, tau: float, paper: bool):
+def _is_paper(behaviour: str) -> bool:
+    if behaviour not in ("authors", "paper"):
+        raise ValueError(f"behaviour must be 'authors' or 'paper', got {behaviour!r}")
+    return behaviour == "paper"
+
+
+def gndrp_kept_mask(cam: torch.Tensor, present: torch.Tensor, tau: float,
+                    behaviour: str = "authors"):
     """(kept [N,K,H,W] bool, plane_max [N,K]) of GNDRP; the max is detached.
 
-    Reference mode divides by the max without a guard (a max <= 0 gives ratios >= 1, -inf or NaN,
-    as in the authors' code); paper mode keeps every location of a plane whose max is <= 0.
+    The authors' behaviour divides by the max without a guard (a max <= 0 gives ratios >= 1, -inf
+    or NaN, as in the authors' code); the paper's keeps every location of a plane whose max is <= 0.
     """
+    paper = _is_paper(behaviour)
     x = cam.detach().to(_acc_dtype(cam.dtype))
     plane_max = x.amax(dim=(2, 3))
     m = plane_max[..., None, None]
@@ -33,9 +41,10 @@ def gndrp_kept_mask(cam: torch.Tensor, present: torch.Tensor, tau: float, paper:
 
 
 def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
-               paper: bool = False) -> torch.Tensor:
+               behaviour: str = "authors") -> torch.Tensor:
     """GNDRP logits [N, K]: masked sum over H*W (authors) or over the kept count (paper)."""
-    kept, _ = gndrp_kept_mask(cam, present, tau, paper)
+    kept, _ = gndrp_kept_mask(cam, present, tau, behaviour)
+    paper = _is_paper(behaviour)
     x = cam.to(_acc_dtype(cam.dtype))
     keptf = kept.to(x.dtype)
     total = (x * keptf).sum(dim=(2, 3))
@@ -48,21 +57,21 @@ def gndrp_pool(cam: torch.Tensor, present: torch.Tensor, tau: float = 0.4,
 
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 600.0,
-                paper: bool = False) -> torch.Tensor:
+                behaviour: str = "authors") -> torch.Tensor:
     """Elementwise loss: -t*min(m, y) with zero gradient where y >= m (paper), -t*y (authors)."""
     t = labels.to(logits.dtype)
-    if not paper:
+    if not _is_paper(behaviour):
         return -t * logits
     clipped = torch.where(logits < margin, logits, torch.full_like(logits, margin))
     return -t * clipped
 
 
 def gndrp_margin_loss(cam: torch.Tensor, labels: torch.Tensor, tau: float = 0.4,
-                      margin: float = 600.0, paper: bool = False):
+                      margin: float = 600.0, behaviour: str = "authors"):
     """(loss = sum of margin_loss over rows and classes, logits [N, K]) with presence = labels > 0."""
-    logits = gndrp_pool(cam, labels > 0, tau, paper)
+    logits = gndrp_pool(cam, labels > 0, tau, behaviour)
     acc = _acc_dtype(cam.dtype)
-    loss = margin_loss(logits.to(acc), labels.to(acc), margin, paper).sum()
+    loss = margin_loss(logits.to(acc), labels.to(acc), margin, behaviour).sum()
     return loss, logits
 
 

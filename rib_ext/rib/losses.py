@@ -1,7 +1,7 @@
 """The loss of one RIB step for one target image: its loss-scale views plus the other images.
 
 Each row group (one target scale as [image, flip], or the B other images) has its own CAM size, so
-the loss is a sum over groups. ``rib`` with matching GNDRP and clip modes runs the fused
+the loss is a sum over groups. ``rib`` with matching GNDRP and clip behaviours runs the fused
 pool + loss op; every other combination composes the separate ops.
 """
 from __future__ import annotations
@@ -47,13 +47,13 @@ def _present(labels: torch.Tensor, cfg: RIBConfig) -> torch.Tensor:
 def group_loss(cam: torch.Tensor, labels: torch.Tensor, cfg: RIBConfig):
     """(loss, logits [N, K] detached) of one row group; ``cam`` [N, K, h, w] raw, differentiable."""
     tau = pooling_tau(cfg)
-    loss_mode = "paper" if cfg.clip_loss else "authors"
-    if (cfg.loss == "rib" and loss_mode == cfg.gndrp_mode and not cfg.coco_first20_bug
+    loss_behaviour = "paper" if cfg.clip_loss else "authors"
+    if (cfg.loss == "rib" and loss_behaviour == cfg.gndrp_behaviour and not cfg.coco_first20_bug
             and cfg.pooling == "gndrp"):
-        return ops.gndrp_margin_loss(cam, labels, tau, cfg.margin, cfg.gndrp_mode)
-    logits = ops.gndrp_pool(cam, _present(labels, cfg), tau, cfg.gndrp_mode)
+        return ops.gndrp_margin_loss(cam, labels, tau, cfg.margin, cfg.gndrp_behaviour)
+    logits = ops.gndrp_pool(cam, _present(labels, cfg), tau, cfg.gndrp_behaviour)
     if cfg.loss == "rib":
-        loss = ops.margin_loss(logits, labels, cfg.margin, loss_mode, "sum")
+        loss = ops.margin_loss(logits, labels, cfg.margin, loss_behaviour, "sum")
     elif cfg.loss in SQUASH:
         p = SQUASH[cfg.loss](logits).clamp(1e-7, 1 - 1e-7)
         loss = F.binary_cross_entropy(p, labels.to(p.dtype), reduction="sum")

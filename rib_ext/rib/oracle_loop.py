@@ -1,4 +1,5 @@
-"""A slow, readable RIB loop written straight from DESIGN.md 1.1: one model, one optimizer, one
+"""A slow, readable RIB loop written straight from the authors' released per-image loop (fixed
+batch norm, the stem frozen, GNDRP, the margin and explosion stops): one model, one optimizer, one
 image at a time, eager PyTorch. It is the tests' oracle for the engine, not something to run.
 """
 from __future__ import annotations
@@ -31,9 +32,10 @@ def _rows_loss(cam, labels, cfg: RIBConfig, per_row_loop: bool):
     if per_row_loop:  # the authors' per-row, per-class Python loop
         logits = oracle.gndrp_pool_loop(cam, present, tau)
     else:
-        logits = oracle.gndrp_pool(cam, present, tau, cfg.gndrp_mode == "paper")
+        logits = oracle.gndrp_pool(cam, present, tau, cfg.gndrp_behaviour)
     if cfg.loss == "rib":
-        loss = oracle.margin_loss(logits, labels, cfg.margin, cfg.clip_loss).sum()
+        clip = "paper" if cfg.clip_loss else "authors"
+        loss = oracle.margin_loss(logits, labels, cfg.margin, clip).sum()
     else:
         p = SQUASH[cfg.loss](logits).clamp(1e-7, 1 - 1e-7)
         loss = F.binary_cross_entropy(p, labels, reduction="sum")

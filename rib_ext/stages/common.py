@@ -17,12 +17,12 @@ def result_settings(section, drop: Sequence[str] = ()) -> dict:
     return {k: v for k, v in plain_dict(section).items() if k not in skip}
 
 
-def headline(result: dict) -> dict:
+def evaluation_summary(result: dict) -> dict:
     """The figures a summary keeps of an evaluation."""
     keep = ("best_threshold", "threshold", "miou", "precision", "recall", "f1", "num_images", "seconds")
     return json_figures({k: result[k] for k in keep if k in result})
 
 
-def brief(result: dict) -> dict:
+def plain_values(result: dict) -> dict:
     """The plain values of a stage function's result, for the summary."""
     return {k: v for k, v in result.items() if isinstance(v, (int, float, str, type(None)))}

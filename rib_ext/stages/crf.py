@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rib_ext.crf import refine_seeds
 from rib_ext.evaluation import percent
-from rib_ext.stages.common import headline, result_settings
+from rib_ext.stages.common import evaluation_summary, result_settings
 
 UPSTREAM = ("make_cam", "rib", "eval_seed", "data:eval")
 
@@ -22,7 +22,7 @@ def run(ctx, cfg) -> dict:
         # Every rank refines its shard, in a pool of cfg.cpu_workers processes.
         result = refine_seeds(ctx.eval_set, maps_dir, threshold, cfg.crf, ctx.stage_dir("crf", name),
                               allow_missing=cfg.allow_missing, workers=cfg.cpu_workers)
-        results[name] = headline(result)
+        results[name] = evaluation_summary(result)
         if "miou" in result:
             ctx.info(f"[crf] {name.upper()} + CRF mIoU {percent(result['miou'])} at threshold "
                      f"{threshold:.2f}")

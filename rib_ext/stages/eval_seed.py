@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from rib_ext.evaluation import eval_seed, percent
-from rib_ext.stages.common import headline, result_settings
+from rib_ext.stages.common import evaluation_summary, result_settings
 
 UPSTREAM = ("make_cam", "rib", "data:eval")
 
@@ -20,7 +20,7 @@ def run(ctx, cfg) -> dict:
         out = ctx.stage_dir("eval_seed", name)
         result = eval_seed(ctx.eval_set, maps_dir, cfg.eval_seed, out,
                            allow_missing=cfg.allow_missing, title=f"{name.upper()} seed")
-        results[name] = headline(result)
+        results[name] = evaluation_summary(result)
         ctx.info(f"[eval_seed] {name.upper()} seed mIoU {percent(result['miou'])} at threshold "
                  f"{result['best_threshold']:.2f} (precision {percent(result['precision'])}, "
                  f"recall {percent(result['recall'])}) -> {out / 'result.md'}")

@@ -3,7 +3,7 @@
 RIB-Sal step: masks refined with saliency maps. The maths: :mod:`rib_ext.irn`."""
 from __future__ import annotations
 
-from rib_ext.stages.common import brief, result_settings
+from rib_ext.stages.common import plain_values, result_settings
 
 UPSTREAM = ("make_cam", "rib", "train_irn", "data:eval")
 
@@ -22,7 +22,7 @@ def run(ctx, cfg) -> dict:
     # there (train_irn may have run on rank 0 alone).
     ctx.barrier()
     for name, maps_dir in ctx.require_map_sets("make_sem_seg").items():
-        results[name] = brief(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.stage_dir("train_irn", name),
+        results[name] = plain_values(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.stage_dir("train_irn", name),
                                                  ctx.mask_dir(name), irn, score_dir=ctx.score_dir(name)))
         ctx.info(f"[make_sem_seg] {name}: {results[name]}")
         if cfg.saliency_dir:
@@ -34,7 +34,7 @@ def saliency(ctx, cfg, name: str) -> dict:
     """RIB-Sal: pixels where the pseudo mask and the saliency map disagree become ignore."""
     from rib_ext.irn import apply_saliency
 
-    result = brief(apply_saliency(ctx.eval_set, ctx.mask_dir(name), cfg.saliency_dir,
+    result = plain_values(apply_saliency(ctx.eval_set, ctx.mask_dir(name), cfg.saliency_dir,
                                   ctx.saliency_mask_dir(name), cfg.irn))
     ctx.info(f"[make_sem_seg] {name} + saliency: {result}")
     return result

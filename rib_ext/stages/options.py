@@ -48,7 +48,7 @@ ALIASES: Dict[str, tuple] = {
     "--pooling": ("rib.pooling",), "--rib-loss": ("rib.loss",), "--group-size": ("rib.group_size",),
     "--irn-epochs": ("irn.epochs",), "--segment-backbone": ("segment.backbone",),
     "--segment-weights": ("segment.weights",), "--segment-iterations": ("segment.iterations",),
-    "--crf-threshold": ("crf.threshold",),
+    "--crf-threshold": ("crf.threshold",), "--rib.gndrp_mode": ("rib.gndrp_behaviour",),
     "--dist-timeout": ("dist_timeout_s",), "--max-pixels": ("max_pixels",),
     # Several sections:
     "--device": ("device", "train_cam.device", "make_cam.device", "rib.device", "irn.device",
@@ -286,8 +286,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     preset = top.get("preset") or ("demo" if dataset == "demo" else dataset)
     top["preset"] = preset
     numbers = "coco" if (preset == "coco" or (dataset == "coco" and preset != "voc")) else "voc"
-    behaviour = {"rib": {"behaviour": getattr(args, "rib_preset", None) or "authors"},
-                 "irn": {"behaviour": getattr(args, "irn_preset", None) or "rib"}}
+    behaviour = {"rib": {"behaviour": getattr(args, "rib_behaviour", None) or "authors"},
+                 "irn": {"behaviour": getattr(args, "irn_behaviour", None) or "rib"}}
     built: Dict[str, Any] = {}
     demo_settings: Dict[str, Dict[str, Any]] = {}
     for name, cls in sections():
@@ -322,8 +322,8 @@ def _follows(name: str, built: Dict[str, Any], top: Dict[str, Any], is_demo: boo
 
 def _from_file(args, given: Dict[str, Any]) -> PipelineConfig:
     chosen = [flag for flag, on in (("--preset", "preset" in given),
-                                    ("--rib-behaviour", getattr(args, "rib_preset", None)),
-                                    ("--irn-behaviour", getattr(args, "irn_preset", None))) if on]
+                                    ("--rib-behaviour", getattr(args, "rib_behaviour", None)),
+                                    ("--irn-behaviour", getattr(args, "irn_behaviour", None))) if on]
     if chosen:
         raise ConfigError(f"{chosen[0]} starts a fresh config; with --config give single fields "
                           f"(e.g. --rib.lr) instead")
@@ -375,11 +375,11 @@ def add_preset_flags(parser: argparse.ArgumentParser) -> None:
                    help="starting values of every stage: demo (from-scratch classifier, small "
                         "images; works on any small VOC-layout folder too), voc or coco (the "
                         "paper's numbers). Default: the dataset's own")
-    g.add_argument("--rib-behaviour", "--rib-preset", dest="rib_preset", type=_rib_behaviour,
+    g.add_argument("--rib-behaviour", "--rib-preset", dest="rib_behaviour", type=_rib_behaviour,
                    metavar="{authors,paper}",
                    help="RIB behaviour: authors = the authors' released code (default); paper = "
                         "the equations")
-    g.add_argument("--irn-behaviour", "--irn-preset", dest="irn_preset", choices=("rib", "irn"),
+    g.add_argument("--irn-behaviour", "--irn-preset", dest="irn_behaviour", choices=("rib", "irn"),
                    help="IRN thresholds of the RIB authors (0.35/0.17, bg 0.27, map power 1.3; "
                         "default) or of IRN's own code (0.30/0.05, 0.25, 1.0)")
 

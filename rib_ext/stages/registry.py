@@ -1,7 +1,7 @@
 """The pipeline's stages, in order: the one list every entry point reads.
 
 A stage is the module ``rib_ext/stages/<name>.py`` (``UPSTREAM``, ``settings(cfg)``,
-``run(ctx, cfg) -> dict``) plus one line here; tests/test_stage_contract.py checks both.
+``run(ctx, cfg) -> dict``) plus one line here; tests/test_stages.py checks both.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 val list; the maths is :func:`rib_ext.segment.segment_stage`."""
 from __future__ import annotations
 
-from rib_ext.stages.common import headline, result_settings
+from rib_ext.stages.common import evaluation_summary, result_settings
 
 UPSTREAM = ("make_sem_seg", "data:eval", "data:val")
 
@@ -28,4 +28,4 @@ def run(ctx, cfg) -> dict:
     if result.get("miou") is not None:
         ctx.info(f"[segment] DeepLab-v2 on the {name.upper()} pseudo masks: val mIoU "
                  f"{percent(result['miou'])}")
-    return headline(result)
+    return evaluation_summary(result)

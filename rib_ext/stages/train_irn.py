@@ -2,7 +2,7 @@
 maths is :func:`rib_ext.irn.train_irn_stage`."""
 from __future__ import annotations
 
-from rib_ext.stages.common import brief, result_settings
+from rib_ext.stages.common import plain_values, result_settings
 
 # train_cam: on the demo IRN starts from the trained classifier's backbone.
 UPSTREAM = ("ir_label", "train_cam", "data:eval")
@@ -36,7 +36,7 @@ def run(ctx, cfg) -> dict:
     ctx.barrier("ir_label's confident labels")
     results = {}
     for name in ctx.require_map_sets("train_irn"):
-        results[name] = brief(train_irn_stage(ctx.eval_set, ctx.stage_dir("ir_label", name),
+        results[name] = plain_values(train_irn_stage(ctx.eval_set, ctx.stage_dir("ir_label", name),
                                               ctx.stage_dir("train_irn", name), cfg.irn))
         ctx.info(f"[train_irn] {name}: {results[name]}")
     return results
