@@ -14,7 +14,7 @@ namespace cpu {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cpu(const at::Tensor& cam,
                                                               const at::Tensor& present,
                                                               double tau, bool paper) {
-  const auto a = prepare_gndrp_pool(cam, present);
+  const auto a = prepare_gndrp_pool(cam, present, tau);
   const int64_t planes = a.cam.count;
   const int64_t hw = a.cam.hw;
   if (planes == 0) return a.out.tuple();

@@ -15,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cuda(const at::Tensor&
                                                                const at::Tensor& present,
                                                                double tau, bool paper) {
   const c10::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto a = prepare_gndrp_pool(cam, present);
+  const auto a = prepare_gndrp_pool(cam, present, tau);
   if (a.cam.count == 0) return a.out.tuple();
   launch_gndrp_pool(cam.scalar_type(), a.cam.x.const_data_ptr(), a.present.const_data_ptr<bool>(),
                     a.cam.count, a.cam.hw, tau, paper, a.out.pooled.mutable_data_ptr(),
