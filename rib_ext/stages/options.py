@@ -22,8 +22,7 @@ from typing import Any, Dict, Optional
 
 from rib_ext.config import (CAM_BACKBONES, PIPELINE_PRESETS, RIB_LOSSES, SEGMENT_BACKBONES, ConfigError,
                              PipelineConfig, from_plain)
-from rib_ext.config_fields import PRECISIONS
-from rib_ext.config_fields import field_range
+from rib_ext.config_fields import PRECISIONS, field_range
 from rib_ext.data.demo import demo_preset
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
