@@ -24,6 +24,12 @@ inline void check_cam(const at::Tensor& cam, const char* op) {
               cam.scalar_type());
 }
 
+// tau thresholds a map divided by its max: only (0, 1] means anything (NaN or <= 0 keeps no
+// location, > 1 every one).
+inline void check_tau(double tau, const char* op) {
+  TORCH_CHECK(tau > 0.0 && tau <= 1.0, op, ": tau must be a number in (0, 1], got ", tau);
+}
+
 inline void check_rows(const at::Tensor& cam, const at::Tensor& t, const char* name,
                        const char* op) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == cam.size(0) && t.size(1) == cam.size(1), op, ": ",

@@ -106,8 +106,10 @@ struct GndrpPoolArgs {
   GndrpOutputs out;
 };
 
-inline GndrpPoolArgs prepare_gndrp_pool(const at::Tensor& cam, const at::Tensor& present) {
+inline GndrpPoolArgs prepare_gndrp_pool(const at::Tensor& cam, const at::Tensor& present,
+                                        double tau) {
   check_cam(cam, "gndrp_pool");
+  check_tau(tau, "gndrp_pool");
   check_rows(cam, present, "present", "gndrp_pool");
   TORCH_CHECK(present.scalar_type() == at::kBool, "gndrp_pool: present must be bool, got ",
               present.scalar_type());
@@ -125,8 +127,10 @@ struct GndrpLossArgs {
   }
 };
 
-inline GndrpLossArgs prepare_gndrp_margin_loss(const at::Tensor& cam, const at::Tensor& labels) {
+inline GndrpLossArgs prepare_gndrp_margin_loss(const at::Tensor& cam, const at::Tensor& labels,
+                                               double tau) {
   check_cam(cam, "gndrp_margin_loss");
+  check_tau(tau, "gndrp_margin_loss");
   check_rows(cam, labels, "labels", "gndrp_margin_loss");
   auto out = new_gndrp_outputs(cam);
   auto terms = at::zeros_like(out.plane_max);

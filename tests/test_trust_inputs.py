@@ -275,3 +275,19 @@ def test_ops_refuse_a_tau_outside_0_1(tau, op):
     # The edges of the range work.
     ops.gndrp_pool(cam, labels > 0, 1.0)
     ops.gndrp_margin_loss(cam, labels, 1e-3)
+
+
+@pytest.mark.parametrize("tau", [float("nan"), -1.0, 5.0])
+def test_compiled_ops_refuse_a_tau_outside_0_1(tau):
+    import torch
+
+    from rib_ext.ops._extension import HAS_C
+
+    if not HAS_C:
+        pytest.skip("the compiled extension is not loaded")
+    cam = torch.randn(2, 3, 5, 6)
+    labels = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    with pytest.raises(RuntimeError, match=r"gndrp_pool: tau must be a number in \(0, 1\]"):
+        torch.ops.rib_ext.gndrp_pool.default(cam, labels > 0, tau, False)
+    with pytest.raises(RuntimeError, match=r"gndrp_margin_loss: tau must be a number in \(0, 1\]"):
+        torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, tau, 600.0, False)

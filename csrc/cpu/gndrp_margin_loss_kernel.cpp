@@ -16,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gndrp_margin_loss_cpu
     const at::Tensor& cam, const at::Tensor& labels, double tau, double margin,
     c10::string_view behaviour) {
   const bool paper = is_paper_behaviour(behaviour, "gndrp_margin_loss");
-  const auto a = prepare_gndrp_margin_loss(cam, labels);
+  const auto a = prepare_gndrp_margin_loss(cam, labels, tau);
   const int64_t planes = a.cam.count;
   const int64_t hw = a.cam.hw;
   if (planes == 0) return a.tuple();

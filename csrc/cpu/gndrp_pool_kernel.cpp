@@ -16,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cpu(const at::Tensor& 
                                                               double tau,
                                                               c10::string_view behaviour) {
   const bool paper = is_paper_behaviour(behaviour, "gndrp_pool");
-  const auto a = prepare_gndrp_pool(cam, present);
+  const auto a = prepare_gndrp_pool(cam, present, tau);
   const int64_t planes = a.cam.count;
   const int64_t hw = a.cam.hw;
   if (planes == 0) return a.out.tuple();

@@ -16,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gndrp_margin_loss_cud
     c10::string_view behaviour) {
   const bool paper = is_paper_behaviour(behaviour, "gndrp_margin_loss");
   const c10::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto a = prepare_gndrp_margin_loss(cam, labels);
+  const auto a = prepare_gndrp_margin_loss(cam, labels, tau);
   if (a.cam.count == 0) return a.tuple();
   launch_gndrp_margin_loss(cam.scalar_type(), a.cam.x.const_data_ptr(), a.labels.const_data_ptr(),
                            a.cam.count, a.cam.hw, tau, margin, paper,

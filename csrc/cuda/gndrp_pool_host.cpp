@@ -17,7 +17,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gndrp_pool_cuda(const at::Tensor&
                                                                c10::string_view behaviour) {
   const bool paper = is_paper_behaviour(behaviour, "gndrp_pool");
   const c10::cuda::OptionalCUDAGuard guard(cam.device());
-  const auto a = prepare_gndrp_pool(cam, present);
+  const auto a = prepare_gndrp_pool(cam, present, tau);
   if (a.cam.count == 0) return a.out.tuple();
   launch_gndrp_pool(cam.scalar_type(), a.cam.x.const_data_ptr(), a.present.const_data_ptr<bool>(),
                     a.cam.count, a.cam.hw, tau, paper, a.out.pooled.mutable_data_ptr(),

@@ -165,10 +165,14 @@ def image_header(path: str | os.PathLike) -> tuple[int, int, str, int]:
         with Image.open(path) as img:
             w, h = img.size
             mode = img.mode
-            try:
-                orientation = int(img.getexif().get(0x0112, 1) or 1)
-            except Exception:  # a broken EXIF block: the pixels are still readable
-                orientation = 1
+            orientation = 1
+            # JPEG keeps EXIF in its header; other formats' getexif() may decode the whole image
+            # (PNG), and a label PNG has no orientation to speak of.
+            if img.format in ("JPEG", "MPO"):
+                try:
+                    orientation = int(img.getexif().get(0x0112, 1) or 1)
+                except Exception:  # a broken EXIF block: the pixels are still readable
+                    orientation = 1
     except _DECODE_ERRORS as e:
         raise DatasetError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from e
     return h, w, mode, orientation

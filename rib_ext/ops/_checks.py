@@ -20,6 +20,10 @@ def check_cam(cam: torch.Tensor, op: str) -> None:
     torch._check(cam.dtype.is_floating_point, lambda: f"{op}: cam must be floating point, got {cam.dtype}")
 
 
+def check_tau(tau: float, op: str) -> None:
+    torch._check(0.0 < tau <= 1.0, lambda: f"{op}: tau must be a number in (0, 1], got {tau}")
+
+
 def check_rows(cam: torch.Tensor, t: torch.Tensor, name: str, op: str) -> None:
     torch._check(t.dim() == 2 and t.shape[0] == cam.shape[0] and t.shape[1] == cam.shape[1],
                  lambda: f"{op}: {name} must be [N, K] = [{cam.shape[0]}, {cam.shape[1]}], got {tuple(t.shape)}")

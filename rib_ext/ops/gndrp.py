@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import oracle
-from ._checks import check_behaviour, check_cam, check_rows
+from ._checks import check_behaviour, check_cam, check_rows, check_tau
 from ._extension import HAS_C, use_compiled
 
 BEHAVIOURS = ("authors", "paper")
@@ -107,6 +107,7 @@ if HAS_C:
     def _gndrp_pool_fake(cam, present, tau, behaviour):
         check_behaviour(behaviour, "gndrp_pool")
         check_cam(cam, "gndrp_pool")
+        check_tau(tau, "gndrp_pool")
         check_rows(cam, present, "present", "gndrp_pool")
         torch._check(present.dtype == torch.bool, lambda: f"gndrp_pool: present must be bool, got {present.dtype}")
         rows = cam.shape[:2]
@@ -125,6 +126,7 @@ if HAS_C:
     def _gndrp_margin_loss_fake(cam, labels, tau, margin, behaviour):
         check_behaviour(behaviour, "gndrp_margin_loss")
         check_cam(cam, "gndrp_margin_loss")
+        check_tau(tau, "gndrp_margin_loss")
         check_rows(cam, labels, "labels", "gndrp_margin_loss")
         rows = cam.shape[:2]
         acc = _acc_dtype(cam.dtype)

@@ -22,8 +22,7 @@ from typing import Any, Dict, Optional
 
 from rib_ext.config import (CAM_BACKBONES, PIPELINE_PRESETS, RIB_LOSSES, SEGMENT_BACKBONES, ConfigError,
                              PipelineConfig, from_plain)
-from rib_ext.config_fields import PRECISIONS
-from rib_ext.config_fields import field_range
+from rib_ext.config_fields import PRECISIONS, field_range
 from rib_ext.data.demo import demo_preset
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
@@ -338,8 +337,9 @@ def _from_file(args, given: Dict[str, Any]) -> PipelineConfig:
         raise ConfigError(f"--config {path}: expected a JSON object")
     # What the pipeline writes beside the settings in its config.json (a record, not settings).
     settings = {k: v for k, v in saved.items() if k not in RUN_RECORD_KEYS}
-    if any(k in saved for k in RUN_RECORD_KEYS) and isinstance(saved.get("out_dir"), str) and \
-            not Path(saved["out_dir"]).is_absolute():
+    out = saved.get("out_dir")
+    if any(k in saved for k in RUN_RECORD_KEYS) and isinstance(out, str) and \
+            not Path(out).is_absolute() and Path(out).name == path.resolve().parent.name:
         # A run's config.json lives in its output folder; older ones recorded a relative --out,
         # which read from another working folder would silently start a new run elsewhere.
         settings["out_dir"] = str(path.resolve().parent)
