@@ -288,6 +288,6 @@ def test_compiled_ops_refuse_a_tau_outside_0_1(tau):
     cam = torch.randn(2, 3, 5, 6)
     labels = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
     with pytest.raises(RuntimeError, match=r"gndrp_pool: tau must be a number in \(0, 1\]"):
-        torch.ops.rib_ext.gndrp_pool.default(cam, labels > 0, tau, False)
+        torch.ops.rib_ext.gndrp_pool.default(cam, labels > 0, tau, "authors")
     with pytest.raises(RuntimeError, match=r"gndrp_margin_loss: tau must be a number in \(0, 1\]"):
-        torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, tau, 600.0, False)
+        torch.ops.rib_ext.gndrp_margin_loss.default(cam, labels, tau, 600.0, "authors")
