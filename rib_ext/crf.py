@@ -16,7 +16,7 @@ from rib_ext.data import load_label_png, save_index_png
 from rib_ext.evaluation import (confusion_matrix, indices_to_class_ids, note_missing, seed_label_indices,
                                 summarize_confusion, with_ground_truth, write_report)
 from rib_ext.outputs import load_maps, map_path, require_maps
-from rib_ext.runner import Image, Output, PerImageStage, on_main_rank, run_stage
+from rib_ext.runner import ImageResult, Output, PerImageStage, on_main_rank, run_stage
 from rib_ext.workers import resolve_workers
 
 
@@ -114,7 +114,7 @@ def _score(job: _Job, name: str, pred: np.ndarray) -> dict:
     return {"confusion": confusion_matrix(pred, gt, job.dataset.num_classes + 1), "evaluated": 1}
 
 
-def _refine_one(job: _Job, name: str) -> Image:
+def _refine_one(job: _Job, name: str) -> ImageResult:
     """One image's refined mask and its confusion counts (without ground truth, none)."""
     i = job.index[name]
     img = job.dataset.image(i)
@@ -122,12 +122,12 @@ def _refine_one(job: _Job, name: str) -> Image:
                            labels=job.dataset.labels(i))
     pred = crf_from_maps(img, maps, keys, job.threshold, job.cfg)
     # class indices, as IRN-derived code reads them
-    return Image(files={"mask": pred}, sums=_score(job, name, pred))
+    return ImageResult(files={"mask": pred}, sums=_score(job, name, pred))
 
 
-def _reread_one(job: _Job, name: str, paths: dict) -> Image:
+def _reread_one(job: _Job, name: str, paths: dict) -> ImageResult:
     """A mask made by an earlier run: read back and scored."""
-    return Image(sums=_score(job, name, load_label_png(paths["mask"])))
+    return ImageResult(sums=_score(job, name, load_label_png(paths["mask"])))
 
 
 def refine_seeds(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig, out_dir: str | Path,

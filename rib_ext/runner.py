@@ -2,7 +2,7 @@
 
 A per-image stage is a declaration (:class:`PerImageStage`): its name, its outputs as path patterns
 (``masks/{id}.png``, relative to the stage's folder) with the writer of each, and either a function
-that computes one image (``compute(context, id) -> Image``) or, for work that batches images itself
+that computes one image (``compute(context, id) -> ImageResult``) or, for work that batches images itself
 (RIB's engine, a DataLoader), a driver that hands each finished image to ``emit``. :func:`run_stage`
 owns the rest, the same for every stage:
 
@@ -41,7 +41,7 @@ class Output:
 
 
 @dataclass
-class Image:
+class ImageResult:
     """What one image gives: the value of each output (by the output's key; an output left out
     is not written) and what it adds to each of the stage's sums."""
 
@@ -53,7 +53,7 @@ class Image:
 class PerImageStage:
     """A per-image stage. ``outputs`` in the order they are written; ``sums``: name -> shape of
     the integer arrays the images add up (declared, so a rank with no image still takes part in
-    the sums). ``compute(context, id)`` makes one image's :class:`Image`; ``reuse(context, id,
+    the sums). ``compute(context, id)`` makes one image's :class:`ImageResult`; ``reuse(context, id,
     paths)``, when given, is called for an image already done and returns what it adds to the sums
     (read back from its files), so the sums cover every image of the list, not only this run's.
     ``drive(context, ids, emit)`` instead of ``compute``: the stage runs the images itself (in
@@ -62,9 +62,9 @@ class PerImageStage:
 
     name: str
     outputs: Mapping[str, Output]
-    compute: Optional[Callable[[Any, str], Image]] = None
-    reuse: Optional[Callable[[Any, str, Dict[str, Path]], Image]] = None
-    drive: Optional[Callable[[Any, List[str], Callable[[str, Image], None]], None]] = None
+    compute: Optional[Callable[[Any, str], ImageResult]] = None
+    reuse: Optional[Callable[[Any, str, Dict[str, Path]], ImageResult]] = None
+    drive: Optional[Callable[[Any, List[str], Callable[[str, ImageResult], None]], None]] = None
     sums: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -111,7 +111,7 @@ class _Job:
     done: frozenset
 
 
-def _write(job: _Job, image_id: str, image: Image) -> int:
+def _write(job: _Job, image_id: str, image: ImageResult) -> int:
     """Write an image's files in the declared order; 1 if any was written."""
     paths = output_paths(job.stage, job.folder, image_id, job.fields)
     unknown = set(image.files) - set(paths)
@@ -176,7 +176,7 @@ def run_stage(stage: PerImageStage, context: Any, ids: Sequence[str], folder: st
             sums.add(_one(job, image_id)[0])
             bar.update(1)
 
-        def emit(image_id: str, image: Image) -> None:
+        def emit(image_id: str, image: ImageResult) -> None:
             nonlocal written
             written += _write(job, image_id, image)
             sums.add(image.sums)

@@ -17,7 +17,7 @@ from rib_ext.crf import crf_from_maps
 from rib_ext.data import IGNORE_INDEX, save_index_png
 from rib_ext.irn.config import IRNConfig
 from rib_ext.outputs import check_settings, dataset_index, load_maps, per_image_path, present_names
-from rib_ext.runner import Image, Output, PerImageStage, run_stage
+from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
 from rib_ext.workers import resolve_workers
 
 
@@ -43,14 +43,14 @@ def confident_labels(img: np.ndarray, maps: np.ndarray, keys: np.ndarray, conf_f
     return combine_confident(fg, bg)
 
 
-def _label_one(job: tuple, name: str) -> Image:
+def _label_one(job: tuple, name: str) -> ImageResult:
     """One image's confident labels (a pool worker's task)."""
     dataset, index, maps_dir, cfg = job
     i = index[name]
     img = dataset.image(i)
     keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes,
                            img.shape[:2], "high_res", labels=dataset.labels(i))
-    return Image(files={"labels": confident_labels(img, maps, keys, cfg.conf_fg, cfg.conf_bg, cfg.crf)})
+    return ImageResult(files={"labels": confident_labels(img, maps, keys, cfg.conf_fg, cfg.conf_bg, cfg.crf)})
 
 
 # Grayscale indices: 0 bg, class ids, 255 uncertain.

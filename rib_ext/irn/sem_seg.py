@@ -23,8 +23,8 @@ from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
 from rib_ext.irn.random_walk import propagate_maps
 from rib_ext.ops.cam import strided_size
-from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
-                             split_done)
+from rib_ext.outputs import check_settings, dataset_index, load_maps, per_image_path, present_names
+from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
 from rib_ext.runtime import progress, resolve_device
 from rib_ext.irn.train_irn import MODEL_FILE
 
@@ -85,6 +85,26 @@ def _model_path(irn: str | Path) -> Path:
     return irn / MODEL_FILE if irn.is_dir() else irn
 
 
+def _walk_one(job: dict, name: str) -> ImageResult:
+    """One image's pseudo mask (and, with a score folder, its random-walk scores)."""
+    dataset, maps_dir, cfg, device = job["dataset"], job["maps_dir"], job["cfg"], job["device"]
+    if job.get("net") is None:  # loaded on the first image to do, not for a finished folder
+        job["net"] = load_irnet(job["model_path"], device)
+    i = job["index"][name]
+    img = dataset.image(i)
+    size = img.shape[:2]
+    keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes, size,
+                           "cam", labels=dataset.labels(i))
+    views = multiscale_flip_views(img, (1.0,))[0].to(device)
+    boundary = infer_boundary(job["net"], views, cfg.boundary_pad_to)
+    mask, scores = make_sem_seg(maps, keys, boundary, size, cfg, return_scores=True)
+    files = {"mask": mask}
+    if job["scores"]:
+        files["scores"] = {"keys": np.asarray(keys, dtype=np.int64),
+                           "score": scores.cpu().numpy().astype(np.float16)}
+    return ImageResult(files=files)
+
+
 def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: str | Path,
                        cfg: Optional[IRNConfig] = None,
                        score_dir: Optional[str | Path] = None) -> dict:
@@ -106,36 +126,22 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
         raise FileNotFoundError(f"make_sem_seg: IRN checkpoint not found: {model_path} "
                                 f"(train_irn writes it)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    score_dir = Path(score_dir) if score_dir is not None else None
     settings = {k: getattr(cfg, k) for k in ("rw_radius", "beta", "exp_times", "map_power",
                                              "sem_seg_bg_thres", "boundary_pad_to")}
     check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_sha256(model_path)})
-    # Under torchrun each rank walks its shard of the list (sharded before the done ones are
-    # dropped, so the shards stay disjoint whatever the other ranks have written already).
-    todo, done = split_done(out_dir, distributed.shard(present))
-    device = resolve_device(cfg.device)
-    net = load_irnet(model_path, device) if todo else None
-    index = dataset_index(dataset)
-    t0 = time.time()
-    for name in progress(todo, "make_sem_seg"):
-        img = dataset.image(index[name])
-        size = img.shape[:2]
-        keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes, size,
-                               "cam")
-        views = multiscale_flip_views(img, (1.0,))[0].to(device)
-        boundary = infer_boundary(net, views, cfg.boundary_pad_to)
-        mask, scores = make_sem_seg(maps, keys, boundary, size, cfg, return_scores=True)
-        if score_dir is not None:  # written first: a mask on disk implies its scores are too
-            save_npy(per_image_path(score_dir, name, ".npy"),
-                     {"keys": np.asarray(keys, dtype=np.int64),
-                      "score": scores.cpu().numpy().astype(np.float16)})
-        save_index_png(per_image_path(out_dir, name, ".png"), mask)
-    seconds = time.time() - t0
-    written, skipped = (int(x) for x in distributed.all_reduce_sum(np.array([len(todo), len(done)])))
-    distributed.barrier()
-    return {"written": written, "skipped_existing": skipped, "missing": len(missing),
-            "seconds": round(seconds, 2),
-            "seconds_per_image": round(seconds / len(todo), 3) if todo else None}
+    # The scores first: a mask on disk implies its scores are too.
+    outputs = {"mask": Output("{id}.png", save_index_png)}
+    if score_dir is not None:
+        outputs = {"scores": Output(str(Path(score_dir).absolute() / "{id}.npy"), save_npy), **outputs}
+    stage = PerImageStage("make_sem_seg", outputs, compute=_walk_one)
+    job = {"dataset": dataset, "index": dataset_index(dataset), "maps_dir": Path(maps_dir), "cfg": cfg,
+           "device": resolve_device(cfg.device), "model_path": model_path, "net": None,
+           "scores": score_dir is not None}
+    run = run_stage(stage, job, present, out_dir)
+    todo = len(run.todo)
+    return {"written": run.written, "skipped_existing": run.skipped, "missing": len(missing),
+            "seconds": run.seconds,
+            "seconds_per_image": round(run.seconds / todo, 3) if todo else None}
 
 
 def _pairs(dataset, names: Sequence[str], mask_dir: Path) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
