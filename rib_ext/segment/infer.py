@@ -20,7 +20,8 @@ from rib_ext.crf import _densecrf
 from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
 from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_digest
-from rib_ext.outputs import check_settings, split_done
+from rib_ext.outputs import check_settings
+from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
 from rib_ext.runtime import progress
 
 from .config import SegmentConfig
@@ -88,10 +89,16 @@ def inference_settings(cfg: SegmentConfig, model_path: Optional[str | Path] = No
             "model_sha256": None if model_path is None else file_digest(model_path)}
 
 
+def _predict_one(job: tuple, name: str) -> ImageResult:
+    model, dataset, index, cfg = job
+    return ImageResult(files={"prediction": predict_labels(model, dataset.image(index[name]), cfg)})
+
+
 def predict_folder(model: DeepLabV2, dataset, names: Sequence[str], out_dir: str | Path,
                    cfg: Optional[SegmentConfig] = None, settings_dir: Optional[str | Path] = None,
                    model_path: Optional[str | Path] = None) -> dict:
-    """Write ``out_dir/<id>.png`` for ``names``; existing PNGs are kept (resume).
+    """Write ``out_dir/<id>.png`` for ``names``; existing PNGs are kept (resume). Under torchrun
+    every rank calls it with the same names and predicts its shard; the counts are over all ranks.
 
     The inference settings (and ``model_path``) are recorded in ``settings_dir/settings.json``
     (default ``out_dir``), and a rerun with other settings is refused rather than mixing outputs.
@@ -101,12 +108,12 @@ def predict_folder(model: DeepLabV2, dataset, names: Sequence[str], out_dir: str
     settings_dir = Path(settings_dir) if settings_dir is not None else out_dir
     settings_dir.mkdir(parents=True, exist_ok=True)
     check_settings(settings_dir, "segment_predict", inference_settings(cfg, model_path))
-    todo, done = split_done(out_dir, names)
-    index = {name: i for i, name in enumerate(dataset.ids)}
     model.eval()
-    for name in progress(todo, f"segment: predict ({out_dir.name})"):
-        save_label_png(out_dir / f"{name}.png", predict_labels(model, dataset.image(index[name]), cfg))
-    return {"written": len(todo), "skipped_existing": len(done), "folder": str(out_dir)}
+    stage = PerImageStage("segment", {"prediction": Output("{id}.png", save_label_png)},
+                          compute=_predict_one)
+    job = (model, dataset, {name: i for i, name in enumerate(dataset.ids)}, cfg)
+    run = run_stage(stage, job, names, out_dir, label=f"segment: predict ({out_dir.name})")
+    return {"written": run.written, "skipped_existing": run.skipped, "folder": str(out_dir)}
 
 
 def has_ground_truth(dataset, i: int) -> bool:
@@ -163,10 +170,8 @@ def infer_stage(model: DeepLabV2, dataset, out_dir: str | Path, cfg: Optional[Se
     # settings.json beside, not inside, the server folder: the server rejects unexpected files.
     # Under torchrun each rank predicts its shard of the images, then scores its shard of those
     # with ground truth (the confusion counts are summed over the ranks, rank 0 writes the report).
-    written = predict_folder(model, dataset, distributed.shard(dataset.ids), pred_dir, cfg,
-                             split_dir, model_path)["written"]
-    written = int(distributed.all_reduce_sum(np.array([written], dtype=np.int64))[0])
-    distributed.barrier()
+    written = predict_folder(model, dataset, dataset.ids, pred_dir, cfg, split_dir,
+                             model_path)["written"]
     summary = {"miou": None, "per_class_iou": None, "num_images": len(dataset.ids),
                "predictions": str(pred_dir), "report": None, "written": written}
     if with_gt:

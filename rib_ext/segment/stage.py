@@ -56,16 +56,16 @@ def _retrain_labels(train_dataset, names, score_dir, out_dir: Path, cfg: Segment
     names = present_names(score_dir, names, ".npy", "random-walk scores", "segment", cfg.allow_missing)[0]
     confident, filled = root / "confident_labels", root / "filled_labels"
     # Each rank writes its shard of the label files; the barriers make them whole before use.
-    write_score_labels(train_dataset, distributed.shard(names), score_dir, confident, cfg.retrain_fg,
+    write_score_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg,
                        cfg.retrain_bg)
     distributed.barrier("segment: the confident labels of the first network")
     first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)  # every rank
     model = load_deeplab(first["model"], device, train_dataset.num_classes + 1)
     predictions = root / "first_predictions"
-    predict_folder(model, train_dataset, distributed.shard(names), predictions, cfg,
+    predict_folder(model, train_dataset, names, predictions, cfg,
                    model_path=first["model"])  # each rank its shard
     distributed.barrier("segment: the first network's predictions")
-    write_filled_labels(distributed.shard(names), confident, predictions, filled,
+    write_filled_labels(names, confident, predictions, filled,
                         train_dataset.num_classes)
     distributed.barrier("segment: the filled labels of the second network")
     return filled
