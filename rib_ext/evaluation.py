@@ -16,8 +16,8 @@ import numpy as np
 
 from rib_ext import distributed
 from rib_ext.config import EvalSeedConfig
-from rib_ext.io import atomic_path, load_npy_dict, save_figure, save_json, save_text
-from rib_ext.outputs import map_path, require_maps
+from rib_ext.io import atomic_path, save_figure, save_json, save_text
+from rib_ext.outputs import load_maps, map_path, require_maps
 from rib_ext.runtime import progress
 
 
@@ -440,8 +440,9 @@ def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str |
     sweep = ThresholdSweep(num_classes=dataset.num_classes + 1, cfg=cfg)
     for name in progress(distributed.shard(names), "eval_seed"):
         gt = dataset.mask(index[name])
-        maps = load_npy_dict(map_path(maps_dir, name))
-        sweep.update(maps["high_res"], maps["keys"], gt)
+        keys, maps = load_maps(map_path(maps_dir, name), dataset.num_classes,
+                               dataset.image_size(index[name]), labels=dataset.labels(index[name]))
+        sweep.update(maps, keys, gt)
     # Confusion matrices are plain counts: summing them over ranks gives the whole list's.
     sweep.confusions = distributed.all_reduce_sum(sweep.confusions)
     sweep.num_images = int(distributed.all_reduce_sum(np.array([sweep.num_images]))[0])
