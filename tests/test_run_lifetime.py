@@ -1,5 +1,6 @@
 """A run's processes: pool workers die with their parent, never keep the run lock, and SIGTERM
 stops a run as Ctrl-C does (a message, exit 143, a rerun resumes to the same result)."""
+import json
 import multiprocessing
 import os
 import signal
@@ -126,6 +127,11 @@ def _masks(out: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted((out / "crf" / "cam" / "masks").glob("*.png"))}
 
 
+def _figures(out: Path) -> dict:
+    result = json.loads((out / "crf" / "cam" / "result.json").read_text())
+    return {k: v for k, v in result.items() if k not in ("seconds", "written")}
+
+
 @pytest.mark.slow
 def test_kill_9_during_crf_leaves_no_worker_and_the_rerun_is_not_refused(seeded, tmp_path):
     out = copy_run(seeded, tmp_path)
@@ -157,8 +163,10 @@ def test_sigterm_mid_stage_stops_like_ctrl_c_and_the_rerun_resumes(seeded, tmp_p
     _, err = run.communicate(timeout=120)
     assert run.returncode == 143, err
     assert err.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
-    assert len(_masks(out)) < len(_masks(clean))  # it stopped before the end
+    # Stopped mid-stage: the images in hand were finished (whole files), the report not written.
+    assert not (out / "crf" / "cam" / "result.json").exists()
     rerun = _crf(out, 0)
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert _masks(out) == _masks(clean) and _masks(out)
+    assert _figures(out) == _figures(clean)
