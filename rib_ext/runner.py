@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -191,6 +191,8 @@ def run_stage(stage: PerImageStage, context: Any, ids: Sequence[str], folder: st
             bar.update(1)
     bar.close()
     seconds = time.time() - t0
+    # Wait for the other ranks without a deadline (their shards may take longer), then sum.
+    distributed.barrier(f"{label or stage.name}: the other ranks' images")
     # Integer counts: summed over ranks they are the whole list's, in any order.
     names = list(sums.values)
     flat = np.concatenate([np.array([written, len(done)], dtype=np.int64)]

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rib_ext import distributed
-from rib_ext.data import load_label_png, multiscale_flip_views, save_index_png
-from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
+from rib_ext.data import multiscale_flip_views, save_index_png
+from rib_ext.evaluation import evaluate_folder_masks, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_sha256, save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
 from rib_ext.irn.random_walk import propagate_maps
 from rib_ext.ops.cam import strided_size
 from rib_ext.outputs import check_settings, dataset_index, load_maps, per_image_path, present_names
-from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
-from rib_ext.runtime import progress, resolve_device
+from rib_ext.runner import ImageResult, Output, PerImageStage, on_main_rank, run_stage
+from rib_ext.runtime import resolve_device
 from rib_ext.irn.train_irn import MODEL_FILE
 
 
@@ -144,18 +143,6 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
             "seconds_per_image": round(run.seconds / todo, 3) if todo else None}
 
 
-def _pairs(dataset, names: Sequence[str], mask_dir: Path) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    index = dataset_index(dataset)
-    for name in progress(names, "eval_mask"):
-        gt = dataset.mask(index[name])
-        path = per_image_path(mask_dir, name, ".png")
-        pred = load_label_png(path)
-        if pred.shape != gt.shape:
-            raise ValueError(f"{path}: mask is {pred.shape[0]}x{pred.shape[1]} but the ground truth "
-                             f"of {name} is {gt.shape[0]}x{gt.shape[1]}")
-        yield pred, gt
-
-
 def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
                     cfg: Optional[IRNConfig] = None) -> dict:
     """mIoU of the pseudo masks in ``mask_dir`` over the images with ground truth.
@@ -174,13 +161,10 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"eval_mask: none of the {len(with_gt)} images with ground truth has a "
                          f"mask in {mask_dir}")
     # Under torchrun each rank scores its shard; the confusion counts are summed over the ranks.
-    result = note_missing(evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(mask_dir)),
-                                           dataset.num_classes + 1), no_mask)
+    result = note_missing(evaluate_folder_masks(dataset, names, mask_dir, "eval_mask"), no_mask)
     class_names = ("background",) + tuple(dataset.class_names)
-    if distributed.rank() == 0:
-        write_report(out_dir, result, class_names, title="Pseudo masks (IRN random walk)")
-    distributed.barrier()
+    on_main_rank(lambda: write_report(out_dir, result, class_names,
+                                      title="Pseudo masks (IRN random walk)"))
     return {"miou": result["miou"], "num_images": result["num_images"], "missing": len(missing),
             "per_class_iou": dict(zip(class_names, result["per_class_iou"])),
             "seconds": round(time.time() - t0, 2)}
-

@@ -8,21 +8,19 @@ probabilities are averaged over all views. With ``use_crf`` a dense CRF (DeepLab
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rib_ext import distributed
 from rib_ext.config import CRFConfig
 from rib_ext.crf import _densecrf
-from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
-from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
+from rib_ext.data import multiscale_flip_views, save_label_png
+from rib_ext.evaluation import evaluate_folder_masks, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_digest
 from rib_ext.outputs import check_settings
-from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
-from rib_ext.runtime import progress
+from rib_ext.runner import ImageResult, Output, PerImageStage, on_main_rank, run_stage
 
 from .config import SegmentConfig
 from .model import DeepLabV2
@@ -123,18 +121,6 @@ def has_ground_truth(dataset, i: int) -> bool:
     return dataset.mask(i) is not None
 
 
-def _pairs(dataset, names: Sequence[str], pred_dir: Path) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    index = {name: i for i, name in enumerate(dataset.ids)}
-    for name in progress(names, "segment: evaluate"):
-        gt = dataset.mask(index[name])
-        path = pred_dir / f"{name}.png"
-        pred = load_label_png(path)
-        if pred.shape != gt.shape:
-            raise ValueError(f"{path}: prediction is {pred.shape[0]}x{pred.shape[1]} but the ground "
-                             f"truth of {name} is {gt.shape[0]}x{gt.shape[1]}")
-        yield pred, gt
-
-
 def evaluate_folder(dataset, names: Sequence[str], pred_dir: str | Path, report_dir: str | Path,
                     title: str = "DeepLab-v2 segmentation", missing: Sequence[str] = ()) -> dict:
     """mIoU etc. of ``pred_dir/<id>.png`` against the ground truth of ``names``; writes
@@ -142,11 +128,10 @@ def evaluate_folder(dataset, names: Sequence[str], pred_dir: str | Path, report_
     Under torchrun every rank calls it and scores its shard (the counts summed over the ranks)."""
     if not names:
         raise ValueError("segment: no image with a ground-truth mask to evaluate")
-    result = note_missing(evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(pred_dir)),
-                                           dataset.num_classes + 1), missing)
-    if distributed.rank() == 0:
-        write_report(report_dir, result, ("background", *dataset.class_names), title=title)
-    distributed.barrier()
+    result = note_missing(evaluate_folder_masks(dataset, names, pred_dir, "segment: evaluate",
+                                                "prediction"), missing)
+    on_main_rank(lambda: write_report(report_dir, result, ("background", *dataset.class_names),
+                                      title=title))
     return result
 
 
