@@ -5,22 +5,19 @@ for one, does not have it).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from rib_ext import distributed
 from rib_ext.config import CRFConfig
 from rib_ext.data import load_label_png, save_index_png
 from rib_ext.evaluation import (confusion_matrix, indices_to_class_ids, note_missing, seed_label_indices,
                                 summarize_confusion, with_ground_truth, write_report)
-from rib_ext.io import load_npy_dict
-from rib_ext.outputs import map_path, require_maps, split_complete
-from rib_ext.runtime import progress
-from rib_ext.workers import resolve_workers, run_tasks
+from rib_ext.outputs import load_maps, map_path, require_maps
+from rib_ext.runner import ImageResult, Output, PerImageStage, on_main_rank, run_stage
+from rib_ext.workers import resolve_workers
 
 
 def _densecrf():
@@ -106,27 +103,31 @@ class _Job:
     dataset: object
     index: dict
     maps_dir: Path
-    mask_dir: Path
     threshold: float
     cfg: CRFConfig
-    done: frozenset  # names whose mask exists and is whole: read back, not made again
 
 
-def _refine_one(job: _Job, name: str):
-    """(confusion matrix or None without ground truth, 1 if the mask was written here else 0)."""
+def _score(job: _Job, name: str, pred: np.ndarray) -> dict:
+    gt = job.dataset.mask(job.index[name])
+    if gt is None:
+        return {}
+    return {"confusion": confusion_matrix(pred, gt, job.dataset.num_classes + 1), "evaluated": 1}
+
+
+def _refine_one(job: _Job, name: str) -> ImageResult:
+    """One image's refined mask and its confusion counts (without ground truth, none)."""
     i = job.index[name]
-    png = job.mask_dir / f"{name}.png"
-    if name in job.done:
-        pred, written = load_label_png(png), 0
-    else:
-        maps = load_npy_dict(map_path(job.maps_dir, name))
-        pred = crf_from_maps(job.dataset.image(i), maps["high_res"], maps["keys"], job.threshold,
-                             job.cfg)
-        save_index_png(png, pred)  # class indices, as IRN-derived code reads them; atomic
-        written = 1
-    gt = job.dataset.mask(i)
-    conf = None if gt is None else confusion_matrix(pred, gt, job.dataset.num_classes + 1)
-    return conf, written
+    img = job.dataset.image(i)
+    keys, maps = load_maps(map_path(job.maps_dir, name), job.dataset.num_classes, img.shape[:2],
+                           labels=job.dataset.labels(i))
+    pred = crf_from_maps(img, maps, keys, job.threshold, job.cfg)
+    # class indices, as IRN-derived code reads them
+    return ImageResult(files={"mask": pred}, sums=_score(job, name, pred))
+
+
+def _reread_one(job: _Job, name: str, paths: dict) -> ImageResult:
+    """A mask made by an earlier run: read back and scored."""
+    return ImageResult(sums=_score(job, name, load_label_png(paths["mask"])))
 
 
 def refine_seeds(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig, out_dir: str | Path,
@@ -140,37 +141,21 @@ def refine_seeds(dataset, maps_dir: str | Path, threshold: float, cfg: CRFConfig
     available). The masks and figures are the same for any number of ranks and workers.
     """
     out_dir = Path(out_dir)
-    mask_dir = out_dir / "masks"
     maps_dir = Path(maps_dir)
     no_mask = with_ground_truth(dataset, dataset.ids, "crf", allow_missing)[1]
     names = require_maps(maps_dir, dataset.ids, "crf", allow_missing)
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    mine = distributed.shard(names)
-    done = split_complete({n: mask_dir / f"{n}.png" for n in mine}, "crf")[0]
-    job = _Job(dataset, {n: i for i, n in enumerate(dataset.ids)}, maps_dir, mask_dir, threshold,
-               cfg, frozenset(done))
     size = dataset.num_classes + 1
-    conf = np.zeros((size, size), dtype=np.int64)
-    counts = np.zeros(2, dtype=np.int64)  # images evaluated, masks written
-    t0 = time.time()
-    bar = progress(None, "crf", total=len(mine))
-    for _, (image_conf, written) in run_tasks(_refine_one, job, mine, resolve_workers(workers)):
-        if image_conf is not None:
-            conf += image_conf
-            counts[0] += 1
-        counts[1] += written
-        bar.update(1)
-    bar.close()
-    seconds = time.time() - t0
-    # Integer counts: summed over ranks they are the whole list's, in any order.
-    conf = distributed.all_reduce_sum(conf)
-    evaluated, written = (int(x) for x in distributed.all_reduce_sum(counts))
-    result = note_missing({"threshold": threshold, "num_images": evaluated, "written": written,
-                           "seconds": round(seconds, 1)}, no_mask)
+    stage = PerImageStage("crf", {"mask": Output("masks/{id}.png", save_index_png)},
+                          compute=_refine_one, reuse=_reread_one,
+                          sums={"confusion": (size, size), "evaluated": ()})
+    job = _Job(dataset, {n: i for i, n in enumerate(dataset.ids)}, maps_dir, threshold, cfg)
+    run = run_stage(stage, job, names, out_dir, workers=resolve_workers(workers))
+    evaluated = run.count("evaluated")
+    result = note_missing({"threshold": threshold, "num_images": evaluated, "written": run.written,
+                           "seconds": round(run.seconds, 1)}, no_mask)
     if evaluated:
-        result.update(summarize_confusion(conf))
-        if distributed.rank() == 0:
-            write_report(out_dir, result, ("background",) + tuple(dataset.class_names),
-                         title=f"CRF-refined seeds (threshold {threshold:.2f})")
-    distributed.barrier()
+        result.update(summarize_confusion(run.sums["confusion"]))
+    on_main_rank(lambda: evaluated and write_report(
+        out_dir, result, ("background",) + tuple(dataset.class_names),
+        title=f"CRF-refined seeds (threshold {threshold:.2f})"))
     return result

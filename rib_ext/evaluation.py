@@ -14,11 +14,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rib_ext import distributed
 from rib_ext.config import EvalSeedConfig
-from rib_ext.io import atomic_path, load_npy_dict, save_figure, save_json, save_text
-from rib_ext.outputs import map_path, require_maps
-from rib_ext.runtime import progress
+from rib_ext.data import load_label_png
+from rib_ext.io import atomic_path, save_figure, save_json, save_text
+from rib_ext.outputs import load_maps, map_path, require_maps
+from rib_ext.runner import ImageResult, PerImageStage, on_main_rank, run_stage
 
 
 # --------------------------------------------------------------------------- which images count
@@ -306,19 +306,31 @@ def confusion_of_pairs(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], num_class
     return conf, count
 
 
-def evaluate_sharded(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], num_classes: int = 21,
-                     ignore: int = 255) -> Dict[str, Any]:
-    """:func:`evaluate_label_maps` of this rank's pairs with the counts summed over the ranks
-    (under torchrun every rank calls it with its shard; alone, it is the same thing)."""
-    conf, count = confusion_of_pairs(pairs, num_classes, ignore)
-    conf = distributed.all_reduce_sum(conf)
-    count = int(distributed.all_reduce_sum(np.array([count], dtype=np.int64))[0])
-    if count == 0:
+def _score_one(job: tuple, name: str) -> ImageResult:
+    dataset, index, folder, what = job
+    gt = dataset.mask(index[name])
+    path = Path(folder) / f"{name}.png"
+    pred = load_label_png(path)
+    if pred.shape != gt.shape:
+        raise ValueError(f"{path}: {what} is {pred.shape[0]}x{pred.shape[1]} but the ground truth "
+                         f"of {name} is {gt.shape[0]}x{gt.shape[1]}")
+    size = dataset.num_classes + 1
+    return ImageResult(sums={"confusion": confusion_matrix(pred, gt, size), "images": 1})
+
+
+def evaluate_folder_masks(dataset, names: Sequence[str], folder: str | Path, label: str,
+                          what: str = "mask") -> Dict[str, Any]:
+    """Scores of the label PNGs ``folder/<id>.png`` of ``names`` against their ground truth (a
+    collective under torchrun: each rank scores its shard, the counts are summed over the
+    ranks). A PNG of another size than its ground truth is an error naming it."""
+    size = dataset.num_classes + 1
+    stage = PerImageStage(label, {}, compute=_score_one, sums={"confusion": (size, size), "images": ()})
+    job = (dataset, {n: i for i, n in enumerate(dataset.ids)}, Path(folder), what)
+    run = run_stage(stage, job, names, folder)
+    if run.count("images") == 0:
         raise ValueError("no label maps to evaluate")
-    return {**summarize_confusion(conf), "num_images": count}
+    return {**summarize_confusion(run.sums["confusion"]), "num_images": run.count("images")}
 
-
-# --------------------------------------------------------------------------- reports
 
 def _json_number(x: float) -> Optional[float]:
     # JSON has no NaN; an undefined score (class absent everywhere) becomes null.
@@ -428,6 +440,17 @@ def plot_sweep(path: os.PathLike | str, result: Dict[str, Any]) -> Path:
 
 # ------------------------------------------------------------------ the eval_seed stage's work
 
+def _sweep_one(job: tuple, name: str) -> ImageResult:
+    dataset, index, maps_dir, cfg = job
+    i = index[name]
+    gt = dataset.mask(i)
+    keys, maps = load_maps(map_path(maps_dir, name), dataset.num_classes, dataset.image_size(i),
+                           labels=dataset.labels(i))
+    sweep = ThresholdSweep(num_classes=dataset.num_classes + 1, cfg=cfg)
+    sweep.update(maps, keys, gt)
+    return ImageResult(sums={"confusions": sweep.confusions, "images": 1})
+
+
 def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str | Path,
               allow_missing: bool = False, title: str = "Seed evaluation") -> dict:
     """mIoU of ``argmax([t, maps])`` for every threshold t of the sweep, over the images that have
@@ -436,22 +459,22 @@ def eval_seed(dataset, maps_dir: str | Path, cfg: EvalSeedConfig, out_dir: str |
     maps_dir = Path(maps_dir)
     names, no_mask = with_ground_truth(dataset, dataset.ids, "eval_seed", allow_missing)
     names = require_maps(maps_dir, names, "eval_seed", allow_missing)
-    index = {name: i for i, name in enumerate(dataset.ids)}
     sweep = ThresholdSweep(num_classes=dataset.num_classes + 1, cfg=cfg)
-    for name in progress(distributed.shard(names), "eval_seed"):
-        gt = dataset.mask(index[name])
-        maps = load_npy_dict(map_path(maps_dir, name))
-        sweep.update(maps["high_res"], maps["keys"], gt)
-    # Confusion matrices are plain counts: summing them over ranks gives the whole list's.
-    sweep.confusions = distributed.all_reduce_sum(sweep.confusions)
-    sweep.num_images = int(distributed.all_reduce_sum(np.array([sweep.num_images]))[0])
+    stage = PerImageStage("eval_seed", {}, compute=_sweep_one,
+                          sums={"confusions": sweep.confusions.shape, "images": ()})
+    job = (dataset, {name: i for i, name in enumerate(dataset.ids)}, maps_dir, cfg)
+    # Confusion matrices are plain counts: summed over ranks they are the whole list's.
+    run = run_stage(stage, job, names, maps_dir)
+    sweep.confusions, sweep.num_images = run.sums["confusions"], run.count("images")
     if sweep.num_images == 0:
         raise ValueError(f"eval_seed: no image of the list has a ground-truth mask ({len(dataset)} images)")
     result = note_missing(sweep.result(), no_mask)
     out_dir = Path(out_dir)
-    if distributed.rank() == 0:
+
+    def report() -> None:
         write_report(out_dir, result, ("background",) + tuple(dataset.class_names), title=title)
         plot_sweep(out_dir / "sweep.png", result)
+
     # The next stages (crf, ir_label) read the best threshold from result.json on every rank.
-    distributed.barrier()
+    on_main_rank(report)
     return result

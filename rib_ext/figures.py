@@ -22,7 +22,8 @@ from PIL import Image, ImageDraw
 
 from rib_ext import distributed
 from rib_ext.data.images import voc_palette
-from rib_ext.io import load_npy_dict, save_figure, save_png
+from rib_ext.io import save_figure, save_png
+from rib_ext.outputs import load_maps
 
 CAPTION_HEIGHT = 14  # pixels of the caption strip above each tile
 DEFAULT_COUNT = 12  # images with a panel
@@ -291,7 +292,9 @@ def visualize_maps(maps_dirs: Mapping[str, Any], dataset, out_dir, ids: Optional
             path = d / f"{name}.npy"
             if not path.is_file():
                 continue
-            maps = load_npy_dict(path)
+            keys, high_res = load_maps(path, dataset.num_classes, image.shape[:2],
+                                       labels=dataset.labels(i))
+            maps = {"keys": keys, "high_res": high_res}
             layers[f"{caption} map"] = map_score(maps)
             if caption in thresholds:
                 t = thresholds[caption]

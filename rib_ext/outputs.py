@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from rib_ext import distributed
-from rib_ext.io import file_is_complete, load_npy_dict, preview, save_json
+from rib_ext.io import UnreadableFileError, file_is_complete, load_npy_dict, preview, save_json
 from rib_ext.ops.cam import strided_size
 
 
@@ -78,34 +78,54 @@ def dataset_index(dataset) -> Dict[str, int]:
 
 # ----------------------------------------------------------------------------------------- maps
 
+class MapFileError(UnreadableFileError):
+    """A map file that is not its image's (other classes, another size, keys out of range) or not
+    a map file at all: the message starts with the file."""
+
+
 def load_maps(path: str | Path, num_classes: int, image_size: Sequence[int],
-              field: str = "high_res") -> Tuple[np.ndarray, torch.Tensor | np.ndarray]:
-    """(keys [K'] int64, maps) of one IRN map file, checked against the dataset and the image.
+              field: str = "high_res", labels=None) -> Tuple[np.ndarray, torch.Tensor | np.ndarray]:
+    """(keys [K'] int64, maps) of one IRN map file, checked against the dataset and the image: the
+    one check every reader of map files makes.
 
     ``field`` "high_res" gives float32 [K', H, W]; "cam" gives [K', ceil(H/4), ceil(W/4)] (a tensor
-    as IRN stores it). Errors name the file: keys beyond the dataset's classes mean the maps folder
-    belongs to another dataset; a wrong size, another image or split.
+    as IRN stores it). ``labels``: the image's class vector [num_classes] (the dataset's
+    ``labels(i)``); given, the keys must be exactly its classes. Errors (:class:`MapFileError`)
+    name the file: keys beyond the dataset's classes mean the maps folder belongs to another
+    dataset; other classes or a wrong size, another image or split.
     """
     path = Path(path)
     try:
         record = load_npy_dict(path)
     except Exception as err:  # np.load raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable IRN map file ({type(err).__name__}: {err})") from err
+        raise MapFileError(f"{path}: not a readable IRN map file ({type(err).__name__}: {err})") from err
     if not isinstance(record, dict) or "keys" not in record or field not in record:
         got = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"{path}: expected an IRN map dict with 'keys' and '{field}', got {got}")
+        raise MapFileError(f"{path}: expected an IRN map dict with 'keys' and '{field}', got {got}")
     keys = np.asarray(record["keys"]).reshape(-1).astype(np.int64)
     if keys.size and (keys.min() < 0 or keys.max() >= num_classes):
-        raise ValueError(f"{path}: class keys {keys.tolist()} exceed the dataset's {num_classes} "
-                         f"classes (0..{num_classes - 1}): is this maps folder from another dataset?")
+        raise MapFileError(f"{path}: class keys {keys.tolist()} exceed the dataset's {num_classes} "
+                           f"classes (0..{num_classes - 1}): is this maps folder from another dataset?")
+    if labels is not None:
+        classes = np.flatnonzero(np.asarray(labels)).astype(np.int64)
+        if not np.array_equal(keys, classes):
+            raise MapFileError(f"{path}: maps of classes {keys.tolist()}, but the image's classes are "
+                               f"{classes.tolist()}: maps of another image or dataset?")
     maps = record[field]
-    expected = tuple(image_size) if field == "high_res" else strided_size(image_size, 4)
+    expected = tuple(int(v) for v in image_size) if field == "high_res" else strided_size(image_size, 4)
     shape = tuple(maps.shape)
     if len(shape) != 3 or shape[0] != keys.size or shape[1:] != expected:
-        raise ValueError(f"{path}: '{field}' has shape {shape}, expected ({keys.size}, "
-                         f"{expected[0]}, {expected[1]}) for {keys.size} keys and an image of "
-                         f"{image_size[0]}x{image_size[1]}: maps of another image or split?")
+        raise MapFileError(f"{path}: '{field}' has shape {shape}, expected ({keys.size}, "
+                           f"{expected[0]}, {expected[1]}) for {keys.size} keys and an image of "
+                           f"{image_size[0]}x{image_size[1]}: maps of another image or split?")
     return keys, maps
+
+
+def load_image_maps(path: str | Path, dataset, index: int, field: str = "high_res"):
+    """:func:`load_maps` of image ``index`` of ``dataset``: checked against its classes and its
+    size (from the image's header)."""
+    return load_maps(path, dataset.num_classes, dataset.image_size(index), field,
+                     labels=dataset.labels(index))
 
 
 # ------------------------------------------------------------------------------------- settings

@@ -20,6 +20,7 @@ from typing import List, Optional
 from rib_ext.config import PipelineConfig, plain_dict
 from rib_ext.stages import options
 from rib_ext.stages.registry import STAGES, parse_stages, stage_module
+from rib_ext.workers import Terminated, stop_on_sigterm
 
 # The stage list and the command line live in rib_ext.stages (registry, options); this module runs them.
 build_parser = options.build_parser
@@ -220,8 +221,10 @@ def os_error_message(err: OSError) -> Optional[str]:
 
 
 INTERRUPTED = "interrupted; rerun the same command to resume"
-# The shell's convention for a process ended by SIGINT (128 + 2); user errors exit with 2.
+# The shell's convention for a process ended by SIGINT (128 + 2) or SIGTERM (128 + 15); user
+# errors exit with 2.
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def main(argv=None) -> int:
@@ -241,12 +244,13 @@ def main(argv=None) -> int:
             print(json.dumps({"stages": stages, **plain_dict(cfg)}, indent=2))
             return 0
         warn_overridden(args, cfg)
-        run(cfg, stages, overwrite=args.overwrite, take_over_lock=args.take_over_lock)
-    except KeyboardInterrupt:
+        with stop_on_sigterm():
+            run(cfg, stages, overwrite=args.overwrite, take_over_lock=args.take_over_lock)
+    except KeyboardInterrupt as err:
         if args.debug:
             raise
         print(INTERRUPTED, file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
     except user_error_types() as err:
         if args.debug:
             raise

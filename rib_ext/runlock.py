@@ -4,7 +4,9 @@ Two runs on one ``--out`` would write the same files (and one would delete what 
 writing, with ``--overwrite``), so the second stops at once, naming the process that holds the lock.
 The lock belongs to the open file, not to its presence on disk: when the holder dies, even by
 ``kill -9``, the kernel releases it, and the next run takes the folder over without advice to
-delete anything. The file keeps the holder's pid and host for the message.
+delete anything. A forked child closes its inherited copy of the descriptor, so a process the run
+started cannot keep the folder locked after the run is gone. The file keeps the holder's pid and
+host for the message.
 
 A file left by a process on another host is not taken over on its own: on shared storage the
 lock may not reach across machines (NFS without lock support), so that process may still be
@@ -19,9 +21,29 @@ import os
 import socket
 import time
 from pathlib import Path
+import weakref
 from typing import Optional
 
 LOCK_NAME = ".lock"
+
+# The locks this process holds: a forked child (a worker of a pool, a data loader) closes its copy
+# of their descriptors at once, so it never keeps the lock of a run it outlives.
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            try:
+                os.close(lock._fd)
+            except OSError:
+                pass
+            lock._fd = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunLockedError(Exception):
@@ -80,11 +102,13 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, stamp, 0)
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def release(self) -> None:
         if self._fd is None:
             return
+        _HELD.discard(self)
         # Empty the file first: a later run then knows the folder was left cleanly.
         try:
             os.ftruncate(self._fd, 0)

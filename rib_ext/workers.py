@@ -1,4 +1,12 @@
-"""Pools of worker processes for the CPU-bound per-image work (the dense CRF of crf and ir_label).
+"""Pools of worker processes for the CPU-bound per-image work (the dense CRF of crf and ir_label),
+and the signals of a run: the one place that owns the workers' lifetime.
+
+Workers die with their parent: on Linux the kernel kills them when it dies (``PR_SET_PDEATHSIG``),
+elsewhere, and as a fallback, a thread in each worker exits when its parent is gone. They leave
+the signals to the parent (Ctrl-C and SIGTERM stop the run there, which lets the images in hand
+finish and shuts the pool down) and hold none of its files open that matter: the run lock is closed
+in every forked child (:mod:`rib_ext.runlock`). :func:`stop_on_sigterm` makes SIGTERM stop a run
+as Ctrl-C does: :class:`Terminated`, a ``KeyboardInterrupt``, raised in the main thread.
 
 A rank's share of the images is spread over ``workers`` processes of one machine. Each image is
 computed alone and written atomically by the process that computed it, and what the parent sums
@@ -12,8 +20,14 @@ dataset holds its whole annotation file, which ``spawn`` would pickle into every
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 
@@ -50,7 +64,36 @@ def _context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _init(fn: Callable, context: Any) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_S = 0.5
+
+
+def _die_with_parent(parent: int) -> None:
+    """Exit when process ``parent`` is gone: the kernel's parent-death signal on Linux, and a
+    thread that polls the parent (any platform; also covers a parent that died before the
+    signal was set)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the thread below still watches
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init(fn: Callable, context: Any, parent: int) -> None:
+    _die_with_parent(parent)
+    # The parent owns the signals: a worker finishes its image and goes when the pool shuts down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _TASK["fn"], _TASK["context"] = fn, context
 
 
@@ -74,7 +117,7 @@ def run_tasks(fn: Callable[[Any, Any], Any], context: Any, items: Iterable, work
         return
     window = window or 4 * workers
     pool = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=_context(),
-                               initializer=_init, initargs=(fn, context))
+                               initializer=_init, initargs=(fn, context, os.getpid()))
     try:
         pending = {}
         queue = iter(items)
@@ -98,3 +141,27 @@ def run_tasks(fn: Callable[[Any, Any], Any], context: Any, items: Iterable, work
 
 
 _END = object()
+
+
+# ------------------------------------------------------------------------------------ signals
+
+class Terminated(KeyboardInterrupt):
+    """The run got SIGTERM: stopped as by Ctrl-C (outputs are atomic, a rerun resumes)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (elsewhere, or
+    from another thread, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rib_ext import distributed, ops
+from rib_ext import ops
 from rib_ext.config import MakeCamConfig
 from rib_ext.data import InferenceDataset
 from rib_ext.io import save_npy
-from rib_ext.outputs import MapChecker, map_path, no_class_maps, split_complete
+from rib_ext.outputs import MapChecker, map_path, no_class_maps
 from rib_ext.precision import autocast, check_precision, cudnn_benchmark, memory_format
-from rib_ext.runtime import progress, resolve_device
+from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
+from rib_ext.runtime import resolve_device
 
 CAUSE = ("the classifier activates nowhere for the image's classes, the sign of a diverged "
          "training: train it again with a lower --lr (or check --cam-checkpoint)")
@@ -43,7 +43,6 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     Returns ``{'written', 'skipped', 'seconds', 'images_per_second'}``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision)
     # A copy: moving it, eval() and channels_last would otherwise change the caller's model (and,
@@ -51,27 +50,30 @@ def make_cam(model, dataset, cfg: MakeCamConfig, out_dir: str | Path) -> dict:
     model = copy.deepcopy(model).to(device).eval()
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mine = distributed.shard(list(range(len(dataset))))
+    index = {name: i for i, name in enumerate(dataset.ids)}
+    checker = MapChecker("make_cam", CAUSE)
+
+    def drive(_, todo, emit) -> None:
+        subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), [index[n] for n in todo])
+        loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
+        # Set for this loop only (the process's value comes back after it).
+        with cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
+            for sample in loader:
+                keys = np.nonzero(sample["label"].numpy())[0]
+                if keys.size == 0:  # an image of no class (COCO): nothing to localise, no network call
+                    maps = no_class_maps(sample["size"])
+                else:
+                    maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
+                                      cfg.channels_last)
+                checker.check(maps, sample["name"])
+                checker.written(maps, sample["name"], map_path(out_dir, sample["name"]))
+                emit(sample["name"], ImageResult(files={"maps": maps}))
+
     # An existing map counts as done only when it is whole (a broken one is made again, named).
-    todo = split_complete({i: map_path(out_dir, dataset.name(i)) for i in mine}, "make_cam")[1]
-    subset = torch.utils.data.Subset(InferenceDataset(dataset, cfg.scales), todo)
-    loader = torch.utils.data.DataLoader(subset, batch_size=None, num_workers=cfg.num_workers)
-    t0 = time.time()
-    checker = MapChecker("make_cam", CAUSE, already_done=len(mine) - len(todo))
-    # Set for this loop only (the process's value comes back after it).
-    with cudnn_benchmark(cfg.cudnn_benchmark and device.type == "cuda"):
-        for sample in progress(loader, "make_cam", total=len(todo)):
-            keys = np.nonzero(sample["label"].numpy())[0]
-            if keys.size == 0:  # an image of no class (COCO): nothing to localise, no network call
-                maps = no_class_maps(sample["size"])
-            else:
-                maps = image_maps(model, sample["views"], sample["size"], keys, cfg.precision,
-                                  cfg.channels_last)
-            checker.check(maps, sample["name"])
-            save_npy(map_path(out_dir, sample["name"]), maps)
-            checker.written(maps, sample["name"], map_path(out_dir, sample["name"]))
+    stage = PerImageStage("make_cam", {"maps": Output("{id}.npy", save_npy)}, drive=drive)
+    run = run_stage(stage, None, dataset.ids, out_dir)
+    checker.already_done = len(run.done)
     checker.finish()
-    seconds = time.time() - t0
-    distributed.barrier()
-    return {"written": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),
-            "images_per_second": round(len(todo) / seconds, 2) if todo and seconds > 0 else None}
+    written, seconds = len(run.todo), run.seconds
+    return {"written": written, "skipped": len(run.done), "seconds": seconds,
+            "images_per_second": round(written / seconds, 2) if written and seconds > 0 else None}

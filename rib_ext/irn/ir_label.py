@@ -7,21 +7,18 @@ where the high pass says foreground, 0 where both passes say background, 255 (un
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from rib_ext import distributed
 from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
 from rib_ext.data import IGNORE_INDEX, save_index_png
 from rib_ext.irn.config import IRNConfig
-from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
-                             split_done)
-from rib_ext.runtime import progress
-from rib_ext.workers import resolve_workers, run_tasks
+from rib_ext.outputs import check_settings, dataset_index, load_maps, per_image_path, present_names
+from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
+from rib_ext.workers import resolve_workers
 
 
 def combine_confident(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
@@ -46,14 +43,18 @@ def confident_labels(img: np.ndarray, maps: np.ndarray, keys: np.ndarray, conf_f
     return combine_confident(fg, bg)
 
 
-def _label_one(job: tuple, name: str) -> None:
-    """One image's confident labels, written atomically (a pool worker's task)."""
-    dataset, index, maps_dir, out_dir, cfg = job
-    img = dataset.image(index[name])
+def _label_one(job: tuple, name: str) -> ImageResult:
+    """One image's confident labels (a pool worker's task)."""
+    dataset, index, maps_dir, cfg = job
+    i = index[name]
+    img = dataset.image(i)
     keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes,
-                           img.shape[:2], "high_res")
-    labels = confident_labels(img, maps, keys, cfg.conf_fg, cfg.conf_bg, cfg.crf)
-    save_index_png(per_image_path(out_dir, name, ".png"), labels)
+                           img.shape[:2], "high_res", labels=dataset.labels(i))
+    return ImageResult(files={"labels": confident_labels(img, maps, keys, cfg.conf_fg, cfg.conf_bg, cfg.crf)})
+
+
+# Grayscale indices: 0 bg, class ids, 255 uncertain.
+STAGE = PerImageStage("ir_label", {"labels": Output("{id}.png", save_index_png)}, compute=_label_one)
 
 
 def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
@@ -73,17 +74,7 @@ def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, "ir_label", {"conf_fg": cfg.conf_fg, "conf_bg": cfg.conf_bg,
                                          "crf": cfg.as_dict()["crf"]})
-    # Sharded before the done ones are dropped, so the shards stay disjoint whatever the other
-    # ranks have written already.
-    todo, done = split_done(out_dir, distributed.shard(present))
-    job = (dataset, dataset_index(dataset), Path(maps_dir), out_dir, cfg)
-    t0 = time.time()
-    bar = progress(None, "ir_label", total=len(todo))
-    for _ in run_tasks(_label_one, job, todo, resolve_workers(workers)):
-        bar.update(1)
-    bar.close()
-    seconds = time.time() - t0
-    written, skipped = (int(x) for x in distributed.all_reduce_sum(np.array([len(todo), len(done)])))
-    distributed.barrier()
-    return {"written": written, "skipped_existing": skipped, "missing": len(missing),
-            "seconds": round(seconds, 2)}
+    job = (dataset, dataset_index(dataset), Path(maps_dir), cfg)
+    run = run_stage(STAGE, job, present, out_dir, workers=resolve_workers(workers))
+    return {"written": run.written, "skipped_existing": run.skipped, "missing": len(missing),
+            "seconds": run.seconds}

@@ -7,19 +7,17 @@ salient where its value is above ``saliency_threshold``.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from rib_ext import distributed
 from rib_ext.data import IGNORE_INDEX, load_label_png, save_index_png
 from rib_ext.io import preview
 from rib_ext.irn.config import IRNConfig
-from rib_ext.outputs import check_settings, dataset_index, per_image_path, present_names, split_done
-from rib_ext.runtime import progress
+from rib_ext.outputs import check_settings, dataset_index, per_image_path, present_names
+from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
 
 
 class SaliencyError(ValueError):
@@ -56,6 +54,33 @@ def refine_with_saliency(labels: np.ndarray, saliency: np.ndarray, threshold: in
     return out
 
 
+def _refine_one(job: tuple, name: str) -> ImageResult:
+    """One image's mask refined with its saliency map, and the pixels it newly ignores."""
+    dataset, index, label_dir, saliency_dir, cfg = job
+    labels = load_label_png(per_image_path(label_dir, name, ".png"))
+    size = dataset.image_size(index[name]) if hasattr(dataset, "image_size") else labels.shape
+    if labels.shape != tuple(size):
+        raise SaliencyError(f"{per_image_path(label_dir, name, '.png')}: mask is "
+                            f"{labels.shape[0]}x{labels.shape[1]} but the image is "
+                            f"{size[0]}x{size[1]}")
+    sal = load_saliency(per_image_path(saliency_dir, name, ".png"), size)
+    out = refine_with_saliency(labels, sal, cfg.saliency_threshold)
+    return ImageResult(files={"mask": out},
+                 sums={"flipped": int(((out == IGNORE_INDEX) & (labels != IGNORE_INDEX)).sum()),
+                       "pixels": out.size})
+
+
+def _drive(job: tuple, todo: list, emit) -> None:
+    # Every saliency map the images to do need is checked before the first is written.
+    _require_saliency(job[3], todo)
+    for name in todo:
+        emit(name, _refine_one(job, name))
+
+
+STAGE = PerImageStage("saliency", {"mask": Output("{id}.png", save_index_png)}, drive=_drive,
+                      sums={"flipped": (), "pixels": ()})
+
+
 def apply_saliency(dataset, label_dir: str | Path, saliency_dir: str | Path, out_dir: str | Path,
                    cfg: Optional[IRNConfig] = None) -> dict:
     """Write ``out_dir/<id>.png``: the masks of ``label_dir`` refined with ``saliency_dir``.
@@ -74,31 +99,12 @@ def apply_saliency(dataset, label_dir: str | Path, saliency_dir: str | Path, out
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, "saliency", {"saliency_threshold": cfg.saliency_threshold,
                                          "saliency_dir": str(saliency_dir.resolve())})
-    # Under torchrun each rank refines its shard of the list (the whole list, so that the shards
-    # stay disjoint whatever the other ranks have written already).
-    todo, done = split_done(out_dir, distributed.shard(names))
-    _require_saliency(saliency_dir, todo)
-    index = dataset_index(dataset)
-    t0, flipped, total = time.time(), 0, 0
-    for name in progress(todo, "saliency"):
-        labels = load_label_png(per_image_path(label_dir, name, ".png"))
-        size = dataset.image_size(index[name]) if hasattr(dataset, "image_size") else labels.shape
-        if labels.shape != tuple(size):
-            raise SaliencyError(f"{per_image_path(label_dir, name, '.png')}: mask is "
-                                f"{labels.shape[0]}x{labels.shape[1]} but the image is "
-                                f"{size[0]}x{size[1]}")
-        sal = load_saliency(per_image_path(saliency_dir, name, ".png"), size)
-        out = refine_with_saliency(labels, sal, cfg.saliency_threshold)
-        flipped += int(((out == IGNORE_INDEX) & (labels != IGNORE_INDEX)).sum())
-        total += out.size
-        save_index_png(per_image_path(out_dir, name, ".png"), out)
-    seconds = time.time() - t0
-    written, skipped, flipped, total = (int(x) for x in distributed.all_reduce_sum(
-        np.array([len(todo), len(done), flipped, total], dtype=np.int64)))
-    distributed.barrier()
-    return {"written": written, "skipped_existing": skipped, "missing": len(missing),
+    job = (dataset, dataset_index(dataset), Path(label_dir), saliency_dir, cfg)
+    run = run_stage(STAGE, job, names, out_dir)
+    flipped, total = run.count("flipped"), run.count("pixels")
+    return {"written": run.written, "skipped_existing": run.skipped, "missing": len(missing),
             "newly_ignored_fraction": round(flipped / total, 4) if total else None,
-            "seconds": round(seconds, 2)}
+            "seconds": run.seconds}
 
 
 def _require_saliency(saliency_dir: Path, names: Sequence[str]) -> None:

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rib_ext import distributed
-from rib_ext.data import load_label_png, multiscale_flip_views, save_index_png
-from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
+from rib_ext.data import multiscale_flip_views, save_index_png
+from rib_ext.evaluation import evaluate_folder_masks, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_sha256, save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
 from rib_ext.irn.random_walk import propagate_maps
 from rib_ext.ops.cam import strided_size
-from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
-                             split_done)
-from rib_ext.runtime import progress, resolve_device
+from rib_ext.outputs import check_settings, dataset_index, load_maps, per_image_path, present_names
+from rib_ext.runner import ImageResult, Output, PerImageStage, on_main_rank, run_stage
+from rib_ext.runtime import resolve_device
 from rib_ext.irn.train_irn import MODEL_FILE
 
 
@@ -85,6 +84,26 @@ def _model_path(irn: str | Path) -> Path:
     return irn / MODEL_FILE if irn.is_dir() else irn
 
 
+def _walk_one(job: dict, name: str) -> ImageResult:
+    """One image's pseudo mask (and, with a score folder, its random-walk scores)."""
+    dataset, maps_dir, cfg, device = job["dataset"], job["maps_dir"], job["cfg"], job["device"]
+    if job.get("net") is None:  # loaded on the first image to do, not for a finished folder
+        job["net"] = load_irnet(job["model_path"], device)
+    i = job["index"][name]
+    img = dataset.image(i)
+    size = img.shape[:2]
+    keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes, size,
+                           "cam", labels=dataset.labels(i))
+    views = multiscale_flip_views(img, (1.0,))[0].to(device)
+    boundary = infer_boundary(job["net"], views, cfg.boundary_pad_to)
+    mask, scores = make_sem_seg(maps, keys, boundary, size, cfg, return_scores=True)
+    files = {"mask": mask}
+    if job["scores"]:
+        files["scores"] = {"keys": np.asarray(keys, dtype=np.int64),
+                           "score": scores.cpu().numpy().astype(np.float16)}
+    return ImageResult(files=files)
+
+
 def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: str | Path,
                        cfg: Optional[IRNConfig] = None,
                        score_dir: Optional[str | Path] = None) -> dict:
@@ -106,48 +125,22 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
         raise FileNotFoundError(f"make_sem_seg: IRN checkpoint not found: {model_path} "
                                 f"(train_irn writes it)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    score_dir = Path(score_dir) if score_dir is not None else None
     settings = {k: getattr(cfg, k) for k in ("rw_radius", "beta", "exp_times", "map_power",
                                              "sem_seg_bg_thres", "boundary_pad_to")}
     check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_sha256(model_path)})
-    # Under torchrun each rank walks its shard of the list (sharded before the done ones are
-    # dropped, so the shards stay disjoint whatever the other ranks have written already).
-    todo, done = split_done(out_dir, distributed.shard(present))
-    device = resolve_device(cfg.device)
-    net = load_irnet(model_path, device) if todo else None
-    index = dataset_index(dataset)
-    t0 = time.time()
-    for name in progress(todo, "make_sem_seg"):
-        img = dataset.image(index[name])
-        size = img.shape[:2]
-        keys, maps = load_maps(per_image_path(maps_dir, name, ".npy"), dataset.num_classes, size,
-                               "cam")
-        views = multiscale_flip_views(img, (1.0,))[0].to(device)
-        boundary = infer_boundary(net, views, cfg.boundary_pad_to)
-        mask, scores = make_sem_seg(maps, keys, boundary, size, cfg, return_scores=True)
-        if score_dir is not None:  # written first: a mask on disk implies its scores are too
-            save_npy(per_image_path(score_dir, name, ".npy"),
-                     {"keys": np.asarray(keys, dtype=np.int64),
-                      "score": scores.cpu().numpy().astype(np.float16)})
-        save_index_png(per_image_path(out_dir, name, ".png"), mask)
-    seconds = time.time() - t0
-    written, skipped = (int(x) for x in distributed.all_reduce_sum(np.array([len(todo), len(done)])))
-    distributed.barrier()
-    return {"written": written, "skipped_existing": skipped, "missing": len(missing),
-            "seconds": round(seconds, 2),
-            "seconds_per_image": round(seconds / len(todo), 3) if todo else None}
-
-
-def _pairs(dataset, names: Sequence[str], mask_dir: Path) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    index = dataset_index(dataset)
-    for name in progress(names, "eval_mask"):
-        gt = dataset.mask(index[name])
-        path = per_image_path(mask_dir, name, ".png")
-        pred = load_label_png(path)
-        if pred.shape != gt.shape:
-            raise ValueError(f"{path}: mask is {pred.shape[0]}x{pred.shape[1]} but the ground truth "
-                             f"of {name} is {gt.shape[0]}x{gt.shape[1]}")
-        yield pred, gt
+    # The scores first: a mask on disk implies its scores are too.
+    outputs = {"mask": Output("{id}.png", save_index_png)}
+    if score_dir is not None:
+        outputs = {"scores": Output(str(Path(score_dir).absolute() / "{id}.npy"), save_npy), **outputs}
+    stage = PerImageStage("make_sem_seg", outputs, compute=_walk_one)
+    job = {"dataset": dataset, "index": dataset_index(dataset), "maps_dir": Path(maps_dir), "cfg": cfg,
+           "device": resolve_device(cfg.device), "model_path": model_path, "net": None,
+           "scores": score_dir is not None}
+    run = run_stage(stage, job, present, out_dir)
+    todo = len(run.todo)
+    return {"written": run.written, "skipped_existing": run.skipped, "missing": len(missing),
+            "seconds": run.seconds,
+            "seconds_per_image": round(run.seconds / todo, 3) if todo else None}
 
 
 def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
@@ -168,13 +161,10 @@ def eval_mask_stage(dataset, mask_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"eval_mask: none of the {len(with_gt)} images with ground truth has a "
                          f"mask in {mask_dir}")
     # Under torchrun each rank scores its shard; the confusion counts are summed over the ranks.
-    result = note_missing(evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(mask_dir)),
-                                           dataset.num_classes + 1), no_mask)
+    result = note_missing(evaluate_folder_masks(dataset, names, mask_dir, "eval_mask"), no_mask)
     class_names = ("background",) + tuple(dataset.class_names)
-    if distributed.rank() == 0:
-        write_report(out_dir, result, class_names, title="Pseudo masks (IRN random walk)")
-    distributed.barrier()
+    on_main_rank(lambda: write_report(out_dir, result, class_names,
+                                      title="Pseudo masks (IRN random walk)"))
     return {"miou": result["miou"], "num_images": result["num_images"], "missing": len(missing),
             "per_class_iou": dict(zip(class_names, result["per_class_iou"])),
             "seconds": round(time.time() - t0, 2)}
-

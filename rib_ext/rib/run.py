@@ -8,17 +8,16 @@ skipped, so an interrupted run resumes; under torchrun each rank takes a determi
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
-from rib_ext import distributed
 from rib_ext.config import RIBConfig
 from rib_ext.io import file_is_complete, save_json, save_npy, save_text
-from rib_ext.outputs import MapChecker, map_path, no_class_maps, split_complete
+from rib_ext.outputs import MapChecker, map_path, no_class_maps
 from rib_ext.rib.engine import Result, RIBEngine, Target
 from rib_ext.rib.sampling import OtherImages
-from rib_ext.runtime import progress, resolve_device
+from rib_ext.runner import ImageResult, Output, PerImageStage, main_rank, rank_label, run_stage
+from rib_ext.runtime import resolve_device
 
 CAUSE = ("the per-image adaptation diverged (lower --rib.lr) or the classifier activates nowhere "
          "for the image's classes (check make_cam's map of it)")
@@ -28,56 +27,48 @@ def adapt_dataset(model, dataset, pool_dataset, cfg: RIBConfig, out_dir: str | P
     """Adapt the classifier ``model`` (θ0) to every image of ``dataset``, drawing the other images
     from ``pool_dataset`` (the classifier's training list). Returns a summary dict."""
     out_dir = Path(out_dir)
-    maps_dir, records_dir = out_dir / "maps", out_dir / "records"
-    maps_dir.mkdir(parents=True, exist_ok=True)
+    records_dir = out_dir / "records"
     device = resolve_device(cfg.device)  # under torchrun, "cuda" is this rank's current device
+    index = {name: i for i, name in enumerate(dataset.ids)}
+    checker = MapChecker("rib", CAUSE)
 
-    mine = distributed.shard(list(range(len(dataset))))
-    # Done = a whole map and its record; a map without record (a kill between the two files, in
-    # runs older than the record-first order below) is adapted again.
-    complete = split_complete({i: map_path(maps_dir, dataset.name(i)) for i in mine}, "rib")[0]
-    with_record = {i for i in complete if (records_dir / f"{dataset.name(i)}.json").exists()}
-    todo = [i for i in mine if i not in with_record]
-    pool = OtherImages(pool_dataset, device, cfg.other_resize_long, cfg.other_crop,
-                       cache_bytes=cfg.image_cache_mb << 20)
-    pool_index = {name: j for j, name in enumerate(pool_dataset.ids)}
+    def drive(_, todo, emit) -> None:
+        pool = OtherImages(pool_dataset, device, cfg.other_resize_long, cfg.other_crop,
+                           cache_bytes=cfg.image_cache_mb << 20)
+        pool_index = {name: j for j, name in enumerate(pool_dataset.ids)}
 
-    def targets():
-        for i in todo:
-            name = dataset.name(i)
-            labels = dataset.labels(i)
-            if not labels.any():  # COCO's images of no class: nothing to adapt to (the authors'
-                write(no_class_result(i, name, dataset.image_size(i)))  # code writes keys only)
-                continue
-            yield Target(i, name, dataset.image(i), labels, pool_index.get(name))
+        def write(result) -> None:
+            checker.check(result.maps, result.name)
+            checker.written(result.maps, result.name, map_path(out_dir / "maps", result.name))
+            emit(result.name, ImageResult(files={"record": result.record, "maps": result.maps}))
 
-    bar = progress(range(len(todo)), f"rib (rank {distributed.rank()})" if distributed.is_distributed()
-                   else "rib", total=len(todo))
-    t0 = time.time()
+        def targets():
+            for name in todo:
+                i = index[name]
+                labels = dataset.labels(i)
+                if not labels.any():  # COCO's images of no class: nothing to adapt to (the authors'
+                    write(no_class_result(i, name, dataset.image_size(i)))  # code writes keys only)
+                    continue
+                yield Target(i, name, dataset.image(i), labels, pool_index.get(name))
 
-    checker = MapChecker("rib", CAUSE, already_done=len(mine) - len(todo))
+        largest = None
+        if cfg.group_size == 0 and device.type == "cuda":
+            # The automatic G must fit the largest image's step (image headers only, no decoding).
+            largest = max((dataset.image_size(index[n]) for n in todo), key=lambda hw: hw[0] * hw[1])
+        RIBEngine(model, pool, cfg, device).run(targets(), on_result=write, largest=largest)
 
-    def write(result) -> None:
-        checker.check(result.maps, result.name)
-        # The record first: the map's existence marks the image done, so a kill between the two
-        # writes leaves a record without map, which the next run redoes (and rewrites).
-        save_json(records_dir / f"{result.name}.json", result.record)
-        save_npy(map_path(maps_dir, result.name), result.maps)
-        checker.written(result.maps, result.name, map_path(maps_dir, result.name))
-        bar.update(1)
-
-    largest = None
-    if cfg.group_size == 0 and device.type == "cuda" and todo:
-        # The automatic G must fit the largest image's step (image headers only, no decoding).
-        largest = max((dataset.image_size(i) for i in todo), key=lambda hw: hw[0] * hw[1])
-    RIBEngine(model, pool, cfg, device).run(targets(), on_result=write, largest=largest)
+    # Done = a whole record and a whole map. The record is written first: the map's existence
+    # marks the image done, so a kill between the two writes leaves a record without map, which
+    # the next run redoes (and rewrites).
+    stage = PerImageStage("rib", {"record": Output("records/{id}.json", save_json),
+                                  "maps": Output("maps/{id}.npy", save_npy)}, drive=drive)
+    run = run_stage(stage, None, dataset.ids, out_dir, label=rank_label("rib"))
+    checker.already_done = len(run.done)
     checker.finish()
-    bar.close()
-    seconds = time.time() - t0
-    distributed.barrier()
-    summary = {"written": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),
-               "images_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
-    if distributed.rank() == 0:
+    written, seconds = len(run.todo), run.seconds
+    summary = {"written": written, "skipped": len(run.done), "seconds": seconds,
+               "images_per_second": round(written / seconds, 3) if written and seconds > 0 else None}
+    if main_rank():
         summary.update(merge_records(dataset, records_dir, out_dir))
     return summary
 

@@ -8,20 +8,19 @@ probabilities are averaged over all views. With ``use_crf`` a dense CRF (DeepLab
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rib_ext import distributed
 from rib_ext.config import CRFConfig
 from rib_ext.crf import _densecrf
-from rib_ext.data import load_label_png, multiscale_flip_views, save_label_png
-from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
+from rib_ext.data import multiscale_flip_views, save_label_png
+from rib_ext.evaluation import evaluate_folder_masks, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_digest
-from rib_ext.outputs import check_settings, split_done
-from rib_ext.runtime import progress
+from rib_ext.outputs import check_settings
+from rib_ext.runner import ImageResult, Output, PerImageStage, on_main_rank, run_stage
 
 from .config import SegmentConfig
 from .model import DeepLabV2
@@ -88,10 +87,16 @@ def inference_settings(cfg: SegmentConfig, model_path: Optional[str | Path] = No
             "model_sha256": None if model_path is None else file_digest(model_path)}
 
 
+def _predict_one(job: tuple, name: str) -> ImageResult:
+    model, dataset, index, cfg = job
+    return ImageResult(files={"prediction": predict_labels(model, dataset.image(index[name]), cfg)})
+
+
 def predict_folder(model: DeepLabV2, dataset, names: Sequence[str], out_dir: str | Path,
                    cfg: Optional[SegmentConfig] = None, settings_dir: Optional[str | Path] = None,
                    model_path: Optional[str | Path] = None) -> dict:
-    """Write ``out_dir/<id>.png`` for ``names``; existing PNGs are kept (resume).
+    """Write ``out_dir/<id>.png`` for ``names``; existing PNGs are kept (resume). Under torchrun
+    every rank calls it with the same names and predicts its shard; the counts are over all ranks.
 
     The inference settings (and ``model_path``) are recorded in ``settings_dir/settings.json``
     (default ``out_dir``), and a rerun with other settings is refused rather than mixing outputs.
@@ -101,12 +106,12 @@ def predict_folder(model: DeepLabV2, dataset, names: Sequence[str], out_dir: str
     settings_dir = Path(settings_dir) if settings_dir is not None else out_dir
     settings_dir.mkdir(parents=True, exist_ok=True)
     check_settings(settings_dir, "segment_predict", inference_settings(cfg, model_path))
-    todo, done = split_done(out_dir, names)
-    index = {name: i for i, name in enumerate(dataset.ids)}
     model.eval()
-    for name in progress(todo, f"segment: predict ({out_dir.name})"):
-        save_label_png(out_dir / f"{name}.png", predict_labels(model, dataset.image(index[name]), cfg))
-    return {"written": len(todo), "skipped_existing": len(done), "folder": str(out_dir)}
+    stage = PerImageStage("segment", {"prediction": Output("{id}.png", save_label_png)},
+                          compute=_predict_one)
+    job = (model, dataset, {name: i for i, name in enumerate(dataset.ids)}, cfg)
+    run = run_stage(stage, job, names, out_dir, label=f"segment: predict ({out_dir.name})")
+    return {"written": run.written, "skipped_existing": run.skipped, "folder": str(out_dir)}
 
 
 def has_ground_truth(dataset, i: int) -> bool:
@@ -116,18 +121,6 @@ def has_ground_truth(dataset, i: int) -> bool:
     return dataset.mask(i) is not None
 
 
-def _pairs(dataset, names: Sequence[str], pred_dir: Path) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    index = {name: i for i, name in enumerate(dataset.ids)}
-    for name in progress(names, "segment: evaluate"):
-        gt = dataset.mask(index[name])
-        path = pred_dir / f"{name}.png"
-        pred = load_label_png(path)
-        if pred.shape != gt.shape:
-            raise ValueError(f"{path}: prediction is {pred.shape[0]}x{pred.shape[1]} but the ground "
-                             f"truth of {name} is {gt.shape[0]}x{gt.shape[1]}")
-        yield pred, gt
-
-
 def evaluate_folder(dataset, names: Sequence[str], pred_dir: str | Path, report_dir: str | Path,
                     title: str = "DeepLab-v2 segmentation", missing: Sequence[str] = ()) -> dict:
     """mIoU etc. of ``pred_dir/<id>.png`` against the ground truth of ``names``; writes
@@ -135,11 +128,10 @@ def evaluate_folder(dataset, names: Sequence[str], pred_dir: str | Path, report_
     Under torchrun every rank calls it and scores its shard (the counts summed over the ranks)."""
     if not names:
         raise ValueError("segment: no image with a ground-truth mask to evaluate")
-    result = note_missing(evaluate_sharded(_pairs(dataset, distributed.shard(names), Path(pred_dir)),
-                                           dataset.num_classes + 1), missing)
-    if distributed.rank() == 0:
-        write_report(report_dir, result, ("background", *dataset.class_names), title=title)
-    distributed.barrier()
+    result = note_missing(evaluate_folder_masks(dataset, names, pred_dir, "segment: evaluate",
+                                                "prediction"), missing)
+    on_main_rank(lambda: write_report(report_dir, result, ("background", *dataset.class_names),
+                                      title=title))
     return result
 
 
@@ -163,10 +155,8 @@ def infer_stage(model: DeepLabV2, dataset, out_dir: str | Path, cfg: Optional[Se
     # settings.json beside, not inside, the server folder: the server rejects unexpected files.
     # Under torchrun each rank predicts its shard of the images, then scores its shard of those
     # with ground truth (the confusion counts are summed over the ranks, rank 0 writes the report).
-    written = predict_folder(model, dataset, distributed.shard(dataset.ids), pred_dir, cfg,
-                             split_dir, model_path)["written"]
-    written = int(distributed.all_reduce_sum(np.array([written], dtype=np.int64))[0])
-    distributed.barrier()
+    written = predict_folder(model, dataset, dataset.ids, pred_dir, cfg, split_dir,
+                             model_path)["written"]
     summary = {"miou": None, "per_class_iou": None, "num_images": len(dataset.ids),
                "predictions": str(pred_dir), "report": None, "written": written}
     if with_gt:

@@ -18,7 +18,7 @@ import numpy as np
 
 from rib_ext.data import IGNORE_INDEX, load_label_png, save_label_png
 from rib_ext.io import load_npy_dict
-from rib_ext.runtime import progress
+from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
 
 from .data import check_labels
 
@@ -87,28 +87,35 @@ def load_scores(path: str | Path, num_classes: int, size_hw: Sequence[int]) -> T
     return keys, scores
 
 
+def _score_labels_one(job: tuple, name: str) -> ImageResult:
+    dataset, index, score_dir, fg, bg = job
+    keys, scores = load_scores(score_dir / f"{name}.npy", dataset.num_classes,
+                               dataset.image_size(index[name]))
+    return ImageResult(files={"labels": score_labels(scores, keys, fg, bg)})
+
+
 def write_score_labels(dataset, names: Sequence[str], score_dir: str | Path, out_dir: str | Path,
-                           fg: float, bg: float) -> int:
-    """Write ``out_dir/<id>.png`` (confident labels) for ``names``; existing files are kept."""
-    score_dir, out_dir = Path(score_dir), Path(out_dir)
-    index = {name: i for i, name in enumerate(dataset.ids)}
-    todo = [n for n in names if not (out_dir / f"{n}.png").exists()]
-    for name in progress(todo, "segment: confident labels"):
-        keys, scores = load_scores(score_dir / f"{name}.npy", dataset.num_classes,
-                                   dataset.image_size(index[name]))
-        save_label_png(out_dir / f"{name}.png", score_labels(scores, keys, fg, bg))
-    return len(todo)
+                       fg: float, bg: float) -> int:
+    """Write ``out_dir/<id>.png`` (confident labels) for ``names``; existing files are kept.
+    Under torchrun each rank writes its shard; returns the number written over all ranks."""
+    job = (dataset, {name: i for i, name in enumerate(dataset.ids)}, Path(score_dir), fg, bg)
+    stage = PerImageStage("segment: confident labels", {"labels": Output("{id}.png", save_label_png)},
+                          compute=_score_labels_one)
+    return run_stage(stage, job, names, out_dir).written
+
+
+def _filled_one(job: tuple, name: str) -> ImageResult:
+    label_dir, prediction_dir, num_classes = job
+    pred = load_label_png(prediction_dir / f"{name}.png")
+    labels = check_labels(load_label_png(label_dir / f"{name}.png"), pred.shape, num_classes,
+                          label_dir / f"{name}.png")
+    return ImageResult(files={"labels": fill_ignored(labels, pred)})
 
 
 def write_filled_labels(names: Sequence[str], label_dir: str | Path, prediction_dir: str | Path,
                         out_dir: str | Path, num_classes: int) -> int:
-    """Write ``out_dir/<id>.png`` = :func:`fill_ignored` of the labels and the predictions."""
-    label_dir, prediction_dir, out_dir = Path(label_dir), Path(prediction_dir), Path(out_dir)
-    todo = [n for n in names if not (out_dir / f"{n}.png").exists()]
-    for name in progress(todo, "segment: filled labels"):
-        pred_path = prediction_dir / f"{name}.png"
-        pred = load_label_png(pred_path)
-        labels = check_labels(load_label_png(label_dir / f"{name}.png"), pred.shape, num_classes,
-                              label_dir / f"{name}.png")
-        save_label_png(out_dir / f"{name}.png", fill_ignored(labels, pred))
-    return len(todo)
+    """Write ``out_dir/<id>.png`` = :func:`fill_ignored` of the labels and the predictions.
+    Under torchrun each rank writes its shard; returns the number written over all ranks."""
+    stage = PerImageStage("segment: filled labels", {"labels": Output("{id}.png", save_label_png)},
+                          compute=_filled_one)
+    return run_stage(stage, (Path(label_dir), Path(prediction_dir), num_classes), names, out_dir).written

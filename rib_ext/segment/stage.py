@@ -23,10 +23,10 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from rib_ext import distributed
 from rib_ext.crf import _densecrf
 from rib_ext.io import save_json
 from rib_ext.outputs import present_names
+from rib_ext.runner import main_rank
 from rib_ext.runtime import resolve_device
 
 from .config import SegmentConfig
@@ -55,19 +55,16 @@ def _retrain_labels(train_dataset, names, score_dir, out_dir: Path, cfg: Segment
     root = out_dir / "retrain"
     names = present_names(score_dir, names, ".npy", "random-walk scores", "segment", cfg.allow_missing)[0]
     confident, filled = root / "confident_labels", root / "filled_labels"
-    # Each rank writes its shard of the label files; the barriers make them whole before use.
-    write_score_labels(train_dataset, distributed.shard(names), score_dir, confident, cfg.retrain_fg,
+    # Each rank writes its shard of the label files; every rank returns when all are written.
+    write_score_labels(train_dataset, names, score_dir, confident, cfg.retrain_fg,
                        cfg.retrain_bg)
-    distributed.barrier("segment: the confident labels of the first network")
     first = train_segmenter(train_dataset, confident, root / "first", cfg, names=names)  # every rank
     model = load_deeplab(first["model"], device, train_dataset.num_classes + 1)
     predictions = root / "first_predictions"
-    predict_folder(model, train_dataset, distributed.shard(names), predictions, cfg,
+    predict_folder(model, train_dataset, names, predictions, cfg,
                    model_path=first["model"])  # each rank its shard
-    distributed.barrier("segment: the first network's predictions")
-    write_filled_labels(distributed.shard(names), confident, predictions, filled,
+    write_filled_labels(names, confident, predictions, filled,
                         train_dataset.num_classes)
-    distributed.barrier("segment: the filled labels of the second network")
     return filled
 
 
@@ -96,7 +93,7 @@ def segment_stage(train_dataset, label_dir: str | Path, val_dataset, out_dir: st
         _densecrf()  # fail now, not after hours of training, if pydensecrf is missing
     device = resolve_device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    main = distributed.rank() == 0
+    main = main_rank()
     if main:
         save_json(out_dir / "config.json", cfg.as_dict())
     # Under torchrun every rank trains (DDP, rib_ext.training.DataParallel), then all ranks share
