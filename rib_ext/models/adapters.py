@@ -98,9 +98,19 @@ class Chain(nn.Module):
         self.steps = nn.ModuleList([m for _, m in steps])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _as_model_dtype(self, x)
         for step in self.steps:
             x = step(x)
         return x
+
+
+def _as_model_dtype(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """float32 images into a float64 model (the exactness tests run the networks in float64);
+    any other combination as it comes (autocast decides under bf16)."""
+    p = next(module.parameters(), None)
+    if p is not None and p.dtype == torch.float64 and x.dtype == torch.float32:
+        return x.double()
+    return x
 
 
 _STOCHASTIC = (nn.Dropout, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -206,7 +216,7 @@ class _ViTStem(nn.Module):
         self.prefix = prefix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid_map = self._embed(x)  # [N, D, h, w]
+        grid_map = self._embed(_as_model_dtype(self, x))  # [N, D, h, w]
         grid = tuple(grid_map.shape[2:])
         tokens = self._add_positions(grid_map.flatten(2).transpose(1, 2), grid)
         for block in self.blocks:
