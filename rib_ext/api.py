@@ -1,4 +1,4 @@
-"""RIB on the classifier you already have, in the style of the CAM libraries::
+"""The Python API: RIB on the classifier you already have, in the style of the CAM libraries::
 
     import rib_ext, timm
     model = timm.create_model("convnext_tiny", num_classes=20)   # your fine-tuned weights
