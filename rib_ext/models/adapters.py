@@ -134,6 +134,7 @@ class CAMClassifier(nn.Module):
         super().__init__()
         self.frozen, self.body, self.classifier = frozen, body, classifier
         self.family, self.split = family, split
+        self.model_spec: Optional[str] = None  # "timm:NAME" etc. when built by name (checkpoints)
         for p in self.frozen.parameters():
             p.requires_grad_(False)
 
@@ -150,6 +151,9 @@ class CAMClassifier(nn.Module):
                 m.eval()
         self.frozen.eval()
         return self
+
+    def sync_batch_stats(self, on: bool) -> None:
+        """Nothing to synchronise across ranks: the batch norms keep their running statistics."""
 
     def head_modules(self) -> "OrderedDict[str, nn.Module]":
         """The adapted modules before the classifier, by the name RIB's engine gives them."""
