@@ -38,11 +38,16 @@ def _family(name):
     }[name]()
 
 
+SLOW = pytest.mark.slow  # the larger networks: the fast suite keeps one of each kind
+
 # The families whose head the adapter keeps exact (the others change it, with a warning).
-EXACT = ["tv_resnet18", "tv_efficientnet_b0", "tv_regnet_x_400mf", "tv_convnext_tiny",
-         "timm_resnet18", "timm_convnext_atto", "timm_efficientnet_b0", "timm_regnetx_002",
-         "timm_deit_tiny_avg", "timm_densenet121_generic"]
-CHANGED = ["tv_mobilenet_v3_small", "timm_mobilenetv3", "timm_deit_tiny_token", "tv_vit_b_16"]
+EXACT = ["tv_resnet18", "timm_convnext_atto", "timm_regnetx_002", "timm_deit_tiny_avg",
+         pytest.param("tv_efficientnet_b0", marks=SLOW), pytest.param("tv_regnet_x_400mf", marks=SLOW),
+         pytest.param("tv_convnext_tiny", marks=SLOW), pytest.param("timm_resnet18", marks=SLOW),
+         pytest.param("timm_efficientnet_b0", marks=SLOW),
+         pytest.param("timm_densenet121_generic", marks=SLOW)]
+CHANGED = ["timm_mobilenetv3", "timm_deit_tiny_token", pytest.param("tv_mobilenet_v3_small", marks=SLOW),
+           pytest.param("tv_vit_b_16", marks=SLOW)]
 
 
 @pytest.mark.parametrize("name", EXACT)
@@ -141,8 +146,11 @@ def _cfg(**kw):
     return RIBConfig.preset(**base)
 
 
-ENGINE_FAMILIES = ["tv_resnet18", "timm_convnext_atto", "tv_efficientnet_b0",
-                   "tv_mobilenet_v3_small", "timm_regnetx_002", "timm_deit_tiny_avg"]
+ENGINE_FAMILIES = ["tv_resnet18", pytest.param("timm_convnext_atto", marks=SLOW),
+                   pytest.param("tv_efficientnet_b0", marks=SLOW),
+                   pytest.param("tv_mobilenet_v3_small", marks=SLOW),
+                   pytest.param("timm_regnetx_002", marks=SLOW),
+                   pytest.param("timm_deit_tiny_avg", marks=SLOW)]
 
 
 @pytest.mark.parametrize("name", ENGINE_FAMILIES)
