@@ -93,8 +93,15 @@ class TrainCamConfig(Section):
     """Classifier training: IRN's recipe (5 epochs, batch 16, crop 512, resize-long 320..640, flip,
     SGD lr 0.1 on the classifier / 0.01 on the backbone, poly decay, weight decay 1e-4)."""
 
+    # The classifier: "camnet" (the paper's ResNet of `backbone`), or "torchvision:NAME" /
+    # "timm:NAME", any classifier rib_ext.models.adapt accepts (its head new for the classes)
+    model: str = "camnet"
+    # The first adapted layer of a torchvision / timm model (None: the family's default)
+    split: Optional[str] = None
     backbone: str = "resnet50"
-    weights: Optional[str] = None  # a torchvision ImageNet checkpoint file (no download)
+    # A torchvision ImageNet checkpoint file of `backbone` (no download); with `model`, a state
+    # dict of that model
+    weights: Optional[str] = None
     random_init: bool = False  # allowed only when asked for; warns
     strides: Tuple[int, int, int, int] = setting((2, 2, 2, 1), "[1, 2]")  # output stride 16
     from_scratch: bool = False  # every stage trains, batch-stat BN (random weights only)
@@ -117,6 +124,11 @@ class TrainCamConfig(Section):
                  f"backbone must be one of {CAM_BACKBONES}, got {self.backbone!r}")
         lo, hi = self.resize_long
         _require(lo <= hi, f"resize_long must be (lo, hi) with lo <= hi, got {self.resize_long}")
+        source, _, name = self.model.partition(":")
+        _require(self.model == "camnet" or (source in ("torchvision", "timm") and bool(name)),
+                 f"model must be 'camnet', 'torchvision:NAME' or 'timm:NAME', got {self.model!r}")
+        _require(self.split is None or self.model != "camnet",
+                 f"split={self.split!r} is for a torchvision or timm model; CAMNet adapts stages 3-4")
 
 
 @dataclass

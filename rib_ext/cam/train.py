@@ -22,6 +22,19 @@ STATE_FILE = "train_state.pth"
 LOSS_LOG = "loss.csv"
 
 
+def build_classifier(cfg: TrainCamConfig, num_classes: int):
+    """The network train_cam starts from: the paper's CAMNet (``cfg.backbone``), or a torchvision
+    or timm classifier (``cfg.model``) adapted to RIB's protocol, its head new for the classes."""
+    if cfg.model == "camnet":
+        return build_cam_net(cfg.backbone, num_classes, weights=cfg.weights,
+                             random_init=cfg.random_init, strides=tuple(cfg.strides),
+                             from_scratch=cfg.from_scratch)
+    from rib_ext.models.zoo import build_classifier as build_adapted
+
+    return build_adapted(cfg.model, num_classes, weights=cfg.weights, random_init=cfg.random_init,
+                         split=cfg.split)
+
+
 def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
     """Train the CAM network on ``dataset`` (image-level labels only); returns the model file.
 
@@ -42,9 +55,7 @@ def train_cam(dataset, cfg: TrainCamConfig, out_dir: str | Path) -> Path:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
-    model = build_cam_net(cfg.backbone, dataset.num_classes, weights=cfg.weights,
-                          random_init=cfg.random_init, strides=tuple(cfg.strides),
-                          from_scratch=cfg.from_scratch).to(device)
+    model = build_classifier(cfg, dataset.num_classes).to(device)
     trainset = ClassificationDataset(dataset, TrainTransform(tuple(cfg.resize_long), cfg.crop_size))
     drop_last = len(dataset) >= cfg.batch_size
     steps_per_epoch = len(epoch_batches(len(dataset), cfg.batch_size, cfg.seed, 0, drop_last))

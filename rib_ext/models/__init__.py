@@ -1,4 +1,6 @@
-"""Networks: the CAM classifier (ResNet with frozen batch norm) and its checkpoints."""
+"""Networks: the CAM classifier (ResNet with frozen batch norm), its checkpoints, and the adapter
+that makes other torchvision and timm classifiers follow the same protocol."""
+from rib_ext.models.adapters import AdapterError, CAMClassifier, LinearCAMHead, adapt
 from rib_ext.models.checkpoint import (
     MissingWeightsError,
     build_cam_net,
@@ -10,6 +12,10 @@ from rib_ext.models.checkpoint import (
 from rib_ext.models.resnet_cam import BACKBONES, CAMNet, FixedBatchNorm, convert_to_fixed_bn
 
 __all__ = [
+    "AdapterError",
+    "CAMClassifier",
+    "LinearCAMHead",
+    "adapt",
     "BACKBONES",
     "CAMNet",
     "FixedBatchNorm",

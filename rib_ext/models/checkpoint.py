@@ -181,12 +181,16 @@ def save_cam_net(path: os.PathLike | str, model: CAMNet,
                  meta: Optional[Dict[str, Any]] = None) -> None:
     """Save a trained CAM network atomically. ``meta`` must hold only plain Python values
     (str, int, float, bool, None, lists, dicts), which ``weights_only`` loading accepts."""
+    adapted = getattr(model, "model_spec", None) is not None
     record = {
         "format": CAM_CHECKPOINT_FORMAT,
         "version": CAM_CHECKPOINT_VERSION,
-        "backbone": model.backbone_name,
+        # An adapted torchvision/timm classifier is named by its model and split instead.
+        "backbone": model.model_spec if adapted else model.backbone_name,
+        "model": model.model_spec if adapted else "camnet",
+        "split": model.split if adapted else None,
         "num_classes": model.num_classes,
-        "strides": list(model.strides),
+        "strides": [] if adapted else list(model.strides),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
@@ -220,8 +224,14 @@ def load_cam_net(path: os.PathLike | str, device: torch.device | str = "cpu") ->
     # DataParallel / DistributedDataParallel prefix every key with 'module.'.
     record["state_dict"] = authors.plain_state_dict(record.get("state_dict")) or record.get("state_dict")
     try:
-        model = CAMNet(record["backbone"], record["num_classes"], tuple(record["strides"]))
-    except (KeyError, TypeError, ValueError) as err:
+        if record.get("model", "camnet") != "camnet":
+            from rib_ext.models.zoo import rebuild_classifier
+
+            model = rebuild_classifier(record["model"], record["num_classes"], record.get("split"))
+            model.model_spec = record["model"]
+        else:
+            model = CAMNet(record["backbone"], record["num_classes"], tuple(record["strides"]))
+    except (KeyError, TypeError, ValueError, ImportError) as err:
         raise ValueError(f"{path}: cannot rebuild the CAM network: {err}") from err
     problems = _state_dict_problems(model.state_dict(), record["state_dict"])
     if problems:

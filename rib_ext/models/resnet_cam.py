@@ -210,6 +210,14 @@ class CAMNet(nn.Module):
         self._freeze_stem()
         return self
 
+    def stem_module(self) -> nn.Module:
+        """The frozen stem (stages 1-2) as one module, sharing this model's layers."""
+        return nn.Sequential(self.stage1, self.stage2)
+
+    def head_modules(self) -> "OrderedDict[str, nn.Module]":
+        """The adapted layers before the classifier, by name (what RIB's engine adapts)."""
+        return OrderedDict(stage3=self.stage3, stage4=self.stage4)
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self.stage2(self.stage1(x))
         return x2 if self.train_stem else x2.detach()

@@ -58,14 +58,21 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
 
 
 class CAMHead(nn.Module):
-    """Stages 3-4 and the 1x1 classifier of a CAMNet (shared modules): what RIB adapts."""
+    """What RIB adapts, as shared modules: the classifier's adapted layers (a CAMNet's stages 3-4,
+    an adapted model's body: ``model.head_modules()``) and its classifier applied per location,
+    from the frozen stem's output to the raw CAM."""
 
     def __init__(self, model):
         super().__init__()
-        self.stage3, self.stage4, self.classifier = model.stage3, model.stage4, model.classifier
+        self.parts = list(model.head_modules())
+        for name, module in model.head_modules().items():
+            self.add_module(name, module)
+        self.classifier = model.classifier
 
     def forward(self, x2: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.stage4(self.stage3(x2)), self.classifier.weight)
+        for name in self.parts:
+            x2 = getattr(self, name)(x2)
+        return self.classifier(x2)
 
 
 class AffineBatchNorm(nn.Module):
@@ -311,7 +318,7 @@ class RIBEngine:
         self.head = CAMHead(self.model)
         # The stem never trains: a copy with its batch norms folded into the convolutions (the
         # model itself stays as it was).
-        stem = nn.Sequential(self.model.stage1, self.model.stage2)
+        stem = self.model.stem_module()
         self.stem = (fold_batch_norms(stem) if cfg.fold_stem else stem).to(memory_format=self.fmt)
         names, base = zip(*[(n, p) for n, p in self.head.named_parameters() if p.requires_grad])
         self.names = list(names)

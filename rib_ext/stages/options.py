@@ -40,6 +40,7 @@ ALIASES: Dict[str, tuple] = {
     "--demo-seed": ("demo.seed",), "--demo-images": ("demo.num_train",),
     "--demo-val-images": ("demo.num_val",), "--demo-size": ("demo.image_size",),
     "--backbone": ("train_cam.backbone",), "--weights": ("train_cam.weights",),
+    "--model": ("train_cam.model",), "--split": ("train_cam.split",),
     "--random-init": ("train_cam.random_init",), "--epochs": ("train_cam.epochs",),
     "--batch-size": ("train_cam.batch_size",), "--crop-size": ("train_cam.crop_size",),
     "--lr": ("train_cam.lr",), "--rib-steps": ("rib.steps",), "--rib-lr": ("rib.lr",),
@@ -312,6 +313,10 @@ def _follows(name: str, built: Dict[str, Any], top: Dict[str, Any], is_demo: boo
     if name != "irn":
         return {}
     train_cam = built["train_cam"]
+    if train_cam.model != "camnet":
+        # IRN's network is a ResNet of its own: it cannot start from a torchvision / timm
+        # classifier's weights (--irn.weights gives it an ImageNet ResNet checkpoint).
+        return dict(backbone=train_cam.backbone, random_init=is_demo or train_cam.random_init)
     if is_demo:
         out_dir = top.get("out_dir", "rib_ext_out")
         weights = top.get("cam_checkpoint") or str(Path(out_dir) / "train_cam" / "cam_net.pth")
