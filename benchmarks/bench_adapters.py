@@ -11,8 +11,6 @@ Each row is printed, and the JSON rewritten, as soon as it is measured.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 import warnings
@@ -22,8 +20,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_facts import print_row, run_facts, write_json  # noqa: E402
 from rib_ext.config import RIBConfig  # noqa: E402
-from rib_ext.io import save_text  # noqa: E402
 from rib_ext.models.adapters import adapt  # noqa: E402
 from rib_ext.rib import OtherImages, RIBEngine, Target, oracle_loop  # noqa: E402
 
@@ -87,9 +85,9 @@ def main(argv=None) -> int:
     pool = OtherImages(pool_data, device, resize_long=(args.size, args.size + 32), crop=args.size)
     targets = [Target(i, f"t{i}", pool_data.image(i), pool_data.labels[i], pool_index=i)
                for i in range(args.images)]
-    env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
-           "images": args.images, "size": args.size, "steps": args.steps, "others": args.others}
+    facts = run_facts(device.type)
+    env = {**facts, "threads": torch.get_num_threads(), "images": args.images, "size": args.size,
+           "steps": args.steps, "others": args.others}
     print(" ".join(f"{k} {v}" for k, v in env.items()))
     print("| model | loop img/s | engine G=1 img/s | engine G=4 img/s | G=1 / loop | G=4 / loop |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -109,12 +107,14 @@ def main(argv=None) -> int:
         t_loop = _time(lambda: [oracle_loop.adapt_one(model, t, pool, cfg[1]) for t in targets], device)
         t_g1 = _time(lambda: RIBEngine(model, pool, cfg[1], device).run(targets), device)
         t_g4 = _time(lambda: RIBEngine(model, pool, cfg[4], device).run(targets), device)
-        row = {"model": name, "loop": n / t_loop, "engine_g1": n / t_g1, "engine_g4": n / t_g4}
+        row = {"model": name, "loop": n / t_loop, "engine_g1": n / t_g1, "engine_g4": n / t_g4, **facts}
         rows.append(row)
         print(f"| {name} | {row['loop']:.2f} | {row['engine_g1']:.2f} | {row['engine_g4']:.2f} | "
               f"{t_loop / t_g1:.2f}x | {t_loop / t_g4:.2f}x |", flush=True)
+        print_row(f"adapters {name}", f"loop {row['loop']:.3f}, G1 {row['engine_g1']:.3f}, "
+                                      f"G4 {row['engine_g4']:.3f} images/s")
         if args.json:
-            save_text(args.json, json.dumps({"env": env, "rows": rows}, indent=1))
+            write_json(args.json, {"env": env, "rows": rows})
     return 0
 
 

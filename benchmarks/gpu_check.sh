@@ -37,8 +37,8 @@ summary="$work/summary.txt"
 : >"$summary"
 
 # name:limit, in the order they run
-STEPS=(env:10 build:80 ops_backend:10 rib_voc:110 rib_groups_small:40 rib_settings_small:60
-       cuda_tests:65 make_cam_voc:20 bench_sgd:10 bench_ops:15)
+STEPS=(env:10 build:80 ops_backend:10 rib_voc:110 rib_groups_small:40 rib_settings_small:55
+       cuda_tests:60 make_cam_voc:20 bench_sgd:10 bench_ops:10 bench_adapters:15)
 budget=0
 for s in "${STEPS[@]}"; do budget=$((budget + ${s#*:})); done
 limit_of() { local s; for s in "${STEPS[@]}"; do [ "${s%%:*}" = "$1" ] && echo "${s#*:}"; done; }
@@ -112,6 +112,7 @@ if [ "$dry" = "1" ]; then  # the same steps, at a tiny size, on the CPU
     cam=(--images 2 --warmup 1 --size 48 --backbone resnet_tiny)
     sgd=(--backbone resnet_tiny --min-run-time 0.01)
     opsargs=(--tiny --min-run-time 0.01)
+    adapters=(--images 4 --size 64 --steps 1 --others 2 --families torchvision:resnet50)
     build=("$py" -c "import sys, torch, rib_ext._C; print('dry run: rib_ext._C imports; the real call runs:', sys.argv[1:])"
            env RIB_EXT_CUDA=1 "MAX_JOBS=$(nproc)" python setup.py build_ext --inplace)
 else
@@ -123,6 +124,7 @@ else
     cam=(--images 8 --warmup 1 --size 448)
     sgd=(--min-run-time 0.1)
     opsargs=(--min-run-time 0.1)
+    adapters=(--images 8 --size 224 --steps 3 --others 8)
     build=(env RIB_EXT_CUDA=1 "MAX_JOBS=$(nproc)" "$py" setup.py build_ext --inplace)
 fi
 echo "gpu_check: ${#STEPS[@]} steps, step limits $budget s (at most 420), x$scale; $([ "$dry" = 1 ] && echo DRY RUN on the CPU at a tiny size)" \
@@ -169,4 +171,6 @@ step bench_sgd "$py" benchmarks/bench_sgd.py --device "$dev" "${sgd[@]}" --group
     --json "$work/bench_sgd.json"
 step bench_ops "$py" benchmarks/bench_ops.py --device "$dev" "${opsargs[@]}" --no-loop --no-compile \
     --json "$work/bench_ops.json"
+step bench_adapters "$py" benchmarks/bench_adapters.py --device "$dev" "${adapters[@]}" \
+    --json "$work/bench_adapters.json"
 exit "$status"
