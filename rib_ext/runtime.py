@@ -18,28 +18,25 @@ log = logging.getLogger("rib_ext.progress")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _format_warning(message, category, filename, lineno, line=None) -> str:
     """The package's own warnings as one line, ``warning: message`` (no source path or line:
-    they speak to the user, not to a developer); others as Python shows them."""
+    they speak to the user, not to a developer); others as Python formats them."""
     if os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep) and issubclass(category, UserWarning):
-        stream = file if file is not None else sys.stderr
-        try:
-            stream.write(f"warning: {message}\n")
-        except OSError:  # a closed stream: warnings must never stop a run
-            pass
-        return
-    _default_show(message, category, filename, lineno, file, line)
+        return f"warning: {message}\n"
+    return _default_format(message, category, filename, lineno, line)
 
 
-_default_show = warnings.showwarning
+_default_format = warnings.formatwarning
 
 
 def install_warning_format() -> None:
-    """Route warnings through :func:`_show_warning` (the command lines call this once)."""
-    global _default_show
-    if warnings.showwarning is not _show_warning:
-        _default_show = warnings.showwarning
-        warnings.showwarning = _show_warning
+    """Format printed warnings with :func:`_format_warning` (the command lines call this once).
+    Only the formatting changes: a caller recording warnings (``catch_warnings(record=True)``,
+    ``pytest.warns``) still receives them."""
+    global _default_format
+    if warnings.formatwarning is not _format_warning:
+        _default_format = warnings.formatwarning
+        warnings.formatwarning = _format_warning
 
 
 def resolve_device(device: str = "auto") -> torch.device:

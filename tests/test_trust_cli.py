@@ -85,23 +85,28 @@ def test_pipeline_refuses_a_foreign_lock_unless_told(tmp_path, capsys):
 
 # --- warnings: one line each, none where the demo's choice is by design --------------------------
 
-def test_package_warnings_print_one_line_without_source(capsys):
-    import io
+def test_package_warnings_print_one_line_without_source():
     import warnings
 
     import rib_ext.models.checkpoint as checkpoint
     from rib_ext.runtime import install_warning_format
 
-    seen = []
-    with warnings.catch_warnings():
-        warnings.showwarning = lambda *a, **k: seen.append(a)  # what Python would show
+    saved = warnings.formatwarning
+    try:
         install_warning_format()
-        buf = io.StringIO()
-        warnings.showwarning("resnet50 backbone randomly initialised", UserWarning,
-                             checkpoint.__file__, 67, file=buf)
-        assert buf.getvalue() == "warning: resnet50 backbone randomly initialised\n"
-        warnings.showwarning("from elsewhere", UserWarning, "/x/site-packages/y.py", 3)
-        assert seen == [("from elsewhere", UserWarning, "/x/site-packages/y.py", 3, None, None)]
+        # What Python prints for a warning (warnings.showwarning writes formatwarning's text).
+        ours = warnings.formatwarning("resnet50 backbone randomly initialised", UserWarning,
+                                      checkpoint.__file__, 67)
+        other = warnings.formatwarning("from elsewhere", UserWarning, "/x/site-packages/y.py", 3)
+        # A caller recording warnings still receives them.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.warn_explicit("recorded", UserWarning, checkpoint.__file__, 1)
+    finally:
+        warnings.formatwarning = saved
+    assert ours == "warning: resnet50 backbone randomly initialised\n"
+    assert "y.py:3: UserWarning: from elsewhere" in other
+    assert [str(w.message) for w in caught] == ["recorded"]
 
 
 def test_from_scratch_classifier_does_not_warn_of_random_init():
