@@ -8,7 +8,7 @@ from factories import TinyDataset
 from rib_ext.data.transforms import normalize
 from rib_ext.rib import OtherImages
 from rib_ext.rib.sampling import OtherDraws
-from test_data_coco import STEMS, coco_root  # noqa: F401  (fixture)
+from coco_files import STEMS
 
 
 class LabelOnlyDataset(TinyDataset):

@@ -9,7 +9,7 @@ import numpy as np
 
 from rib_ext import pipeline
 from rib_ext.io import load_npy_dict
-from test_data_coco import PERSON, STEMS, coco_root  # noqa: F401  (the fixture)
+from coco_files import PERSON, STEMS
 from pipeline_runs import main
 
 TINY = ["--dataset", "coco", "--preset", "demo", "--demo-size", "32", "--epochs", "1",

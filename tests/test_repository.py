@@ -32,3 +32,11 @@ def test_readme_layout_names_every_module_of_the_package():
     entries += sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
     missing = [e for e in entries if not re.search(rf"(?<![\w/.]){re.escape(e)}", layout)]
     assert not missing, f"README's layout does not name {missing}"
+
+
+def test_no_test_module_imports_another_or_conftest():
+    """What tests share lives in conftest fixtures or in helper modules with non-test names."""
+    pattern = re.compile(r"^\s*(from|import)\s+(conftest|test_\w+)\b", re.M)
+    offenders = [f"{p.name}: {m.group(0).strip()}" for p in sorted((ROOT / "tests").glob("*.py"))
+                 for m in pattern.finditer(p.read_text())]
+    assert not offenders

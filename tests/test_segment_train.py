@@ -8,7 +8,7 @@ from rib_ext.data import VOCDataset, generate_demo, save_label_png
 from rib_ext.segment import SegmentConfig, SegmentationTrainSet, load_deeplab, read_log, segmentation_loss, train_segmenter
 from rib_ext.segment.train import STATE_FILE, make_optimizer
 
-from test_segment_model import tiny_deeplab
+from factories import tiny_deeplab
 
 # The tiny networks start from random weights on purpose.
 pytestmark = [pytest.mark.filterwarnings("ignore:DeepLab-v2 resnet18 backbone randomly initialised"),
