@@ -48,7 +48,7 @@ SEG = dict(backbone="resnet18", random_init=True, iterations=3, batch_size=3, cr
            checkpoint_every=100, tensorboard=False, device="cpu", use_crf=False)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # several ranks each
 
 
 def _join_group(rank, port, timeout_s):

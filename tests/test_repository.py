@@ -40,3 +40,14 @@ def test_no_test_module_imports_another_or_conftest():
     offenders = [f"{p.name}: {m.group(0).strip()}" for p in sorted((ROOT / "tests").glob("*.py"))
                  for m in pattern.finditer(p.read_text())]
     assert not offenders
+
+
+def test_ci_runs_the_readme_test_command_then_the_slow_tests():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = next(line.strip() for line in readme.splitlines() if "python -m pytest" in line
+                   and line.startswith("    python3 -m venv"))
+    assert '-m "not slow"' in command
+    ci_part = command.split(" && ", 2)[2]  # after creating and entering the virtual environment
+    assert ci_part in ci
+    assert ci.index(ci_part) < ci.index("python -m pytest -q -m slow tests")

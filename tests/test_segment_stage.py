@@ -129,6 +129,7 @@ def _segment_on_rank(rank, world, port, root, labels, scores, out):
                       SegmentConfig(**TINY), score_dir=scores)
 
 
+@pytest.mark.slow  # several ranks
 def test_retrain_labels_are_written_by_every_rank_in_shares(demo, tmp_path):
     """Under two gloo ranks each writes its share of the confident and filled labels (and of the
     first network's predictions): every image gets each file, made by the same rules as in one

@@ -115,6 +115,7 @@ def _rib_and_eval(root, out, model_path):
     eval_seed(val, Path(out) / "rib" / "maps", EvalSeedConfig(0.2, 0.4, 0.1), Path(out) / "eval")
 
 
+@pytest.mark.slow  # several ranks
 def test_distributed_shards_match_single_process(tiny_data, tmp_path):
     """Two gloo ranks on loopback: each adapts its shard; maps and the reduced evaluation equal a
     single-process run's."""
