@@ -51,3 +51,26 @@ def test_ci_runs_the_readme_test_command_then_the_slow_tests():
     ci_part = command.split(" && ", 2)[2]  # after creating and entering the virtual environment
     assert ci_part in ci
     assert ci.index(ci_part) < ci.index("python -m pytest -q -m slow tests")
+
+
+def _repository_text_files():
+    for pattern in ("rib_ext/**/*.py", "tests/*.py", "benchmarks/*.py", "benchmarks/*.sh",
+                    "benchmarks/*.md", "csrc/**/*.h", "csrc/**/*.cpp", "csrc/**/*.cu", "csrc/**/*.cuh",
+                    "python/*.cpp", "docs/*.md", "*.md", "*.py", "*.toml", ".ci/run"):
+        yield from ROOT.glob(pattern)
+
+
+def test_no_reference_a_reader_of_the_repository_cannot_open():
+    """Comments and docs explain themselves: no design notes outside the repository, no tracker
+    numbers, no test file that does not exist."""
+    outside = re.compile(r"DESIGN\.md|IRN_NOTES\.md|STYLE\.md|\b[Ii]ssues? #?\d+|\(#\d+\)")
+    test_file = re.compile(r"tests/(test_\w+\.py)")
+    found = []
+    for path in _repository_text_files():
+        if path.name == "test_repository.py":
+            continue
+        text = path.read_text()
+        found += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in outside.finditer(text)]
+        found += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in test_file.finditer(text)
+                  if not (ROOT / "tests" / m.group(1)).exists()]
+    assert not found
