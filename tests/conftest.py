@@ -49,6 +49,16 @@ def pytest_generate_tests(metafunc):
             metafunc.parametrize(fixture, values, ids=[str(v).replace("torch.", "") for v in values])
 
 
+@pytest.fixture(scope="session")
+def tiny_classifier_run(tmp_path_factory):
+    """A run folder of the tiny demo (``pipeline_runs.TINY``) with its classifier trained, made once
+    per session: modules start their runs from a copy of it (``finish_run(..., start=...)``) instead
+    of training the same classifier again. Never write into it."""
+    from pipeline_runs import finish_run
+
+    return finish_run(tmp_path_factory, "classifier", "train_cam")
+
+
 @pytest.fixture
 def coco_root(tmp_path):
     """A tiny COCO 2014 folder (tests/coco_files.py): three 20x30 images, one with no class."""

@@ -108,3 +108,9 @@ def tiny_deeplab(num_classes=4, seed=0):
         if isinstance(m, FixedBatchNorm):
             m.running_var.fill_(4.0)
     return model
+
+
+# The segmentation tests' tiny settings (a SegmentConfig's fields); each module sets its own
+# iterations and CRF.
+TINY_SEGMENT = dict(backbone="resnet18", random_init=True, batch_size=2, crop_size=21,
+                    checkpoint_every=100, tensorboard=False, device="cpu")

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    return finish_run(tmp_path_factory, "errors", "train_cam,make_cam")
+def finished(tmp_path_factory, tiny_classifier_run):
+    return finish_run(tmp_path_factory, "errors", "train_cam,make_cam", start=tiny_classifier_run)
 
 
 def test_out_under_a_regular_file_is_an_error_naming_it(tmp_path, capsys):

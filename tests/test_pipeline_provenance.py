@@ -17,8 +17,8 @@ FIRST = "train_cam,make_cam,rib,eval_seed"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    return finish_run(tmp_path_factory, "prov", FIRST)
+def finished(tmp_path_factory, tiny_classifier_run):
+    return finish_run(tmp_path_factory, "prov", FIRST, start=tiny_classifier_run)
 
 
 def test_rerun_with_other_rib_settings_stops_and_names_the_fields(finished, capsys):

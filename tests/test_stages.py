@@ -13,10 +13,12 @@ from rib_ext.config import DemoDataConfig, MakeCamConfig
 from rib_ext.data import build_dataset
 from rib_ext.io import load_npy_dict
 from gloo_ranks import free_port, gloo_rank
+from pipeline_runs import TINY
 
-TINY = ["--demo-images", "12", "--demo-val-images", "6", "--demo-size", "80", "--epochs", "1",
-        "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1",
-        "--irn-epochs", "1"]
+# More and larger images than TINY, and the four map scales: the shards, the resume and the
+# interruption see every code path.
+TINY = TINY + ["--demo-images", "12", "--demo-val-images", "6", "--demo-size", "80",
+               "--scales", "1.0", "0.5", "1.5", "2.0"]
 
 
 @pytest.fixture(scope="module")
