@@ -141,6 +141,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(finished, tmp_path, capsys
     assert "taking over from process" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # five stages, twice
 def test_a_copied_run_folder_keeps_its_provenance(tmp_path):
     out = tmp_path / "run"
     stages = "train_cam,make_cam,eval_seed,ir_label,train_irn"

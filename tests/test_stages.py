@@ -28,6 +28,7 @@ def tiny_data(tmp_path_factory):
     return build_dataset("demo", root, "train", demo=cfg), build_dataset("demo", root, "val", demo=cfg)
 
 
+@pytest.mark.slow  # every stage, end to end
 def test_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     with warnings.catch_warnings():
