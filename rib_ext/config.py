@@ -227,7 +227,7 @@ class RIBConfig(Section):
     explosion_ratio: float = setting(0.7, "[0, 1]")
     # Per step, the probability that the other images come from the pool sharing no class with the
     # target (else from all other images). Ours: the authors' p_disjoint < 1 branch is dead code
-    # that always draws from the disjoint pool (rib_ext.rib.sampling.OtherStream).
+    # that always draws from the disjoint pool (rib_ext.rib.sampling.OtherDraws).
     disjoint_prob: float = setting(1.0, "[0, 1]")
     # Map scales; the first must be 1.0 (explosion check)
     scales: Tuple[float, ...] = setting(CAM_SCALES, "> 0")

@@ -369,7 +369,7 @@ def percent(x: Optional[float], digits: int = 1) -> str:
     return f"{100 * float(x):.{digits}f}"
 
 
-def json_figures(result: Dict[str, Any]) -> Dict[str, Any]:
+def json_numbers(result: Dict[str, Any]) -> Dict[str, Any]:
     """``result`` with NaN figures as None (JSON has no NaN; ``json.dumps`` would write one)."""
     return {k: _json_number(v) if isinstance(v, float) else v for k, v in result.items()}
 

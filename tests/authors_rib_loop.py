@@ -4,7 +4,7 @@ COCO twin: ``_work``, ``RIB_learn``, ``save_npy``, with ``misc/torchutils``'s Po
 one model reloaded per image, their optimizer, a loader of other-image batches iterated with
 ``enumerate`` and cut at K steps, the explosion check inside the scale loop, the margin stop after
 the update. Only the data plumbing is ours: the target's views come from ``multiscale_flip_views``
-(their MSF dataset) and each batch of other images from the package's stream (their shuffled
+(their MSF dataset) and each batch of other images from the package's draws (their shuffled
 ``DataLoader``), so that both sides see the same pixels.
 """
 from __future__ import annotations
@@ -134,11 +134,11 @@ def adapt_like_the_authors(model, state_dict, target, pool, args, dtype=torch.fl
          "weight_decay": args["cam_weight_decay"]},
     ], lr=args["RIB_lr"], weight_decay=args["cam_weight_decay"], max_step=args["RIB_iter"])
 
-    stream = pool.stream(image_generator(args["seed"], target.index), target.label,
+    draws = pool.draws(image_generator(args["seed"], target.index), target.label,
                          target.pool_index)
     # drop_last: as many batches as the disjoint pool fills (the tests use pools of >= K batches).
-    n_batches = len(stream._pools[True]) // args["RIB_batch"]
-    loader = (pool.batch(stream.draw(args["RIB_batch"])) for _ in range(n_batches))
+    n_batches = len(draws._pools[True]) // args["RIB_batch"]
+    loader = (pool.batch(draws.draw(args["RIB_batch"])) for _ in range(n_batches))
     outputs_cam, sums, stop, steps = [], [], "steps", 0
     for rib_step, pack_rib in enumerate(loader):
         if rib_step == args["RIB_iter"]:

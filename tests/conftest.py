@@ -1,6 +1,9 @@
-"""Shared pytest setup: the ``needs_cuda`` marker skips cleanly where no CUDA device is present."""
+"""Shared pytest setup: the ``needs_cuda`` marker skips cleanly where no CUDA device is present;
+the fixtures every module may use."""
 import pytest
 import torch
+
+from coco_files import write_coco_root
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,9 +25,11 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def cpu_and_cuda():
-    """Device parametrisation: CPU always, CUDA as a test that skips without a GPU."""
-    return ("cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda))
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda)])
+def device(request):
+    """A test taking ``device`` runs on the CPU always and on CUDA as a test that skips without a
+    GPU."""
+    return request.param
 
 
 def pytest_generate_tests(metafunc):
@@ -42,3 +47,19 @@ def pytest_generate_tests(metafunc):
         if fixture in metafunc.fixturenames and fixture not in explicit:
             values = getattr(metafunc.cls, attr)
             metafunc.parametrize(fixture, values, ids=[str(v).replace("torch.", "") for v in values])
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_run(tmp_path_factory):
+    """A run folder of the tiny demo (``pipeline_runs.TINY``) with its classifier trained, made once
+    per session: modules start their runs from a copy of it (``finish_run(..., start=...)``) instead
+    of training the same classifier again. Never write into it."""
+    from pipeline_runs import finish_run
+
+    return finish_run(tmp_path_factory, "classifier", "train_cam")
+
+
+@pytest.fixture
+def coco_root(tmp_path):
+    """A tiny COCO 2014 folder (tests/coco_files.py): three 20x30 images, one with no class."""
+    return write_coco_root(tmp_path)

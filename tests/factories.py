@@ -90,3 +90,27 @@ def tiny_cam_net(k=4, seed=0):
         if hasattr(m, "running_var") and m.running_var is not None:
             m.running_var.fill_(4.0)  # keeps activations from growing through the random stages
     return model.eval()
+
+
+def tiny_deeplab(num_classes=4, seed=0):
+    """A DeepLab-v2 on a random ResNet-18, its frozen batch norms' variances set to 4 so that random
+    activations do not grow through the layers."""
+    import warnings
+
+    from rib_ext.models import FixedBatchNorm
+    from rib_ext.segment import build_deeplab
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_deeplab("resnet18", num_classes, random_init=True)
+    for m in model.modules():
+        if isinstance(m, FixedBatchNorm):
+            m.running_var.fill_(4.0)
+    return model
+
+
+# The segmentation tests' tiny settings (a SegmentConfig's fields); each module sets its own
+# iterations and CRF.
+TINY_SEGMENT = dict(backbone="resnet18", random_init=True, batch_size=2, crop_size=21,
+                    checkpoint_every=100, tensorboard=False, device="cpu")

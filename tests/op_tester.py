@@ -18,7 +18,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import cpu_and_cuda
 from rib_ext import ops
 from rib_ext.ops import _extension, oracle
 
@@ -68,7 +67,6 @@ class OpTester:
         return TOLERANCES[dtype]
 
     # -- the shared tests ----------------------------------------------------------------------
-    @pytest.mark.parametrize("device", cpu_and_cuda())
     def test_forward_and_backward(self, case, device, dtype, layout):
         args = self.make_inputs(case, device, dtype, layout)
         ref_args = _to_float64(args)
@@ -105,13 +103,11 @@ class OpTester:
         assert torch.autograd.gradcheck(fn, tuple(args[i] for i in diff))
 
     @pytest.mark.skipif(not ops.HAS_C, reason="opcheck needs the compiled extension")
-    @pytest.mark.parametrize("device", cpu_and_cuda())
     def test_opcheck(self, ocase, device):
         for overload, args in self.opcheck_calls(ocase, device):
             torch.library.opcheck(overload, args)
 
     @pytest.mark.skipif(not ops.HAS_C, reason="needs the compiled extension")
-    @pytest.mark.parametrize("device", cpu_and_cuda())
     def test_wrapper_runs_the_compiled_kernel(self, device, monkeypatch):
         assert self.op in _extension.registered_ops() and self.op in ops._extension.OPS
         assert ops.backend(self.op, device) == f"compiled-{device}"

@@ -5,8 +5,11 @@ import warnings
 from rib_ext import ablation, pipeline
 from rib_ext.data.demo import demo_preset
 
-TINY = ["--demo-images", "12", "--demo-val-images", "4", "--demo-size", "64", "--epochs", "1",
-        "--rib-steps", "2", "--num-others", "2"]
+from pipeline_runs import TINY
+
+# Four held-out images to sweep on and every map scale, on TINY's classifier.
+TINY = TINY + ["--demo-images", "12", "--demo-val-images", "4",
+               "--scales", "1.0", "0.5", "1.5", "2.0", "--thresholds", "0.20", "0.49", "0.01"]
 
 
 def test_sweep_gives_one_row_per_value_and_a_curve(tmp_path, capsys):

@@ -20,12 +20,12 @@ def bench_rib():
     return _load("bench_rib")
 
 
-TINY = ["--device", "cpu", "--sizes", "tiny", "--images", "1", "--steps", "1", "--no-flops"]
+BENCH_RIB_TINY = ["--device", "cpu", "--sizes", "tiny", "--images", "1", "--steps", "1", "--no-flops"]
 
 
 def test_bench_rib_cpu_default_variants_all_run(bench_rib, tmp_path):
     out = tmp_path / "rib.json"
-    assert bench_rib.main(TINY + ["--json", str(out)]) == 0
+    assert bench_rib.main(BENCH_RIB_TINY + ["--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     rows = doc["sizes"][0]["rows"]
     assert [r["variant"] for r in rows] == bench_rib.CPU_DEFAULT
@@ -59,7 +59,7 @@ def test_bench_rib_writes_each_variant_and_skips_a_failing_one(bench_rib, tmp_pa
 
     monkeypatch.setattr(bench_rib, "write_json", spy)
     out = tmp_path / "rib.json"
-    rc = bench_rib.main(TINY + ["--variants", "engine", "broken", "loop", "--json", str(out)])
+    rc = bench_rib.main(BENCH_RIB_TINY + ["--variants", "engine", "broken", "loop", "--json", str(out)])
     assert rc == 1
     # rewritten after every variant, the failure included, so nothing measured is lost
     assert written == [["engine"], ["engine", "broken"], ["engine", "broken", "loop"]]

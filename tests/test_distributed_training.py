@@ -154,6 +154,7 @@ def _compare(a: dict, b: dict) -> float:
     return worst
 
 
+@pytest.mark.slow  # several ranks
 @pytest.mark.parametrize("kind", ["cam_frozen", "cam_scratch"])
 def test_train_cam_two_ranks_reach_the_single_process_weights(runs, kind):
     single, multi = runs
@@ -170,6 +171,7 @@ def test_train_cam_two_ranks_reach_the_single_process_weights(runs, kind):
     assert rows_a[0]["loss"] != rows_a[-1]["loss"]
 
 
+@pytest.mark.slow  # several ranks
 def test_train_cam_scratch_weights_differ_from_unsynced_statistics(runs):
     """The batch-statistics run is a real test of the synced statistics: its running statistics
     moved away from their initial values (mean 0, variance 1)."""
@@ -184,6 +186,7 @@ def _largest_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point())
 
 
+@pytest.mark.slow  # several ranks
 def test_train_irn_two_ranks_resumed_reach_the_single_process_weights(runs):
     """IRN against the rounding floor measured in the same run (see the module docstring)."""
     single, multi = runs
@@ -200,6 +203,7 @@ def test_train_irn_two_ranks_resumed_reach_the_single_process_weights(runs):
     assert not (multi / "irn" / "irn_train_state.pth").exists()
 
 
+@pytest.mark.slow  # several ranks
 def test_segment_two_ranks_resumed_reach_the_single_process_weights(runs):
     from rib_ext.segment import read_log
 
@@ -281,6 +285,7 @@ def _slow_rank(rank, port, out, log_path, result_path):
     os._exit(0)  # the timed-out gloo group cannot be torn down cleanly
 
 
+@pytest.mark.slow  # several ranks
 def test_a_wait_longer_than_the_timeout_passes_and_says_what_it_waits_for(tmp_path):
     """Rank 0 takes 6 s to generate the demo of a fresh --out with a 3 s process-group timeout:
     rank 1 waits for it, saying so, then opens the finished dataset; a failure on rank 0 stops
@@ -307,6 +312,7 @@ def test_a_wait_longer_than_the_timeout_passes_and_says_what_it_waits_for(tmp_pa
 
 # ------------------------------------------------------------------------- fresh --out, torchrun
 
+@pytest.mark.slow  # several ranks
 def test_fresh_out_under_torchrun_generates_the_demo_once(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",

@@ -3,7 +3,6 @@ degenerate planes (max < 0, max == 0, all zero), COCO's 80 classes and the first
 import pytest
 import torch
 
-from conftest import cpu_and_cuda
 from factories import make_cam, make_labels
 from rib_ext import ops
 from rib_ext.config import RIBConfig
@@ -33,7 +32,6 @@ def _value_and_grad(fn, cam):
     return out.detach(), grad
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_reference_mode_is_the_authors_unguarded_division(device, dtype):
     cam, present = _degenerate(device, dtype)
@@ -56,7 +54,6 @@ def test_reference_mode_is_the_authors_unguarded_division(device, dtype):
     assert torch.isfinite(want).all()
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_fused_reference_op_matches_the_transcription_on_degenerate_planes(device):
     cam, present = _degenerate(device)
     labels = present.double()
@@ -68,7 +65,6 @@ def test_fused_reference_op_matches_the_transcription_on_degenerate_planes(devic
     torch.testing.assert_close(grad, -labels[..., None, None] * want_grad, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_paper_mode_average_pools_planes_without_positive_evidence(device):
     cam, present = _degenerate(device)
     got, grad = _value_and_grad(lambda x: ops.gndrp_pool(x, present, 0.4, "paper"), cam)
@@ -79,7 +75,6 @@ def test_paper_mode_average_pools_planes_without_positive_evidence(device):
     torch.testing.assert_close(got, ref)
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("tau", [0.4, 0.5])
 def test_coco_shapes_match_the_transcription(device, tau):
     cam = make_cam(6, 80, 9, 11, dtype=torch.float64, device=device)

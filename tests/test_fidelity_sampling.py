@@ -7,8 +7,8 @@ from PIL import Image
 from factories import TinyDataset
 from rib_ext.data.transforms import normalize
 from rib_ext.rib import OtherImages
-from rib_ext.rib.sampling import OtherStream
-from test_data_coco import STEMS, coco_root  # noqa: F401  (fixture)
+from rib_ext.rib.sampling import OtherDraws
+from coco_files import STEMS
 
 
 class LabelOnlyDataset(TinyDataset):
@@ -30,8 +30,8 @@ def _pool_of(n_disjoint, n_shared, k=4):
 def test_one_permutation_per_target_consecutive_slices():
     data = _pool_of(230, 40)
     pool = OtherImages(data, "cpu", resize_long=(8, 16), crop=8)
-    stream = pool.stream(np.random.default_rng(0), data.labels(0), 0)
-    drawn = [r["index"] for _ in range(10) for r in stream.draw(20)]
+    draws = pool.draws(np.random.default_rng(0), data.labels(0), 0)
+    drawn = [r["index"] for _ in range(10) for r in draws.draw(20)]
     assert len(drawn) == 200 and len(set(drawn)) == 200  # 200 distinct images over 10 steps
     assert all(1 <= i <= 230 for i in drawn)  # only the disjoint pool, never the target
 
@@ -39,8 +39,8 @@ def test_one_permutation_per_target_consecutive_slices():
 def test_small_pool_is_exhausted_before_it_is_reshuffled():
     data = _pool_of(30, 5)
     pool = OtherImages(data, "cpu", resize_long=(8, 16), crop=8)
-    stream = pool.stream(np.random.default_rng(1), data.labels(0), 0)
-    drawn = [r["index"] for _ in range(4) for r in stream.draw(20)]
+    draws = pool.draws(np.random.default_rng(1), data.labels(0), 0)
+    drawn = [r["index"] for _ in range(4) for r in draws.draw(20)]
     assert sorted(drawn[:30]) == list(range(1, 31))  # a whole pass before any repeat
     assert sorted(drawn[30:60]) == list(range(1, 31))  # then a fresh one
     assert drawn[:30] != drawn[30:60]
@@ -49,8 +49,8 @@ def test_small_pool_is_exhausted_before_it_is_reshuffled():
 def test_disjoint_prob_below_one_mixes_whole_pool_steps():
     data = _pool_of(30, 30)
     pool = OtherImages(data, "cpu", resize_long=(8, 16), crop=8)
-    stream = pool.stream(np.random.default_rng(2), data.labels(0), 0, disjoint_prob=0.0)
-    drawn = [r["index"] for _ in range(3) for r in stream.draw(20)]
+    draws = pool.draws(np.random.default_rng(2), data.labels(0), 0, disjoint_prob=0.0)
+    drawn = [r["index"] for _ in range(3) for r in draws.draw(20)]
     assert 0 not in drawn and any(i > 30 for i in drawn)
     assert len(set(drawn)) == 60
 
@@ -78,8 +78,8 @@ def test_other_images_resized_with_pil_bicubic_on_uint8():
     rng = np.random.default_rng(3)
     data = TinyDataset(n=6, k=4, size=(60, 90))
     pool = OtherImages(data, "cpu", resize_long=(40, 130), crop=96)
-    stream = OtherStream(pool, rng, data.labels(0), 0)
-    recipes = stream.draw(6)
+    draws = OtherDraws(pool, rng, data.labels(0), 0)
+    recipes = draws.draw(6)
     images, _ = pool.batch(recipes)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

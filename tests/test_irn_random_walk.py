@@ -5,7 +5,6 @@ import torch
 from rib_ext.irn.random_walk import (SparseTransition, dense_affinity, propagate_maps, random_walk,
                                      random_walk_dense)
 
-from conftest import cpu_and_cuda
 
 METHODS = ("csr", "shift")
 
@@ -103,7 +102,6 @@ def test_input_checks():
         random_walk(maps, boundary, method="dense")
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_walk_runs_where_the_tensors_are(device):
     maps, boundary = _inputs(h=20, w=24, k=2, device=device)
     maps, boundary = maps.float(), boundary.float()

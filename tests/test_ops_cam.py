@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cpu_and_cuda
 from factories import make_cam
 from op_tester import OpTester
 from rib_ext import ops
@@ -34,7 +33,6 @@ class TestCamFlipMerge(OpTester):
         cam_flip = make_cam(1, 5, 6, 7, device=device, seed=7, requires_grad=True)
         return [(torch.ops.rib_ext.cam_flip_merge.default, (cam, cam_flip))]
 
-    @pytest.mark.parametrize("device", cpu_and_cuda())
     def test_exact_mirror_merges_to_twice_the_relu(self, case, device):
         cam = make_cam(*case["shape"], device=device, seed=2)
         torch.testing.assert_close(ops.cam_flip_merge(cam, cam.flip(-1)), 2 * torch.relu(cam))
@@ -93,7 +91,6 @@ class TestCamMaxNormalize(OpTester):
         maps = torch.relu(make_cam(1, 5, 6, 7, device=device)).requires_grad_()
         return [(torch.ops.rib_ext.cam_max_normalize.default, (maps, 1e-5))]
 
-    @pytest.mark.parametrize("device", cpu_and_cuda())
     @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
     def test_relu_maps_end_at_most_one(self, case, device, layout):
         maps = torch.relu(make_cam(*case["shape"], device=device, layout=layout, requires_grad=True))

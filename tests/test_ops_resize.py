@@ -4,7 +4,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cpu_and_cuda
 from factories import TinyDataset, make_image
 from rib_ext import ops
 from rib_ext.ops import _extension, oracle
@@ -139,7 +138,6 @@ def test_bad_inputs_are_refused_with_a_clear_message(make, size, message, path):
 
 
 @pytest.mark.skipif(not ops.HAS_C, reason="opcheck needs the compiled extension")
-@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_opcheck(device):
     cases = [((9, 13, 3), (5, 20), True), ((30, 4, 2), (3, 3), True), ((1, 1, 1), (3, 2), False)]
     for shape, size, adaptive in cases:
@@ -148,7 +146,6 @@ def test_opcheck(device):
 
 
 @pytest.mark.skipif(not ops.HAS_C, reason="needs the compiled extension")
-@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_wrapper_runs_the_compiled_kernel(device, monkeypatch):
     assert "resize_bicubic_u8" in _extension.registered_ops()
     assert ops.backend("resize_bicubic_u8", device) == f"compiled-{device}"

@@ -3,7 +3,6 @@ torch.optim.SGD's operations, op for op) bit for bit, and the plain-PyTorch refe
 import pytest
 import torch
 
-from conftest import cpu_and_cuda
 from rib_ext import ops
 from rib_ext.ops import _extension, oracle
 from rib_ext.rib.engine import sgd_update_masked_
@@ -70,7 +69,6 @@ def run_both(g, steps, dtype, device, hyper, seed=0):
 
 
 @pytest.mark.skipif(not ops.HAS_C, reason="the kernels need the compiled extension")
-@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hyper", HYPER)
 def test_kernel_is_the_foreach_update_bit_for_bit(device, dtype, hyper):
@@ -92,7 +90,6 @@ def test_plain_reference_agrees_to_a_rounding(dtype, monkeypatch):
     assert moved > 1e-3  # the weights did move: a no-op would not pass the comparison above
 
 
-@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_a_slot_that_does_not_step_is_left_as_it_is_nan_gradient_and_all(device):
     g = 3
     params = torch.randn(g, P, device=device)
@@ -146,7 +143,6 @@ def test_bad_inputs_are_refused_with_a_clear_message(change, message):
 
 
 @pytest.mark.skipif(not ops.HAS_C, reason="opcheck needs the compiled extension")
-@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_opcheck(device):
     for dtype in (torch.float32, torch.float64):
         g, n = 3, 11
@@ -158,7 +154,6 @@ def test_opcheck(device):
 
 
 @pytest.mark.skipif(not ops.HAS_C, reason="needs the compiled extension")
-@pytest.mark.parametrize("device", cpu_and_cuda())
 def test_wrapper_runs_the_compiled_kernel(device, monkeypatch):
     assert "sgd_step_" in _extension.registered_ops()
     assert ops.backend("sgd_step_", device) == f"compiled-{device}"

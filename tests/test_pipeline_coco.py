@@ -9,17 +9,17 @@ import numpy as np
 
 from rib_ext import pipeline
 from rib_ext.io import load_npy_dict
-from test_data_coco import PERSON, STEMS, coco_root  # noqa: F401  (the fixture)
+from coco_files import PERSON, STEMS
 from pipeline_runs import main
 
-TINY = ["--dataset", "coco", "--preset", "demo", "--demo-size", "32", "--epochs", "1",
+COCO_TINY = ["--dataset", "coco", "--preset", "demo", "--demo-size", "32", "--epochs", "1",
         "--rib-steps", "2", "--num-others", "1", "--thresholds", "0.2", "0.4", "0.1",
         "--scales", "1.0", "--rib.other_crop", "32"]
 
 
 def test_edited_coco_category_stops_the_reuse_of_train_cam_and_make_cam(coco_root, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--out", str(out), "--root", str(coco_root), "--stages", "train_cam,make_cam"] + TINY
+    args = ["--out", str(out), "--root", str(coco_root), "--stages", "train_cam,make_cam"] + COCO_TINY
     assert main(args) == 0
     ann = coco_root / "annotations" / "instances_train2014.json"
     data = json.loads(ann.read_text())
@@ -38,7 +38,7 @@ def test_edited_coco_category_stops_the_reuse_of_train_cam_and_make_cam(coco_roo
 def test_images_of_no_class_get_keys_only_maps_and_count_in_the_evaluation(coco_root, tmp_path):
     out = tmp_path / "run"
     assert main(["--out", str(out), "--root", str(coco_root),
-                 "--stages", "train_cam,make_cam,rib,eval_seed"] + TINY) == 0
+                 "--stages", "train_cam,make_cam,rib,eval_seed"] + COCO_TINY) == 0
     empty = STEMS[30]  # the fixture's image with no annotation
     for stage in ("make_cam", "rib"):
         maps = load_npy_dict(out / stage / "maps" / f"{empty}.npy")
@@ -69,8 +69,8 @@ def test_paper_preset_drops_the_images_of_no_class(coco_root, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         authors = RunContext(pipeline.config_from_argv(
-            ["--out", str(tmp_path / "a"), "--root", str(coco_root)] + TINY))
+            ["--out", str(tmp_path / "a"), "--root", str(coco_root)] + COCO_TINY))
         paper = RunContext(pipeline.config_from_argv(
-            ["--out", str(tmp_path / "p"), "--root", str(coco_root), "--rib-behaviour", "paper"] + TINY))
+            ["--out", str(tmp_path / "p"), "--root", str(coco_root), "--rib-behaviour", "paper"] + COCO_TINY))
         assert STEMS[30] in authors.eval_set.ids and STEMS[30] in authors.pool_set.ids
         assert STEMS[30] not in paper.eval_set.ids and STEMS[30] not in authors.train_set.ids

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    return finish_run(tmp_path_factory, "errors", "train_cam,make_cam")
+def finished(tmp_path_factory, tiny_classifier_run):
+    return finish_run(tmp_path_factory, "errors", "train_cam,make_cam", start=tiny_classifier_run)
 
 
 def test_out_under_a_regular_file_is_an_error_naming_it(tmp_path, capsys):
@@ -141,6 +141,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(finished, tmp_path, capsys
     assert "taking over from process" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # five stages, twice
 def test_a_copied_run_folder_keeps_its_provenance(tmp_path):
     out = tmp_path / "run"
     stages = "train_cam,make_cam,eval_seed,ir_label,train_irn"

@@ -17,8 +17,8 @@ FIRST = "train_cam,make_cam,rib,eval_seed"
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    return finish_run(tmp_path_factory, "prov", FIRST)
+def finished(tmp_path_factory, tiny_classifier_run):
+    return finish_run(tmp_path_factory, "prov", FIRST, start=tiny_classifier_run)
 
 
 def test_rerun_with_other_rib_settings_stops_and_names_the_fields(finished, capsys):
@@ -129,6 +129,7 @@ def _plan_on_rank(rank, world, port, out, argv, plans):
         plans[rank] = prov.plan(["rib"])
 
 
+@pytest.mark.slow  # several ranks
 def test_overwrite_under_torchrun_gives_every_rank_the_same_plan(finished, tmp_path):
     """Rank 0 removed the differing folders while rank 1 was still reading their records: rank 1
     then saw no record and planned only the asked stage, while rank 0 planned its downstream too

@@ -17,8 +17,8 @@ from pipeline_runs import TINY, copy_run, finish_run, main
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    return finish_run(tmp_path_factory, "silent", "train_cam,make_cam,eval_seed")
+def finished(tmp_path_factory, tiny_classifier_run):
+    return finish_run(tmp_path_factory, "silent", "train_cam,make_cam,eval_seed", start=tiny_classifier_run)
 
 
 # ------------------------------------------------------------------ checkpoint classes

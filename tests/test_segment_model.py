@@ -1,5 +1,4 @@
 """DeepLab-v2: output stride 8, the ASPP head, frozen batch norm, backbone weights and model files."""
-import warnings
 
 import pytest
 import torch
@@ -9,19 +8,10 @@ import torchvision
 from rib_ext.models import FixedBatchNorm, MissingWeightsError
 from rib_ext.segment import ASPP, DeepLabV2, build_deeplab, dilated_resnet, load_deeplab, save_deeplab
 
+from factories import tiny_deeplab
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_deeplab(num_classes=4, seed=0):
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_deeplab("resnet18", num_classes, random_init=True)
-    for m in model.modules():
-        if isinstance(m, FixedBatchNorm):
-            m.running_var.fill_(4.0)  # keeps random activations from growing through the stages
-    return model
 
 
 def test_output_shapes_and_stride_8():

@@ -11,6 +11,7 @@ from rib_ext.io import save_npy
 from rib_ext.segment import (VOC_SERVER_DIR, SegmentConfig, infer_stage, load_deeplab, score_labels,
                              read_log, segment_stage)
 
+from factories import TINY_SEGMENT
 from gloo_ranks import free_port, gloo_rank
 
 
@@ -20,8 +21,7 @@ pytest.importorskip("pydensecrf.densecrf")
 pytestmark = [pytest.mark.filterwarnings("ignore:DeepLab-v2 resnet18 backbone randomly initialised"),
               pytest.mark.usefixtures("one_thread")]
 
-TINY = dict(backbone="resnet18", random_init=True, iterations=2, batch_size=2, crop_size=21,
-            checkpoint_every=100, tensorboard=False, device="cpu", use_crf=True)
+TINY = dict(TINY_SEGMENT, iterations=2, use_crf=True)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,7 @@ def _segment_on_rank(rank, world, port, root, labels, scores, out):
                       SegmentConfig(**TINY), score_dir=scores)
 
 
+@pytest.mark.slow  # several ranks
 def test_retrain_labels_are_written_by_every_rank_in_shares(demo, tmp_path):
     """Under two gloo ranks each writes its share of the confident and filled labels (and of the
     first network's predictions): every image gets each file, made by the same rules as in one

@@ -8,14 +8,13 @@ from rib_ext.data import VOCDataset, generate_demo, save_label_png
 from rib_ext.segment import SegmentConfig, SegmentationTrainSet, load_deeplab, read_log, segmentation_loss, train_segmenter
 from rib_ext.segment.train import STATE_FILE, make_optimizer
 
-from test_segment_model import tiny_deeplab
+from factories import TINY_SEGMENT, tiny_deeplab
 
 # The tiny networks start from random weights on purpose.
 pytestmark = [pytest.mark.filterwarnings("ignore:DeepLab-v2 resnet18 backbone randomly initialised"),
               pytest.mark.usefixtures("one_thread")]
 
-TINY = dict(backbone="resnet18", random_init=True, iterations=3, batch_size=2, crop_size=21,
-            checkpoint_every=100, tensorboard=False, device="cpu", use_crf=False)
+TINY = dict(TINY_SEGMENT, iterations=3, use_crf=False)
 
 
 @pytest.fixture(scope="module")

@@ -172,6 +172,7 @@ def _rank_main(rank, world, port, *args):
         _stages(*args)
 
 
+@pytest.mark.slow  # several ranks
 def test_two_gloo_ranks_match_one_process(inputs, tmp_path):
     """Each rank takes its shard of every stage (and two CRF workers within a rank); the files
     are byte for byte a single process's, the figures (summed confusion counts) equal."""

@@ -13,10 +13,12 @@ from rib_ext.config import DemoDataConfig, MakeCamConfig
 from rib_ext.data import build_dataset
 from rib_ext.io import load_npy_dict
 from gloo_ranks import free_port, gloo_rank
+from pipeline_runs import TINY
 
-TINY = ["--demo-images", "12", "--demo-val-images", "6", "--demo-size", "80", "--epochs", "1",
-        "--rib-steps", "2", "--num-others", "2", "--thresholds", "0.2", "0.4", "0.1",
-        "--irn-epochs", "1"]
+# More and larger images than TINY, and the four map scales: the shards, the resume and the
+# interruption see every code path.
+TINY = TINY + ["--demo-images", "12", "--demo-val-images", "6", "--demo-size", "80",
+               "--scales", "1.0", "0.5", "1.5", "2.0"]
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +28,7 @@ def tiny_data(tmp_path_factory):
     return build_dataset("demo", root, "train", demo=cfg), build_dataset("demo", root, "val", demo=cfg)
 
 
+@pytest.mark.slow  # every stage, end to end
 def test_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     with warnings.catch_warnings():
@@ -115,6 +118,7 @@ def _rib_and_eval(root, out, model_path):
     eval_seed(val, Path(out) / "rib" / "maps", EvalSeedConfig(0.2, 0.4, 0.1), Path(out) / "eval")
 
 
+@pytest.mark.slow  # several ranks
 def test_distributed_shards_match_single_process(tiny_data, tmp_path):
     """Two gloo ranks on loopback: each adapts its shard; maps and the reduced evaluation equal a
     single-process run's."""

@@ -158,6 +158,7 @@ def test_visualize_run_and_cli_on_generated_maps(tmp_path):
         visualize_maps({"x": tmp_path}, dataset, tmp_path / "none")
 
 
+@pytest.mark.slow  # several ranks
 def test_visualize_run_shares_the_panels_among_ranks(tmp_path):
     """Under torchrun each rank draws its share of the chosen panels (the same choice on every
     rank) and rank 0 the logit curves: together, one process's pictures byte for byte."""

@@ -42,7 +42,7 @@ from rib_ext.config import RIBConfig
 from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_batch_norms,
                                memory_format, tf32_flags)
 from rib_ext.rib.losses import group_loss, step_loss
-from rib_ext.rib.sampling import OtherImages, OtherStream, image_generator
+from rib_ext.rib.sampling import OtherDraws, OtherImages, image_generator
 from rib_ext.rib.slots import WeightSlots
 from rib_ext.rib.staging import DEVICE_WORK
 from rib_ext.rib.targets import TargetViews
@@ -144,7 +144,7 @@ class _State:
     bufs: list
     acc: list  # per scale: accumulated map [K, h, w]
     rng: np.random.Generator
-    others: Optional[OtherStream] = None  # this image's other images, one permutation of its pool
+    others: Optional[OtherDraws] = None  # this image's other images, one permutation of its pool
     step: int = 0  # updates made, as the host has read them
     stop: Optional[str] = None
     queued: int = 0  # steps queued on the device (ahead of ``step`` by the reads not yet made)
@@ -403,7 +403,7 @@ class RIBEngine:
         params = (self.slots.leaves[slot] if slot is not None
                   else [p.clone().requires_grad_() for p in self.base])
         rng = image_generator(self.cfg.seed, target.index)
-        others = self.pool.stream(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
+        others = self.pool.draws(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
         alive = torch.ones((), dtype=torch.bool, device=self.device) if self.read_lag else None
         return _State(target, keys, label, x2, params, [None] * len(params), [None] * len(x2),
                       rng, others, alive=alive, slot=slot)

@@ -61,7 +61,7 @@ def adapt_one(model0, target: Target, pool: OtherImages, cfg: RIBConfig,
     keys = torch.nonzero(label)[:, 0]
     sums = [0.0] * len(views)
     rng = image_generator(cfg.seed, target.index)
-    others_stream = pool.stream(rng, target.label, target.pool_index, cfg.disjoint_prob)
+    others_draws = pool.draws(rng, target.label, target.pool_index, cfg.disjoint_prob)
     stats, stop, steps = [], STOP_STEPS, 0
 
     for k in range(cfg.steps):
@@ -84,7 +84,7 @@ def adapt_one(model0, target: Target, pool: OtherImages, cfg: RIBConfig,
         if exploded:
             stop = STOP_EXPLOSION
             break
-        recipes = others_stream.draw(cfg.num_others)
+        recipes = others_draws.draw(cfg.num_others)
         others, other_labels = pool.batch(recipes)
         loss_rows.append((model.cam(others), other_labels))
 

@@ -82,16 +82,16 @@ class OtherImages:
                 ok &= no_shared
         return np.flatnonzero(ok)
 
-    def stream(self, rng: np.random.Generator, target_label: np.ndarray, exclude: int | None,
-               disjoint_prob: float = 1.0) -> "OtherStream":
+    def draws(self, rng: np.random.Generator, target_label: np.ndarray, exclude: int | None,
+               disjoint_prob: float = 1.0) -> "OtherDraws":
         """The other images of one target, drawn step by step (see the module docstring)."""
-        return OtherStream(self, rng, target_label, exclude, disjoint_prob)
+        return OtherDraws(self, rng, target_label, exclude, disjoint_prob)
 
     def draw(self, rng: np.random.Generator, target_label: np.ndarray, exclude: int | None,
              count: int, disjoint_prob: float) -> list[dict]:
-        """One step's ``count`` recipes from a fresh stream (a single draw; adaptation uses
-        :meth:`stream` so that successive steps continue one permutation)."""
-        return self.stream(rng, target_label, exclude, disjoint_prob).draw(count)
+        """One step's ``count`` recipes from fresh draws (a single one; adaptation uses
+        :meth:`draws` so that successive steps continue one permutation)."""
+        return self.draws(rng, target_label, exclude, disjoint_prob).draw(count)
 
     def recipe(self, idx: int, rng: np.random.Generator) -> dict:
         """Augmentation of pool image ``idx``: long side, flip, crop boxes (IRN's draw order)."""
@@ -151,7 +151,7 @@ class OtherImages:
         return self.side.run(lambda: [self.batch(r) for r in recipes])
 
 
-class OtherStream:
+class OtherDraws:
     """The other images of one target image: consecutive slices of one permutation of its pool.
 
     ``disjoint_prob`` < 1 (an option of ours): each step draws, with that probability, its slice

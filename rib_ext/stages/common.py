@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rib_ext.evaluation import json_figures
+from rib_ext.evaluation import json_numbers
 
 
 def result_settings(section, drop: Sequence[str] = ()) -> dict:
@@ -20,7 +20,7 @@ def result_settings(section, drop: Sequence[str] = ()) -> dict:
 def evaluation_summary(result: dict) -> dict:
     """The figures a summary keeps of an evaluation."""
     keep = ("best_threshold", "threshold", "miou", "precision", "recall", "f1", "num_images", "seconds")
-    return json_figures({k: result[k] for k in keep if k in result})
+    return json_numbers({k: result[k] for k in keep if k in result})
 
 
 def plain_values(result: dict) -> dict:
