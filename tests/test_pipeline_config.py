@@ -107,8 +107,11 @@ def test_demo_preset_on_a_voc_layout_folder(tmp_path):
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     cfg = config(["--dataset", "voc", "--root", str(root), "--preset", "demo"])
     assert cfg.preset == "demo" and cfg.train_cam.backbone == "resnet_tiny"
-    assert cfg.train_cam.from_scratch and cfg.train_cam.random_init and cfg.irn_auto_thresholds
+    # The demo's recipe: fine-tuned from the shipped pretrained backbone, IRN starting from it too.
+    assert cfg.train_cam.weights == "rib_ext:demo_world" and not cfg.train_cam.random_init
+    assert not cfg.train_cam.from_scratch and cfg.train_cam.classifier_lr_mult == 10 and cfg.irn_auto_thresholds
     assert cfg.rib.lr == demo_preset(128)["rib"]["lr"] and cfg.irn.backbone == "resnet_tiny"
+    assert cfg.irn.weights == "rib_ext:demo_world" and not cfg.irn.random_init
     assert cfg.train_list == "train" and cfg.eval_list is None  # the folder's own lists
     # VOC: train_aug is the default training list where it exists.
     (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("a\n")
@@ -118,9 +121,23 @@ def test_demo_preset_on_a_voc_layout_folder(tmp_path):
     assert voc.preset == "voc" and voc.train_cam.backbone == "resnet50" and voc.rib.lr == 8e-6
 
 
+def test_demo_from_scratch_stays_a_setting(tmp_path):
+    """--train_cam.from_scratch true: the earlier recipe whole (random weights, every stage trained,
+    its own RIB settings), and IRN then starts from the trained classifier, there being no other
+    weights."""
+    out = tmp_path / "run"
+    cfg = config(["--train_cam.from_scratch", "true", "--out", str(out)])
+    assert cfg.train_cam.from_scratch and cfg.train_cam.random_init and cfg.train_cam.weights is None
+    assert cfg.train_cam.classifier_lr_mult == 1.0 and cfg.train_cam.epochs == 12
+    assert cfg.rib.lr == demo_preset(128, from_scratch=True)["rib"]["lr"]
+    assert cfg.irn.weights == str(out / "train_cam" / "cam_net.pth")
+    default = config(["--out", str(out)])
+    assert default.train_cam.weights == "rib_ext:demo_world" and default.irn.weights == "rib_ext:demo_world"
+
+
 def test_demo_preset_trains_on_a_users_voc_folder(tmp_path, capsys):
-    """--preset demo is the from-scratch recipe for any small VOC-layout folder (here the demo's
-    files, read as a plain VOC dataset)."""
+    """--preset demo is the demo's recipe (fine-tuning the shipped backbone) for any small
+    VOC-layout folder (here the demo's files, read as a plain VOC dataset)."""
     from rib_ext.config import DemoDataConfig
     from rib_ext.data import generate_demo
 

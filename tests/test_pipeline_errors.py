@@ -145,12 +145,14 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(finished, tmp_path, capsys
 def test_a_copied_run_folder_keeps_its_provenance(tmp_path):
     out = tmp_path / "run"
     stages = "train_cam,make_cam,eval_seed,ir_label,train_irn"
-    assert main(["--out", str(out), "--stages", stages] + TINY + IRN_FITS) == 0
+    # From scratch, IRN starts from the run's own classifier: a path inside the run folder.
+    scratch = ["--train_cam.from_scratch", "true"]
+    assert main(["--out", str(out), "--stages", stages] + TINY + IRN_FITS + scratch) == 0
     settings = json.loads((out / "train_irn" / "provenance.json").read_text())["settings"]
     assert settings["weights"] == "<out>/train_cam/cam_net.pth"
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)
-    assert main(["--out", str(moved), "--stages", stages] + TINY + IRN_FITS) == 0
+    assert main(["--out", str(moved), "--stages", stages] + TINY + IRN_FITS + scratch) == 0
 
 
 def test_resume_says_from_which_step(tmp_path, monkeypatch, capsys):

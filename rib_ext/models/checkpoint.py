@@ -16,6 +16,7 @@ import torch
 from rib_ext.checkpoints import CheckpointError, MissingCheckpointError, read_checkpoint, write_checkpoint
 from rib_ext.io import preview
 from rib_ext.models import authors
+from rib_ext.models.pretrained import resolve_weights
 from rib_ext.models.resnet_cam import BACKBONES, CAMNet
 
 # torchvision's IMAGENET1K_V1 files (what IRN / RIB start from), for the error messages.
@@ -117,8 +118,9 @@ def load_backbone_weights(model: CAMNet, path: os.PathLike | str) -> CAMNet:
     Accepts a raw state dict or one wrapped under ``state_dict`` / ``model``, with or without
     ``module.`` prefixes; torchvision's ``fc.*`` head is ignored (the classifier stays as
     initialised). Anything else that does not match raises ``ValueError`` naming the file.
+    ``rib_ext:<name>`` loads weights shipped with the package (:mod:`rib_ext.models.pretrained`).
     """
-    path = Path(path)
+    path = resolve_weights(path)
     if not path.is_file():
         raise MissingWeightsError(missing_weights_message(model.backbone_name, path))
     state = _unwrap_state_dict(read_checkpoint(path, None, None, "PyTorch checkpoint"), path)

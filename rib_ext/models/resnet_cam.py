@@ -25,7 +25,8 @@ BACKBONES: Dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048,
                              "resnet_tiny": 256}
 
 # A narrow ResNet-10 (one BasicBlock per stage, widths 32..256): the embedded demo's backbone,
-# about 1/16 of ResNet-18's compute, trainable from random weights on 2 CPU cores in a minute.
+# about 1/16 of ResNet-18's compute. Its pretrained weights ship with the package
+# (rib_ext.models.pretrained: rib_ext:demo_world); it also trains from random weights.
 TINY_WIDTHS = (32, 64, 128, 256)
 
 
@@ -134,7 +135,8 @@ class CAMNet(nn.Module):
 
     Args:
         backbone: ``resnet18``, ``resnet34``, ``resnet50`` (the paper's), ``resnet101``, or
-            ``resnet_tiny`` (a narrow ResNet-10 for CPU demo runs; no ImageNet weights exist).
+            ``resnet_tiny`` (a narrow ResNet-10 for CPU demo runs; pretrained on the demo world, no
+            ImageNet weights exist).
         num_classes: K, foreground classes (20 for VOC, 80 for COCO).
         strides: of conv1, layer2, layer3, layer4 (the stem's max-pool always halves too);
             the default (2, 2, 2, 1) gives output stride 16.
@@ -155,7 +157,7 @@ class CAMNet(nn.Module):
     def __init__(self, backbone: str = "resnet50", num_classes: int = 20,
                  strides: Sequence[int] = (2, 2, 2, 1), from_scratch: bool = False):
         super().__init__()
-        # from_scratch: training from random weights (the embedded demo), where a frozen random
+        # from_scratch: training from random weights (the demo's earlier recipe), where a frozen random
         # stem would leave stages 1-2 as random features and fixed BN would be the identity: every
         # stage trains, with batch-statistics BN. The authors' setting (ImageNet weights) is False.
         self.train_stem = bool(from_scratch)

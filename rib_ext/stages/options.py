@@ -292,12 +292,18 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     demo_settings: Dict[str, Dict[str, Any]] = {}
     for name, cls in sections():
         start = dict(demo_settings.get(name, {}))
+        if name == "train_cam" and given.get("train_cam.model", "camnet") != "camnet":
+            # The demo's classifier settings are those of its narrow CAMNet (its shipped backbone
+            # above all); a torchvision / timm model keeps the epochs and rates only.
+            for key in ("backbone", "weights", "random_init", "strides", "from_scratch"):
+                start.pop(key, None)
         start.update(_follows(name, built, top, preset == "demo"))
         built[name] = apply(cls.preset(numbers, **behaviour.get(name, {}), **start),
                             _section(given, name), name)
         if name == "demo" and preset == "demo":
             # The demo's settings live in one place, with the reasons: rib_ext.data.demo.demo_preset.
-            demo_settings = demo_preset(built["demo"].image_size)
+            demo_settings = demo_preset(built["demo"].image_size,
+                                        from_scratch=bool(given.get("train_cam.from_scratch", False)))
     pipeline_defaults = dict(demo_settings.get("pipeline", {}))
     if dataset != "demo":  # the held-out split is the generated demo's; a user's folder keeps its lists
         pipeline_defaults.pop("eval_list", None)
@@ -308,8 +314,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
 
 def _follows(name: str, built: Dict[str, Any], top: Dict[str, Any], is_demo: bool) -> Dict[str, Any]:
     """Starting values a section takes from sections built before it: IRN starts from the
-    classifier's backbone (ImageNet weights when given; from scratch, the trained classifier's own
-    backbone, there being no ImageNet weights to start from)."""
+    classifier's backbone (ImageNet weights, or the demo's pretrained backbone, when given; from
+    scratch, the trained classifier's own backbone, there being no other weights to start from)."""
     if name != "irn":
         return {}
     train_cam = built["train_cam"]
@@ -317,7 +323,7 @@ def _follows(name: str, built: Dict[str, Any], top: Dict[str, Any], is_demo: boo
         # IRN's network is a ResNet of its own: it cannot start from a torchvision / timm
         # classifier's weights (--irn.weights gives it an ImageNet ResNet checkpoint).
         return dict(backbone=train_cam.backbone, random_init=is_demo or train_cam.random_init)
-    if is_demo:
+    if is_demo and train_cam.weights is None:
         out_dir = top.get("out_dir", "rib_ext_out")
         weights = top.get("cam_checkpoint") or str(Path(out_dir) / "train_cam" / "cam_net.pth")
         return dict(backbone=train_cam.backbone, weights=weights)
@@ -377,9 +383,10 @@ def add_preset_flags(parser: argparse.ArgumentParser) -> None:
                    help="start from a saved config.json (the flags given override its fields)")
     g.add_argument("--preset", dest=PREFIX + "preset", default=argparse.SUPPRESS,
                    type=_preset_name, metavar="{demo,voc,coco}",
-                   help="starting values of every stage: demo (from-scratch classifier, small "
-                        "images; works on any small VOC-layout folder too), voc or coco (the "
-                        "paper's numbers). Default: the dataset's own")
+                   help="starting values of every stage: demo (small images, the classifier "
+                        "fine-tuned from the shipped pretrained backbone, or from scratch with "
+                        "--train_cam.from_scratch true; works on any small VOC-layout folder too), "
+                        "voc or coco (the paper's numbers). Default: the dataset's own")
     g.add_argument("--rib-behaviour", "--rib-preset", dest="rib_behaviour", type=_rib_behaviour,
                    metavar="{authors,paper}",
                    help="RIB behaviour: authors = the authors' released code (default); paper = "
