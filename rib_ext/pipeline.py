@@ -118,7 +118,7 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     prov = Provenance(ctx, list(STAGES))
     stages = prov.plan(stages)
     ctx.prepare_datasets(stages)
-    ctx.write_json(ctx.out / "config.json", {"stages": stages, "environment": environment(ctx),
+    ctx.write_json(ctx.layout.config, {"stages": stages, "environment": environment(ctx),
                                              **plain_dict(cfg)})
     train_set, eval_set = ctx.train_set, ctx.eval_set
     ctx.info(f"[pipeline] dataset {cfg.dataset} ({options.describe(cfg)}): {len(train_set)} "
@@ -126,7 +126,7 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
              f"{train_set.num_classes} classes; device {ctx.device}; output {ctx.out}")
     summary: dict = {}
     t_start = time.time()
-    summary_path = ctx.out / "summary.json"
+    summary_path = ctx.layout.summary
     for stage in stages:
         t0 = time.time()
         prov.write(stage)

@@ -1,15 +1,6 @@
 """The run context every stage's ``run(ctx, cfg)`` gets: output layout, datasets, map sets, rank,
-missing-file policy, device, logging and writing, in one place (stage modules hold no path literals).
-
-Layout under ``ctx.out``::
-
-    config.json, summary.json          the run's resolved settings / headline figures (merged)
-    <stage>/provenance.json            settings + input fingerprints the stage folder was made with
-    train_cam/cam_net.pth              the classifier (or --cam-checkpoint)
-    make_cam/maps, rib/maps            the map sets ("cam", "rib")
-    <stage>/<map set>/                 per-map-set outputs of eval_seed, crf, ir_label, train_irn,
-                                       make_sem_seg (+ <set>_scores, <set>_saliency), eval_mask
-    segment/                           the segmentation network
+missing-file policy, device, logging and writing, in one place. Every path of the run folder comes
+from ``ctx.layout`` (:class:`rib_ext.layout.Layout`): stage modules hold no path literals.
 """
 from __future__ import annotations
 
@@ -21,11 +12,9 @@ from typing import Dict, Optional
 from rib_ext import distributed
 from rib_ext.config import PipelineConfig
 from rib_ext.io import save_json
-from rib_ext.stages.registry import MAP_SETS
+from rib_ext.layout import Layout
 
 log = logging.getLogger("rib_ext.pipeline")
-
-CAM_MODEL_FILE = "cam_net.pth"
 
 
 class PipelineError(Exception):
@@ -47,6 +36,7 @@ class RunContext:
 
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
+        self.layout = Layout(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise PipelineError(f"--out {self.out} names a file, not a folder")
         self.overwrite = overwrite
@@ -85,20 +75,14 @@ class RunContext:
 
     # -------------------------------------------------------------------------- output layout
     def stage_dir(self, stage: str, *sub: str) -> Path:
-        return self.out.joinpath(stage, *sub)
+        return self.layout.stage_dir(stage, *sub)
 
     def maps_dir(self, name: str) -> Path:
-        stage, sub = MAP_SETS[name]
-        return self.stage_dir(stage, sub)
+        return self.layout.maps_dir(name)
 
     def map_sets(self) -> Dict[str, Path]:
         """The map sets made so far (cam: make_cam's, rib: the rib stage's), in that order."""
-        found = {}
-        for name in MAP_SETS:
-            d = self.maps_dir(name)
-            if d.is_dir() and any(d.glob("*.npy")):
-                found[name] = d
-        return found
+        return self.layout.map_sets()
 
     def require_map_sets(self, stage: str) -> Dict[str, Path]:
         found = self.map_sets()
@@ -108,19 +92,19 @@ class RunContext:
 
     def score_dir(self, name: str) -> Path:
         """make_sem_seg's random-walk scores of a map set (the segment stage re-trains from them)."""
-        return self.stage_dir("make_sem_seg", f"{name}_scores")
+        return self.layout.score_dir(name)
 
     def mask_dir(self, name: str) -> Path:
-        return self.stage_dir("make_sem_seg", name)
+        return self.layout.mask_dir(name)
 
     def saliency_mask_dir(self, name: str) -> Path:
-        return self.stage_dir("make_sem_seg", f"{name}_saliency")
+        return self.layout.saliency_mask_dir(name)
 
     def classifier_path(self) -> Path:
         """The classifier make_cam and rib start from: --cam-checkpoint, else train_cam's."""
         if self.cfg.cam_checkpoint:
             return Path(self.cfg.cam_checkpoint)
-        return self.stage_dir("train_cam", CAM_MODEL_FILE)
+        return self.layout.classifier
 
     def load_classifier(self):
         """The classifier, checked to have the dataset's classes (and sane weights)."""
@@ -138,7 +122,7 @@ class RunContext:
 
     def best_threshold(self, name: str) -> float:
         """eval_seed's best background threshold of a map set."""
-        path = self.stage_dir("eval_seed", name, "result.json")
+        path = self.layout.seed_result(name)
         if not path.exists():
             raise PipelineError(f"a background threshold is needed: pass --crf-threshold or run "
                                 f"eval_seed first (no {path})")
@@ -153,7 +137,7 @@ class RunContext:
                 raise PipelineError(f"dataset root not found: {root}")
             return root
         if cfg.dataset == "demo":
-            return self.out / "data"
+            return self.layout.demo_data
         raise PipelineError(f"--root is required for --dataset {cfg.dataset}")
 
     def dataset(self, which: str):

@@ -20,7 +20,7 @@ def run(ctx, cfg) -> dict:
         if threshold is None:
             threshold = ctx.best_threshold(name)
         # Every rank refines its shard, in a pool of cfg.cpu_workers processes.
-        result = refine_seeds(ctx.eval_set, maps_dir, threshold, cfg.crf, ctx.stage_dir("crf", name),
+        result = refine_seeds(ctx.eval_set, maps_dir, threshold, cfg.crf, ctx.layout.crf_dir(name),
                               allow_missing=cfg.allow_missing, workers=cfg.cpu_workers)
         results[name] = headline(result)
         if "miou" in result:

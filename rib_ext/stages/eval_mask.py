@@ -16,7 +16,7 @@ def run(ctx, cfg) -> dict:
 
     results = {}
     for name in ctx.require_map_sets("eval_mask"):  # each rank scores its shard of the masks
-        out = ctx.stage_dir("eval_mask", name)
+        out = ctx.layout.mask_eval_dir(name)
         result = eval_mask_stage(ctx.eval_set, ctx.mask_dir(name), out, cfg.irn)
         results[name] = headline(result)
         ctx.info(f"[eval_mask] {name.upper()} -> IRN pseudo-mask mIoU {percent(result['miou'])} "

@@ -21,7 +21,7 @@ def run(ctx, cfg) -> dict:
         if cfg.irn_auto_thresholds:
             t = ctx.best_threshold(name)
             irn = irn.replace(conf_fg=round(min(t + 0.1, 0.99), 2), conf_bg=round(max(t - 0.1, 0.0), 2))
-        results[name] = brief(ir_label_stage(ctx.eval_set, maps_dir, ctx.stage_dir("ir_label", name), irn,
+        results[name] = brief(ir_label_stage(ctx.eval_set, maps_dir, ctx.layout.ir_label_dir(name), irn,
                                              workers=cfg.cpu_workers))
         ctx.info(f"[ir_label] {name}: fg > {irn.conf_fg}, bg <= {irn.conf_bg}: {results[name]}")
     return results

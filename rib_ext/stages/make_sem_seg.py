@@ -22,7 +22,7 @@ def run(ctx, cfg) -> dict:
     # there (train_irn may have run on rank 0 alone).
     ctx.barrier()
     for name, maps_dir in ctx.require_map_sets("make_sem_seg").items():
-        results[name] = brief(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.stage_dir("train_irn", name),
+        results[name] = brief(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.layout.irn_dir(name),
                                                  ctx.mask_dir(name), irn, score_dir=ctx.score_dir(name)))
         ctx.info(f"[make_sem_seg] {name}: {results[name]}")
         if cfg.saliency_dir:

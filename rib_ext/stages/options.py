@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional
 from rib_ext.config import ConfigError, PipelineConfig, from_plain
 from rib_ext.config_fields import field_range
 from rib_ext.data.demo import demo_preset
+from rib_ext.layout import Layout
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
 PREFIX = "cfg:"
@@ -255,7 +256,7 @@ def _follows(name: str, built: Dict[str, Any], top: Dict[str, Any], is_demo: boo
     train_cam = built["train_cam"]
     if is_demo:
         out_dir = top.get("out_dir", "rib_ext_out")
-        weights = top.get("cam_checkpoint") or str(Path(out_dir) / "train_cam" / "cam_net.pth")
+        weights = top.get("cam_checkpoint") or str(Layout(out_dir).classifier)
         return dict(backbone=train_cam.backbone, weights=weights)
     return dict(backbone=train_cam.backbone, weights=train_cam.weights, random_init=train_cam.random_init)
 
