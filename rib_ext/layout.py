@@ -23,6 +23,7 @@ from typing import Dict, List, Tuple
 MAP_SETS: Dict[str, Tuple[str, str]] = {"cam": ("make_cam", "maps"), "rib": ("rib", "maps")}
 
 CLASSIFIER_FILE = "cam_net.pth"
+IRN_MODEL_FILE = "irn.pth"
 RECORD_FILE = "provenance.json"
 
 # What each stage writes under OUT/<stage>/ (the main files; a stage's domain function may add
@@ -34,7 +35,7 @@ OUTPUTS: Dict[str, Tuple[str, ...]] = {
     "eval_seed": ("{set}/result.json", "{set}/result.md", "{set}/sweep.png"),
     "crf": ("{set}/masks/{id}.png", "{set}/result.json"),
     "ir_label": ("{set}/{id}.png",),
-    "train_irn": ("{set}/irn.pth",),
+    "train_irn": ("{set}/" + IRN_MODEL_FILE,),
     "make_sem_seg": ("{set}/{id}.png", "{set}_scores/{id}.npy", "{set}_saliency/{id}.png"),
     "eval_mask": ("{set}/result.json", "{set}/result.md"),
     "visualize": ("images/{id}.png", "steps/{id}.png", "logit_curves.png"),
@@ -145,6 +146,9 @@ class Layout:
 
     def irn_dir(self, name: str) -> Path:
         return self.stage_dir("train_irn", name)
+
+    def irn_model(self, name: str) -> Path:
+        return self.irn_dir(name) / IRN_MODEL_FILE
 
     def mask_dir(self, name: str) -> Path:
         """make_sem_seg's pseudo masks of a map set."""

@@ -129,7 +129,7 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     summary_path = ctx.layout.summary
     for stage in stages:
         t0 = time.time()
-        prov.write(stage)
+        prov.begin(stage)  # checks what it derives from the results made so far, then tags it
         summary[stage] = stage_module(stage).run(ctx, cfg)
         summary[stage]["stage_seconds"] = round(time.time() - t0, 1)
         if ctx.is_main:  # merged after every stage: earlier runs' and stages' figures stay

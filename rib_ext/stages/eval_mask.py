@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rib_ext.stages.common import headline
 
-UPSTREAM = ("make_sem_seg", "data:eval")
+UPSTREAM = ("make_sem_seg", "data:eval", "truth:eval")
 
 
 def settings(cfg) -> dict:

@@ -7,7 +7,7 @@ import math
 from rib_ext.evaluation import eval_seed, percent
 from rib_ext.stages.common import headline, result_settings
 
-UPSTREAM = ("make_cam", "rib", "data:eval")
+UPSTREAM = ("make_cam", "rib", "data:eval", "truth:eval")
 
 
 def settings(cfg) -> dict:

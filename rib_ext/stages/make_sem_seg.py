@@ -13,6 +13,15 @@ def settings(cfg) -> dict:
     return {"saliency_dir": cfg.saliency_dir, **{k: irn[k] for k in cfg.irn.SEM_SEG_FIELDS}}
 
 
+def derived(ctx, cfg, name: str) -> dict:
+    """The IRN network the masks of map set ``name`` were walked with (its sha256; None before
+    train_irn has made it): a network trained again is never mixed with the masks of the last."""
+    from rib_ext.io import file_digest
+
+    path = ctx.layout.irn_model(name)
+    return {"irn_model_sha256": file_digest(path) if path.is_file() else None}
+
+
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import make_sem_seg_stage
 

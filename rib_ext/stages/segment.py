@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rib_ext.stages.common import headline, result_settings
 
-UPSTREAM = ("make_sem_seg", "data:eval", "data:val")
+UPSTREAM = ("make_sem_seg", "data:eval", "data:val", "truth:val")
 
 
 def settings(cfg) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rib_ext.stages.common import result_settings
 
-UPSTREAM = ("make_cam", "rib", "eval_seed", "crf", "make_sem_seg", "data:eval")
+UPSTREAM = ("make_cam", "rib", "eval_seed", "crf", "make_sem_seg", "data:eval", "truth:eval")
 
 
 def settings(cfg) -> dict:
