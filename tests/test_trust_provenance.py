@@ -249,3 +249,37 @@ def test_a_runs_records_name_the_data_folder_they_were_made_from(tmp_path):
     assert data["root"] == str(root.resolve()) and data["demo"]["image_size"] == 48
     prov, _ = _plan(tmp_path / "own", [])
     assert prov.record("make_cam")["inputs"]["data:eval"]["root"] == "<out>/data"
+
+
+# ------------------------------------------------------------------ the pipeline, end to end
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from pipeline_runs import finish_run
+
+    return finish_run(tmp_path_factory, "trust", "train_cam,make_cam,rib,eval_seed,crf")
+
+
+def test_crf_masks_follow_the_threshold_they_were_made_at(finished, tmp_path, capsys):
+    """eval_seed's best threshold moved (a peek with --allow-missing, or an edited mask) after
+    crf made its masks: crf kept the masks on disk, made at the old threshold, and exited 0 with a
+    figure mixing two thresholds."""
+    from pipeline_runs import TINY, copy_run, main
+
+    out = copy_run(finished, tmp_path)
+    result = out / "eval_seed" / "cam" / "result.json"
+    seed = json.loads(result.read_text())
+    moved = 0.2 if seed["best_threshold"] != 0.2 else 0.4
+    result.write_text(json.dumps({**seed, "best_threshold": moved}))
+    rib_masks = {p: p.stat().st_mtime_ns for p in (out / "crf" / "rib" / "masks").glob("*.png")}
+    args = ["--out", str(out), "--stages", "crf"] + TINY
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"derived.threshold {seed['best_threshold']} -> {moved}" in err
+    assert main(args + ["--overwrite"]) == 0
+    record = json.loads((out / "crf" / "provenance.json").read_text())
+    assert record["sets"]["cam"]["derived"]["threshold"] == moved
+    assert json.loads((out / "crf" / "cam" / "result.json").read_text())["threshold"] == moved
+    # The rib masks, made at rib's own (unchanged) threshold, were kept.
+    assert {p: p.stat().st_mtime_ns for p in rib_masks} == rib_masks

@@ -366,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated stages to run, in pipeline order (default: "
                         f"{','.join(DEFAULT_STAGES)}; add segment for the final network)")
     p.add_argument("--overwrite", action="store_true",
-                   help="recompute the stages whose folders were made with other settings, and "
-                        "everything after them (default: stop with the differences)")
+                   help="remove what the stages to run made with other settings or inputs, and "
+                        "what the stages after them made of the same map set, and compute the "
+                        "stages to run again (default: stop with the differences)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config tree (JSON, as config.json records it) and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")

@@ -19,6 +19,15 @@ of it) stops the run with the fields named, unless ``--overwrite`` and the stage
 to run: then that part, and what the stages after it made of the same map set, is removed and
 made again. ``--stages`` is what runs: a stale stage that is not named is never recomputed
 silently.
+
+Older records (no ``format``) still load: their settings are compared, and the stage's next run
+writes the record in this format; the ``settings.json`` files older versions kept in ir_label's
+and make_sem_seg's folders are no longer read. Other records answer other questions and stay:
+a trainer's resume state holds its training settings (a partial training resumed by the domain
+function, in or outside a run, must be the same training); the data readers' stamps (the demo's
+``demo_stamp.json``, VOC's ``cls_labels.npy.source.json``, COCO's mask cache record) say whether a
+cache inside the dataset folder is still that of its sources, not what a run's outputs were made
+from; the segment stage's prediction folder records the network's sha256 its PNGs came from.
 """
 from __future__ import annotations
 
