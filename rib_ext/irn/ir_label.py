@@ -18,7 +18,7 @@ from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
 from rib_ext.data import IGNORE_INDEX, save_index_png
 from rib_ext.irn.config import IRNConfig
-from rib_ext.outputs import (dataset_index, load_maps, per_image_path, present_names,
+from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
                              split_done)
 from rib_ext.runtime import progress
 from rib_ext.workers import resolve_workers, run_tasks
@@ -71,6 +71,8 @@ def ir_label_stage(dataset, maps_dir: str | Path, out_dir: str | Path,
     present, missing = present_names(maps_dir, dataset.ids, ".npy", "maps", "ir_label",
                                      cfg.allow_missing)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(out_dir, "ir_label", {"conf_fg": cfg.conf_fg, "conf_bg": cfg.conf_bg,
+                                         "crf": cfg.as_dict()["crf"]})
     # Sharded before the done ones are dropped, so the shards stay disjoint whatever the other
     # ranks have written already.
     todo, done = split_done(out_dir, distributed.shard(present))

@@ -18,7 +18,7 @@ from rib_ext import distributed
 from rib_ext.data import IGNORE_INDEX, load_label_png, save_index_png
 from rib_ext.io import preview
 from rib_ext.irn.config import IRNConfig
-from rib_ext.outputs import dataset_index, per_image_path, present_names, split_done
+from rib_ext.outputs import check_settings, dataset_index, per_image_path, present_names, split_done
 from rib_ext.runtime import progress
 
 
@@ -72,6 +72,8 @@ def apply_saliency(dataset, label_dir: str | Path, saliency_dir: str | Path, out
     names, missing = present_names(label_dir, dataset.ids, ".png", "pseudo masks", "saliency",
                                    cfg.allow_missing)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(out_dir, "saliency", {"saliency_threshold": cfg.saliency_threshold,
+                                         "saliency_dir": str(saliency_dir.resolve())})
     # Under torchrun each rank refines its shard of the list (the whole list, so that the shards
     # stay disjoint whatever the other ranks have written already).
     todo, done = split_done(out_dir, distributed.shard(names))

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from rib_ext import distributed
 from rib_ext.data import load_label_png, multiscale_flip_views, save_index_png
 from rib_ext.evaluation import evaluate_sharded, note_missing, with_ground_truth, write_report
-from rib_ext.io import save_npy
+from rib_ext.io import file_sha256, save_npy
 from rib_ext.irn.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
 from rib_ext.irn.random_walk import propagate_maps
 from rib_ext.ops.cam import strided_size
-from rib_ext.outputs import (dataset_index, load_maps, per_image_path, present_names,
+from rib_ext.outputs import (check_settings, dataset_index, load_maps, per_image_path, present_names,
                              split_done)
 from rib_ext.runtime import progress, resolve_device
 from rib_ext.irn.train_irn import MODEL_FILE
@@ -107,6 +107,9 @@ def make_sem_seg_stage(dataset, maps_dir: str | Path, irn: str | Path, out_dir: 
                                 f"(train_irn writes it)")
     out_dir.mkdir(parents=True, exist_ok=True)
     score_dir = Path(score_dir) if score_dir is not None else None
+    settings = {k: getattr(cfg, k) for k in ("rw_radius", "beta", "exp_times", "map_power",
+                                             "sem_seg_bg_thres", "boundary_pad_to")}
+    check_settings(out_dir, "make_sem_seg", {**settings, "model_sha256": file_sha256(model_path)})
     # Under torchrun each rank walks its shard of the list (sharded before the done ones are
     # dropped, so the shards stay disjoint whatever the other ranks have written already).
     todo, done = split_done(out_dir, distributed.shard(present))

@@ -21,8 +21,11 @@ made again. ``--stages`` is what runs: a stale stage that is not named is never 
 silently.
 
 Older records (no ``format``) still load: their settings are compared, and the stage's next run
-writes the record in this format; the ``settings.json`` files older versions kept in ir_label's
-and make_sem_seg's folders are no longer read. Other records answer other questions and stay:
+writes the record in this format. The domain functions ir_label, make_sem_seg and the saliency
+step still keep a ``settings.json`` in their folder for callers outside a run (a notebook, the
+benchmarks); in a run it never decides anything: every field it holds is in this record too (the
+thresholds, derived or set; the IRN network's sha256), so a difference stops the run here first,
+and ``--overwrite`` removes the folder with it. Other records answer other questions and stay:
 a trainer's resume state holds its training settings (a partial training resumed by the domain
 function, in or outside a run, must be the same training); the data readers' stamps (the demo's
 ``demo_stamp.json``, VOC's ``cls_labels.npy.source.json``, COCO's mask cache record) say whether a
