@@ -119,7 +119,7 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     stages = prov.plan(stages)
     ctx.prepare_datasets(stages)
     ctx.write_json(ctx.layout.config, {"stages": stages, "environment": environment(ctx),
-                                             **plain_dict(cfg)})
+                                       **plain_dict(cfg)})
     train_set, eval_set = ctx.train_set, ctx.eval_set
     ctx.info(f"[pipeline] dataset {cfg.dataset} ({options.describe(cfg)}): {len(train_set)} "
              f"training images, {len(eval_set)} images to map and evaluate, "

@@ -189,6 +189,21 @@ def test_overwrite_removes_only_the_named_stages_and_their_map_sets_descendants(
     assert layout.maps_dir("cam").is_dir() and layout.classifier_dir.is_dir()
 
 
+def test_the_figures_of_removed_outputs_leave_the_summary(tmp_path):
+    """The report is made from summary.json: a figure of outputs --overwrite removed stayed in it
+    (and in report.md) until the stage ran again."""
+    out = tmp_path / "run"
+    ctx = _fake_run(out, [])
+    ctx.layout.summary.write_text(json.dumps({
+        "rib": {"images": 3}, "eval_seed": {"cam": {"miou": 0.2}, "rib": {"miou": 0.3}},
+        "crf": {"cam": {"miou": 0.25}, "rib": {"miou": 0.35}}, "train_cam": {"model": "m"}}))
+    prov, _ = _plan(out, ["--rib-steps", "3"], overwrite=True)
+    prov.plan(["rib"])
+    summary = json.loads(ctx.layout.summary.read_text())
+    assert summary == {"eval_seed": {"cam": {"miou": 0.2}}, "crf": {"cam": {"miou": 0.25}},
+                       "train_cam": {"model": "m"}}
+
+
 def test_a_stale_stage_not_named_is_never_recomputed_silently(tmp_path, capsys):
     from rib_ext.stages.provenance import ProvenanceError
 

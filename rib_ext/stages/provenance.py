@@ -41,7 +41,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from rib_ext.io import file_sha256
+from rib_ext.io import file_sha256, save_json
 from rib_ext.layout import MAP_SETS, PER_SET, RECORD_FILE
 from rib_ext.stages.context import PipelineError, RunContext
 
@@ -242,12 +242,36 @@ class Provenance:
         # a rank that looked after the removal would find no record and plan otherwise.
         self.ctx.barrier("--overwrite: every rank's plan, before the removal")
         if self.ctx.is_main:
+            removed = []
             for stage, part in sorted(set(parts), key=lambda p: (self.registry.index(p[0]), p[1])):
                 for folder in self.folders(stage, part):
                     if folder.exists():
                         self.ctx.warn(f"--overwrite: removing {folder} ({why}) to compute it again")
                         shutil.rmtree(folder)
+                        removed.append((stage, part))
+            self.forget_figures(removed)
         self.ctx.barrier()
+
+    def forget_figures(self, parts: List[Tuple[str, str]]) -> None:
+        """Drop the removed parts' figures from summary.json (the report is made from it): a
+        figure stays only while the outputs it was computed from do."""
+        path = self.ctx.layout.summary
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(summary, dict):
+            return
+        changed = False
+        for stage, part in parts:
+            if part == WHOLE and stage in summary:
+                del summary[stage]
+                changed = True
+            elif isinstance(summary.get(stage), dict) and part in summary[stage]:
+                del summary[stage][part]
+                changed = True
+        if changed:
+            save_json(path, summary)
 
     def _refuse(self, differing: Dict[str, Dict[str, List[str]]], redo: List[str],
                 extra: str = "") -> None:
