@@ -274,7 +274,7 @@ class Provenance:
             save_json(path, summary)
 
     def _refuse(self, differing: Dict[str, Dict[str, List[str]]], redo: List[str],
-                extra: str = "") -> None:
+                extra: Optional[str] = None) -> None:
         lines = []
         for stage, parts in differing.items():
             for part, diff in parts.items():
@@ -318,7 +318,11 @@ class Provenance:
                          f"it, or rerun with the settings it was made with.")
         if not self.ctx.overwrite:
             redo = [s for s in self.registry if s in differing]
-            self._refuse(differing, redo)
+            also = [s for s in redo if s not in stages]
+            self._refuse(differing, redo, extra=None if not also else (
+                f"\nRerun with the settings it was made with, use another --out, or pass "
+                f"--overwrite with {', '.join(also)} among --stages (--stages is what runs) to "
+                f"recompute {', '.join(redo)}."))
         self.remove(self._affected(differing), "made with other settings")
         return ordered
 
@@ -327,6 +331,9 @@ class Provenance:
         results made so far (this run's included), then tag the folder with it (so a partial
         folder is tagged). A part made from other derived values stops the run, or with
         --overwrite is removed with what was made from it."""
+        # Every rank reads the results the stages before this one wrote (rank 0 may still be
+        # writing them), and decides the same.
+        self.ctx.barrier(f"{stage}: the results of the stages before it")
         self.refresh()
         if not self.uses_checkpoint(stage):
             parts = self.stale(stage, with_derived=True)
