@@ -59,7 +59,6 @@ def load_run(run: Path):
     from rib_ext import pipeline
     from rib_ext.stages.context import RunContext
     from rib_ext.cam.train import load_trained
-
     from rib_ext.layout import Layout
 
     layout = Layout(run)
