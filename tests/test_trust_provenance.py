@@ -298,3 +298,18 @@ def test_crf_masks_follow_the_threshold_they_were_made_at(finished, tmp_path, ca
     assert json.loads((out / "crf" / "cam" / "result.json").read_text())["threshold"] == moved
     # The rib masks, made at rib's own (unchanged) threshold, were kept.
     assert {p: p.stat().st_mtime_ns for p in rib_masks} == rib_masks
+
+
+def test_overwrite_of_rib_runs_rib_alone_and_keeps_the_cam_branch(finished, tmp_path):
+    """`--overwrite --stages rib` ran every stage after rib and removed and rebuilt the CAM
+    branch (crf/cam) though nothing of it had changed."""
+    from pipeline_runs import TINY, copy_run, main
+
+    out = copy_run(finished, tmp_path)
+    cam = {p: p.stat().st_mtime_ns for p in (out / "crf" / "cam").rglob("*") if p.is_file()}
+    assert main(["--out", str(out), "--stages", "rib", "--overwrite"] + TINY + ["--rib-steps", "1"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in cam if p.exists()} == cam
+    assert not (out / "crf" / "rib").exists() and not (out / "eval_seed" / "rib").exists()
+    assert json.loads((out / "config.json").read_text())["stages"] == ["rib"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "rib" not in summary["crf"] and "cam" in summary["crf"]
