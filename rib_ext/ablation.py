@@ -59,18 +59,21 @@ def load_run(run: Path):
     from rib_ext import pipeline
     from rib_ext.stages.context import RunContext
     from rib_ext.cam.train import load_trained
+    from rib_ext.layout import Layout
 
-    config_path = run / "config.json"
-    if not (run / "train_cam" / "cam_net.pth").exists():
+    layout = Layout(run)
+    config_path = layout.config
+    if not layout.classifier.exists():
         print(f"[ablation] no trained classifier in {run}: training one on the embedded demo")
         pipeline.run(pipeline.config_from_argv(["--out", str(run)]), ["train_cam"])
     cfg = pipeline.config_from_argv(["--config", str(config_path), "--out", str(run)])
     ctx = RunContext(cfg)
-    return cfg, load_trained(run / "train_cam"), ctx.train_set, ctx.eval_set
+    return cfg, load_trained(layout.classifier_dir), ctx.train_set, ctx.eval_set
 
 
 def sweep(option: str, values: list[str], cfg, model, train_set, eval_set, out: Path) -> list[dict]:
     from rib_ext.evaluation import eval_seed
+    from rib_ext.layout import Layout
     from rib_ext.rib.run import adapt_dataset
 
     fields = option.split(",")
@@ -79,8 +82,10 @@ def sweep(option: str, values: list[str], cfg, model, train_set, eval_set, out: 
         changes = parse_value(cfg.rib, fields, text)
         tag = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items())
         folder = out / tag
-        summary = adapt_dataset(model, eval_set, train_set, dataclasses.replace(cfg.rib, **changes), folder / "rib")
-        result = eval_seed(eval_set, folder / "rib" / "maps", cfg.eval_seed, folder / "eval",
+        # Each value's folder is laid out as a run folder's rib stage.
+        layout = Layout(folder)
+        summary = adapt_dataset(model, eval_set, train_set, dataclasses.replace(cfg.rib, **changes), layout.rib_dir)
+        result = eval_seed(eval_set, layout.maps_dir("rib"), cfg.eval_seed, folder / "eval",
                            title=f"RIB seed, {tag}")
         rows.append({"value": tag, "miou": result["miou"], "best_threshold": result["best_threshold"],
                      "precision": result["precision"], "recall": result["recall"],

@@ -22,7 +22,8 @@ from PIL import Image, ImageDraw
 
 from rib_ext import distributed
 from rib_ext.data.images import voc_palette
-from rib_ext.io import save_figure, save_png
+from rib_ext.io import load_npy_dict, save_figure, save_png
+from rib_ext.layout import MAP_SETS, PICTURE_LOGIT_CURVES, PICTURE_PANELS, PICTURE_STEPS, Layout
 from rib_ext.outputs import load_maps
 
 CAPTION_HEIGHT = 14  # pixels of the caption strip above each tile
@@ -354,26 +355,28 @@ def visualize_run(out_dir, dataset, ids: Optional[Sequence[str]] = None, count: 
     path or None, "dir": ...}`` with this call's pictures.
     """
     out_dir = Path(out_dir)
-    dest_dir = Path(dest) if dest else out_dir / "visualize"
-    maps_dirs = {name: out_dir / stage / "maps" for name, stage in (("CAM", "make_cam"), ("RIB", "rib"))
-                 if (out_dir / stage / "maps").is_dir()}
+    layout = Layout(out_dir)
+    dest_dir = Path(dest) if dest else layout.pictures
+    maps_dirs = {name.upper(): layout.maps_dir(name) for name in MAP_SETS
+                 if layout.maps_dir(name).is_dir()}
     if not maps_dirs:
-        raise FileNotFoundError(f"{out_dir}: no make_cam/maps or rib/maps folder: nothing to draw")
+        raise FileNotFoundError(f"{out_dir}: no map folder ({', '.join(str(layout.maps_dir(n)) for n in MAP_SETS)}): "
+                                f"nothing to draw")
     thresholds = {}
     for caption in maps_dirs:
-        t = _best_threshold(out_dir / "eval_seed" / caption.lower() / "result.json")
+        t = _best_threshold(layout.seed_result(caption.lower()))
         if t is not None:
             thresholds[caption] = t
     masks = {}
     for caption in maps_dirs:
         s = caption.lower()
-        for label, folder in ((f"{caption} + CRF", out_dir / "crf" / s / "masks"),
-                              (f"{caption} IRN mask", out_dir / "make_sem_seg" / s)):
+        for label, folder in ((f"{caption} + CRF", layout.crf_masks(s)),
+                              (f"{caption} IRN mask", layout.mask_dir(s))):
             if folder.is_dir():
                 masks[label] = folder
     chosen = list(ids) if ids is not None else images_with_maps(next(iter(maps_dirs.values())),
                                                                 dataset, count)
-    images = visualize_maps(maps_dirs, dataset, dest_dir / "images",
+    images = visualize_maps(maps_dirs, dataset, dest_dir / PICTURE_PANELS,
                             ids=distributed.shard(chosen, rank, world),
                             thresholds=thresholds, masks=masks)
     result: Dict[str, Any] = {"dir": str(dest_dir), "images": [str(p) for p in images], "steps": [],
@@ -386,21 +389,21 @@ def visualize_run(out_dir, dataset, ids: Optional[Sequence[str]] = None, count: 
         for name, scores in step_maps_with_engine(model, pool, rib_cfg, dataset, few, device).items():
             i = index[name]
             path = render_step_montage(
-                dataset.image(i), scores, dest_dir / "steps" / f"{name}.png", gt=dataset.mask(i),
+                dataset.image(i), scores, dest_dir / PICTURE_STEPS / f"{name}.png", gt=dataset.mask(i),
                 title=f"{name}: RIB map after step k (summed over steps 0..k, as the stage saves it)")
             result["steps"].append(str(path))
-    records_path = out_dir / "rib" / "records.jsonl"
+    records_path = layout.rib_records
     if rank == 0 and records_path.is_file():
         records = load_records(records_path)
         if records:
             margin = getattr(rib_cfg, "margin", None) if rib_cfg is not None else _saved_margin(out_dir)
             result["logit_curves"] = str(plot_logit_curves(records, margin,
-                                                           dest_dir / "logit_curves.png"))
+                                                           dest_dir / PICTURE_LOGIT_CURVES))
     return result
 
 
 def _saved_margin(out_dir: Path) -> Optional[float]:
     try:
-        return float(json.loads((out_dir / "config.json").read_text())["rib"]["margin"])
+        return float(json.loads(Layout(out_dir).config.read_text())["rib"]["margin"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -123,18 +123,18 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     ctx.prepare_datasets(stages)
     note_other_version(ctx)
     # The output folder recorded absolute: --config OUT/config.json from any folder resumes this run.
-    ctx.write_json(ctx.out / "config.json", {"stages": stages, "environment": environment(ctx),
-                                             **plain_dict(cfg), "out_dir": str(ctx.out.resolve())})
+    ctx.write_json(ctx.layout.config, {"stages": stages, "environment": environment(ctx),
+                                       **plain_dict(cfg), "out_dir": str(ctx.out.resolve())})
     train_set, eval_set = ctx.train_set, ctx.eval_set
     ctx.info(f"[pipeline] dataset {cfg.dataset} ({options.describe(cfg)}): {len(train_set)} "
              f"training images, {len(eval_set)} images to map and evaluate, "
              f"{train_set.num_classes} classes; device {ctx.device}; output {ctx.out}")
     summary: dict = {}
     t_start = time.time()
-    summary_path = ctx.out / "summary.json"
+    summary_path = ctx.layout.summary
     for stage in stages:
         t0 = time.time()
-        prov.write(stage)
+        prov.begin(stage)  # checks what it derives from the results made so far, then tags it
         summary[stage] = stage_module(stage).run(ctx, cfg)
         summary[stage]["stage_seconds"] = round(time.time() - t0, 1)
         if ctx.is_main:  # merged after every stage: earlier runs' and stages' figures stay

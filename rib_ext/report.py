@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from rib_ext.io import save_text
-from rib_ext.stages.registry import MAP_SETS
+from rib_ext.layout import MAP_SETS, PICTURE_LOGIT_CURVES, PICTURE_PANELS, PICTURE_STEPS, Layout
 
 # The paper's PASCAL VOC 2012 figures (mIoU %): RIB's Tables 1, 3 and 4 (seeds, CRF and IRN masks on
 # train; the DeepLab-v2 segmentation on val).
@@ -120,7 +120,7 @@ def _fmt(x) -> str:
 
 def per_class_table(out_dir: Path, stage: str = "eval_seed") -> List[str]:
     """Per-class IoU of each map set side by side (from ``<stage>/<set>/result.json``)."""
-    results = {name: _load_json(out_dir / stage / name / "result.json") for name in MAP_SETS}
+    results = {name: _load_json(Layout(out_dir).result(stage, name)) for name in MAP_SETS}
     results = {k: v for k, v in results.items() if v and isinstance(v.get("per_class_iou"), Mapping)}
     if not results:
         return []
@@ -175,23 +175,24 @@ def _plain(v):
 
 
 def _pictures(out_dir: Path, report_dir: Path) -> List[str]:
-    vis = out_dir / "visualize"
+    layout = Layout(out_dir)
+    vis = layout.pictures
     lines = []
     rel = lambda p: Path(os.path.relpath(p, report_dir)).as_posix()  # noqa: E731
-    if (vis / "logit_curves.png").is_file():
+    if (vis / PICTURE_LOGIT_CURVES).is_file():
         lines += ["RIB's target logit sum per step for every image, the margin m and the stop "
-                  "reasons:", "", f"![logit curves]({rel(vis / 'logit_curves.png')})", ""]
-    steps = sorted((vis / "steps").glob("*.png")) if (vis / "steps").is_dir() else []
+                  "reasons:", "", f"![logit curves]({rel(vis / PICTURE_LOGIT_CURVES)})", ""]
+    steps = sorted((vis / PICTURE_STEPS).glob("*.png")) if (vis / PICTURE_STEPS).is_dir() else []
     if steps:
         lines += ["RIB's map after each adaptation step:", ""]
         lines += [f"![steps {p.stem}]({rel(p)})" for p in steps] + [""]
-    images = sorted((vis / "images").glob("*.png")) if (vis / "images").is_dir() else []
+    images = sorted((vis / PICTURE_PANELS).glob("*.png")) if (vis / PICTURE_PANELS).is_dir() else []
     if images:
         lines += ["Per image: the image, the ground truth, the CAM and RIB maps, their seeds at the "
                   "best thresholds, the CRF and IRN masks:", ""]
         lines += [f"![{p.stem}]({rel(p)})" for p in images] + [""]
     for name in MAP_SETS:
-        sweep = out_dir / "eval_seed" / name / "sweep.png"
+        sweep = layout.seed_sweep(name)
         if sweep.is_file():
             lines.append(f"![{name} threshold sweep]({rel(sweep)})")
     return lines
@@ -201,11 +202,11 @@ def build_report(out_dir, preset: Optional[Mapping[str, Any]] = None,
                  used: Optional[Mapping[str, Any]] = None, dataset: Optional[str] = None) -> str:
     """The report's markdown text (see :func:`write_report`)."""
     out_dir = Path(out_dir)
-    summary = _load_json(out_dir / "summary.json")
+    summary = _load_json(Layout(out_dir).summary)
     if summary is None:
-        raise FileNotFoundError(f"{out_dir / 'summary.json'}: no summary: the run has not finished")
+        raise FileNotFoundError(f"{Layout(out_dir).summary}: no summary: the run has not finished")
     if used is None:
-        used = _load_json(out_dir / "config.json") or {}
+        used = _load_json(Layout(out_dir).config) or {}
     dataset = dataset or used.get("dataset") or "?"
     rows = table_rows(summary)
     with_segment = any(r["segment"] is not None for r in rows.values())
@@ -251,7 +252,7 @@ def write_report(out_dir, preset: Optional[Mapping[str, Any]] = None,
     config.json); the report lists the leaves that differ. ``dataset`` defaults to ``used``'s.
     """
     out_dir = Path(out_dir)
-    path = out_dir / "report.md"
+    path = Layout(out_dir).report
     save_text(path, build_report(out_dir, preset, used, dataset))
     return path
 
@@ -277,7 +278,7 @@ def preset_of_run(out_dir) -> Optional[dict]:
     from rib_ext.config import plain_dict
     from rib_ext.stages.options import config_from_argv
 
-    used = _load_json(Path(out_dir) / "config.json")
+    used = _load_json(Layout(out_dir).config)
     if not used:
         return None
     argv = ["--out", str(out_dir), "--dataset", used.get("dataset", "demo")]

@@ -80,11 +80,16 @@ def test_every_registered_stage_has_the_stage_shape():
         mod = stage_module(name)
         assert isinstance(mod.UPSTREAM, tuple), name
         for dep in mod.UPSTREAM:
-            assert dep in STAGES or dep in ("data:train", "data:eval", "data:val"), (name, dep)
+            lists = [f"{kind}:{which}" for kind in ("data", "truth") for which in ("train", "eval", "val")]
+            assert dep in STAGES or dep in lists, (name, dep)
             if dep in STAGES:
                 assert STAGES.index(dep) < STAGES.index(name), f"{name} reads the later stage {dep}"
         assert list(inspect.signature(mod.settings).parameters) == ["cfg"], name
         assert list(inspect.signature(mod.run).parameters) == ["ctx", "cfg"], name
+        # A stage that derives values from another stage's result reads that stage.
+        assert set(getattr(mod, "RESULTS_FROM", ())) <= set(mod.UPSTREAM), name
+        if hasattr(mod, "derived"):
+            assert list(inspect.signature(mod.derived).parameters) == ["ctx", "cfg", "name"], name
 
 
 def test_every_stage_module_is_registered():

@@ -28,8 +28,8 @@ def test_edited_coco_category_stops_the_reuse_of_train_cam_and_make_cam(coco_roo
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "inputs.data:train.annotations_sha256: the dataset's annotations (labels or masks) " \
-           "have changed" in err and "--overwrite" in err
+    assert "inputs.data:train.labels_sha256: the dataset's image-level labels have changed" \
+        in err and "--overwrite" in err
     assert main(args + ["--overwrite"]) == 0
     maps = load_npy_dict(out / "make_cam" / "maps" / f"{STEMS[25]}.npy")
     assert maps["keys"].tolist() == [0]  # the new class: person

@@ -36,13 +36,15 @@ def test_rerun_with_other_rib_settings_stops_and_names_the_fields(finished, caps
 
 def test_overwrite_recomputes_the_stage_and_what_follows(finished, tmp_path):
     out = copy_run(finished, tmp_path)
-    old_eval = (out / "eval_seed" / "rib" / "result.json").stat().st_mtime_ns
+    old_cam = (out / "eval_seed" / "cam" / "result.json").stat().st_mtime_ns
     args = ["--out", str(out), "--stages", "rib", "--overwrite"] + TINY + ["--rib-steps", "1"]
     assert main(args) == 0
     records = [json.loads(x) for x in (out / "rib" / "records.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["steps"] == 1 for r in records)
-    # eval_seed read the old maps: it was removed and made again, though not asked for.
-    assert (out / "eval_seed" / "rib" / "result.json").stat().st_mtime_ns != old_eval
+    # eval_seed read the old maps: its rib part was removed (--stages is what runs: not made
+    # again); its cam part, made from other maps, stays.
+    assert not (out / "eval_seed" / "rib").exists()
+    assert (out / "eval_seed" / "cam" / "result.json").stat().st_mtime_ns == old_cam
     assert json.loads((out / "rib" / "provenance.json").read_text())["settings"]["steps"] == 1
     # Now the folder matches: the same command resumes without --overwrite.
     assert main(args[:4] + TINY + ["--rib-steps", "1"]) == 0
@@ -148,5 +150,5 @@ def test_overwrite_under_torchrun_gives_every_rank_the_same_plan(finished, tmp_p
             for p in ranks.processes:
                 p.kill()
             pytest.fail("the ranks' plans differed: rank 0 waits for rank 1 in a barrier forever")
-    assert plans[0] == plans[1] == ["rib", "eval_seed"]
-    assert not (out / "rib").exists() and not (out / "eval_seed").exists()
+    assert plans[0] == plans[1] == ["rib"]
+    assert not (out / "rib").exists() and not (out / "eval_seed" / "rib").exists()

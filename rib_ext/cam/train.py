@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from rib_ext.config import TrainCamConfig, plain_dict
 from rib_ext.data import ClassificationDataset, TrainTransform
+from rib_ext.layout import CLASSIFIER_FILE
 from rib_ext.models import build_cam_net, load_cam_net, save_cam_net
 from rib_ext.models.checkpoint import weight_problem
 from rib_ext.optim import PolyOptimizer
@@ -17,7 +18,7 @@ from rib_ext.runtime import progress, resolve_device
 from rib_ext.training import (DataParallel, NonFiniteLossError, check_finite, epoch_batches, load_training_state,
                               save_training_state, trained_model_exists)
 
-MODEL_FILE = "cam_net.pth"
+MODEL_FILE = CLASSIFIER_FILE  # the classifier's name in the run folder
 STATE_FILE = "train_state.pth"
 LOSS_LOG = "loss.csv"
 

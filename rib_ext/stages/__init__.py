@@ -24,10 +24,17 @@ other callers (the ablation, the benchmarks, a notebook) reach it without a run:
 
 Every stage module has the same shape::
 
-    UPSTREAM = ("make_sem_seg", "data:eval")   # stages and dataset lists ("data:train|eval|val")
-                                               # whose outputs it reads: its provenance inputs
+    UPSTREAM = ("make_sem_seg", "data:eval", "truth:eval")
+                                # stages whose outputs it reads, dataset lists whose images and
+                                # labels ("data:train|eval|val") or ground-truth masks
+                                # ("truth:...") it reads: its provenance inputs
     def settings(cfg: PipelineConfig) -> dict  # the settings that shape its outputs
     def run(ctx: RunContext, cfg: PipelineConfig) -> dict   # does the work, returns the summary
+
+and, where the stage takes a value from another stage's result (crf's threshold: eval_seed's
+best one), ``RESULTS_FROM = ("eval_seed",)`` and ``derived(ctx, cfg, set) -> dict``, the values
+for one map set: recorded in its provenance and checked before it runs, so its outputs always
+follow the result they were derived from.
 
 ``ctx`` (:class:`rib_ext.stages.context.RunContext`) gives the output layout, the datasets, the
 map sets, the rank, the device, logging and writing. Adding a stage is one module here and one

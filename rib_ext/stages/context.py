@@ -1,15 +1,6 @@
 """The run context every stage's ``run(ctx, cfg)`` gets: output layout, datasets, map sets, rank,
-missing-file policy, device, logging and writing, in one place (stage modules hold no path literals).
-
-Layout under ``ctx.out``::
-
-    config.json, summary.json          the run's resolved settings / headline figures (merged)
-    <stage>/provenance.json            settings + input fingerprints the stage folder was made with
-    train_cam/cam_net.pth              the classifier (or --cam-checkpoint)
-    make_cam/maps, rib/maps            the map sets ("cam", "rib")
-    <stage>/<map set>/                 per-map-set outputs of eval_seed, crf, ir_label, train_irn,
-                                       make_sem_seg (+ <set>_scores, <set>_saliency), eval_mask
-    segment/                           the segmentation network
+missing-file policy, device, logging and writing, in one place. Every path of the run folder comes
+from ``ctx.layout`` (:class:`rib_ext.layout.Layout`): stage modules hold no path literals.
 """
 from __future__ import annotations
 
@@ -18,14 +9,13 @@ import logging
 from pathlib import Path
 from typing import Dict, Optional
 
+import numpy as np
 from rib_ext import distributed
 from rib_ext.config import PipelineConfig
 from rib_ext.io import save_json
-from rib_ext.stages.registry import MAP_SETS
+from rib_ext.layout import Layout
 
 log = logging.getLogger("rib_ext.pipeline")
-
-CAM_MODEL_FILE = "cam_net.pth"
 
 
 class PipelineError(Exception):
@@ -47,6 +37,7 @@ class RunContext:
 
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
+        self.layout = Layout(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise PipelineError(f"--out {self.out} names a file, not a folder")
         self.overwrite = overwrite
@@ -85,20 +76,14 @@ class RunContext:
 
     # -------------------------------------------------------------------------- output layout
     def stage_dir(self, stage: str, *sub: str) -> Path:
-        return self.out.joinpath(stage, *sub)
+        return self.layout.stage_dir(stage, *sub)
 
     def maps_dir(self, name: str) -> Path:
-        stage, sub = MAP_SETS[name]
-        return self.stage_dir(stage, sub)
+        return self.layout.maps_dir(name)
 
     def map_sets(self) -> Dict[str, Path]:
         """The map sets made so far (cam: make_cam's, rib: the rib stage's), in that order."""
-        found = {}
-        for name in MAP_SETS:
-            d = self.maps_dir(name)
-            if d.is_dir() and any(d.glob("*.npy")):
-                found[name] = d
-        return found
+        return self.layout.map_sets()
 
     def require_map_sets(self, stage: str) -> Dict[str, Path]:
         found = self.map_sets()
@@ -108,19 +93,19 @@ class RunContext:
 
     def score_dir(self, name: str) -> Path:
         """make_sem_seg's random-walk scores of a map set (the segment stage re-trains from them)."""
-        return self.stage_dir("make_sem_seg", f"{name}_scores")
+        return self.layout.score_dir(name)
 
     def mask_dir(self, name: str) -> Path:
-        return self.stage_dir("make_sem_seg", name)
+        return self.layout.mask_dir(name)
 
     def saliency_mask_dir(self, name: str) -> Path:
-        return self.stage_dir("make_sem_seg", f"{name}_saliency")
+        return self.layout.saliency_mask_dir(name)
 
     def classifier_path(self) -> Path:
         """The classifier make_cam and rib start from: --cam-checkpoint, else train_cam's."""
         if self.cfg.cam_checkpoint:
             return Path(self.cfg.cam_checkpoint)
-        return self.stage_dir("train_cam", CAM_MODEL_FILE)
+        return self.layout.classifier
 
     def load_classifier(self):
         """The classifier, checked to have the dataset's classes (and sane weights)."""
@@ -136,9 +121,16 @@ class RunContext:
                           getattr(model, "class_names", None), ds.class_names)
         return model
 
+    def seed_threshold(self, name: str) -> Optional[float]:
+        """eval_seed's best background threshold of a map set, None when it has not run."""
+        try:
+            return float(json.loads(self.layout.seed_result(name).read_text())["best_threshold"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def best_threshold(self, name: str) -> float:
         """eval_seed's best background threshold of a map set."""
-        path = self.stage_dir("eval_seed", name, "result.json")
+        path = self.layout.seed_result(name)
         if not path.exists():
             raise PipelineError(f"a background threshold is needed: pass --crf-threshold or run "
                                 f"eval_seed first (no {path})")
@@ -153,7 +145,7 @@ class RunContext:
                 raise PipelineError(f"dataset root not found: {root}")
             return root
         if cfg.dataset == "demo":
-            return self.out / "data"
+            return self.layout.demo_data
         raise PipelineError(f"--root is required for --dataset {cfg.dataset}")
 
     def dataset(self, which: str):
@@ -165,6 +157,8 @@ class RunContext:
         if which not in self._datasets:
             from rib_ext.data import build_dataset
 
+            if self.cfg.dataset == "demo" and self.cfg.root is not None:
+                self.check_named_demo_folder(Path(self.cfg.root))
             kw = {"demo": self.cfg.demo} if self.cfg.dataset == "demo" else {}
             kw["max_pixels"] = self.cfg.max_pixels
             listed = "train" if which == "pool" else which
@@ -176,6 +170,38 @@ class RunContext:
             self._datasets[which] = build_dataset(self.cfg.dataset, self.dataset_root(),
                                                   self.lists[listed], **kw)
         return self._datasets[which]
+
+    def check_named_demo_folder(self, root: Path) -> None:
+        """A demo folder the user named (--root) is shared by every run given it: one that holds a
+        demo of other generator settings is never regenerated under those runs (their maps and
+        masks were made from its images); a run with other settings stops, naming both."""
+        import dataclasses
+
+        from rib_ext.data.demo import DEMO_VERSION, STAMP_NAME
+
+        stamp_path = root / STAMP_NAME
+        if not stamp_path.is_file():
+            return  # empty, or a generation of ours that did not finish: generated (again)
+        try:
+            stamp = json.loads(stamp_path.read_text())
+            held, version = dict(stamp["config"]), stamp.get("version")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise PipelineError(f"--root {root}: unreadable demo record {stamp_path} ({err}); "
+                                f"delete the folder to generate the demo again") from err
+        wanted = dataclasses.asdict(self.cfg.demo)
+        if held == wanted and version == DEMO_VERSION:
+            return
+        flags = {"seed": "--demo-seed", "num_train": "--demo-images", "num_val": "--demo-val-images",
+                 "image_size": "--demo-size"}
+        holds = " ".join(f"{flags.get(k, k)} {v}" for k, v in held.items())
+        diff = ", ".join(f"{flags.get(k, k)} {held.get(k)} -> {v}" for k, v in wanted.items()
+                         if held.get(k) != v)
+        if version != DEMO_VERSION:
+            diff = ", ".join(filter(None, [diff, f"generator version {version} -> {DEMO_VERSION}"]))
+        raise PipelineError(f"--root {root} holds the demo generated with other settings "
+                            f"({holds}; this run: {diff}): a data folder you named is never "
+                            f"regenerated under the runs made from it; use another --root, or "
+                            f"these settings")
 
     def prepare_datasets(self, stages) -> None:
         """Open the datasets ``stages`` read, on rank 0 first, then on the other ranks (which wait
@@ -214,25 +240,70 @@ class RunContext:
     def val_set(self):
         return self.dataset("val")
 
-    def dataset_description(self, which: str) -> dict:
-        """What identifies a list's images, for provenance. The demo is described by its generator
-        settings (a new seed draws new images under the same ids), so it is not opened here; other
-        datasets by root, list, a hash of the ids and one of the contents of the files their labels
-        and masks come from (an edited annotation changes it)."""
+    def dataset_description(self, which: str, truth: bool = False) -> dict:
+        """What identifies a list's data, for provenance: its images and image-level labels, or
+        with ``truth`` its ground-truth masks (what the evaluations read: an edited mask changes
+        only that). The demo is described by its folder and generator settings (a new seed draws
+        new images under the same ids), so it is not opened here; other datasets by root, list, a
+        hash of the ids and one of the labels, or of the contents of the mask files."""
         import hashlib
 
         cfg = self.cfg
         desc: dict = {"dataset": cfg.dataset, "list": self.lists[which]}
         if cfg.dataset == "demo":
             from rib_ext.config import plain_dict
+            from rib_ext.data.demo import DEMO_VERSION
 
-            desc["demo"] = plain_dict(cfg.demo)
+            desc.update(root=self._root_text(), generator_version=DEMO_VERSION, demo=plain_dict(cfg.demo))
             return desc
         ds = self.dataset(which)
-        desc.update(root=str(self.dataset_root().resolve()), num_images=len(ds),
-                    ids_sha256=hashlib.sha256("\n".join(ds.ids).encode()).hexdigest(),
-                    annotations_sha256=ds.annotation_fingerprint())
+        desc.update(root=self._root_text(), num_images=len(ds),
+                    ids_sha256=hashlib.sha256("\n".join(ds.ids).encode()).hexdigest())
+        if truth:
+            desc["masks_sha256"] = masks_fingerprint(ds)
+        else:
+            desc["labels_sha256"] = labels_fingerprint(ds)
         return desc
+
+    def _root_text(self) -> str:
+        """The dataset folder as provenance names it: inside the run folder relative to it."""
+        root = self.dataset_root() if self.cfg.root is not None else self.layout.demo_data
+        try:
+            return f"<out>/{root.resolve().relative_to(self.out.resolve()).as_posix()}"
+        except ValueError:
+            return str(root.resolve())
+
+
+def labels_fingerprint(ds) -> str:
+    """sha256 of a dataset's class names and image-level labels (what the classifier, make_cam and
+    rib read), whichever files they were read from."""
+    import hashlib
+
+    h = hashlib.sha256("\n".join(ds.class_names).encode() + b"\0")
+    h.update(np.ascontiguousarray(ds.label_matrix(), dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def masks_fingerprint(ds) -> str:
+    """sha256 over the contents of a dataset's ground-truth mask files (cached by size and
+    modification time), or over every annotation file when the masks are drawn from them (COCO's
+    instances)."""
+    import hashlib
+
+    from rib_ext.io import file_digest
+
+    files = [ds.mask_file(i) for i in range(len(ds))]
+    if any(f is None for f in files):
+        return ds.annotation_fingerprint()
+    root = Path(getattr(ds, "root", "/"))
+    h = hashlib.sha256()
+    for path in files:
+        try:
+            name = path.relative_to(root).as_posix()
+        except ValueError:
+            name = path.name
+        h.update(f"{name}\0{file_digest(path) if path.is_file() else '-'}\n".encode())
+    return h.hexdigest()
 
 
 def default_train_list(cfg: PipelineConfig) -> Optional[str]:

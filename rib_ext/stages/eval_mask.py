@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rib_ext.stages.common import evaluation_summary
 
-UPSTREAM = ("make_sem_seg", "data:eval")
+UPSTREAM = ("make_sem_seg", "data:eval", "truth:eval")
 
 
 def settings(cfg) -> dict:
@@ -16,7 +16,7 @@ def run(ctx, cfg) -> dict:
 
     results = {}
     for name in ctx.require_map_sets("eval_mask"):  # each rank scores its shard of the masks
-        out = ctx.stage_dir("eval_mask", name)
+        out = ctx.layout.mask_eval_dir(name)
         result = eval_mask_stage(ctx.eval_set, ctx.mask_dir(name), out, cfg.irn)
         results[name] = evaluation_summary(result)
         ctx.info(f"[eval_mask] {name.upper()} -> IRN pseudo-mask mIoU {percent(result['miou'])} "

@@ -7,7 +7,7 @@ import math
 from rib_ext.evaluation import eval_seed, percent
 from rib_ext.stages.common import evaluation_summary, result_settings
 
-UPSTREAM = ("make_cam", "rib", "data:eval")
+UPSTREAM = ("make_cam", "rib", "data:eval", "truth:eval")
 
 
 def settings(cfg) -> dict:
@@ -17,7 +17,7 @@ def settings(cfg) -> dict:
 def run(ctx, cfg) -> dict:
     results = {}
     for name, maps_dir in ctx.require_map_sets("eval_seed").items():
-        out = ctx.stage_dir("eval_seed", name)
+        out = ctx.layout.seed_dir(name)
         result = eval_seed(ctx.eval_set, maps_dir, cfg.eval_seed, out,
                            allow_missing=cfg.allow_missing, title=f"{name.upper()} seed")
         results[name] = evaluation_summary(result)

@@ -13,6 +13,15 @@ def settings(cfg) -> dict:
     return {"saliency_dir": cfg.saliency_dir, **{k: irn[k] for k in cfg.irn.SEM_SEG_FIELDS}}
 
 
+def derived(ctx, cfg, name: str) -> dict:
+    """The IRN network the masks of map set ``name`` were walked with (its sha256; None before
+    train_irn has made it): a network trained again is never mixed with the masks of the last."""
+    from rib_ext.io import file_digest
+
+    path = ctx.layout.irn_model(name)
+    return {"irn_model_sha256": file_digest(path) if path.is_file() else None}
+
+
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import make_sem_seg_stage
 
@@ -22,7 +31,7 @@ def run(ctx, cfg) -> dict:
     # there (train_irn may have run on rank 0 alone).
     ctx.barrier()
     for name, maps_dir in ctx.require_map_sets("make_sem_seg").items():
-        results[name] = plain_values(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.stage_dir("train_irn", name),
+        results[name] = plain_values(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.layout.irn_dir(name),
                                                  ctx.mask_dir(name), irn, score_dir=ctx.score_dir(name)))
         ctx.info(f"[make_sem_seg] {name}: {results[name]}")
         if cfg.saliency_dir:

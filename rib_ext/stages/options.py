@@ -24,6 +24,7 @@ from rib_ext.config import (CAM_BACKBONES, PIPELINE_PRESETS, RIB_LOSSES, SEGMENT
                              PipelineConfig, from_plain)
 from rib_ext.config_fields import PRECISIONS, field_range
 from rib_ext.data.demo import demo_preset
+from rib_ext.layout import Layout
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
 PREFIX = "cfg:"
@@ -325,7 +326,7 @@ def _follows(name: str, built: Dict[str, Any], top: Dict[str, Any], is_demo: boo
         return dict(backbone=train_cam.backbone, random_init=is_demo or train_cam.random_init)
     if is_demo and train_cam.weights is None:
         out_dir = top.get("out_dir", "rib_ext_out")
-        weights = top.get("cam_checkpoint") or str(Path(out_dir) / "train_cam" / "cam_net.pth")
+        weights = top.get("cam_checkpoint") or str(Layout(out_dir).classifier)
         return dict(backbone=train_cam.backbone, weights=weights)
     return dict(backbone=train_cam.backbone, weights=train_cam.weights, random_init=train_cam.random_init)
 
@@ -442,8 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated stages to run, in pipeline order (default: "
                         f"{','.join(DEFAULT_STAGES)}; add segment for the final network)")
     p.add_argument("--overwrite", action="store_true",
-                   help="recompute the stages whose folders were made with other settings, and "
-                        "everything after them (default: stop with the differences)")
+                   help="remove what the stages to run made with other settings or inputs, and "
+                        "what the stages after them made of the same map set, and compute the "
+                        "stages to run again (default: stop with the differences)")
     p.add_argument("--take-over-lock", action="store_true",
                    help="take over OUT/.lock left by a process on another host (default: stop, "
                         "naming it; a lock of this host's ended process is taken over anyway)")

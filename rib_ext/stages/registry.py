@@ -1,13 +1,16 @@
 """The pipeline's stages, in order: the one list every entry point reads.
 
 A stage is the module ``rib_ext/stages/<name>.py`` (``UPSTREAM``, ``settings(cfg)``,
-``run(ctx, cfg) -> dict``) plus one line here; tests/test_stages.py checks both.
+``run(ctx, cfg) -> dict``) plus one line here; tests/test_stages.py and tests/test_layers.py check
+both.
 """
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 from typing import List
+
+from rib_ext.layout import MAP_SETS  # noqa: F401  (re-exported: the stages read it here)
 
 REGISTRY = {
     "train_cam": "train the multi-label classifier (IRN's recipe)",
@@ -26,9 +29,6 @@ REGISTRY = {
 STAGES = tuple(REGISTRY)
 # The default run stops at the pseudo masks: the segmentation network is a long training of its own.
 DEFAULT_STAGES = STAGES[:-1]
-# The map sets a run makes and every later stage reads, in order (the baseline, then RIB's):
-# name -> (the stage that makes it, its folder there).
-MAP_SETS = {"cam": ("make_cam", "maps"), "rib": ("rib", "maps")}
 
 
 def stage_module(name: str) -> ModuleType:

@@ -18,6 +18,6 @@ def settings(cfg) -> dict:
 
 
 def run(ctx, cfg) -> dict:
-    result = adapt_dataset(ctx.load_classifier(), ctx.eval_set, ctx.pool_set, cfg.rib, ctx.stage_dir("rib"))
+    result = adapt_dataset(ctx.load_classifier(), ctx.eval_set, ctx.pool_set, cfg.rib, ctx.layout.rib_dir)
     ctx.info(f"[rib] {result}")
     return result

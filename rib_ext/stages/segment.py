@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rib_ext.stages.common import evaluation_summary, result_settings
 
-UPSTREAM = ("make_sem_seg", "data:eval", "data:val")
+UPSTREAM = ("make_sem_seg", "data:eval", "data:val", "truth:val")
 
 
 def settings(cfg) -> dict:
@@ -23,7 +23,7 @@ def run(ctx, cfg) -> dict:
     saliency = ctx.saliency_mask_dir(name) if cfg.saliency_dir else None
     scores = ctx.score_dir(name)
     seg = cfg.segment
-    result = segment_stage(ctx.eval_set, ctx.mask_dir(name), ctx.val_set, ctx.stage_dir("segment"), seg,
+    result = segment_stage(ctx.eval_set, ctx.mask_dir(name), ctx.val_set, ctx.layout.segment_dir, seg,
                            score_dir=scores if scores.is_dir() else None, saliency_dir=saliency)
     if result.get("miou") is not None:
         ctx.info(f"[segment] DeepLab-v2 on the {name.upper()} pseudo masks: val mIoU "

@@ -13,6 +13,6 @@ def settings(cfg) -> dict:
 
 def run(ctx, cfg) -> dict:
     # Every rank trains its share of each batch (DDP); rank 0 writes the model, the others wait.
-    path = train_cam(ctx.train_set, cfg.train_cam, ctx.stage_dir("train_cam"))
+    path = train_cam(ctx.train_set, cfg.train_cam, ctx.layout.classifier_dir)
     ctx.info(f"[train_cam] {path}")
     return {"model": str(path)}

@@ -36,8 +36,8 @@ def run(ctx, cfg) -> dict:
     ctx.barrier("ir_label's confident labels")
     results = {}
     for name in ctx.require_map_sets("train_irn"):
-        results[name] = plain_values(train_irn_stage(ctx.eval_set, ctx.stage_dir("ir_label", name),
-                                              ctx.stage_dir("train_irn", name), cfg.irn))
+        results[name] = plain_values(train_irn_stage(ctx.eval_set, ctx.layout.ir_label_dir(name),
+                                                     ctx.layout.irn_dir(name), cfg.irn))
         ctx.info(f"[train_irn] {name}: {results[name]}")
     return results
 

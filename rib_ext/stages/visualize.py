@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rib_ext.stages.common import result_settings
 
-UPSTREAM = ("make_cam", "rib", "eval_seed", "crf", "make_sem_seg", "data:eval")
+UPSTREAM = ("make_cam", "rib", "eval_seed", "crf", "make_sem_seg", "data:eval", "truth:eval")
 
 
 def settings(cfg) -> dict:
@@ -36,7 +36,7 @@ def run(ctx, cfg) -> dict:
     result = visualize_run(ctx.out, ctx.eval_set, count=vis.count, model=model, pool=pool,
                            rib_cfg=cfg.rib if model is not None else None,
                            montage_count=vis.montage_count if model is not None else 0,
-                           device=ctx.device, dest=str(ctx.stage_dir("visualize")),
+                           device=ctx.device, dest=str(ctx.layout.pictures),
                            rank=distributed.rank(), world=distributed.world_size())
     ctx.barrier("visualize: the other ranks' pictures")
     images, montages = (int(n) for n in distributed.all_reduce_sum(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from rib_ext.figures import DEFAULT_COUNT, visualize_maps, visualize_run
+from rib_ext.layout import Layout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,12 +55,12 @@ def _run_rib_parts(args, run: Path, root: str, saved: dict):
     from rib_ext.cam.train import load_trained
 
     if "rib" not in saved:
-        raise SystemExit(f"{run / 'config.json'}: no rib settings: --steps needs a pipeline run")
+        raise SystemExit(f"{Layout(run).config}: no rib settings: --steps needs a pipeline run")
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["rib"].items()}
     rib_cfg = RIBConfig(**{**fields, "device": "cpu"})
     pool_set = _dataset(args, root, saved.get("train_list") or "train")
     pool = OtherImages(pool_set, "cpu", rib_cfg.other_resize_long, rib_cfg.other_crop)
-    return load_trained(run / "train_cam"), pool, rib_cfg
+    return load_trained(Layout(run).classifier_dir), pool, rib_cfg
 
 
 def main(argv=None) -> int:
@@ -74,8 +75,9 @@ def _main(args) -> int:
         import json
 
         run = Path(args.run)
-        saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-        root = args.root or saved.get("root") or (str(run / "data") if args.dataset == "demo" else None)
+        layout = Layout(run)
+        saved = json.loads(layout.config.read_text()) if layout.config.is_file() else {}
+        root = args.root or saved.get("root") or (str(layout.demo_data) if args.dataset == "demo" else None)
         split = args.list or saved.get("eval_list") or ("val" if args.dataset == "demo" else "train")
         dataset = _dataset(args, root, split)
         model = pool = rib_cfg = None
@@ -97,7 +99,8 @@ def _main(args) -> int:
         caption = caption or (path.resolve().parent.name if path.name == "maps" else path.name)
         maps_dirs[caption] = path
     dataset = _dataset(args, args.root, args.list or ("val" if args.dataset == "demo" else "train"))
-    out = Path(args.out) if args.out else Path(next(iter(maps_dirs.values()))).parent / "visualize"
+    # Beside the (first) maps folder's stage folder, as a run folder keeps its pictures.
+    out = Path(args.out) if args.out else Layout(Path(next(iter(maps_dirs.values()))).parent).pictures
     thresholds = {k: args.threshold for k in maps_dirs} if args.threshold is not None else None
     paths = visualize_maps(maps_dirs, dataset, out, ids=args.ids, count=args.count, gt=args.gt,
                            thresholds=thresholds)
