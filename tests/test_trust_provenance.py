@@ -313,3 +313,10 @@ def test_overwrite_of_rib_runs_rib_alone_and_keeps_the_cam_branch(finished, tmp_
     assert json.loads((out / "config.json").read_text())["stages"] == ["rib"]
     summary = json.loads((out / "summary.json").read_text())
     assert "rib" not in summary["crf"] and "cam" in summary["crf"]
+
+
+def test_a_record_made_before_a_settings_rename_reads_under_todays_name():
+    from rib_ext.stages.provenance import _current_names
+
+    old = {"stage": "rib", "settings": {"gndrp_mode": "authors", "lr": 8e-6}}
+    assert _current_names(old) == {"stage": "rib", "settings": {"gndrp_behaviour": "authors", "lr": 8e-6}}

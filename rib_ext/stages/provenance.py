@@ -178,7 +178,7 @@ class Provenance:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
+            return _current_names(json.loads(path.read_text()))
         except ValueError:
             return {}  # unreadable: differs from anything, so it is reported
 
@@ -391,3 +391,15 @@ def differences(saved: dict, now: dict, prefix: str = "") -> List[str]:
 
     walk(prefix, saved, now)
     return out
+
+
+def _current_names(obj):
+    """A record with the settings' earlier names replaced by today's (RIB's ``gndrp_mode`` is
+    ``gndrp_behaviour``): a folder made before a rename is not taken for one of other settings."""
+    from rib_ext.config import RIBConfig
+
+    if isinstance(obj, dict):
+        return {RIBConfig.OLD_NAMES.get(k, k): _current_names(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_current_names(v) for v in obj]
+    return obj
