@@ -225,3 +225,16 @@ def test_camnet_follows_the_protocol_unchanged():
     assert adapt(net) is net
     assert list(net.head_modules()) == ["stage3", "stage4"]
     assert isinstance(CAMClassifier, type)
+
+
+def test_the_bf16_vmap_head_keeps_timms_batch_norm_activations():
+    """The engine's bf16 vmap path rewrites batch norms as affine maps: timm's BatchNormAct2d
+    carries its activation inside, which the rewrite must keep."""
+    from rib_ext.rib.engine import AffineBatchNorm
+
+    net = timm.create_model("efficientnet_b0", num_classes=K).eval()
+    bn = net.bn1
+    assert isinstance(bn, nn.BatchNorm2d) and not isinstance(bn.act, nn.Identity)
+    x = torch.randn(2, bn.num_features, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(AffineBatchNorm(bn)(x), bn(x), rtol=1e-5, atol=1e-5)

@@ -86,11 +86,15 @@ class AffineBatchNorm(nn.Module):
         self.weight, self.bias = bn.weight, bn.bias
         self.register_buffer("running_mean", bn.running_mean)
         self.register_buffer("running_var", bn.running_var)
+        # timm's BatchNormAct2d is a batch norm with its activation (and a dropout, off in eval)
+        # inside: kept, so that the copy computes what the layer computes.
+        self.act = getattr(bn, "act", None) if isinstance(getattr(bn, "act", None), nn.Module) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
-        return (x.float() * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)).to(x.dtype)
+        y = (x.float() * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)).to(x.dtype)
+        return y if self.act is None else self.act(y)
 
 
 @dataclass
