@@ -154,7 +154,7 @@ def note_other_version(ctx) -> None:
     (their settings and inputs are what provenance checks), but the user should know."""
     import rib_ext
 
-    made_by = (_read_json(ctx.out / "config.json").get("environment") or {}).get("rib_ext_version")
+    made_by = (_read_json(ctx.layout.config).get("environment") or {}).get("rib_ext_version")
     ours = getattr(rib_ext, "__version__", None)
     if made_by and ours and made_by != ours:
         ctx.info(f"[pipeline] note: {ctx.out} was made by rib_ext {made_by} (this is {ours}); its "

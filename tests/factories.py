@@ -114,3 +114,13 @@ def tiny_deeplab(num_classes=4, seed=0):
 # iterations and CRF.
 TINY_SEGMENT = dict(backbone="resnet18", random_init=True, batch_size=2, crop_size=21,
                     checkpoint_every=100, tensorboard=False, device="cpu")
+
+
+def gpu_check_steps() -> list:
+    """(name, limit in s) of every step of benchmarks/gpu_check.sh, as its STEPS line lists them."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh").read_text()
+    listed = re.search(r"^STEPS=\((.*?)\)", text, re.S | re.M).group(1).split()
+    return [(s.split(":")[0], int(s.split(":")[1])) for s in listed]

@@ -84,7 +84,7 @@ def test_gpu_check_dry_run_leaves_two_files(tmp_path):
     import sys
     import tarfile
 
-    from test_gpu_check import _steps
+    from factories import gpu_check_steps as _steps
 
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT))

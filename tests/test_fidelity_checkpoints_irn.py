@@ -99,6 +99,9 @@ def test_make_sem_seg_stage_pads_the_boundary_input(tmp_path, authors_irn, monke
         def image(self, i):
             return np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)
 
+        def labels(self, i):  # class 2, the map's key
+            return np.eye(20, dtype=np.float32)[2]
+
     (tmp_path / "maps").mkdir()
     save_npy(tmp_path / "maps" / "a.npy",
              {"keys": np.array([2]), "cam": torch.rand(1, 10, 13),

@@ -34,6 +34,9 @@ class _OneImage:
     def image(self, i):
         return np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
 
+    def labels(self, i):  # class 4, the map's key
+        return np.eye(20, dtype=np.float32)[4]
+
 
 def test_ir_label_pngs_are_grayscale_indices(tmp_path):
     hr = np.zeros((1, 24, 32), np.float32)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from factories import gpu_check_steps
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 
 
 def _steps() -> list[tuple[str, int]]:
-    text = SCRIPT.read_text()
-    listed = re.search(r"^STEPS=\((.*?)\)", text, re.S | re.M).group(1).split()
-    return [(s.split(":")[0], int(s.split(":")[1])) for s in listed]
+    return gpu_check_steps()
 
 
 def _dry_run(out: Path, scale: str):

@@ -250,7 +250,7 @@ def test_visualize_flags_reach_their_fields():
 
 # Values to try for string fields whose valid values are a closed set (the first valid one is used).
 STRING_CHOICES = ["cpu", "paper", "gap", "bce_sigmoid", "bf16", "resnet18", "resnet34", "demo", "voc", "vmap", "off",
-                  "sgd", "x"]
+                  "sgd", "timm:resnet18", "x"]
 
 
 def _candidates(current, hint):
@@ -281,7 +281,8 @@ def _get(tree, path):
 
 
 # Flags valid only beside another (a config rule says so).
-NEEDS = {"rib.cuda_graph_targets": ["--rib.cuda_graphs", "true"]}
+NEEDS = {"rib.cuda_graph_targets": ["--rib.cuda_graphs", "true"],
+         "train_cam.split": ["--train_cam.model", "timm:resnet18"]}
 
 
 def test_every_generated_flag_changes_its_field():

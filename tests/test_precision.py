@@ -69,7 +69,9 @@ def test_make_cam_and_rib_run_their_network_under_the_flags(restore_flags):
     assert flags() == (True, True)
 
     class Pool:  # two other images, one class each
-        def stream(self, rng, label, exclude, p):
+        labels = np.eye(3, dtype=np.float32)[[1, 1]]
+
+        def draws(self, rng, label, exclude, p):
             return self
 
         def draw(self, count):

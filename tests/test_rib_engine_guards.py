@@ -241,6 +241,7 @@ class _Named:
 
     def __init__(self, data, n):
         self.data, self.n = data, n
+        self.ids = list(data.ids[:n])
 
     def __len__(self):
         return self.n

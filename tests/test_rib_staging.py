@@ -54,7 +54,7 @@ def photo_data():
 def test_other_images_batch_is_the_pillow_path_bit_for_bit(photo_data, seed):
     pool = OtherImages(photo_data, "cpu", resize_long=(32, 64), crop=48)
     rng = np.random.default_rng(seed)
-    stream = pool.stream(rng, photo_data.labels(0), 0, disjoint_prob=0.0)
+    stream = pool.draws(rng, photo_data.labels(0), 0, disjoint_prob=0.0)
     for _ in range(3):
         recipes = stream.draw(7)
         images, labels = pool.batch(recipes)

@@ -182,6 +182,7 @@ def test_every_registered_stage_module_keeps_the_stage_contract():
     for name in STAGES:
         module = stage_module(name)
         assert isinstance(module.UPSTREAM, tuple | list), name
-        known = set(STAGES) | {"data:train", "data:eval", "data:val"}
+        known = set(STAGES) | {f"{kind}:{which}" for kind in ("data", "truth")
+                               for which in ("train", "eval", "val")}
         assert set(module.UPSTREAM) <= known, name
         assert callable(module.settings) and callable(module.run), name
