@@ -294,7 +294,7 @@ class RIBConfig(Section):
     def preset(cls, dataset: str = "voc", behaviour: str = "authors", **overrides: Any) -> "RIBConfig":
         """The authors' (``authors``) or the paper's (``paper``) behaviour with VOC or COCO numbers."""
         if behaviour not in ("authors", "paper"):
-            raise ValueError(f"RIB behaviour must be 'authors' or 'paper', got {behaviour!r}")
+            raise ConfigError(f"RIB behaviour must be 'authors' or 'paper', got {behaviour!r}")
         values = {}
         if dataset == "coco":
             values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8,
@@ -391,7 +391,7 @@ class IRNConfig(Section):
         ``"rib_coco"`` (background threshold 0.22, no padding); ``"irn"`` (no COCO script of its
         own) runs unpadded."""
         if behaviour not in IRN_PRESETS:
-            raise ValueError(f"unknown IRN behaviour {behaviour!r}; expected one of {sorted(IRN_PRESETS)}")
+            raise ConfigError(f"unknown IRN behaviour {behaviour!r}; expected one of {sorted(IRN_PRESETS)}")
         values = dict(IRN_PRESETS[behaviour])
         if dataset == "coco":
             values = dict(IRN_PRESETS.get(f"{behaviour}_coco", {**values, "boundary_pad_to": None}))
@@ -403,16 +403,16 @@ class IRNConfig(Section):
 
     def check_rules(self) -> None:
         if self.backbone not in CAM_BACKBONES:
-            raise ValueError(f"backbone must be one of {CAM_BACKBONES}, got {self.backbone!r}")
+            raise ConfigError(f"backbone must be one of {CAM_BACKBONES}, got {self.backbone!r}")
         if not self.conf_bg <= self.conf_fg:
-            raise ValueError(f"need conf_bg <= conf_fg, got conf_bg={self.conf_bg}, "
+            raise ConfigError(f"need conf_bg <= conf_fg, got conf_bg={self.conf_bg}, "
                              f"conf_fg={self.conf_fg}")
         if self.crop_size % 4:
-            raise ValueError(f"crop_size must be a multiple of 4 (the label grid is at stride 4), "
+            raise ConfigError(f"crop_size must be a multiple of 4 (the label grid is at stride 4), "
                              f"got {self.crop_size}")
         lo, hi = self.scale_range
         if not lo <= hi:
-            raise ValueError(f"scale_range must be (lo, hi) with lo <= hi, got {self.scale_range}")
+            raise ConfigError(f"scale_range must be (lo, hi) with lo <= hi, got {self.scale_range}")
 
     def as_dict(self) -> Dict[str, Any]:
         return plain_dict(self)
@@ -489,22 +489,22 @@ class SegmentConfig(Section):
     def preset(cls, dataset: str = "voc", **overrides: Any) -> "SegmentConfig":
         """The paper's ``"voc"`` or ``"coco"`` numbers, with keyword overrides."""
         if dataset not in SEGMENT_PRESETS:
-            raise ValueError(f"unknown segmentation preset {dataset!r}; expected one of {sorted(SEGMENT_PRESETS)}")
+            raise ConfigError(f"unknown segmentation preset {dataset!r}; expected one of {sorted(SEGMENT_PRESETS)}")
         return cls(**{**SEGMENT_PRESETS[dataset], **overrides})
 
     def check_rules(self) -> None:
         if self.backbone not in SEGMENT_BACKBONES:
-            raise ValueError(f"backbone must be one of {SEGMENT_BACKBONES}, got {self.backbone!r}")
+            raise ConfigError(f"backbone must be one of {SEGMENT_BACKBONES}, got {self.backbone!r}")
         if not self.aspp_dilations:
-            raise ValueError("aspp_dilations must not be empty")
+            raise ConfigError("aspp_dilations must not be empty")
         lo, hi = self.scale_range
         if not lo <= hi:
-            raise ValueError(f"scale_range must be (lo, hi) with lo <= hi, got {self.scale_range}")
+            raise ConfigError(f"scale_range must be (lo, hi) with lo <= hi, got {self.scale_range}")
         if not self.retrain_bg <= self.retrain_fg:
-            raise ValueError(f"need retrain_bg <= retrain_fg, got retrain_bg="
+            raise ConfigError(f"need retrain_bg <= retrain_fg, got retrain_bg="
                              f"{self.retrain_bg}, retrain_fg={self.retrain_fg}")
         if not self.scales:
-            raise ValueError("scales must not be empty")
+            raise ConfigError("scales must not be empty")
 
     def as_dict(self) -> Dict[str, Any]:
         return plain_dict(self)

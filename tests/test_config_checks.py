@@ -9,7 +9,8 @@ import typing
 import pytest
 
 from rib_ext import pipeline
-from rib_ext.config import ConfigError, PipelineConfig, RIBConfig, from_plain, plain_dict
+from rib_ext.config import (ConfigError, IRNConfig, PipelineConfig, RIBConfig, SegmentConfig,
+                             from_plain, plain_dict)
 from rib_ext.config_fields import Range, field_range, is_numeric
 from rib_ext.stages import options
 from pipeline_runs import main
@@ -216,3 +217,21 @@ def test_toy_settings_state_their_ranges_too(capsys):
         config_from_args(parse_args(["--rib-batch", "0"]))
     assert info.value.code == 2
     assert capsys.readouterr().err.startswith("error: rib_batch must be >= 1, got 0")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RIBConfig.preset(behaviour="other"),
+    lambda: IRNConfig.preset(behaviour="other"),
+    lambda: IRNConfig(conf_bg=0.5, conf_fg=0.3),
+    lambda: IRNConfig(crop_size=510),
+    lambda: SegmentConfig.preset("cityscapes"),
+    lambda: SegmentConfig(retrain_bg=0.9, retrain_fg=0.1),
+    lambda: SegmentConfig(scales=()),
+], ids=["rib_preset", "irn_preset", "irn_thresholds", "irn_crop", "segment_preset",
+        "segment_retrain", "segment_scales"])
+def test_every_section_breaks_its_rules_with_the_one_error_type(make):
+    # One type for every rule of every section, so that a caller (the CLI, a config file loader)
+    # catches one thing; it is a ValueError, as it always was.
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert isinstance(info.value, ValueError)

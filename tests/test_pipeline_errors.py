@@ -185,7 +185,7 @@ def test_conf_fg_overridden_by_the_demo_thresholds_says_so(tmp_path, capsys, mon
 
 
 def test_segment_prediction_settings_name_the_model_by_content_not_path(tmp_path):
-    from rib_ext.segment.config import SegmentConfig
+    from rib_ext.config import SegmentConfig
     from rib_ext.segment.infer import inference_settings
 
     a, b = tmp_path / "a" / "model.pth", tmp_path / "copy" / "model.pth"

@@ -15,7 +15,7 @@ import numpy as np
 from rib_ext.config import CRFConfig
 from rib_ext.crf import crf_from_maps
 from rib_ext.data import IGNORE_INDEX, save_index_png
-from rib_ext.irn.config import IRNConfig
+from rib_ext.config import IRNConfig
 from rib_ext.outputs import check_settings, dataset_index, load_maps, per_image_path, present_names
 from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
 from rib_ext.workers import resolve_workers

@@ -15,7 +15,7 @@ from PIL import Image
 
 from rib_ext.data import IGNORE_INDEX, load_label_png, save_index_png
 from rib_ext.io import preview
-from rib_ext.irn.config import IRNConfig
+from rib_ext.config import IRNConfig
 from rib_ext.outputs import check_settings, dataset_index, per_image_path, present_names
 from rib_ext.runner import ImageResult, Output, PerImageStage, run_stage
 

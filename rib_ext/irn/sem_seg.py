@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rib_ext.data import multiscale_flip_views, save_index_png
 from rib_ext.evaluation import evaluate_folder_masks, note_missing, with_ground_truth, write_report
 from rib_ext.io import file_sha256, save_npy
-from rib_ext.irn.config import IRNConfig
+from rib_ext.config import IRNConfig
 from rib_ext.irn.network import infer_boundary, load_irnet
 from rib_ext.irn.random_walk import propagate_maps
 from rib_ext.ops.cam import strided_size

@@ -28,7 +28,7 @@ from rib_ext.data import load_label_png
 from rib_ext.data.transforms import (NEAREST, hwc_to_chw, normalize, random_crop_pad, random_hflip,
                                      rescale)
 from rib_ext.irn.affinity_labels import IGNORE, downsample_labels, irn_loss
-from rib_ext.irn.config import IRNConfig
+from rib_ext.config import IRNConfig
 from rib_ext.irn.network import IRNet, build_irnet, save_irnet
 from rib_ext.irn.path_index import PathIndex
 from rib_ext.outputs import dataset_index, per_image_path, present_names

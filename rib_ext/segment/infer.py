@@ -22,7 +22,7 @@ from rib_ext.io import file_digest
 from rib_ext.outputs import check_settings
 from rib_ext.runner import ImageResult, Output, PerImageStage, on_main_rank, run_stage
 
-from .config import SegmentConfig
+from rib_ext.config import SegmentConfig
 from .model import DeepLabV2
 
 # Where the PASCAL VOC evaluation server looks for test-set predictions (comp6: trained on data

@@ -29,7 +29,7 @@ from rib_ext.outputs import present_names
 from rib_ext.runner import main_rank
 from rib_ext.runtime import resolve_device
 
-from .config import SegmentConfig
+from rib_ext.config import SegmentConfig
 from .infer import infer_stage, predict_folder
 from .model import load_deeplab
 from .retrain import write_score_labels, write_filled_labels

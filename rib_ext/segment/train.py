@@ -27,7 +27,7 @@ from rib_ext.runtime import progress, resolve_device
 from rib_ext.training import (DataParallel, LossLog, NullLog, check_finite, load_training_state,
                               read_loss_log, save_training_state, settings_diff, trained_model_exists)
 
-from .config import SegmentConfig
+from rib_ext.config import SegmentConfig
 from .data import IterationBatches, SegmentationTrainSet, names_digest
 from .model import DeepLabV2, build_deeplab, calibrate_batch_norm, save_deeplab
 
