@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
-from rib_ext.config_fields import (PRECISIONS, ConfigError, check_fields, coerce,  # noqa: F401
+from rib_ext.config_fields import (PRECISIONS, ConfigError, Precision, check_fields, coerce,  # noqa: F401
                                    nearest, setting, shown)
 
 # ImageNet statistics used by torchvision's ResNet checkpoints (and IRN's normalisation).
@@ -85,7 +85,12 @@ class DemoDataConfig(Section):
 
 # The classifier's backbones (rib_ext.models.BACKBONES; resnet_tiny: the tests' and toy runs'
 # small network): checked with the settings, before any data is generated or read.
-CAM_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet_tiny")
+CamBackbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet_tiny"]
+CAM_BACKBONES = typing.get_args(CamBackbone)
+# The text settings with a fixed set of values: each is its type, which the checks and the flags'
+# choices read (rib_ext.config_fields.choices_of).
+Behaviour = Literal["authors", "paper"]  # the authors' released code, or the paper's equations
+DatasetName = Literal["demo", "voc", "coco"]
 
 
 @dataclass
@@ -98,7 +103,7 @@ class TrainCamConfig(Section):
     model: str = "camnet"
     # The first adapted layer of a torchvision / timm model (None: the family's default)
     split: Optional[str] = None
-    backbone: str = "resnet50"
+    backbone: CamBackbone = "resnet50"
     # A torchvision ImageNet checkpoint file of `backbone` (no download); with `model`, a state
     # dict of that model
     weights: Optional[str] = None
@@ -120,8 +125,6 @@ class TrainCamConfig(Section):
     device: str = "auto"
 
     def check_rules(self) -> None:
-        _require(self.backbone in CAM_BACKBONES,
-                 f"backbone must be one of {CAM_BACKBONES}, got {self.backbone!r}")
         lo, hi = self.resize_long
         _require(lo <= hi, f"resize_long must be (lo, hi) with lo <= hi, got {self.resize_long}")
         source, _, name = self.model.partition(":")
@@ -138,13 +141,12 @@ class MakeCamConfig(Section):
     scales: Tuple[float, ...] = setting(CAM_SCALES, "> 0")
     num_workers: int = setting(0, ">= 0")
     device: str = "auto"
-    precision: str = "float32"  # float32 (no TF32) | tf32 | bf16 (autocast; the maps are float32)
+    precision: Precision = "float32"  # float32 (no TF32) | tf32 | bf16 (autocast; the maps are float32)
     channels_last: bool = False
     cudnn_benchmark: bool = False
 
     def check_rules(self) -> None:
         _scales("scales", self.scales)
-        _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
@@ -175,7 +177,8 @@ class CRFConfig(Section):
     iterations: int = setting(10, ">= 0")
 
 
-RIB_LOSSES = ("rib", "bce_sigmoid", "bce_tanh", "bce_softsign")
+RIBLoss = Literal["rib", "bce_sigmoid", "bce_tanh", "bce_softsign"]
+RIB_LOSSES = typing.get_args(RIBLoss)
 
 
 @dataclass
@@ -202,7 +205,7 @@ class RIBConfig(Section):
     # Earlier names of fields, still read from config files (and accepted as flags).
     OLD_NAMES: ClassVar[Dict[str, str]] = {"gndrp_mode": "gndrp_behaviour"}
 
-    behaviour: str = "authors"  # set by preset(behaviour=...), recorded: authors | paper
+    behaviour: Behaviour = "authors"  # set by preset(behaviour=...), recorded: authors | paper
     steps: int = setting(10, ">= 1")  # K
     # Lambda, of the backbone (stages 3-4); the classifier gets lr * classifier_lr_mult
     lr: float = setting(8e-6, "> 0")
@@ -213,9 +216,9 @@ class RIBConfig(Section):
     num_others: int = setting(20, ">= 1")  # B
     margin: float = setting(600.0, "> 0")  # m
     tau: float = setting(0.4, "(0, 1]")
-    pooling: str = "gndrp"  # gndrp | gap
-    gndrp_behaviour: str = "authors"  # authors (sum / HW, < tau) | paper (sum / kept, <= tau)
-    loss: str = "rib"  # rib | bce_sigmoid | bce_tanh | bce_softsign (the paper's ablation)
+    pooling: Literal["gndrp", "gap"] = "gndrp"
+    gndrp_behaviour: Behaviour = "authors"  # authors (sum / HW, < tau) | paper (sum / kept, <= tau)
+    loss: RIBLoss = "rib"  # the paper's ablation: BCE with a sigmoid, tanh or softsign
     clip_loss: bool = False  # paper: -t * min(m, y); authors: -t * y
     stop_on_margin: bool = True
     stop_on_explosion: bool = True
@@ -241,11 +244,11 @@ class RIBConfig(Section):
     coco_first20_bug: bool = False
     # G: images adapted at once, each with its own weights; 0 = auto
     group_size: int = setting(1, ">= 0")
-    head_batching: str = "loop"  # loop | vmap: the group's other-image pass, per image or vmapped
+    head_batching: Literal["loop", "vmap"] = "loop"  # the group's other-image pass, per image or vmapped
     # -- speed settings (benchmarks/RESULTS.md); none changes the method, precision aside
     # float32 (no TF32) | tf32 (TF32 convolutions and matrix products on Ampere+) | bf16 (autocast;
     # maps and weights stay float32): rib_ext.precision
-    precision: str = "float32"
+    precision: Precision = "float32"
     channels_last: bool = False  # NHWC convolutions (pays on GPUs with bf16)
     cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape
     # Stages 1-2 with each fixed BN folded into its convolution: fewer kernels, but float rounding
@@ -259,7 +262,7 @@ class RIBConfig(Section):
     group_memory_gb: float = setting(0.0, ">= 0")
     # Decoded other images kept in (pinned) host memory, LRU beyond
     image_cache_mb: int = setting(4096, ">= 0")
-    prefetch: str = "auto"  # auto | on | off: build the next step's other images in a thread
+    prefetch: Literal["auto", "on", "off"] = "auto"  # build the next step's other images in a thread
     # CUDA: the other images' pass and loss, forward and backward (fixed shapes), replayed from a
     # CUDA graph per group size G, captured at a group's first full step; the group's weights in
     # slots that one kernel steps (learning rates on the device). Off until measured on a GPU;
@@ -273,14 +276,6 @@ class RIBConfig(Section):
     device: str = "auto"
 
     def check_rules(self) -> None:
-        _require(self.behaviour in ("authors", "paper"), f"behaviour must be 'authors' or 'paper', got {self.behaviour!r}")
-        _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _require(self.prefetch in ("auto", "on", "off"), f"prefetch must be auto, on or off, got {self.prefetch!r}")
-        _require(self.pooling in ("gndrp", "gap"), f"pooling must be gndrp or gap, got {self.pooling!r}")
-        _require(self.gndrp_behaviour in ("authors", "paper"),
-                 f"gndrp_behaviour must be authors or paper, got {self.gndrp_behaviour!r}")
-        _require(self.loss in RIB_LOSSES, f"loss must be one of {RIB_LOSSES}, got {self.loss!r}")
-        _require(self.head_batching in ("loop", "vmap"), f"head_batching must be loop or vmap, got {self.head_batching!r}")
         _require(self.cuda_graphs or not self.cuda_graph_targets,
                  "cuda_graph_targets captures the targets' passes beside the other images' graph: "
                  "it needs cuda_graphs on")
@@ -345,7 +340,7 @@ class IRNConfig(Section):
     allow_missing: bool = False
 
     # -- the inter-pixel relation network (train_irn)
-    backbone: str = "resnet50"
+    backbone: CamBackbone = "resnet50"
     # A torchvision ImageNet checkpoint (what IRN starts from) or a rib_ext CAM-network
     # checkpoint (useful where no ImageNet weights exist, e.g. the demo).
     weights: Optional[str] = None
@@ -402,8 +397,6 @@ class IRNConfig(Section):
         return 2 ** self.exp_times
 
     def check_rules(self) -> None:
-        if self.backbone not in CAM_BACKBONES:
-            raise ConfigError(f"backbone must be one of {CAM_BACKBONES}, got {self.backbone!r}")
         if not self.conf_bg <= self.conf_fg:
             raise ConfigError(f"need conf_bg <= conf_fg, got conf_bg={self.conf_bg}, "
                              f"conf_fg={self.conf_fg}")
@@ -420,7 +413,8 @@ class IRNConfig(Section):
 
 # ---- the final segmentation network (segment stage)
 
-SEGMENT_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+SegmentBackbone = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+SEGMENT_BACKBONES = typing.get_args(SegmentBackbone)
 
 
 def deeplab_crf() -> CRFConfig:
@@ -443,7 +437,7 @@ class SegmentConfig(Section):
     """Settings of :func:`rib_ext.segment.segment_stage` (training, re-training, inference)."""
 
     # -- network
-    backbone: str = "resnet101"  # resnet18/34/50 for CPU runs
+    backbone: SegmentBackbone = "resnet101"  # resnet18/34/50 for CPU runs
     weights: Optional[str] = None  # torchvision ImageNet checkpoint of the backbone (no download)
     random_init: bool = False  # smoke tests only; warns
     aspp_dilations: Tuple[int, ...] = setting((6, 12, 18, 24), ">= 1")
@@ -493,8 +487,6 @@ class SegmentConfig(Section):
         return cls(**{**SEGMENT_PRESETS[dataset], **overrides})
 
     def check_rules(self) -> None:
-        if self.backbone not in SEGMENT_BACKBONES:
-            raise ConfigError(f"backbone must be one of {SEGMENT_BACKBONES}, got {self.backbone!r}")
         if not self.aspp_dilations:
             raise ConfigError("aspp_dilations must not be empty")
         lo, hi = self.scale_range
@@ -510,7 +502,7 @@ class SegmentConfig(Section):
         return plain_dict(self)
 
 
-PIPELINE_PRESETS = ("demo", "voc", "coco")
+PIPELINE_PRESETS = typing.get_args(DatasetName)
 
 
 @dataclass
@@ -530,7 +522,7 @@ class VisualizeConfig(Section):
 class PipelineConfig:
     """The whole run: data, output, and every stage's settings (one tree, validated at once)."""
 
-    dataset: str = "demo"  # voc | coco | demo
+    dataset: DatasetName = "demo"
     root: Optional[str] = None
     out_dir: str = "rib_ext_out"
     train_list: Optional[str] = None  # None: VOC train_aug when its list exists, else train
@@ -539,7 +531,7 @@ class PipelineConfig:
     saliency_dir: Optional[str] = None  # RIB-Sal: saliency PNGs that refine the pseudo masks
     allow_missing: bool = False  # skip images whose maps are missing instead of stopping
     irn_auto_thresholds: bool = False  # IRN confident labels at best seed threshold +- 0.1
-    preset: Optional[str] = None  # demo | voc | coco: the settings the stage configs started from
+    preset: Optional[DatasetName] = None  # the settings the stage configs started from
     cam_checkpoint: Optional[str] = None  # a trained classifier to use instead of train_cam's
     device: str = "auto"
     # Worker processes per rank of the CPU-bound stages (the dense CRF of crf and ir_label); None:
@@ -566,10 +558,6 @@ class PipelineConfig:
 
     def validate(self) -> None:
         """Check every field of the tree (also after in-place edits, which skip __post_init__)."""
-        _require(self.dataset in ("demo", "voc", "coco"),
-                 f"dataset must be demo, voc or coco, got {self.dataset!r}")
-        _require(self.preset is None or self.preset in PIPELINE_PRESETS,
-                 f"preset must be one of {PIPELINE_PRESETS}, got {self.preset!r}")
         check_fields(self)
 
 

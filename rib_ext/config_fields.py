@@ -26,7 +26,8 @@ from typing import Any, Optional, Sequence
 
 # The numerics of the GPU stages' ``precision`` setting (rib_ext.precision says what each means);
 # here, below both the configs and rib_ext.precision, which are independent of each other.
-PRECISIONS = ("float32", "tf32", "bf16")
+Precision = typing.Literal["float32", "tf32", "bf16"]
+PRECISIONS = typing.get_args(Precision)
 
 
 class ConfigError(ValueError):
@@ -104,6 +105,14 @@ def _optional(hint) -> tuple[bool, Any]:
     return False, hint
 
 
+def choices_of(hint) -> Optional[tuple]:
+    """The values a ``Literal[...]`` field (or an Optional one) takes; None for any other type.
+    A text setting with a fixed set of values says so in its type: the checks and the flags'
+    choices both read it from there."""
+    _, hint = _optional(hint)
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+
+
 def is_numeric(hint) -> bool:
     """Whether a field of this type holds numbers (int, float, Optional or tuples of them)."""
     _, hint = _optional(hint)
@@ -120,6 +129,8 @@ def type_name(hint) -> str:
             name = f"a list of {type_name(args[0])}s"
         else:
             name = f"a list of {len(args)} values ({', '.join(type_name(a) for a in args)})"
+    elif choices_of(hint) is not None:
+        name = "one of " + ", ".join(map(str, choices_of(hint)))
     else:
         name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
             hint, getattr(hint, "__name__", str(hint)))
@@ -155,6 +166,13 @@ def coerce(hint, value: Any, where: str) -> Any:
                 raise ConfigError(f"expected {type_name(hint)}, got {len(value)} values "
                                   f"{shown(list(value))}", where)
         return tuple(coerce(k, v, where) for k, v in zip(kinds, value))
+    choices = choices_of(inner)
+    if choices is not None:
+        if not isinstance(value, str):  # a wrong type, said as for the other types
+            raise ConfigError(f"expected {type_name(hint)}, got {shown(value)}", where)
+        if value in choices:
+            return value
+        raise ConfigError(f"must be one of {', '.join(choices)}, got {shown(value)}", where)
     if inner is bool:
         if isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b":
             return bool(value)

@@ -11,7 +11,7 @@ import pytest
 from rib_ext import pipeline
 from rib_ext.config import (ConfigError, IRNConfig, PipelineConfig, RIBConfig, SegmentConfig,
                              from_plain, plain_dict)
-from rib_ext.config_fields import Range, field_range, is_numeric
+from rib_ext.config_fields import Range, choices_of, field_range, is_numeric
 from rib_ext.stages import options
 from pipeline_runs import main
 
@@ -155,7 +155,8 @@ def test_saliency_threshold_is_on_the_png_scale():
     ({"irn": {"crf": {"iteratons": 3}}}, "irn.crf.iteratons: unknown setting; did you mean iterations?"),
     ({"zzz": 1}, "zzz: unknown setting"),
     ({"irn": {"sem_seg_bg_thres": 3}}, "irn.sem_seg_bg_thres must be in [0, 1], got 3"),
-    ({"dataset": 5}, "dataset: expected a string, got 5"),
+    ({"dataset": 5}, "dataset: expected one of demo, voc, coco, got 5"),
+    ({"make_cam": {"precision": "fp16"}}, 'make_cam.precision must be one of float32, tf32, bf16, got "fp16"'),
 ])
 def test_config_file_values_are_typed_and_names_known(tmp_path, capsys, monkeypatch, saved, message):
     monkeypatch.setattr(pipeline, "run", no_run)
@@ -173,6 +174,8 @@ def _wrong_type(hint):
     inner = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
     if typing.get_origin(inner) is tuple:
         return "x"
+    if choices_of(inner):
+        return 5
     return {bool: "false", int: 2.5, float: "1", str: 5}[inner]
 
 
@@ -235,3 +238,37 @@ def test_every_section_breaks_its_rules_with_the_one_error_type(make):
     with pytest.raises(ConfigError) as info:
         make()
     assert isinstance(info.value, ValueError)
+
+
+def _text_choices():
+    """(dotted path, values) of every text setting whose type is a Literal."""
+    return [(path, choices_of(hint)) for path, _, hint in leaves() if choices_of(hint)]
+
+
+def test_text_settings_with_fixed_values_state_them_in_their_type():
+    found = dict(_text_choices())
+    # The settings a researcher picks among (the authors'/paper's behaviour, the ablation's
+    # losses, the numerics) are all typed, so that neither the flags nor a file can miss one.
+    for path in ["dataset", "train_cam.backbone", "rib.behaviour", "rib.gndrp_behaviour",
+                 "rib.pooling", "rib.loss", "rib.precision", "rib.prefetch", "rib.head_batching",
+                 "make_cam.precision", "irn.backbone", "segment.backbone"]:
+        assert path in found, path
+
+
+@pytest.mark.parametrize("path,values", _text_choices())
+def test_a_text_setting_accepts_its_values_and_refuses_others_everywhere(path, values, tmp_path,
+                                                                          capsys, monkeypatch):
+    parser = pipeline.build_parser()
+    flags = [a for a in parser._actions if f"--{path}" in a.option_strings]
+    for flag in flags:  # none for a setting a preset flag sets (rib.behaviour: --rib-behaviour)
+        # The flag offers the type's values (--preset checks its own, and says them in its metavar).
+        offered = flag.choices or flag.metavar.strip("{}").split(",")
+        assert tuple(v for v in offered if v is not None) == values
+    section, _, name = path.rpartition(".")
+    plain = plain_dict(PipelineConfig())
+    node = plain[section] if section else plain
+    node[name] = values[-1]
+    assert from_plain(PipelineConfig, plain) is not None  # each value is accepted...
+    node[name] = "not_" + values[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(path)} must be one of "):
+        from_plain(PipelineConfig, plain)  # ...and a file's other value refused, naming the field

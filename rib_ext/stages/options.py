@@ -20,9 +20,9 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from rib_ext.config import (CAM_BACKBONES, PIPELINE_PRESETS, RIB_LOSSES, SEGMENT_BACKBONES, ConfigError,
+from rib_ext.config import (PIPELINE_PRESETS, ConfigError,
                              PipelineConfig, from_plain)
-from rib_ext.config_fields import PRECISIONS, field_range
+from rib_ext.config_fields import choices_of, field_range
 from rib_ext.data.demo import demo_preset
 from rib_ext.layout import Layout
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
@@ -67,14 +67,6 @@ ALIAS_HELP = {
     "--seed": "random seed of train_cam, rib, train_irn and segment",
     "--scales": "inference scales of make_cam and rib, 1.0 first",
     "--allow-missing": "skip images whose inputs (maps, labels) are missing instead of stopping",
-}
-# The values a text setting takes (its check_rules says the same): the flags offer them as choices.
-CHOICES: Dict[str, tuple] = {
-    "dataset": ("demo", "voc", "coco"), "train_cam.backbone": CAM_BACKBONES,
-    "irn.backbone": CAM_BACKBONES, "segment.backbone": SEGMENT_BACKBONES,
-    "make_cam.precision": PRECISIONS, "rib.precision": PRECISIONS, "rib.pooling": ("gndrp", "gap"),
-    "rib.gndrp_mode": ("authors", "paper"), "rib.loss": RIB_LOSSES,
-    "rib.head_batching": ("loop", "vmap"), "rib.prefetch": ("auto", "on", "off"),
 }
 FIELD_HELP = {
     "dataset": "the dataset: demo (generated under OUT/data, or --root), voc or coco (--root the "
@@ -131,6 +123,8 @@ def _argspec(hint) -> dict:
         return spec
     if hint is bool:
         return {"type": _parse_bool, "nargs": "?", "const": True}
+    if choices_of(hint) is not None:
+        hint = str
     return {"type": _maybe_none(hint, optional)}
 
 
@@ -195,7 +189,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         names = [f"--{path}"]
         if path in singles:
             names.append(singles[path])
-        choices = CHOICES.get(path)
+        choices = choices_of(hint)  # a Literal type: its values are the flag's choices
         extra = {"choices": choices} if choices else {}
         helps = [FIELD_HELP.get(path), ranges.get(path), default_help(path, configs)]
         groups[section].add_argument(
