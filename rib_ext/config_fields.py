@@ -226,8 +226,6 @@ def check_fields(obj) -> None:
                 value.validate()
             except ConfigError as err:
                 raise err.within(f.name) from err
-            except ValueError as err:  # IRN / segment relations raise plain ValueErrors
-                raise ConfigError(str(err)).within(f.name) from err
             continue
         checked = check_value(f, hints[f.name], value)
         if type(checked) is not type(value) or checked != value:  # a list, an int for a float
