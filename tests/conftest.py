@@ -59,6 +59,24 @@ def tiny_classifier_run(tmp_path_factory):
     return finish_run(tmp_path_factory, "classifier", "train_cam")
 
 
+@pytest.fixture(scope="session")
+def _tiny_demo_once(tmp_path_factory):
+    from rib_ext.config import DemoDataConfig
+    from rib_ext.data import generate_demo
+
+    return generate_demo(tmp_path_factory.mktemp("tiny_demo") / "demo",
+                         DemoDataConfig(num_train=4, num_val=2, image_size=48))
+
+
+@pytest.fixture
+def tiny_demo(_tiny_demo_once, tmp_path):
+    """A small VOC-layout folder from the demo generator (4 training and 2 held-out images of 48
+    pixels, seed 0), generated once per session; each test gets its own copy, free to edit."""
+    import shutil
+
+    return shutil.copytree(_tiny_demo_once, tmp_path / "demo")
+
+
 @pytest.fixture
 def coco_root(tmp_path):
     """A tiny COCO 2014 folder (tests/coco_files.py): three 20x30 images, one with no class."""

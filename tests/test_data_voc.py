@@ -356,14 +356,12 @@ def test_image_without_class_is_skipped_with_warning(voc_root):
         VOCDataset(voc_root, "val")  # nothing to skip: no warning
 
 
-def test_write_labels_command(tmp_path):
+def test_write_labels_command(tiny_demo):
     """``python -m rib_ext.data write-labels`` writes IRN's labels file from the XML annotations."""
-    from rib_ext.config import DemoDataConfig
     from rib_ext.data.__main__ import main as data_main
-    from rib_ext.data.demo import generate_demo
     from rib_ext.data.voc import id_key
 
-    root = generate_demo(tmp_path / "demo", DemoDataConfig(num_train=4, num_val=2, image_size=48))
+    root = tiny_demo
     (root / "cls_labels.npy").unlink()
     assert data_main(["write-labels", "--root", str(root), "--list",
                       "ImageSets/Segmentation/train.txt", "--source", "xml"]) == 0

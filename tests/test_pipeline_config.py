@@ -135,13 +135,10 @@ def test_demo_from_scratch_stays_a_setting(tmp_path):
     assert default.train_cam.weights == "rib_ext:demo_world" and default.irn.weights == "rib_ext:demo_world"
 
 
-def test_demo_preset_trains_on_a_users_voc_folder(tmp_path, capsys):
+def test_demo_preset_trains_on_a_users_voc_folder(tmp_path, tiny_demo, capsys):
     """--preset demo is the demo's recipe (fine-tuning the shipped backbone) for any small
     VOC-layout folder (here the demo's files, read as a plain VOC dataset)."""
-    from rib_ext.config import DemoDataConfig
-    from rib_ext.data import generate_demo
-
-    root = generate_demo(tmp_path / "mine", DemoDataConfig(num_train=6, num_val=2, image_size=48))
+    root = tiny_demo
     (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text(
         (root / "ImageSets" / "Segmentation" / "train.txt").read_text())
     out = tmp_path / "run"

@@ -86,12 +86,9 @@ def _plan(out: Path, argv, stages=None, overwrite=False):
 
 
 @pytest.fixture
-def voc_root(tmp_path):
+def voc_root(tiny_demo):
     """A small VOC-layout folder (the demo generator's, read as VOC)."""
-    from rib_ext.config import DemoDataConfig
-    from rib_ext.data import generate_demo
-
-    return generate_demo(tmp_path / "voc", DemoDataConfig(num_train=4, num_val=2, image_size=48))
+    return tiny_demo
 
 
 def test_a_ground_truth_edit_reaches_only_the_stages_that_read_the_ground_truth(tmp_path, voc_root):
@@ -235,13 +232,10 @@ def test_an_old_record_still_loads_and_is_compared_on_its_settings(tmp_path):
 
 # --------------------------------------------------------------- a data folder the user named
 
-def test_a_named_demo_folder_is_never_regenerated_under_another_run(tmp_path, capsys):
+def test_a_named_demo_folder_is_never_regenerated_under_another_run(tmp_path, tiny_demo, capsys):
     from pipeline_runs import main
 
-    from rib_ext.config import DemoDataConfig
-    from rib_ext.data import generate_demo
-
-    root = generate_demo(tmp_path / "shared", DemoDataConfig(num_train=4, num_val=2, image_size=48))
+    root = tiny_demo
     stamp = (root / "demo_stamp.json").read_text()
     image = next((root / "JPEGImages").glob("*.jpg"))
     before = image.stat().st_mtime_ns
@@ -253,11 +247,8 @@ def test_a_named_demo_folder_is_never_regenerated_under_another_run(tmp_path, ca
     assert (root / "demo_stamp.json").read_text() == stamp and image.stat().st_mtime_ns == before
 
 
-def test_a_runs_records_name_the_data_folder_they_were_made_from(tmp_path):
-    from rib_ext.config import DemoDataConfig
-    from rib_ext.data import generate_demo
-
-    root = generate_demo(tmp_path / "shared", DemoDataConfig(num_train=4, num_val=2, image_size=48))
+def test_a_runs_records_name_the_data_folder_they_were_made_from(tmp_path, tiny_demo):
+    root = tiny_demo
     argv = ["--root", str(root), "--demo-images", "4", "--demo-val-images", "2", "--demo-size", "48"]
     prov, _ = _plan(tmp_path / "run", argv)
     data = prov.record("make_cam")["inputs"]["data:eval"]
