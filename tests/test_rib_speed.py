@@ -11,8 +11,9 @@ from factories import TinyDataset, tiny_cam_net
 from rib_ext.config import ConfigError, RIBConfig
 from rib_ext.precision import fold_batch_norms
 from rib_ext.rib import OtherImages, RIBEngine, Target
-from rib_ext.rib.engine import choose_group_size, sgd_update_, sgd_update_foreach_
+from rib_ext.rib.engine import choose_group_size
 from rib_ext.rib.image_cache import ImageCache
+from rib_ext.sgd import sgd_update_, sgd_update_foreach_
 
 
 def small_cfg(**kw):

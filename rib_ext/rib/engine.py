@@ -34,7 +34,6 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call
 
 from rib_ext import ops
@@ -47,6 +46,7 @@ from rib_ext.rib.slots import WeightSlots
 from rib_ext.rib.staging import DEVICE_WORK
 from rib_ext.rib.targets import TargetViews
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS, explosion_ratio_tensor
+from rib_ext.sgd import poly_factor, sgd_momentum, sgd_update_, sgd_update_foreach_
 from rib_ext.training import NonFiniteLossError
 
 log = logging.getLogger("rib_ext.rib")
@@ -194,80 +194,6 @@ class Result:
     step_maps: list = field(default_factory=list)  # maps of steps 0..k, when snapshots are asked for
 
 
-def sgd_update_(params, grads, bufs, lrs, weight_decay: float, momentum: float) -> None:
-    """torch.optim.SGD's update (dampening 0, no Nesterov), in place, op for op."""
-    for i, (p, g) in enumerate(zip(params, grads)):
-        d = g.add(p, alpha=weight_decay) if weight_decay else g
-        if momentum:
-            if bufs[i] is None:
-                bufs[i] = torch.clone(d).detach()
-            else:
-                bufs[i].mul_(momentum).add_(d)
-            d = bufs[i]
-        p.add_(d, alpha=-lrs[i])
-
-
-def _decayed(grads, params, weight_decay: float) -> list:
-    """The gradients with weight decay added (a new list; the gradients themselves untouched)."""
-    return torch._foreach_add(list(grads), params, alpha=weight_decay) if weight_decay else list(grads)
-
-
-def _start_buffers(d, bufs) -> list[int]:
-    """Momentum buffers a first step creates (a copy of d, as torch.optim.SGD does); returns the
-    indices of the buffers that existed before."""
-    old = [i for i, b in enumerate(bufs) if b is not None]
-    for i, b in enumerate(bufs):
-        if b is None:
-            bufs[i] = torch.clone(d[i]).detach()
-    return old
-
-
-def _step_by_lr_(params, d, lrs) -> None:
-    """params[i] -= lrs[i] * d[i]: one foreach call per learning rate (alpha is one scalar per call)."""
-    by_lr: dict[float, list[int]] = {}
-    for i, lr in enumerate(lrs):
-        by_lr.setdefault(float(lr), []).append(i)
-    for lr, idx in by_lr.items():
-        torch._foreach_add_([params[i] for i in idx], [d[i] for i in idx], alpha=-lr)
-
-
-def sgd_update_foreach_(params, grads, bufs, lrs, weight_decay: float, momentum: float) -> None:
-    """:func:`sgd_update_` over any number of parameters (a whole group's) in a few
-    ``torch._foreach_*`` calls: the same operations per element, so the same result bit for bit."""
-    if not params:
-        return
-    d = _decayed(grads, params, weight_decay)
-    if momentum:
-        old = _start_buffers(d, bufs)
-        if old:
-            kept = [bufs[i] for i in old]
-            torch._foreach_mul_(kept, momentum)
-            torch._foreach_add_(kept, [d[i] for i in old])
-        d = list(bufs)
-    _step_by_lr_(params, d, lrs)
-
-
-def sgd_update_masked_(params, grads, bufs, lrs, weight_decay: float, momentum: float,
-                       masks) -> None:
-    """:func:`sgd_update_foreach_` where ``masks[i]`` (a 0-d bool tensor on the device) is False:
-    that parameter and its momentum buffer are left as they are. Where True, the same operations
-    as the unmasked update (bit for bit); a masked-out non-finite gradient changes nothing."""
-    if not params:
-        return
-    d = _decayed(grads, params, weight_decay)
-    if momentum:
-        # A buffer created here is an image's first step: it is alive (no stop precedes its first update).
-        old = _start_buffers(d, bufs)
-        if old:
-            new = torch._foreach_mul([bufs[i] for i in old], momentum)
-            torch._foreach_add_(new, [d[i] for i in old])
-            for i, n in zip(old, new):
-                bufs[i].copy_(torch.where(masks[i], n, bufs[i]))
-        d = list(bufs)
-    d = [torch.where(m, x, 0) for m, x in zip(masks, d)]
-    _step_by_lr_(params, d, lrs)
-
-
 def capture_graphed(fn, sample_args, warmup: int = 3):
     """``torch.cuda.make_graphed_callables(fn, sample_args)`` after ``warmup`` plain runs, under a
     module-level name so that a CPU test can stand the plain function in for the capture and check
@@ -336,7 +262,7 @@ class RIBEngine:
         # parameter by parameter: each stays in cache through its update, 3x faster there than
         # whole-group passes, the same bits (benchmarks/bench_sgd.py).
         self.foreach = cfg.foreach_update and self.device.type != "cpu"
-        self.momentum = cfg.weight_decay if cfg.authors_momentum else 0.9
+        self.momentum = sgd_momentum(cfg.weight_decay, 0.9, cfg.authors_momentum)
         self.snapshot_steps = snapshot_steps  # keep the map after every step (the per-step curve)
         # Prefetch pays where the device works asynchronously; on the CPU the thread would only
         # take cores from the convolutions.
@@ -633,7 +559,7 @@ class RIBEngine:
 
         with torch.no_grad():
             # st.queued - 1: this step's index, the updates made so far if the image is alive
-            factors = [max(0.0, 1.0 - (st.queued - 1) / cfg.steps) ** cfg.lr_power for st in live]
+            factors = [poly_factor(st.queued - 1, cfg.steps, cfg.lr_power) for st in live]
             if self.slots is not None:
                 self.slots.step([st.slot for st in live], grads, go if late else [None] * len(live),
                                 cfg.lr, factors, [st.queued == 1 for st in live], cfg.weight_decay,
@@ -658,20 +584,12 @@ class RIBEngine:
         cfg = self.cfg
         lrs = [cfg.lr * m * factor for factor in factors for m in self.lr_mults]
         all_bufs = [b for st in live for b in st.bufs]
-        if go is not None:
-            masks = [g for g, st in zip(go, live) for _ in st.params]
-            sgd_update_masked_(params, grads, all_bufs, lrs, cfg.weight_decay, self.momentum, masks)
-        elif self.foreach:
-            sgd_update_foreach_(params, grads, all_bufs, lrs, cfg.weight_decay, self.momentum)
+        if go is None and not self.foreach:
+            # parameter by parameter: the same operations on each as the per-image updates were
+            sgd_update_(params, grads, all_bufs, lrs, cfg.weight_decay, self.momentum)
         else:
-            offset = 0
-            for st in live:
-                n = len(st.params)
-                view = all_bufs[offset:offset + n]
-                sgd_update_(st.params, grads[offset:offset + n], view,
-                            lrs[offset:offset + n], cfg.weight_decay, self.momentum)
-                all_bufs[offset:offset + n] = view
-                offset += n
+            masks = None if go is None else [g for g, st in zip(go, live) for _ in st.params]
+            sgd_update_foreach_(params, grads, all_bufs, lrs, cfg.weight_decay, self.momentum, masks)
         offset = 0
         for st in live:
             st.bufs = all_bufs[offset:offset + len(st.params)]
@@ -826,7 +744,7 @@ class RIBEngine:
         bad = [f"{st.target.name} (loss {loss:.4g}, target logit sum {stat:.4g})"
                for st, stat, loss, _ in updated if not (math.isfinite(stat) and math.isfinite(loss))]
         step = updated[0][0].step + 1
-        lr = self.cfg.lr * max(0.0, 1.0 - updated[0][0].step / self.cfg.steps) ** self.cfg.lr_power
+        lr = self.cfg.lr * poly_factor(updated[0][0].step, self.cfg.steps, self.cfg.lr_power)
         raise NonFiniteLossError(f"rib: step {step} of image {', '.join(bad)} is not finite with "
                                  f"learning rate {lr:g}: the adaptation diverged; lower the RIB "
                                  f"learning rate (no map is written for it)")
