@@ -32,7 +32,7 @@ import torch.utils.benchmark as tb
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rib_ext import ops  # noqa: E402
 from rib_ext.models import build_cam_net  # noqa: E402
-from rib_ext.rib.engine import CAMHead  # noqa: E402
+from rib_ext.rib.head import CAMHead  # noqa: E402
 from rib_ext.rib.slots import WeightSlots  # noqa: E402
 from rib_ext.sgd import sgd_update_, sgd_update_foreach_  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_facts, when loaded by path
