@@ -160,8 +160,8 @@ class RIBEngine:
         rng = image_generator(self.cfg.seed, target.index)
         others = self.pool.draws(rng, target.label, target.pool_index, self.cfg.disjoint_prob)
         adapting = torch.ones((), dtype=torch.bool, device=self.device) if self.read_lag else None
-        return ImageState(target, keys, label, x2, params, [None] * len(params), [None] * len(x2),
-                      rng, others, adapting=adapting, slot=slot)
+        return ImageState(target, keys, label, x2, params, [None] * len(params),
+                          [None] * len(x2), rng, others, adapting=adapting, slot=slot)
 
     def _scale_forward(self, params: list, x2: Sequence[torch.Tensor], s: int) -> torch.Tensor:
         """Scale ``s``'s CAMs under ``params``, differentiable when the scale feeds the loss."""
