@@ -7,7 +7,7 @@ The weights are those RIB adapts (stages 3 and 4 with their fixed-BN affine para
 classifier, 20 classes), one copy per image, with their gradients. Per G it times:
     loop      sgd_update_ per image (torch.optim.SGD's update, one parameter at a time)
     foreach   the engine's eager update: sgd_update_foreach_ (the CPU path, read at once)
-    masked    sgd_update_masked_ (the CUDA eager path: stops decided on the device as masks)
+    masked    sgd_update_foreach_ with masks (the CUDA eager path: stops decided on the device as masks)
     slots     WeightSlots.step: the gradients copied into the [G, P] slots, the learning rates and
               flags sent to the device, and ops.sgd_step_ (the cuda_graphs path)
     kernel    ops.sgd_step_ alone on the [G, P] slots
@@ -32,9 +32,9 @@ import torch.utils.benchmark as tb
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rib_ext import ops  # noqa: E402
 from rib_ext.models import build_cam_net  # noqa: E402
-from rib_ext.rib.engine import (CAMHead, sgd_update_, sgd_update_foreach_,  # noqa: E402
-                                sgd_update_masked_)
+from rib_ext.rib.head import CAMHead  # noqa: E402
 from rib_ext.rib.slots import WeightSlots  # noqa: E402
+from rib_ext.sgd import sgd_update_, sgd_update_foreach_  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_facts, when loaded by path
 from bench_facts import print_row, run_facts, write_json  # noqa: E402
 
@@ -87,7 +87,7 @@ class Case:
             elif way == "foreach":
                 sgd_update_foreach_(self.params, self.grads, self.bufs, self.lrs, WD, MOMENTUM)
             elif way == "masked":
-                sgd_update_masked_(self.params, self.grads, self.bufs, self.lrs, WD, MOMENTUM, self.masks)
+                sgd_update_foreach_(self.params, self.grads, self.bufs, self.lrs, WD, MOMENTUM, self.masks)
             elif way == "slots":
                 self.slots.step(list(range(self.g)), self.grads, [None] * self.g, LR, self.factors,
                                 [False] * self.g, WD, MOMENTUM)

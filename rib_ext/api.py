@@ -22,8 +22,9 @@ import torch
 from rib_ext.config import RIBConfig
 from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.models.adapters import adapt
-from rib_ext.rib.engine import RIBEngine, Target
+from rib_ext.rib.engine import RIBEngine
 from rib_ext.rib.sampling import OtherImages
+from rib_ext.rib.targets import Target
 
 
 def _image(img, i: int) -> np.ndarray:

@@ -12,6 +12,8 @@ from typing import Iterable
 
 import torch
 
+from rib_ext.sgd import poly_factor, sgd_momentum
+
 
 class PolyOptimizer(torch.optim.SGD):
     """SGD whose group lrs follow ``initial_lr * (1 - step / max_step) ** power`` (stepped per batch).
@@ -26,15 +28,17 @@ class PolyOptimizer(torch.optim.SGD):
 
     def __init__(self, param_groups: Iterable[dict], lr: float, weight_decay: float, max_step: int,
                  power: float = 0.9, momentum: float = 0.9, authors_momentum: bool = True):
+        # torch.optim.SGD's own update (the RIB engine computes the same with rib_ext.sgd); the
+        # momentum follows the authors' quirk, as the engine's does.
         super().__init__(param_groups, lr=lr,
-                         momentum=weight_decay if authors_momentum else momentum)
+                         momentum=sgd_momentum(weight_decay, momentum, authors_momentum))
         self.global_step = 0
         self.max_step = max(1, int(max_step))
         self.power = power
         self.initial_lrs = [group["lr"] for group in self.param_groups]
 
     def lr_factor(self) -> float:
-        return max(0.0, 1.0 - self.global_step / self.max_step) ** self.power
+        return poly_factor(self.global_step, self.max_step, self.power)
 
     def step(self, closure=None):
         if self.global_step < self.max_step:

@@ -230,7 +230,7 @@ def test_camnet_follows_the_protocol_unchanged():
 def test_the_bf16_vmap_head_keeps_timms_batch_norm_activations():
     """The engine's bf16 vmap path rewrites batch norms as affine maps: timm's BatchNormAct2d
     carries its activation inside, which the rewrite must keep."""
-    from rib_ext.rib.engine import AffineBatchNorm
+    from rib_ext.rib.head import AffineBatchNorm
 
     net = timm.create_model("efficientnet_b0", num_classes=K).eval()
     bn = net.bn1

@@ -5,7 +5,7 @@ import torch
 
 from rib_ext import ops
 from rib_ext.ops import _extension, oracle
-from rib_ext.rib.engine import sgd_update_masked_
+from rib_ext.sgd import sgd_update_foreach_
 
 # One slot's weights as the head's parameters would lie in it: odd sizes (vector tails), a 4-d
 # one, and the classifier's two last (the second learning rate).
@@ -57,8 +57,8 @@ def run_both(g, steps, dtype, device, hyper, seed=0):
         flat_lr = [pairs[s][i >= len(SHAPES) - 2] for s in range(g) for i in range(len(SHAPES))]
         masks = [go[s].to(device) for s in range(g) for _ in SHAPES]
         # the engine's buffers exist from an image's first step on, stepping or not
-        sgd_update_masked_(flat_p, flat_g, flat_b, flat_lr, hyper["weight_decay"], hyper["momentum"],
-                           masks)
+        sgd_update_foreach_(flat_p, flat_g, flat_b, flat_lr, hyper["weight_decay"], hyper["momentum"],
+                            masks)
         for s in range(g):
             ref_bufs[s] = flat_b[s * len(SHAPES):(s + 1) * len(SHAPES)]
         count += go.long()

@@ -51,7 +51,8 @@ def test_tf32_is_a_named_choice_of_the_configs():
 
 def test_make_cam_and_rib_run_their_network_under_the_flags(restore_flags):
     """The flags are on during the forward passes of make_cam and of the RIB engine."""
-    from rib_ext.rib.engine import RIBEngine, Target
+    from rib_ext.rib.engine import RIBEngine
+    from rib_ext.rib.targets import Target
     from rib_ext.cam.maps import image_maps
     from factories import tiny_cam_net
 

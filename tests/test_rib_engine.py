@@ -10,7 +10,7 @@ from rib_ext.config import RIBConfig
 from rib_ext.optim import PolyOptimizer
 from rib_ext.rib import OtherImages, RIBEngine, Target
 from rib_ext.rib import oracle_loop
-from rib_ext.rib.engine import sgd_update_
+from rib_ext.sgd import sgd_update_
 
 
 def tiny_cfg(preset="authors", **kw):

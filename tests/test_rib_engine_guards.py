@@ -59,7 +59,7 @@ def test_no_worker_thread_works_on_the_device_during_a_capture(setup, monkeypatc
     """The prefetch thread builds the other images and the lookahead thread prepares the next
     target while the main thread captures graphs: each capture must find both at rest. The
     preparations are slowed so that, unguarded, a capture lands while one is under way."""
-    from rib_ext.rib import engine as engine_mod
+    from rib_ext.rib import graphs as graphs_mod
     from rib_ext.rib.targets import TargetViews
 
     _, model, pool, targets = setup
@@ -84,7 +84,7 @@ def test_no_worker_thread_works_on_the_device_during_a_capture(setup, monkeypatc
 
     monkeypatch.setattr(OtherImages, "batch", slowed(OtherImages.batch))
     monkeypatch.setattr(TargetViews, "prepare", slowed(TargetViews.prepare))
-    monkeypatch.setattr(engine_mod, "capture_graphed", stand_in)
+    monkeypatch.setattr(graphs_mod, "capture_graphed", stand_in)
     cfg = small_cfg(prefetch="on")
     engine = _graphed_engine(model, pool, cfg)
     results = _run(engine, targets)
@@ -131,7 +131,7 @@ def _work_once(gate, events):
 @pytest.mark.parametrize("which", ["targets", "others"])
 def test_a_failed_capture_turns_graphs_off_and_the_run_goes_on_with_the_same_maps(
         setup, monkeypatch, which):
-    from rib_ext.rib import engine as engine_mod
+    from rib_ext.rib import graphs as graphs_mod
 
     _, model, pool, targets = setup
     calls = []
@@ -143,7 +143,7 @@ def test_a_failed_capture_turns_graphs_off_and_the_run_goes_on_with_the_same_map
             raise RuntimeError("operation not permitted when stream is capturing")
         return fn
 
-    monkeypatch.setattr(engine_mod, "capture_graphed", failing)
+    monkeypatch.setattr(graphs_mod, "capture_graphed", failing)
     cfg = small_cfg(steps=3)
     engine = _graphed_engine(model, pool, cfg)
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed .*RuntimeError: operation "
@@ -159,7 +159,7 @@ def test_a_failed_capture_turns_graphs_off_and_the_run_goes_on_with_the_same_map
 def test_float32_backward_runs_without_tf32(setup, monkeypatch, graphed):
     """precision float32: the TF32 flags are off in the backward pass too (a hook inside the
     backward reads them), with PyTorch's defaults set around the run to allow TF32."""
-    from rib_ext.rib import engine as engine_mod
+    from rib_ext.rib import graphs as graphs_mod
 
     _, model, pool, targets = setup
     model = tiny_cam_net(k=4)
@@ -178,7 +178,7 @@ def test_float32_backward_runs_without_tf32(setup, monkeypatch, graphed):
     try:
         cfg = small_cfg(steps=1, head_batching="loop")
         if graphed:
-            monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args, warmup=3: fn)
+            monkeypatch.setattr(graphs_mod, "capture_graphed", lambda fn, args, warmup=3: fn)
             engine = _graphed_engine(model, pool, cfg)
         else:
             engine = RIBEngine(model, pool, cfg, "cpu")

@@ -11,8 +11,9 @@ from factories import TinyDataset, tiny_cam_net
 from rib_ext.config import ConfigError, RIBConfig
 from rib_ext.precision import fold_batch_norms
 from rib_ext.rib import OtherImages, RIBEngine, Target
-from rib_ext.rib.engine import choose_group_size, sgd_update_, sgd_update_foreach_
+from rib_ext.rib.group_size import choose_group_size
 from rib_ext.rib.image_cache import ImageCache
+from rib_ext.sgd import sgd_update_, sgd_update_foreach_
 
 
 def small_cfg(**kw):
@@ -287,7 +288,7 @@ def _bn(c=6, seed=0):
 
 
 def test_affine_batch_norm_equals_the_fixed_batch_norm():
-    from rib_ext.rib.engine import AffineBatchNorm
+    from rib_ext.rib.head import AffineBatchNorm
     bn = _bn().double()
     x = torch.randn(3, 6, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(AffineBatchNorm(bn)(x).double(), bn(x), rtol=0, atol=1e-6)
@@ -305,7 +306,7 @@ def test_affine_batch_norm_under_vmap_in_bf16_matches_each_image():
     """vmap over per-image affine parameters with a bf16 input (vmap's own batch-norm rule
     raises there), gradients included."""
     from torch.func import functional_call, vmap
-    from rib_ext.rib.engine import AffineBatchNorm
+    from rib_ext.rib.head import AffineBatchNorm
     bn = AffineBatchNorm(_bn())
     g = torch.Generator().manual_seed(2)
     weights = (torch.rand(3, 6, generator=g) + 0.5).requires_grad_()
@@ -405,13 +406,13 @@ def test_graphed_step_maths_equal_the_eager_step_on_the_cpu(setup, monkeypatch, 
     """The graphed path computes the other images' loss terms in one function (the graph's) and
     adds each image's term to its target terms: with the capture replaced by the plain function,
     the maps equal the eager path's bit for bit. (The capture itself: CUDA only, below.)"""
-    from rib_ext.rib import engine as engine_mod
+    from rib_ext.rib import graphs as graphs_mod
 
     data, model, pool, _ = setup
     targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
     cfg = small_cfg(group_size=2, steps=3, head_batching=batching)  # full groups of 2, a tail of 1
     captured = []
-    monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args, **kw: captured.append(len(args)) or fn)
+    monkeypatch.setattr(graphs_mod, "capture_graphed", lambda fn, args, **kw: captured.append(len(args)) or fn)
     graphed = RIBEngine(model, pool, cfg, "cpu")
     graphed.graphs = {}  # as cuda_graphs does on CUDA
     results = sorted(graphed.run(targets), key=lambda r: r.name)
@@ -474,18 +475,19 @@ def test_graphed_step_with_weight_slots_reads_late_as_the_eager_step(setup, monk
     them, learning rates and masks from the device. Margin stops at different steps (images leave
     and others take their rows, a stopped image's row masked out until its stop is read): the
     steps, stops and maps equal the eager engine's bit for bit, read at once or a step late."""
-    from rib_ext.rib import engine as engine_mod
+    from rib_ext.rib import graphs as graphs_mod
+    from rib_ext.rib.slots import WeightSlots
 
     data, model, pool, _ = setup
     targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
     free = _run(model, pool, targets, small_cfg(steps=3))
     margin = float(np.median([max(r.record["target_logit_sums"]) for r in free]))
     cfg = small_cfg(group_size=2, steps=3, margin=margin)
-    monkeypatch.setattr(engine_mod, "capture_graphed", lambda fn, args, **kw: fn)
+    monkeypatch.setattr(graphs_mod, "capture_graphed", lambda fn, args, **kw: fn)
     graphed = RIBEngine(model, pool, cfg, "cpu", read_lag=read_lag)
     graphed.graphs = {}  # as cuda_graphs does on CUDA
     stepped = []
-    monkeypatch.setattr(engine_mod.WeightSlots, "step", _counting(engine_mod.WeightSlots.step, stepped))
+    monkeypatch.setattr(WeightSlots, "step", _counting(WeightSlots.step, stepped))
     results = sorted(graphed.run(targets), key=lambda r: r.name)
     eager = sorted(RIBEngine(model, pool, cfg, "cpu", read_lag=read_lag).run(targets),
                    key=lambda r: r.name)
@@ -500,13 +502,13 @@ def test_graphed_target_passes_keep_the_maps_on_the_cpu(setup, monkeypatch, read
     """cuda_graph_targets: each image's passes at every scale come from its own graph, captured
     once (one warm-up run) and replayed for its steps; with the capture replaced by the plain
     function the steps, stops and maps equal the eager engine's bit for bit."""
-    from rib_ext.rib import engine as engine_mod
+    from rib_ext.rib import graphs as graphs_mod
 
     data, model, pool, _ = setup
     targets = [Target(i, data.name(i), data.image(i), data.labels(i), pool_index=i) for i in range(5)]
     cfg = small_cfg(group_size=2, steps=2, scales=(1.0, 0.5, 1.5), loss_scales=(1.0, 1.5))
     captures = []
-    monkeypatch.setattr(engine_mod, "capture_graphed",
+    monkeypatch.setattr(graphs_mod, "capture_graphed",
                         lambda fn, args, warmup=3: captures.append((len(args), warmup)) or fn)
     with pytest.warns(UserWarning, match="ignored on cpu"):
         graphed = RIBEngine(model, pool, dataclasses.replace(cfg, cuda_graphs=True,

@@ -35,6 +35,7 @@ from rib_ext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rib_ext.io import atomic_path, file_sha256
 from rib_ext.models import CAMNet
 from rib_ext.models.pretrained import SHIPPED, shipped_path
+from rib_ext.sgd import poly_factor
 
 PRETRAIN_FORMAT = "rib_ext.pretrained_backbone"
 
@@ -77,7 +78,7 @@ def _batch(images: np.ndarray, idx: np.ndarray, rng: np.random.Generator, cfg: P
 
 
 def _poly(step: int, total: int, lr: float) -> float:
-    return lr * (1 - step / total) ** 0.9
+    return lr * poly_factor(step, total, 0.9)
 
 
 @torch.no_grad()

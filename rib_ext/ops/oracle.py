@@ -187,7 +187,7 @@ def sgd_step_(params: torch.Tensor, bufs: torch.Tensor, grads: torch.Tensor, lrs
               go: torch.Tensor, first: torch.Tensor, split: int, weight_decay: float,
               momentum: float) -> None:
     """One SGD step of the [G, P] weight slots in place, as torch.optim.SGD's foreach update
-    computes it (rib_ext.rib.engine.sgd_update_masked_); csrc/sgd_step.h. Plain tensor ops: the
+    computes it (rib_ext.sgd.sgd_update_foreach_ with masks); csrc/sgd_step.h. Plain tensor ops: the
     learning rate times the step is rounded before it is subtracted where the kernels fuse the
     two, so this reference agrees with them to a rounding, not bit for bit."""
     col = torch.arange(params.shape[1], device=params.device)

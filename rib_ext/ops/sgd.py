@@ -30,9 +30,9 @@ def sgd_step_(params: torch.Tensor, bufs: torch.Tensor, grads: torch.Tensor, lrs
         split: where the second learning rate starts.
         weight_decay, momentum: as torch.optim.SGD's.
 
-    The compiled kernels compute what ``sgd_update_masked_`` of the RIB engine computes (the
-    foreach update), bit for bit; without the extension the plain-PyTorch reference runs, equal
-    to a rounding.
+    The compiled kernels compute what :func:`rib_ext.sgd.sgd_update_foreach_` computes with masks
+    (the RIB engine's eager update), bit for bit; without the extension the plain-PyTorch
+    reference runs, equal to a rounding.
     Raises:
         RuntimeError: a wrong shape, dtype, device or split (the message names it).
     """

@@ -10,9 +10,12 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from rib_ext.config import RIBConfig
-from rib_ext.rib.engine import CAMHead, Result, RIBEngine, Target
+from rib_ext.rib.engine import RIBEngine
+from rib_ext.rib.head import CAMHead
 from rib_ext.rib.sampling import OtherImages, image_generator
+from rib_ext.rib.state import Result
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS
+from rib_ext.rib.targets import Target
 
 
 def adapt(model, targets: Iterable[Target], pool: OtherImages, cfg: Optional[RIBConfig] = None,

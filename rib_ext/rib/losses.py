@@ -2,7 +2,8 @@
 
 Each row group (one target scale as [image, flip], or the B other images) has its own CAM size, so
 the loss is a sum over groups. ``rib`` with matching GNDRP and clip behaviours runs the fused
-pool + loss op; every other combination composes the separate ops.
+pool + loss op; every other combination composes the separate ops. A group's images step together:
+:func:`group_grads` takes the gradients of their summed losses.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from rib_ext import ops
 from rib_ext.config import RIBConfig
+from rib_ext.precision import cudnn_benchmark, tf32_flags
 
 # The paper's ablation of the final mapping: logits squashed to [0, 1] before a BCE loss.
 SQUASH = {
@@ -81,3 +83,22 @@ def step_loss(target_cams, target_label: torch.Tensor, other_cam: torch.Tensor,
         loss, _ = group_loss(other_cam, other_labels, cfg)
         total = total + loss
     return total, torch.as_tensor(stat, dtype=torch.float32, device=target_label.device).abs()
+
+
+def group_grads(total: torch.Tensor, params: list, target_cams: list, other_cams,
+                precision: str, time_others_apart: bool):
+    """d ``total`` (a group's summed losses) / d ``params``, under the precision's TF32 flags as
+    the forward (float32: TF32 off for cuDNN's convolution gradients too, which PyTorch otherwise
+    allows). One backward; or with ``time_others_apart`` two, so that cuDNN times the other
+    images' backward (fixed shapes) and not the target's (a new size per image): first to the
+    CAMs, then from the target's CAMs and the other images' CAMs apart. ``other_cams`` None: the
+    graph replays the other images' backward, and one backward is left."""
+    with tf32_flags(precision):
+        if not time_others_apart or other_cams is None:
+            return torch.autograd.grad(total, params)
+        t_cams = [c for cams in target_cams for c in cams]
+        g = torch.autograd.grad(total, t_cams + list(other_cams))
+        g_t = torch.autograd.grad(t_cams, params, g[:len(t_cams)])
+        with cudnn_benchmark(True):
+            g_o = torch.autograd.grad(list(other_cams), params, g[len(t_cams):])
+        return torch._foreach_add(list(g_t), list(g_o))

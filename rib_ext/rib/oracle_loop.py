@@ -15,10 +15,11 @@ from rib_ext.config import RIBConfig
 from rib_ext.data.transforms import multiscale_flip_views
 from rib_ext.ops import finalize_maps, oracle
 from rib_ext.optim import PolyOptimizer
-from rib_ext.rib.engine import Result, Target
 from rib_ext.rib.losses import SQUASH
 from rib_ext.rib.sampling import OtherImages, image_generator
+from rib_ext.rib.state import Result
 from rib_ext.rib.stops import STOP_EXPLOSION, STOP_MARGIN, STOP_STEPS
+from rib_ext.rib.targets import Target
 
 
 def _rows_loss(cam, labels, cfg: RIBConfig, per_row_loop: bool):

@@ -14,8 +14,10 @@ from pathlib import Path
 from rib_ext.config import RIBConfig
 from rib_ext.io import file_is_complete, save_json, save_npy, save_text
 from rib_ext.outputs import MapChecker, map_path, no_class_maps
-from rib_ext.rib.engine import Result, RIBEngine, Target
+from rib_ext.rib.engine import RIBEngine
 from rib_ext.rib.sampling import OtherImages
+from rib_ext.rib.state import Result
+from rib_ext.rib.targets import Target
 from rib_ext.runner import ImageResult, Output, PerImageStage, main_rank, rank_label, run_stage
 from rib_ext.runtime import resolve_device
 
