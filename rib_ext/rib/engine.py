@@ -39,8 +39,8 @@ from torch.func import functional_call
 
 from rib_ext import ops
 from rib_ext.config import RIBConfig
-from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_batch_norms,
-                               memory_format, tf32_flags)
+from rib_ext.precision import (autocast, bf16_convolutions, check_precision, cudnn_benchmark,
+                               fold_stem, memory_format, tf32_flags)
 from rib_ext.rib.losses import group_loss, step_loss
 from rib_ext.rib.sampling import OtherDraws, OtherImages, image_generator
 from rib_ext.rib.slots import WeightSlots
@@ -323,7 +323,8 @@ class RIBEngine:
         # The stem never trains: a copy with its batch norms folded into the convolutions (the
         # model itself stays as it was).
         stem = self.model.stem_module()
-        self.stem = (fold_batch_norms(stem) if cfg.fold_stem else stem).to(memory_format=self.fmt)
+        family = getattr(self.model, "family", type(self.model).__name__)
+        self.stem = (fold_stem(stem, family) if cfg.fold_stem else stem).to(memory_format=self.fmt)
         names, base = zip(*[(n, p) for n, p in self.head.named_parameters() if p.requires_grad])
         self.names = list(names)
         # clone() keeps the memory format, so every image's weight copy is channels_last too.
@@ -441,7 +442,8 @@ class RIBEngine:
         def head(params, x2):
             return functional_call(module, (dict(zip(self.names, params)), self.buffers), (x2,))
 
-        with self._autocast():
+        bf16 = bf16_convolutions() if self.precision == "bf16" else contextlib.nullcontext()
+        with self._autocast(), bf16:
             cams = torch.func.vmap(head)(stacked, x2)
         return list(_at_least_float32(cams))
 
