@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from rib_ext.config_fields import PRECISIONS
 
@@ -55,6 +58,34 @@ def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
             yield
 
 
+_CONVOLUTIONS = frozenset({torch.conv1d, torch.conv2d, torch.conv3d, F.conv1d, F.conv2d, F.conv3d,
+                           torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d,
+                           F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d})
+
+
+class _Bf16Convolutions(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _CONVOLUTIONS:
+            def cast(a):
+                return a.to(torch.bfloat16) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            args = [cast(a) for a in args]
+            kwargs = {k: cast(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def bf16_convolutions():
+    """Every convolution's input, weight and bias cast to bf16 inside the block, as CPU autocast
+    casts them outside ``torch.func.vmap`` (inside it autocast leaves a convolution in float32
+    and refuses a mix of dtypes). A batch of per-image weights under vmap then runs each
+    convolution in bf16 whatever dtype reaches it: a float32 bias (a classifier's, a ConvNeXt's
+    depthwise convolution's), or a float32 input promoted by a float32 parameter before it (a
+    layer scale, a LayerNorm's affine parameters)."""
+    with _Bf16Convolutions():
+        yield
+
+
 def memory_format(channels_last: bool):
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -86,6 +117,28 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
 
 
+def _after_fold(bn: nn.BatchNorm2d) -> nn.Module:
+    """What stays of a folded batch norm: nothing (the identity), or the activation that timm's
+    BatchNormAct2d holds inside (its dropout is off in inference)."""
+    act = getattr(bn, "act", None)
+    return act if isinstance(act, nn.Module) else nn.Identity()
+
+
+def fold_stem(stem: nn.Module, family: str) -> nn.Module:
+    """:func:`fold_batch_norms` for the setting ``rib.fold_stem``, naming the model's ``family``:
+    a stem with a batch norm it cannot fold is refused (ValueError: the folded copy would not
+    compute what the stem computes); a stem with no batch norm (ConvNeXt's, a ViT's) runs as it
+    is, with a warning that the setting does nothing there."""
+    if not any(isinstance(m, nn.BatchNorm2d) for m in stem.modules()):
+        warnings.warn(f"rib.fold_stem: the {family} model's stem holds no batch norm, nothing to "
+                      f"fold; it runs unfolded", stacklevel=3)
+    try:
+        return fold_batch_norms(stem)
+    except ValueError as exc:
+        raise ValueError(f"rib.fold_stem cannot fold the {family} model's stem ({exc}); run it "
+                         f"with fold_stem=False") from exc
+
+
 def fold_batch_norms(module: nn.Module) -> nn.Module:
     """A copy of ``module`` (inference only) in which every batch norm that directly follows a
     convolution is folded into it and replaced by the identity: ``convN``/``bnN`` siblings (the
@@ -104,7 +157,7 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
                   and isinstance(kids.get("bn" + n[4:]), nn.BatchNorm2d)]
         for conv_name, bn_name in dict.fromkeys(pairs):  # a Sequential's conv1/bn1 match twice
             _fold_into(kids[conv_name], kids[bn_name])
-            setattr(m, bn_name, nn.Identity())
+            setattr(m, bn_name, _after_fold(kids[bn_name]))
     left = [n for n, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)]
     if left:
         raise ValueError(f"cannot fold batch norms not directly after a convolution: {left}")

@@ -238,3 +238,198 @@ def test_the_bf16_vmap_head_keeps_timms_batch_norm_activations():
     x = torch.randn(2, bn.num_features, 5, 6)
     with torch.no_grad():
         torch.testing.assert_close(AffineBatchNorm(bn)(x), bn(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------ RIB's speed and precision settings, each family
+
+_RUNS = {}
+
+
+def _speed_case(name):
+    """(float32 model, pool, 2 targets, the default settings, their maps) of a family, made once."""
+    if name not in _RUNS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = adapt(_family(name)).eval()  # float32: bf16 autocast needs float32 weights
+        data = _Images()
+        pool = OtherImages(data, "cpu", resize_long=(64, 80), crop=64)
+        targets = [Target(i, f"t{i}", data.image(i), data.label_matrix()[i], pool_index=i)
+                   for i in range(2)]
+        cfg = _cfg(pooling="gap")  # gap: see test_engine_maps_equal_the_plain_loop_for_each_family
+        _RUNS[name] = (model, pool, targets, cfg, _run(model, pool, targets, cfg))
+    return _RUNS[name]
+
+
+def _run(model, pool, targets, cfg, engine=None, **kw):
+    engine = engine or RIBEngine(model, pool, cfg, "cpu", **kw)
+    return sorted(engine.run(targets), key=lambda r: r.name)
+
+
+def _maps(results):
+    return [r.maps["high_res"] for r in results]
+
+
+def _same_steps(a_results, b_results):
+    for a, b in zip(a_results, b_results, strict=True):
+        assert a.record["steps"] == b.record["steps"] == 2 and a.record["stop"] == b.record["stop"]
+        np.testing.assert_array_equal(a.maps["keys"], b.maps["keys"])
+
+
+def _close_to_float32(ref, got, rel):
+    """``got``'s maps within ``rel`` of float32's (relative to the map's max; the maps are
+    max-normalised per class) and each class's peak where float32's map peaks too (float32's value
+    at ``got``'s peak within ``rel`` of its own max)."""
+    _same_steps(ref, got)
+    for a, b in zip(_maps(ref), _maps(got)):
+        assert a.dtype == b.dtype == np.float32
+        assert a.max() > 0  # a map to compare (a zero map would pass anything)
+        err = np.abs(a - b).max() / np.abs(a).max()
+        assert err < rel, err
+        for c in range(a.shape[0]):
+            assert a[c].ravel()[b[c].argmax()] >= (1 - rel) * a[c].max()
+
+
+@pytest.mark.parametrize("name", ENGINE_FAMILIES)
+def test_exact_speed_settings_keep_each_familys_maps(name):
+    """The settings that change how the work is scheduled, not what is computed, on every family
+    the engine serves: against the defaults (float32, G 2, loop head, early reads, no prefetch, the
+    CPU's per-parameter update)."""
+    model, pool, targets, cfg, ref = _speed_case(name)
+    bitwise = {
+        # each image's passes and update are its own: a group changes nothing of them
+        "group_size 1": dict(group_size=1),
+        "prefetch on": dict(prefetch="on"),  # the same draws, built in a thread
+    }
+    for what, change in bitwise.items():
+        got = _run(model, pool, targets, cfg.replace(**change))
+        _same_steps(ref, got)
+        for a, b in zip(_maps(ref), _maps(got)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}: {what}")
+    # group_size 0 (automatic) is 1 on the CPU
+    auto = RIBEngine(model, pool, cfg.replace(group_size=0), "cpu")
+    for a, b in zip(_maps(ref), _maps(_run(model, pool, targets, None, engine=auto))):
+        np.testing.assert_array_equal(a, b, err_msg=f"{name}: group_size 0")
+    assert auto.group_size == 1
+    # Late reads (CUDA's read_lag 1: the stops decided on the device, the update masked) and the
+    # whole-group foreach update (CUDA's foreach_update; the CPU updates per parameter): the same
+    # operations per element, bit for bit, as their docstrings promise.
+    late = _run(model, pool, targets, cfg, read_lag=1)
+    foreach = RIBEngine(model, pool, cfg, "cpu")
+    assert not foreach.foreach
+    foreach.foreach = True  # as on CUDA
+    for what, got in (("read_lag 1", late), ("foreach update", _run(model, pool, targets, cfg,
+                                                                    engine=foreach))):
+        _same_steps(ref, got)
+        for a, b in zip(_maps(ref), _maps(got)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}: {what}")
+    # vmap in float32: the group's other-image pass as one batched call computes the same sums in
+    # another order (vmap's grouped convolutions / batched matmuls), so not bit for bit, which the
+    # code does not promise: float32 rounding of a max-normalised map, observed <= 3e-7 on these
+    # families; 1e-5 is a tight bound above that.
+    vmap = _run(model, pool, targets, cfg.replace(head_batching="vmap"))
+    _same_steps(ref, vmap)
+    for a, b in zip(_maps(ref), _maps(vmap)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5, err_msg=f"{name}: vmap")
+    # GNDRP pooling (the fused operator; the tests above pool by averaging) runs on the family,
+    # and a group of 2 gives each image what it gets alone, bit for bit.
+    gndrp = cfg.replace(pooling="gndrp")
+    grouped, alone = _run(model, pool, targets, gndrp), _run(model, pool, targets, gndrp.replace(group_size=1))
+    _same_steps(grouped, alone)
+    for a, b in zip(_maps(grouped), _maps(alone)):
+        assert np.isfinite(a).all()
+        np.testing.assert_array_equal(a, b, err_msg=f"{name}: gndrp, group 2 and alone")
+
+
+@pytest.mark.parametrize("name", ENGINE_FAMILIES)
+def test_approximate_speed_settings_stay_close_to_float32_on_each_family(name):
+    """bf16 (autocast; on the loop head and the vmap head), the folded stem and channels_last on
+    every family the engine serves, against the float32 defaults."""
+    model, pool, targets, cfg, ref = _speed_case(name)
+    # bf16 keeps 8 bits of mantissa (rounding 2**-8 ~ 0.4% per operation), partly cancelling over
+    # the network: observed <= 0.5% of the map's max on these families after 2 steps. 3% is six
+    # times that: a map further off than that is not bf16's rounding but another computation.
+    bf16 = _run(model, pool, targets, cfg.replace(precision="bf16"))
+    _close_to_float32(ref, bf16, rel=0.03)
+    assert any(not np.array_equal(a, b) for a, b in zip(_maps(ref), _maps(bf16)))  # bf16 ran
+    # The vmap head in bf16 (batch norms as their float32 affine maps, every convolution in bf16
+    # as autocast casts it outside vmap): close to float32 as the loop head is, and to the loop
+    # head's bf16 maps within bf16's rounding (equal where only convolutions and batch norms
+    # run; a ViT's LayerNorm and attention round differently inside vmap, observed 2e-3).
+    bf16_vmap = _run(model, pool, targets, cfg.replace(precision="bf16", head_batching="vmap"))
+    _close_to_float32(ref, bf16_vmap, rel=0.03)
+    for a, b in zip(_maps(bf16), _maps(bf16_vmap)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-2)
+    # The folded stem and channels_last change float32 rounding only (observed <= 1e-6 of the
+    # map's max): 1e-4, the bound the engine's own tests hold CAMNet to.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a stem without batch norms: tested below
+        folded = _run(model, pool, targets, cfg.replace(fold_stem=True))
+    _close_to_float32(ref, folded, rel=1e-4)
+    _close_to_float32(ref, _run(model, pool, targets, cfg.replace(channels_last=True)), rel=1e-4)
+
+
+def test_fold_stem_keeps_the_activation_of_timms_batch_norm():
+    """timm's BatchNormAct2d holds its activation: the fold keeps it (it once became the identity,
+    a RegNet's stem without its ReLUs)."""
+    from rib_ext.precision import fold_batch_norms
+
+    torch.manual_seed(0)
+    stem = adapt(timm.create_model("regnetx_002", num_classes=K)).frozen.double().eval()
+    for m in stem.modules():  # batch statistics that make the fold do something
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 1.5)
+    assert any(isinstance(m, nn.BatchNorm2d) and isinstance(getattr(m, "act", None), nn.ReLU)
+               for m in stem.modules())
+    folded = fold_batch_norms(stem)
+    x = torch.randn(2, 3, 64, 72, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), stem(x), rtol=0, atol=1e-10)
+
+
+def test_fold_stem_refuses_or_warns_naming_the_family_and_the_setting():
+    data = _Images(n=2)
+    pool = OtherImages(data, "cpu", resize_long=(64, 80), crop=64)
+    cfg = _cfg(fold_stem=True)
+    # timm's EfficientNet names its blocks' batch norms bn1/bn2 after conv_dw/conv_pw: not a pair
+    # the fold knows, so the folded copy would not be the stem.
+    with pytest.raises(ValueError, match=r"rib.fold_stem cannot fold the efficientnet model's stem.*"
+                                         r"fold_stem=False"):
+        RIBEngine(adapt(timm.create_model("efficientnet_b0", num_classes=K)), pool, cfg, "cpu")
+    # ConvNeXt's stem has no batch norm: nothing to fold, said so, and the engine runs.
+    with pytest.warns(UserWarning, match="rib.fold_stem: the convnext model's stem holds no batch norm"):
+        RIBEngine(adapt(timm.create_model("convnext_atto", num_classes=K)), pool, cfg, "cpu")
+    # A stem it folds says nothing (torchvision's ResNet: conv1 + bn1 as steps of the Chain).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine = RIBEngine(adapt(tvm.resnet18(num_classes=K)), pool, cfg, "cpu")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in engine.stem.modules())
+
+
+@pytest.mark.parametrize("name", ["tv_resnet18", pytest.param("timm_deit_tiny_avg", marks=SLOW)])
+def test_api_runs_the_bf16_vmap_head_and_returns_float32_maps_on_the_device(name):
+    """A CNN and a ViT through rib_ext.RIB with bf16 and the vmap head (a group of 2)."""
+    import rib_ext
+
+    data = _Images(n=6)
+    images, labels = [data.image(i) for i in range(3)], data.label_matrix()[:3]
+    others = ([data.image(i) for i in range(6)], data.label_matrix())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _family(name)  # float32 weights: bf16 autocast casts them
+    # Average pooling: GNDRP keeps the locations below tau of a map's max, a threshold that bf16's
+    # rounding moves locations across where a random head's logits are near 0 (one image's map
+    # moved by 7.7% under GNDRP, in the loop head's bf16 as in the vmap head's, which were equal).
+    fast = rib_ext.RIB(model, cfg=_cfg(pooling="gap", precision="bf16", head_batching="vmap"))
+    plain = rib_ext.RIB(model, cfg=_cfg(pooling="gap"))
+    assert fast.cfg.group_size == 2  # the vmap head runs for a group of more than one
+    device = next(model.parameters()).device
+    got, want = fast.maps(images, labels, others=others), plain.maps(images, labels, others=others)
+    assert [r["steps"] for r in fast.records] == [2, 2, 2]
+    for m, w, lab in zip(got, want, labels):
+        assert m["high_res"].dtype == m["cam"].dtype == torch.float32
+        assert m["high_res"].device == device
+        assert m["keys"].tolist() == np.flatnonzero(lab).tolist()
+        # bf16's rounding of a max-normalised map (see the engine tests above: 3%)
+        torch.testing.assert_close(m["high_res"], w["high_res"], rtol=0, atol=0.03)
+        assert not torch.equal(m["high_res"], w["high_res"])  # bf16 ran

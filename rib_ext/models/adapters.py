@@ -95,7 +95,10 @@ class Chain(nn.Module):
     def __init__(self, steps: Sequence[Tuple[str, nn.Module]]):
         super().__init__()
         self.names = [n for n, _ in steps]
-        self.steps = nn.ModuleList([m for _, m in steps])
+        # A Sequential (not a ModuleList; the same state-dict keys): the stem's batch-norm fold
+        # (fold_stem, rib_ext.precision.fold_batch_norms) finds a (Conv2d, BatchNorm2d) pair of
+        # steps, a ResNet's conv1 and bn1, only among a Sequential's children.
+        self.steps = nn.Sequential(*[m for _, m in steps])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _as_model_dtype(self, x)

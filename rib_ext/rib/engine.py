@@ -30,7 +30,7 @@ import torch
 
 from rib_ext import ops
 from rib_ext.config import RIBConfig
-from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_batch_norms,
+from rib_ext.precision import (autocast, check_precision, cudnn_benchmark, fold_stem,
                                memory_format)
 from rib_ext.rib.group_size import automatic_group_size, largest_target_size, measure_step_bytes
 from rib_ext.rib.graphs import capture_or_error, other_losses_pass, target_passes
@@ -79,9 +79,9 @@ class RIBEngine:
         self.pool = pool
         self.head = CAMHead(self.model)
         # The stem never trains: a copy with its batch norms folded into the convolutions (the
-        # model itself stays as it was).
-        stem = self.model.stem_module()
-        self.stem = (fold_batch_norms(stem) if cfg.fold_stem else stem).to(memory_format=self.fmt)
+        # model itself stays as it was); a refusal names the model's family.
+        stem, family = self.model.stem_module(), getattr(self.model, "family", type(model).__name__)
+        self.stem = (fold_stem(stem, family) if cfg.fold_stem else stem).to(memory_format=self.fmt)
         names, base = zip(*[(n, p) for n, p in self.head.named_parameters() if p.requires_grad])
         self.names = list(names)
         # clone() keeps the memory format, so every image's weight copy is channels_last too.

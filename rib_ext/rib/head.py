@@ -8,12 +8,15 @@ from the engine, which only schedules the steps.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
+
+from rib_ext.precision import bf16_convolutions
 
 
 def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
@@ -124,6 +127,9 @@ class FunctionalHead:
         def head(params, x2):
             return functional_call(module, (dict(zip(self.names, params)), self.buffers), (x2,))
 
-        with self.autocast():
+        # Inside vmap CPU autocast casts no convolution either: a float32 bias, or a float32 input
+        # a LayerNorm or layer scale promoted, would meet bf16 weights; cast each as autocast would.
+        bf16 = bf16_convolutions() if self.precision == "bf16" else contextlib.nullcontext()
+        with self.autocast(), bf16:
             cams = torch.func.vmap(head)(stacked, x2)
         return list(_at_least_float32(cams))
