@@ -58,17 +58,16 @@ def load_run(run: Path):
     config.json, read as ``--config`` reads it."""
     from rib_ext import pipeline
     from rib_ext.stages.context import RunContext
-    from rib_ext.cam.train import load_trained
     from rib_ext.layout import Layout
 
     layout = Layout(run)
-    config_path = layout.config
-    if not layout.classifier.exists():
+    if not layout.config.exists() and not layout.classifier.exists():
         print(f"[ablation] no trained classifier in {run}: training one on the embedded demo")
         pipeline.run(pipeline.config_from_argv(["--out", str(run)]), ["train_cam"])
-    cfg = pipeline.config_from_argv(["--config", str(config_path), "--out", str(run)])
+    cfg = pipeline.config_from_argv(["--config", str(layout.config), "--out", str(run)])
     ctx = RunContext(cfg)
-    return cfg, load_trained(layout.classifier_dir), ctx.train_set, ctx.eval_set
+    # The classifier the run's own maps came from: its --cam-checkpoint, else train_cam's.
+    return cfg, ctx.load_classifier(), ctx.train_set, ctx.eval_set
 
 
 def sweep(option: str, values: list[str], cfg, model, train_set, eval_set, out: Path) -> list[dict]:

@@ -43,3 +43,22 @@ def test_bad_option_is_refused():
         ablation.parse_value(RIBConfig(), ["taux"], "0.3")
     with pytest.raises(SystemExit, match="needs 2 part"):
         ablation.parse_value(RIBConfig(), ["margin", "lr"], "600")
+
+
+def test_a_run_made_from_a_given_classifier_is_swept_on_that_classifier(tmp_path, tiny_classifier_run):
+    """It looked for train_cam's file only and, finding none, trained another classifier on the
+    embedded demo: the sweep then measured a network the run's maps never came from."""
+    import torch
+
+    from rib_ext.models import load_cam_net
+
+    given = tiny_classifier_run / "train_cam" / "cam_net.pth"
+    run = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pipeline.main(["--out", str(run), "--cam-checkpoint", str(given),
+                              "--stages", "make_cam"] + TINY) == 0
+    _, model, _, _ = ablation.load_run(run)
+    assert not (run / "train_cam").exists()
+    expected = load_cam_net(given, "cpu").state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
