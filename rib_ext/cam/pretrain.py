@@ -44,7 +44,7 @@ PRETRAIN_FORMAT = "rib_ext.pretrained_backbone"
 class PretrainConfig:
     images: int = 6000  # world training images
     held_out: int = 400  # world images after them, for the accuracy printed at the end
-    epochs: int = 3
+    epochs: int = 12
     batch_size: int = 32
     lr: float = 0.1
     weight_decay: float = 1e-4

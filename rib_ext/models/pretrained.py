@@ -27,7 +27,7 @@ class Shipped(NamedTuple):
 SHIPPED = {
     # resnet_tiny pretrained on the demo world's 40 classes (rib_ext.data.demo_world)
     "demo_world": Shipped("resnet_tiny", "demo_world_resnet_tiny.pth",
-                          "3de6a5ea6afd7eaa2245e8173b39947475d5d30c4dd51bce0eb9131628a03f9a",
+                          "b50aaa1eda7e786d7b07fdb6f810a88c52776310cb5223782b38c7153965f40b",
                           "python -m rib_ext.cam.pretrain"),
 }
 
