@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from rib_ext.config_fields import PRECISIONS
+from rib_ext.config_fields import PRECISIONS, ConfigError
 
 
 def check_precision(precision: str) -> str:
@@ -126,8 +126,8 @@ def _after_fold(bn: nn.BatchNorm2d) -> nn.Module:
 
 def fold_stem(stem: nn.Module, family: str) -> nn.Module:
     """:func:`fold_batch_norms` for the setting ``rib.fold_stem``, naming the model's ``family``:
-    a stem with a batch norm it cannot fold is refused (ValueError: the folded copy would not
-    compute what the stem computes); a stem with no batch norm (ConvNeXt's, a ViT's) runs as it
+    a stem with a batch norm it cannot fold is refused (a ConfigError, which the pipeline reports as
+    ``error: ...``: the folded copy would not compute what the stem computes); a stem with no batch norm (ConvNeXt's, a ViT's) runs as it
     is, with a warning that the setting does nothing there."""
     if not any(isinstance(m, nn.BatchNorm2d) for m in stem.modules()):
         warnings.warn(f"rib.fold_stem: the {family} model's stem holds no batch norm, nothing to "
@@ -135,8 +135,8 @@ def fold_stem(stem: nn.Module, family: str) -> nn.Module:
     try:
         return fold_batch_norms(stem)
     except ValueError as exc:
-        raise ValueError(f"rib.fold_stem cannot fold the {family} model's stem ({exc}); run it "
-                         f"with fold_stem=False") from exc
+        raise ConfigError(f"rib.fold_stem cannot fold the {family} model's stem ({exc}); run it "
+                          f"with fold_stem=False") from exc
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:

@@ -393,8 +393,11 @@ def test_fold_stem_refuses_or_warns_naming_the_family_and_the_setting():
     cfg = _cfg(fold_stem=True)
     # timm's EfficientNet names its blocks' batch norms bn1/bn2 after conv_dw/conv_pw: not a pair
     # the fold knows, so the folded copy would not be the stem.
-    with pytest.raises(ValueError, match=r"rib.fold_stem cannot fold the efficientnet model's stem.*"
-                                         r"fold_stem=False"):
+    # A setting the user chose: the pipeline's error types (an `error: ...` line, no traceback).
+    from rib_ext.pipeline import user_error_types
+
+    with pytest.raises(user_error_types(), match=r"rib.fold_stem cannot fold the efficientnet model's stem.*"
+                                                 r"fold_stem=False"):
         RIBEngine(adapt(timm.create_model("efficientnet_b0", num_classes=K)), pool, cfg, "cpu")
     # ConvNeXt's stem has no batch norm: nothing to fold, said so, and the engine runs.
     with pytest.warns(UserWarning, match="rib.fold_stem: the convnext model's stem holds no batch norm"):
