@@ -288,7 +288,7 @@ class RIBConfig(Section):
     @classmethod
     def preset(cls, dataset: str = "voc", behaviour: str = "authors", **overrides: Any) -> "RIBConfig":
         """The authors' (``authors``) or the paper's (``paper``) behaviour with VOC or COCO numbers."""
-        if behaviour not in ("authors", "paper"):
+        if behaviour not in typing.get_args(Behaviour):
             raise ConfigError(f"RIB behaviour must be 'authors' or 'paper', got {behaviour!r}")
         values = {}
         if dataset == "coco":
