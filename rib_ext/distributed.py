@@ -10,6 +10,7 @@ all-reduce, the confusion-matrix sums), which all ranks enter together.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import logging
@@ -26,7 +27,7 @@ log = logging.getLogger("rib_ext.distributed")
 
 # The rendezvous store of the default process group (set by init_from_env) and the number of
 # barriers passed, which names the next barrier's keys: every rank calls them in the same order.
-_state = {"store": None, "barriers": 0}
+_state = {"store": None, "barriers": 0, "failed": False}
 
 
 def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
@@ -42,8 +43,21 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
         store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
         store.set_timeout(timeout)
         dist.init_process_group(backend, store=store, rank=rank_, world_size=world, timeout=timeout)
-        _state.update(store=store, barriers=0)
+        _state.update(store=store, barriers=0, failed=False)
+        atexit.register(close)
     return is_distributed()
+
+
+def close() -> None:
+    """Destroy the process group :func:`init_from_env` made (nothing otherwise); registered to run
+    at exit. Gloo's threads still alive when the interpreter is torn down abort a finished run
+    ("terminate called without an active exception", exit -6). A rank that failed keeps an NCCL
+    group: destroying it while another rank is in a collective can hang."""
+    if _state["store"] is None:
+        return
+    if dist.is_initialized() and not (_state["failed"] and dist.get_backend() == "nccl"):
+        dist.destroy_process_group()
+    _state.update(store=None, barriers=0)
 
 
 def is_distributed() -> bool:
@@ -119,6 +133,7 @@ def report_failure(message: str) -> None:
     """Tell the ranks waiting in :func:`barrier` that this rank failed (they raise instead of
     waiting); harmless when not distributed."""
     if is_distributed():
+        _state["failed"] = True
         _store().set(_key("failed"), f"rank {rank()} failed: {message}")
 
 

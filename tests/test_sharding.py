@@ -308,3 +308,33 @@ def test_rank_killed_mid_stage_leaves_whole_files_and_a_rerun_reaches_the_clean_
         assert _pngs(killed / folder) == _pngs(clean / folder), folder
     for folder in ("eval_seed/rib", "crf/rib"):
         assert _figures(killed / folder) == _figures(clean / folder), folder
+
+
+_CLOSE_CHECK = """
+import atexit, os, sys
+import torch.distributed as dist
+# Registered first, so it runs after the package's own exit handlers (atexit is last in, first out).
+atexit.register(lambda: print("group alive at exit:", dist.is_initialized(), flush=True))
+from rib_ext import distributed
+assert distributed.init_from_env(60)
+distributed.all_reduce_sum(__import__("numpy").ones(2))
+"""
+
+
+def test_the_group_a_run_made_is_destroyed_before_the_interpreter_ends(tmp_path):
+    """A gloo group left alive at exit can abort a finished rank ("terminate called without an
+    active exception", exit -6): the group init_from_env made is destroyed by an exit handler."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    procs = []
+    for r in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
+                   WORLD_SIZE="2", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", _CLOSE_CHECK], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    for proc in procs:
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 0, out
+        assert "group alive at exit: False" in out, out
