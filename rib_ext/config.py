@@ -530,7 +530,9 @@ class PipelineConfig:
     val_list: Optional[str] = None  # the segment stage's evaluation list
     saliency_dir: Optional[str] = None  # RIB-Sal: saliency PNGs that refine the pseudo masks
     allow_missing: bool = False  # skip images whose maps are missing instead of stopping
-    irn_auto_thresholds: bool = False  # IRN confident labels at best seed threshold +- 0.1
+    # IRN's thresholds from each map set's best seed threshold: confident labels at best +- 0.1,
+    # the random walk's background at best
+    irn_auto_thresholds: bool = False
     preset: Optional[DatasetName] = None  # the settings the stage configs started from
     cam_checkpoint: Optional[str] = None  # a trained classifier to use instead of train_cam's
     device: str = "auto"

@@ -269,13 +269,14 @@ def warn_overridden(args, cfg: PipelineConfig) -> None:
     """Flags the run will not use as given, said before it starts."""
     given = options.given_fields(args)
     if cfg.irn_auto_thresholds:
-        for field in ("conf_fg", "conf_bg"):
+        rules = {"conf_fg": ("ir_label", "best + 0.1"), "conf_bg": ("ir_label", "best - 0.1"),
+                 "sem_seg_bg_thres": ("make_sem_seg", "the best")}
+        for field, (stage, rule) in rules.items():
             if f"irn.{field}" in given:
                 log.warning(f"warning: --irn.{field} {given[f'irn.{field}']} is not used: "
-                            f"--irn-auto-thresholds (on in the {cfg.preset} preset) sets ir_label's "
-                            f"thresholds from each map set's best seed threshold (best "
-                            f"{'+' if field == 'conf_fg' else '-'} 0.1; ir_label prints the values "
-                            f"used); pass --irn-auto-thresholds false to use yours")
+                            f"--irn-auto-thresholds (on in the {cfg.preset} preset) sets {stage}'s "
+                            f"threshold from each map set's best seed threshold ({rule}; {stage} "
+                            f"prints the values used); pass --irn-auto-thresholds false to use yours")
 
 
 if __name__ == "__main__":

@@ -179,6 +179,9 @@ def test_conf_fg_overridden_by_the_demo_thresholds_says_so(tmp_path, capsys, mon
     assert main(["--out", str(tmp_path / "run"), "--irn.conf_fg", "0.6"] + TINY) == 0
     printed = capsys.readouterr().out
     assert "--irn.conf_fg 0.6 is not used" in printed and "--irn-auto-thresholds" in printed
+    assert main(["--out", str(tmp_path / "run"), "--irn.sem_seg_bg_thres", "0.3"] + TINY) == 0
+    printed = capsys.readouterr().out
+    assert "--irn.sem_seg_bg_thres 0.3 is not used" in printed and "make_sem_seg" in printed
     assert main(["--out", str(tmp_path / "run"), "--irn.conf_fg", "0.6",
                  "--irn-auto-thresholds", "false"] + TINY) == 0
     assert "is not used" not in capsys.readouterr().out

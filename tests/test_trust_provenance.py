@@ -173,6 +173,27 @@ def test_a_value_derived_from_another_stages_result_is_checked_before_the_stage_
     assert record["sets"]["cam"]["derived"] == {"conf_fg": 0.3, "conf_bg": 0.1}
 
 
+def test_the_walks_background_threshold_follows_eval_seed_and_is_checked(tmp_path):
+    """With --irn-auto-thresholds make_sem_seg's background threshold is the map set's best seed
+    threshold: recorded as the value used, and masks walked at another one are refused."""
+    from rib_ext.stages.provenance import ProvenanceError
+
+    out = tmp_path / "run"
+    argv = ["--irn-auto-thresholds", "true"]
+    ctx = _fake_run(out, argv, threshold=0.46)
+    record = json.loads(ctx.layout.record("make_sem_seg").read_text())
+    assert record["sets"]["rib"]["derived"]["sem_seg_bg_thres"] == 0.46
+    ctx.layout.seed_result("rib").write_text(json.dumps({"best_threshold": 0.5}))
+    prov, _ = _plan(out, argv)
+    with pytest.raises(ProvenanceError, match=r"sets.rib.derived.sem_seg_bg_thres 0.46 -> 0.5"):
+        prov.plan(["make_sem_seg"])
+    # Without the rule the walk's threshold is the setting's, whatever eval_seed found.
+    ctx = _fake_run(tmp_path / "fixed", ["--irn-auto-thresholds", "false"], threshold=0.46)
+    record = json.loads(ctx.layout.record("make_sem_seg").read_text())
+    assert "sem_seg_bg_thres" not in record["sets"]["rib"]["derived"]
+    assert record["settings"]["sem_seg_bg_thres"] == ctx.cfg.irn.sem_seg_bg_thres
+
+
 def test_overwrite_removes_only_the_named_stages_and_their_map_sets_descendants(tmp_path):
     out = tmp_path / "run"
     ctx = _fake_run(out, [])
@@ -311,3 +332,30 @@ def test_a_record_made_before_a_settings_rename_reads_under_todays_name():
 
     old = {"stage": "rib", "settings": {"gndrp_mode": "authors", "lr": 8e-6}}
     assert _current_names(old) == {"stage": "rib", "settings": {"gndrp_behaviour": "authors", "lr": 8e-6}}
+
+
+def test_the_irn_stages_run_at_the_thresholds_eval_seed_found(tmp_path, monkeypatch):
+    """--irn-auto-thresholds: ir_label labels at best +- 0.1 and make_sem_seg walks with the
+    background at best, per map set (the stages' own functions see those values)."""
+    import rib_ext.irn as irn
+    from rib_ext import pipeline
+    from rib_ext.layout import Layout
+    from rib_ext.stages.options import config_from_argv
+
+    seen = []
+    monkeypatch.setattr(irn, "ir_label_stage", lambda data, maps, out, cfg, **kw: seen.append(
+        ("ir_label", out.name, cfg.conf_fg, cfg.conf_bg)) or {})
+    monkeypatch.setattr(irn, "make_sem_seg_stage", lambda data, maps, irn_dir, out, cfg, **kw: seen.append(
+        ("make_sem_seg", out.name, cfg.sem_seg_bg_thres)) or {})
+    out = tmp_path / "run"
+    layout = Layout(out)
+    for name, best in (("cam", 0.42), ("rib", 0.5)):
+        layout.maps_dir(name).mkdir(parents=True)
+        (layout.maps_dir(name) / "x.npy").write_bytes(b"")  # a map set exists; the fakes never read it
+        layout.seed_result(name).parent.mkdir(parents=True, exist_ok=True)
+        layout.seed_result(name).write_text(json.dumps({"best_threshold": best}))
+    cfg = config_from_argv(["--out", str(out), "--demo-images", "4", "--demo-val-images", "2",
+                            "--demo-size", "48", "--device", "cpu", "--irn-auto-thresholds", "true"])
+    pipeline.run(cfg, ["ir_label", "make_sem_seg"])
+    assert sorted(seen) == [("ir_label", "cam", 0.52, 0.32), ("ir_label", "rib", 0.6, 0.4),
+                            ("make_sem_seg", "cam", 0.42), ("make_sem_seg", "rib", 0.5)]

@@ -128,11 +128,12 @@ class RunContext:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def best_threshold(self, name: str) -> float:
-        """eval_seed's best background threshold of a map set."""
+    def best_threshold(self, name: str, instead: str = "--irn-auto-thresholds false") -> float:
+        """eval_seed's best background threshold of a map set (``instead``: the flag that gives
+        the stage a threshold of its own, named when there is none)."""
         path = self.layout.seed_result(name)
         if not path.exists():
-            raise PipelineError(f"a background threshold is needed: pass --crf-threshold or run "
+            raise PipelineError(f"a background threshold is needed: pass {instead} or run "
                                 f"eval_seed first (no {path})")
         return float(json.loads(path.read_text())["best_threshold"])
 

@@ -26,7 +26,7 @@ def run(ctx, cfg) -> dict:
     for name, maps_dir in ctx.require_map_sets("crf").items():
         threshold = cfg.crf.threshold
         if threshold is None:
-            threshold = ctx.best_threshold(name)  # recorded by derived()
+            threshold = ctx.best_threshold(name, instead="--crf-threshold")  # recorded by derived()
         # Every rank refines its shard, in a pool of cfg.cpu_workers processes.
         result = refine_seeds(ctx.eval_set, maps_dir, threshold, cfg.crf, ctx.layout.crf_dir(name),
                               allow_missing=cfg.allow_missing, workers=cfg.cpu_workers)

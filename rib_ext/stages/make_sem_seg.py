@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from rib_ext.stages.common import plain_values, result_settings
 
-UPSTREAM = ("make_cam", "rib", "train_irn", "data:eval")
+UPSTREAM = ("make_cam", "rib", "train_irn", "eval_seed", "data:eval")
+# With --irn-auto-thresholds the walk's background threshold is eval_seed's best: recorded as a value.
+RESULTS_FROM = ("eval_seed",)
 
 
 def settings(cfg) -> dict:
@@ -15,25 +17,39 @@ def settings(cfg) -> dict:
 
 def derived(ctx, cfg, name: str) -> dict:
     """The IRN network the masks of map set ``name`` were walked with (its sha256; None before
-    train_irn has made it): a network trained again is never mixed with the masks of the last."""
+    train_irn has made it): a network trained again is never mixed with the masks of the last;
+    with --irn-auto-thresholds, the background threshold taken from eval_seed."""
     from rib_ext.io import file_digest
 
     path = ctx.layout.irn_model(name)
-    return {"irn_model_sha256": file_digest(path) if path.is_file() else None}
+    values = {"irn_model_sha256": file_digest(path) if path.is_file() else None}
+    if cfg.irn_auto_thresholds:
+        t = ctx.seed_threshold(name)
+        values["sem_seg_bg_thres"] = background_threshold(t)["sem_seg_bg_thres"] if t is not None else None
+    return values
+
+
+def background_threshold(threshold: float) -> dict:
+    """The walk's background threshold from a map set's best seed threshold: the walk spreads the
+    same max-normalised maps, so the level where background best met the seeds is where it starts
+    (VOC's fixed 0.25 / 0.27 sit near VOC's best seed thresholds; the demo's maps peak higher)."""
+    return {"sem_seg_bg_thres": round(float(threshold), 2)}
 
 
 def run(ctx, cfg) -> dict:
     from rib_ext.irn import make_sem_seg_stage
 
     results = {}
-    irn = cfg.irn
     # Every rank walks its shard of the images with the network train_irn wrote: wait until it is
     # there (train_irn may have run on rank 0 alone).
     ctx.barrier()
     for name, maps_dir in ctx.require_map_sets("make_sem_seg").items():
+        irn = cfg.irn
+        if cfg.irn_auto_thresholds:
+            irn = irn.replace(**background_threshold(ctx.best_threshold(name)))  # recorded by derived()
         results[name] = plain_values(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.layout.irn_dir(name),
                                                  ctx.mask_dir(name), irn, score_dir=ctx.score_dir(name)))
-        ctx.info(f"[make_sem_seg] {name}: {results[name]}")
+        ctx.info(f"[make_sem_seg] {name}: background <= {irn.sem_seg_bg_thres}: {results[name]}")
         if cfg.saliency_dir:
             results[f"{name}_saliency"] = saliency(ctx, cfg, name)
     return results
