@@ -10,8 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
-from rib_ext.config_fields import (PRECISIONS, ConfigError, Precision, check_fields, coerce,  # noqa: F401
-                                   nearest, setting, shown)
+from rib_ext.config_fields import (PRECISIONS, ConfigError, Precision, check_fields,  # noqa: F401
+                                   check_value, coerce, nearest, setting, shown)
 
 # ImageNet statistics used by torchvision's ResNet checkpoints (and IRN's normalisation).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,14 +30,19 @@ def _scales(name: str, scales) -> None:
 
 def plain_dict(cfg) -> Dict[str, Any]:
     """A config as plain values only (tuples as lists), for JSON files and ``weights_only``
-    checkpoints."""
+    checkpoints. The sections' copies of settings given once in the tree (a PipelineConfig's
+    ``MIRRORED``) are left out: each is written where it is set."""
     def plain(v):
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v
-    return plain(dataclasses.asdict(cfg))
+    out = plain(dataclasses.asdict(cfg))
+    for path in getattr(cfg, "MIRRORED", {}):
+        section, name = path.split(".")
+        del out[section][name]
+    return out
 
 
 class Section:
@@ -120,6 +125,7 @@ class TrainCamConfig(Section):
     authors_momentum: bool = True  # SGD momentum = weight_decay (the authors' optimizer quirk)
     # Steps between resumable states (also at each epoch's end)
     checkpoint_every: int = setting(100, ">= 1")
+    # Run-wide in a pipeline: given once, at the top of PipelineConfig, and copied here (RUN_WIDE)
     num_workers: int = setting(0, ">= 0")
     seed: int = setting(0, "[0, 4294967295]")
     device: str = "auto"
@@ -139,6 +145,7 @@ class MakeCamConfig(Section):
     """Plain multi-scale + flip CAMs in IRN's .npy format."""
 
     scales: Tuple[float, ...] = setting(CAM_SCALES, "> 0")
+    # Run-wide in a pipeline: given once, at the top of PipelineConfig, and copied here (RUN_WIDE)
     num_workers: int = setting(0, ">= 0")
     device: str = "auto"
     precision: Precision = "float32"  # float32 (no TF32) | tf32 | bf16 (autocast; the maps are float32)
@@ -272,6 +279,7 @@ class RIBConfig(Section):
     # once per image (one warm-up pass and two host waits) and replayed for its steps. Pays only
     # where launching the head's kernels costs more than that per image; off until measured.
     cuda_graph_targets: bool = False
+    # Run-wide in a pipeline: given once, at the top of PipelineConfig, and copied here (RUN_WIDE)
     seed: int = setting(0, "[0, 4294967295]")
     device: str = "auto"
 
@@ -336,7 +344,7 @@ class IRNConfig(Section):
     conf_bg: float = setting(0.05, "[0, 1]")
     crf: CRFConfig = field(default_factory=CRFConfig)
     # An image without its input file (maps, labels, masks): False lists them and stops, True
-    # warns (listing them) and goes on without them. Set with the run's --allow-missing.
+    # warns (listing them) and goes on without them. Run-wide in a pipeline (RUN_WIDE).
     allow_missing: bool = False
 
     # -- the inter-pixel relation network (train_irn)
@@ -359,6 +367,7 @@ class IRNConfig(Section):
     mean_shift_momentum: float = setting(0.1, "[0, 1]")
     # Steps between resumable checkpoints (also at each epoch's end)
     checkpoint_every: int = setting(100, ">= 1")
+    # Run-wide in a pipeline: given once, at the top of PipelineConfig, and copied here (RUN_WIDE)
     num_workers: int = setting(0, ">= 0")
     seed: int = setting(0, "[0, 4294967295]")
 
@@ -377,7 +386,7 @@ class IRNConfig(Section):
     # -- RIB-Sal: saliency PNGs 0..255, salient where value > saliency_threshold
     saliency_threshold: int = setting(127, "[0, 255]")
 
-    device: str = "auto"
+    device: str = "auto"  # run-wide in a pipeline (RUN_WIDE)
 
     @classmethod
     def preset(cls, dataset: str = "voc", behaviour: str = "rib", **overrides: Any) -> "IRNConfig":
@@ -458,6 +467,7 @@ class SegmentConfig(Section):
     amp: bool = True  # bf16 autocast, on CUDA only (CPU runs stay float32)
     checkpoint_every: int = setting(1000, ">= 1")  # iterations between resumable checkpoints
     tensorboard: bool = True  # also log to TensorBoard when it is installed
+    # Run-wide in a pipeline: given once, at the top of PipelineConfig, and copied here (RUN_WIDE)
     num_workers: int = setting(0, ">= 0")
     seed: int = setting(0, "[0, 4294967295]")
 
@@ -476,7 +486,9 @@ class SegmentConfig(Section):
     use_crf: bool = True
     crf: CRFConfig = field(default_factory=deeplab_crf)
 
-    allow_missing: bool = False  # an image without its label / score file: skip it (warned) or stop
+    # An image without its label / score file: skip it (warned) or stop; with the device, run-wide
+    # in a pipeline (RUN_WIDE)
+    allow_missing: bool = False
     device: str = "auto"
 
     @classmethod
@@ -518,9 +530,30 @@ class VisualizeConfig(Section):
                  f"montage_count must lie in 0..count ({self.count}), got {self.montage_count}")
 
 
+# The run-wide settings: given once, at the top of PipelineConfig (its run section), and copied
+# into every section that keeps a field of its own for one (a stage's Python API takes its section
+# alone: RIBConfig(device="cpu")). Setting -> the sections holding a copy.
+RUN_WIDE: Dict[str, Tuple[str, ...]] = {
+    "device": ("train_cam", "make_cam", "rib", "irn", "segment"),
+    "seed": ("train_cam", "rib", "irn", "segment"),
+    "num_workers": ("train_cam", "make_cam", "irn", "segment"),
+    "allow_missing": ("irn", "segment"),
+}
+
+
 @dataclass
 class PipelineConfig:
-    """The whole run: data, output, and every stage's settings (one tree, validated at once)."""
+    """The whole run: data, output, and every stage's settings (one tree, validated at once).
+
+    The top level is the run section: besides the data and the output, the settings every stage
+    shares (RUN_WIDE), given once. The sections' own fields for them are copies (MIRRORED): set
+    from the top whenever the tree is built or validated, never on their own.
+    """
+
+    # The sections' fields that copy a setting given once elsewhere in the tree: "section.field"
+    # -> that setting's key. No flag of their own, not written to config.json.
+    MIRRORED: ClassVar[Dict[str, str]] = {f"{section}.{name}": name
+                                          for name, sections in RUN_WIDE.items() for section in sections}
 
     dataset: DatasetName = "demo"
     root: Optional[str] = None
@@ -529,13 +562,18 @@ class PipelineConfig:
     eval_list: Optional[str] = None
     val_list: Optional[str] = None  # the segment stage's evaluation list
     saliency_dir: Optional[str] = None  # RIB-Sal: saliency PNGs that refine the pseudo masks
-    allow_missing: bool = False  # skip images whose maps are missing instead of stopping
+    # An image without its inputs (maps, labels, masks): skip it, with a warning naming it, instead
+    # of stopping (every stage)
+    allow_missing: bool = False
     # IRN's thresholds from each map set's best seed threshold: confident labels at best +- 0.1,
     # the random walk's background at best
     irn_auto_thresholds: bool = False
     preset: Optional[DatasetName] = None  # the settings the stage configs started from
     cam_checkpoint: Optional[str] = None  # a trained classifier to use instead of train_cam's
-    device: str = "auto"
+    device: str = "auto"  # every stage's: auto (CUDA when present), cpu, cuda, cuda:1 ...
+    seed: int = setting(0, "[0, 4294967295]")  # the random seed of train_cam, rib, train_irn and segment
+    # Data-loading worker processes per rank (train_cam, make_cam, train_irn, segment)
+    num_workers: int = setting(0, ">= 0")
     # Worker processes per rank of the CPU-bound stages (the dense CRF of crf and ir_label); None:
     # the cores available to the process, shared among the ranks of the machine; 0 or 1: no pool.
     cpu_workers: Optional[int] = setting(None, ">= 0")
@@ -559,8 +597,100 @@ class PipelineConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check every field of the tree (also after in-place edits, which skip __post_init__)."""
+        """Check every field of the tree (also after in-place edits, which skip __post_init__),
+        the copies (MIRRORED) taken afresh from the settings they copy."""
+        # What is copied is checked where it is set first, so that an error names that key.
+        check_fields(self, skip={path.split(".")[0] for path in self.MIRRORED})
+        self._copy_mirrored()
         check_fields(self)
+
+    def _copy_mirrored(self) -> None:
+        changes: Dict[str, Dict[str, Any]] = {}
+        for path, source in self.MIRRORED.items():
+            section, name = path.split(".")
+            value, copy = _get(self, source), getattr(getattr(self, section), name)
+            if type(copy) is not type(value) or copy != value:
+                changes.setdefault(section, {})[name] = value
+        for section, values in changes.items():
+            # A new section object: another tree holding this one (dataclasses.replace copies the
+            # references) keeps its own values.
+            try:
+                setattr(self, section, dataclasses.replace(getattr(self, section), **values))
+            except ConfigError as err:
+                raise err.within(section) from err
+
+    @classmethod
+    def upgrade_plain(cls, values: Dict[str, Any], where: str = "") -> Dict[str, Any]:
+        """A config file's values with the copies that earlier versions wrote inside the sections
+        (``rib.seed``, ``irn.allow_missing``...) taken to the one key that sets them now
+        (``seed``, ``allow_missing``). A copy that differs from another, or from the value given
+        at that key, is a ConfigError naming both keys."""
+        values = dict(values)
+        found: Dict[str, Tuple[str, Any]] = {}  # setting -> (the key it was read from, its value)
+        for path, source in cls.MIRRORED.items():
+            section, name = path.split(".")
+            if not isinstance(values.get(section), dict) or name not in values[section]:
+                continue
+            f = next(f for f in dataclasses.fields(_hint(cls, section)) if f.name == name)
+            try:
+                value = check_value(f, _hint(cls, path), values[section][name])
+            except ConfigError as err:
+                raise err.within(_join(where, section)) from err
+            values[section] = {k: v for k, v in values[section].items() if k != name}
+            if source not in found:
+                given = _plain_get(values, source)
+                if given is not dataclasses.MISSING:
+                    found[source] = (source, coerce(_hint(cls, source), given, _join(where, source)))
+            if source not in found:
+                found[source] = (path, value)
+                continue
+            key, first = found[source]
+            if type(value) is not type(first) or value != first:
+                *outer, setting_name = source.split(".")
+                why = (f"{setting_name} is a setting of the {outer[0]} section now" if outer else
+                       f"the {source} is one run-wide setting now")
+                raise ConfigError(f"{_join(where, path)} {shown(value)} differs from "
+                                  f"{_join(where, key)} {shown(first)}: {why}")
+        for source, (key, value) in found.items():
+            if key != source:
+                _plain_set(values, source, value)
+        return values
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _hint(cls, path: str):
+    """The type of the field at dotted ``path`` under the dataclass ``cls``."""
+    *sections, name = path.split(".")
+    for part in sections:
+        cls = typing.get_type_hints(cls)[part]
+    return typing.get_type_hints(cls)[name]
+
+
+def _plain_get(values: Dict[str, Any], path: str):
+    """The value at dotted ``path`` of nested dicts, or MISSING."""
+    for part in path.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return dataclasses.MISSING
+        values = values[part]
+    return values
+
+
+def _plain_set(values: Dict[str, Any], path: str, value: Any) -> None:
+    """``values`` (nested dicts, copied where changed) with ``value`` at dotted ``path``; a part
+    that is not a mapping is left for the loader to refuse."""
+    *sections, name = path.split(".")
+    node = values
+    for part in sections:
+        inner = node.get(part, {})
+        if not isinstance(inner, dict):
+            return
+        node[part] = node = dict(inner)
+    node[name] = value
 
 
 def from_plain(cls, values: Any, where: str = ""):
@@ -572,6 +702,8 @@ def from_plain(cls, values: Any, where: str = ""):
         raise ConfigError(f"expected a mapping of {cls.__name__} settings, got {shown(values)}",
                           where or None)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if hasattr(cls, "upgrade_plain"):  # a layout of earlier versions
+        values = cls.upgrade_plain(values, where)
     for old, new in getattr(cls, "OLD_NAMES", {}).items():
         if old in values:
             if new in values:

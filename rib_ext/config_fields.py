@@ -21,7 +21,7 @@ import math
 import numbers
 import typing
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 
 # The numerics of the GPU stages' ``precision`` setting (rib_ext.precision says what each means);
@@ -215,11 +215,14 @@ def check_value(f: dataclasses.Field, hint, value: Any) -> Any:
     return value
 
 
-def check_fields(obj) -> None:
-    """Check every field of the config dataclass ``obj`` (see the module docstring). Nested
-    config dataclasses are validated again (an in-place edit skips their ``__post_init__``)."""
+def check_fields(obj, skip: Collection[str] = ()) -> None:
+    """Check every field of the config dataclass ``obj`` (see the module docstring) but those
+    named in ``skip``. Nested config dataclasses are validated again (an in-place edit skips
+    their ``__post_init__``)."""
     hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             try:

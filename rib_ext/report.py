@@ -206,7 +206,7 @@ def build_report(out_dir, preset: Optional[Mapping[str, Any]] = None,
     if summary is None:
         raise FileNotFoundError(f"{Layout(out_dir).summary}: no summary: the run has not finished")
     if used is None:
-        used = _load_json(Layout(out_dir).config) or {}
+        used = _saved_settings(out_dir)
     dataset = dataset or used.get("dataset") or "?"
     rows = table_rows(summary)
     with_segment = any(r["segment"] is not None for r in rows.values())
@@ -242,6 +242,18 @@ def build_report(out_dir, preset: Optional[Mapping[str, Any]] = None,
     if pictures:
         lines += ["", "## Pictures", ""] + pictures
     return "\n".join(lines) + "\n"
+
+
+def _saved_settings(out_dir: Path) -> Dict[str, Any]:
+    """The run's config.json, laid out as today's (an earlier version wrote the run-wide settings
+    inside the sections); as it is where its copies disagree (the report only shows it)."""
+    from rib_ext.config import ConfigError, PipelineConfig
+
+    used = _load_json(Layout(out_dir).config) or {}
+    try:
+        return PipelineConfig.upgrade_plain(used) if isinstance(used, dict) else used
+    except ConfigError:
+        return used
 
 
 def write_report(out_dir, preset: Optional[Mapping[str, Any]] = None,

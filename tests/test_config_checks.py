@@ -21,12 +21,14 @@ def no_run(*args, **kwargs):
 
 
 def leaves(cls=PipelineConfig, prefix=""):
-    """(dotted path, field, type) of every non-dataclass field of the config tree."""
+    """(dotted path, field, type) of every non-dataclass field of the config tree but the
+    sections' copies of settings given elsewhere in it (PipelineConfig.MIRRORED: see
+    test_a_copys_value_in_an_old_config_file_is_checked_as_the_sections)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             yield from leaves(hints[f.name], f"{prefix}{f.name}.")
-        else:
+        elif f"{prefix}{f.name}" not in PipelineConfig.MIRRORED:
             yield f"{prefix}{f.name}", f, hints[f.name]
 
 
@@ -167,6 +169,20 @@ def test_config_file_values_are_typed_and_names_known(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err.startswith(f"error: --config {path}: ") and message in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("path", sorted(PipelineConfig.MIRRORED))
+def test_a_copys_value_in_an_old_config_file_is_checked_as_the_sections(path):
+    """A copy of a run-wide setting inside a section, as earlier versions wrote config.json, is
+    read with its section field's type and range, and an error names the key the file holds."""
+    section, name = path.split(".")
+    hint = typing.get_type_hints(type(getattr(PipelineConfig(), section)))[name]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)}: expected "):
+        from_plain(PipelineConfig, nested(path, _wrong_type(hint)))
+    f = next(f for f in dataclasses.fields(getattr(PipelineConfig(), section)) if f.name == name)
+    if field_range(f) is not None:
+        with pytest.raises(ConfigError, match=rf"^{re.escape(path)} must be "):
+            from_plain(PipelineConfig, nested(path, -1))
 
 
 def _wrong_type(hint):

@@ -2,6 +2,7 @@
 and their aliases, presets, flags reaching every stage, user errors as `error:` + status 2."""
 import json
 import logging
+import re
 
 import pytest
 
@@ -57,16 +58,164 @@ def test_generated_flags_and_aliases_set_the_same_fields():
     assert a.rib.lr == 0.001 and a.train_cam.epochs == 3 and a.irn.crf.gt_prob == 0.6
     assert a.rib.stop_on_margin is False and a.make_cam.scales == (1.0, 0.5)
     # A dotted flag wins over a multi-stage alias.
-    c = config(["--seed", "3", "--rib.seed", "5"])
-    assert c.train_cam.seed == 3 and c.rib.seed == 5
+    c = config(["--scales", "1.0", "0.5", "--rib.scales", "1.0", "2.0"])
+    assert c.make_cam.scales == (1.0, 0.5) and c.rib.scales == (1.0, 2.0)
 
 
-def test_flags_reach_every_stage_that_uses_them():
-    cfg = config(["--allow-missing", "--num-workers", "2", "--seed", "7", "--device", "cpu"])
-    for section in (cfg.train_cam, cfg.irn, cfg.segment):
-        assert section.num_workers == 2 and section.seed == 7 and section.device == "cpu"
-    assert cfg.make_cam.num_workers == 2 and cfg.rib.seed == 7 and cfg.rib.device == "cpu"
-    assert cfg.allow_missing and cfg.irn.allow_missing and cfg.segment.allow_missing
+RUN_VALUES = {"device": "cpu", "seed": 7, "num_workers": 2, "allow_missing": True}
+
+
+@pytest.mark.parametrize("flags", [
+    ["--allow-missing", "--num-workers", "2", "--seed", "7", "--device", "cpu"],
+    ["--allow_missing", "true", "--num_workers", "2", "--seed", "7", "--device", "cpu"],
+])
+def test_run_wide_flags_set_one_field_that_every_section_copies(flags):
+    from rib_ext.config import RUN_WIDE
+
+    cfg = config(flags)
+    assert set(RUN_WIDE) == set(RUN_VALUES)
+    for name, sections in RUN_WIDE.items():
+        assert getattr(cfg, name) == RUN_VALUES[name], name
+        for section in sections:
+            assert getattr(getattr(cfg, section), name) == RUN_VALUES[name], (section, name)
+    assert (cfg.train_cam.seed, cfg.rib.seed, cfg.irn.seed, cfg.segment.seed) == (7, 7, 7, 7)
+    assert cfg.make_cam.num_workers == 2 and cfg.rib.device == "cpu" and cfg.segment.allow_missing
+    # --num-workers also sizes the CRF pool, as it always did, unless that is given on its own.
+    assert cfg.cpu_workers == 2
+    assert config(["--num-workers", "2", "--cpu_workers", "3"]).cpu_workers == 3
+    assert config([]).cpu_workers is None
+
+
+def test_every_section_field_of_a_run_wide_setting_is_a_copy():
+    """A section that gains a field of a run-wide setting (its own device, say) is declared a copy
+    in RUN_WIDE, or it would be a second flag setting it for that stage alone."""
+    import dataclasses
+
+    from rib_ext.config import RUN_WIDE
+    from rib_ext.stages.options import sections
+
+    for section, cls in sections():
+        for f in dataclasses.fields(cls):
+            if f.name in RUN_WIDE and (section, f.name) != ("demo", "seed"):  # the generator's own
+                assert f"{section}.{f.name}" in PipelineConfig.MIRRORED, (section, f.name)
+
+
+def test_the_copies_follow_the_run_value_when_it_changes():
+    import dataclasses
+
+    cfg = config([])
+    other = dataclasses.replace(cfg, device="cpu", seed=4)
+    assert other.rib.device == "cpu" and other.irn.seed == 4 and other.segment.device == "cpu"
+    assert cfg.rib.device == "auto" and cfg.irn.seed == 0  # the first tree keeps its sections
+    cfg.num_workers = 3  # an in-place edit: copied when the tree is validated
+    cfg.validate()
+    assert cfg.train_cam.num_workers == 3 and cfg.irn.num_workers == 3
+    with pytest.raises(ConfigError, match=r"^seed must be in \[0, 4294967295\], got -1"):
+        dataclasses.replace(cfg, seed=-1)  # named where it is set, not in a section
+
+
+@pytest.mark.parametrize("path", sorted(PipelineConfig.MIRRORED))
+def test_a_sections_own_flag_for_a_run_wide_setting_says_which_to_use(path, capsys, tmp_path):
+    name = path.split(".")[1]
+    use = {"device": "--device", "seed": "--seed", "num_workers": "--num-workers",
+           "allow_missing": "--allow-missing"}[name]
+    value = {"device": ["cpu"], "seed": ["5"], "num_workers": ["2"], "allow_missing": []}[name]
+    out = tmp_path / "run"
+    assert main(["--out", str(out), f"--{path}", *value, "--tau", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --{path}: the {name} is one run-wide setting now") and \
+        err.rstrip().endswith(f"use {use}"), err
+    assert "unrecognized" not in err and not out.exists()
+    with pytest.raises(ConfigError, match="one run-wide setting now"):
+        config([f"--{path}", *value])
+
+
+def test_help_lists_the_run_wide_settings_in_the_run_group_once():
+    parser = pipeline.build_parser()
+    groups = {g.title: [o for a in g._group_actions for o in a.option_strings] for g in parser._action_groups}
+    for flag in ("--device", "--seed", "--num_workers", "--num-workers", "--allow_missing", "--allow-missing"):
+        assert flag in groups["data and run"], flag
+        assert sum(flag in flags for flags in groups.values()) == 1, flag
+    text = parser.format_help()
+    assert "--rib.seed" not in text and "--train_cam.device" not in text and "--irn.num_workers" not in text
+
+
+def test_config_json_holds_the_run_wide_settings_once_at_the_top(tmp_path, capsys):
+    assert main(["--seed", "7", "--device", "cpu", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["seed"], printed["device"], printed["num_workers"], printed["allow_missing"]) == \
+        (7, "cpu", 0, False)
+    for path in PipelineConfig.MIRRORED:
+        section, name = path.split(".")
+        assert name not in printed[section], path
+    assert printed["demo"]["seed"] == 0  # the demo generator's seed is a setting of its own
+    # A run's config.json (here of no stage) has the same layout.
+    out = tmp_path / "run"
+    cfg = config(["--out", str(out), "--seed", "7", "--device", "cpu", "--demo-images", "4",
+                  "--demo-val-images", "2", "--demo-size", "48"])
+    pipeline.run(cfg, [])
+    saved = json.loads((out / "config.json").read_text())
+    assert {k: saved[k] for k in RUN_VALUES} == {**RUN_VALUES, "num_workers": 0, "allow_missing": False}
+    assert not [p for p in PipelineConfig.MIRRORED if p.split(".")[1] in saved[p.split(".")[0]]]
+
+
+def _old_layout(cfg):
+    """``cfg``'s config.json as versions before the run section wrote it: every section with its
+    copy of the run-wide settings, no seed or num_workers at the top."""
+    saved = plain_dict(cfg)
+    for path, source in PipelineConfig.MIRRORED.items():
+        section, name = path.split(".")
+        saved[section][name] = saved[source]
+    del saved["seed"], saved["num_workers"]
+    return saved
+
+
+def test_an_old_config_file_with_the_copies_in_the_sections_still_loads(tmp_path):
+    cfg = config(["--seed", "7", "--device", "cpu", "--num-workers", "2", "--allow-missing"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"stages": ["rib"], "environment": {}, **_old_layout(cfg)}))
+    assert config(["--config", str(path)]) == cfg
+    assert config(["--config", str(path), "--seed", "3"]).rib.seed == 3
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["rib"].update(seed=5),
+     "rib.seed 5 differs from train_cam.seed 7: the seed is one run-wide setting now"),
+    (lambda s: s["segment"].update(num_workers=1),
+     "segment.num_workers 1 differs from train_cam.num_workers 2: the num_workers is one run-wide"),
+    (lambda s: s["irn"].update(device="cuda"),
+     'irn.device "cuda" differs from device "cpu": the device is one run-wide setting now'),
+    (lambda s: s.update(seed=8),
+     "train_cam.seed 7 differs from seed 8: the seed is one run-wide setting now"),
+])
+def test_an_old_config_file_whose_copies_differ_is_refused_naming_them(tmp_path, capsys, edit, message):
+    saved = _old_layout(config(["--seed", "7", "--device", "cpu", "--num-workers", "2"]))
+    edit(saved)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config(["--config", str(path)])
+    assert main(["--config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_stage_records_keep_the_run_wide_settings_where_they_were():
+    """Provenance fingerprints each stage's section as a dict; the sections keep their copies, so
+    a stage records what it did before the run section (the seed where its outputs depend on it;
+    never the device, the workers or the missing-file policy) and a folder made then is not taken
+    for one of other settings."""
+    from rib_ext.stages.common import result_settings
+    from rib_ext.stages.registry import STAGES, stage_module
+
+    cfg = config(["--seed", "7", "--device", "cpu", "--num-workers", "2", "--allow-missing"])
+    recorded = {stage: stage_module(stage).settings(cfg) for stage in STAGES}
+    assert {s for s, r in recorded.items() if "seed" in r} == {"train_cam", "rib", "train_irn", "segment"}
+    assert all(r["seed"] == 7 for r in recorded.values() if "seed" in r)
+    assert not [s for s, r in recorded.items() if {"device", "num_workers", "allow_missing"} & set(r)]
+    for stage, section in (("train_cam", cfg.train_cam), ("segment", cfg.segment)):
+        assert recorded[stage] == result_settings(section) and len(recorded[stage]) == \
+            len(plain_dict(section)) - len({"device", "num_workers", "allow_missing", "checkpoint_every",
+                                            "tensorboard"} & set(plain_dict(section)))
 
 
 def test_stage_runners_pass_the_flags_on(tmp_path, monkeypatch):

@@ -1,9 +1,12 @@
 """The pipeline's command line, generated from the config dataclasses, and the presets.
 
-Every field of :class:`PipelineConfig` is a flag: top-level ones by name (``--dataset``), stage
-ones as ``--<section>.<field>`` (``--rib.lr``, ``--train_cam.epochs``, ``--irn.crf.gt_prob``).
-The short flags of earlier versions stay as aliases (``--rib-lr``, ``--epochs``...); a few reach
-several sections (``--seed``, ``--device``, ``--num-workers``, ``--scales``, ``--allow-missing``).
+Every field of :class:`PipelineConfig` is a flag: top-level ones by name (``--dataset``, and the
+run-wide ``--device``, ``--seed``, ``--num_workers``, ``--allow_missing``), stage ones as
+``--<section>.<field>`` (``--rib.lr``, ``--train_cam.epochs``, ``--irn.crf.gt_prob``); the
+sections' copies of the run-wide settings (``PipelineConfig.MIRRORED``) have none, and their
+earlier flags (``--rib.seed``) stop with the flag to use. The short flags of earlier versions stay
+as aliases (``--rib-lr``, ``--epochs``, ``--num-workers``...); two reach several sections
+(``--scales``, ``--thresholds``).
 
 A config is built in this order: the preset (``--preset demo|voc|coco``, default: the dataset's
 own) gives each section its starting values, a section may follow earlier ones (IRN starts from
@@ -31,7 +34,7 @@ PREFIX = "cfg:"
 # Keys of a config.json that record the run (rib_ext.pipeline.run writes them), not settings.
 RUN_RECORD_KEYS = ("stages", "environment")
 # Settings chosen by a preset selector, not flags of their own.
-NOT_FLAGS = {"rib.behaviour", "preset", "device"}  # device: the --device alias sets it
+NOT_FLAGS = {"rib.behaviour", "preset"}
 
 # flag -> the config fields it sets (single-field aliases become extra names of the generated flag).
 ALIASES: Dict[str, tuple] = {
@@ -51,40 +54,37 @@ ALIASES: Dict[str, tuple] = {
     "--segment-weights": ("segment.weights",), "--segment-iterations": ("segment.iterations",),
     "--crf-threshold": ("crf.threshold",), "--rib.gndrp_mode": ("rib.gndrp_behaviour",),
     "--dist-timeout": ("dist_timeout_s",), "--max-pixels": ("max_pixels",),
+    "--num-workers": ("num_workers",), "--allow-missing": ("allow_missing",),
     # Several sections:
-    "--device": ("device", "train_cam.device", "make_cam.device", "rib.device", "irn.device",
-                 "segment.device"),
-    "--num-workers": ("train_cam.num_workers", "make_cam.num_workers", "irn.num_workers",
-                      "segment.num_workers", "cpu_workers"),
-    "--seed": ("train_cam.seed", "rib.seed", "irn.seed", "segment.seed"),
     "--scales": ("make_cam.scales", "rib.scales"),
-    "--allow-missing": ("allow_missing", "irn.allow_missing", "segment.allow_missing"),
 }
 ALIAS_HELP = {
-    "--device": "auto (CUDA when present), cpu, cuda, cuda:1 ... (every stage)",
-    "--num-workers": "worker processes per rank: data loading (every stage; default 0) and the "
-                     "CRF pool of crf and ir_label (--cpu_workers; default the cores available)",
-    "--seed": "random seed of train_cam, rib, train_irn and segment",
     "--scales": "inference scales of make_cam and rib, 1.0 first",
-    "--allow-missing": "skip images whose inputs (maps, labels) are missing instead of stopping",
 }
 FIELD_HELP = {
     "dataset": "the dataset: demo (generated under OUT/data, or --root), voc or coco (--root the "
                "dataset folder)",
+    "device": "auto (CUDA when present), cpu, cuda, cuda:1 ... (every stage)",
+    "seed": "random seed of train_cam, rib, train_irn and segment",
+    "num_workers": "worker processes per rank: data loading (train_cam, make_cam, train_irn, "
+                   "segment), and the CRF pool of crf and ir_label unless --cpu_workers is given",
+    "allow_missing": "skip images whose inputs (maps, labels, masks) are missing, with a warning, "
+                     "instead of stopping (every stage)",
 }
 
 
 # ------------------------------------------------------------------------------ flag generation
 
 def _leaves(cls, prefix: str = ""):
-    """(dotted path, type) of every non-dataclass field under ``cls``."""
+    """(dotted path, type) of every non-dataclass field under ``cls`` that is a flag (not a copy
+    of a setting given elsewhere in the tree, PipelineConfig.MIRRORED)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         path = f"{prefix}{f.name}"
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             yield from _leaves(hint, path + ".")
-        elif path not in NOT_FLAGS:
+        elif path not in NOT_FLAGS and path not in PipelineConfig.MIRRORED:
             yield path, hint
 
 
@@ -177,7 +177,10 @@ def default_help(get, configs: Dict[str, PipelineConfig]) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    singles = {targets[0]: flag for flag, targets in ALIASES.items() if len(targets) == 1}
+    singles: Dict[str, list] = {}  # field -> its aliases
+    for flag, targets in ALIASES.items():
+        if len(targets) == 1:
+            singles.setdefault(targets[0], []).append(flag)
     groups: Dict[str, Any] = {}
     ranges = _range_help(PipelineConfig)
     configs = preset_defaults()
@@ -186,9 +189,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if section not in groups:
             groups[section] = parser.add_argument_group(
                 f"{section} settings" if section != "run" else "data and run")
-        names = [f"--{path}"]
-        if path in singles:
-            names.append(singles[path])
+        names = [f"--{path}", *singles.get(path, [])]
         choices = choices_of(hint)  # a Literal type: its values are the flag's choices
         extra = {"choices": choices} if choices else {}
         helps = [FIELD_HELP.get(path), ranges.get(path), default_help(path, configs)]
@@ -196,6 +197,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             *names, dest=PREFIX + path, default=argparse.SUPPRESS,
             metavar="{" + ",".join(choices) + "}" if choices else path.split(".")[-1].upper(),
             help="; ".join(h for h in helps if h), **_argspec(hint), **extra)
+    # The flags of the sections' copies of run-wide settings, taken away: each says which to use.
+    for path, source in PipelineConfig.MIRRORED.items():
+        if "." not in source:
+            parser.add_argument(f"--{path}", dest=f"copy:{path}", nargs="*", default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
     multi = parser.add_argument_group("flags that reach several stages")
     hints = dict(_leaves(PipelineConfig))
     for flag, targets in ALIASES.items():
@@ -211,10 +217,22 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                                     c.eval_seed.threshold_step), configs))
 
 
+def flag_of(path: str) -> str:
+    """The flag a message names for a config field: its short alias where it has one (the
+    spelling of earlier versions), else the generated one."""
+    return next((flag for flag, targets in ALIASES.items() if targets == (path,)), f"--{path}")
+
+
 def given_fields(args: argparse.Namespace) -> Dict[str, Any]:
     """The config fields the command line sets: aliases first, then the dotted flags on top."""
     values: Dict[str, Any] = {}
     ns = vars(args)
+    for key in ns:
+        if key.startswith("copy:"):
+            path = key[len("copy:"):]
+            source = PipelineConfig.MIRRORED[path]
+            raise ConfigError(f"--{path}: the {source} is one run-wide setting now, given once for "
+                              f"every stage: use {flag_of(source)}")
     for key, value in ns.items():
         if key == "alias:--thresholds":
             values.update({"eval_seed.threshold_start": value[0],
@@ -227,6 +245,8 @@ def given_fields(args: argparse.Namespace) -> Dict[str, Any]:
             values[key[len(PREFIX):]] = value
     if "train_cam.weights" in values and "train_cam.random_init" not in values:
         values["train_cam.random_init"] = values["train_cam.weights"] is None
+    if "num_workers" in values and "cpu_workers" not in values:
+        values["cpu_workers"] = values["num_workers"]  # --num-workers sizes the CRF pool too
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 

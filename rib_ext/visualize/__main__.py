@@ -50,14 +50,16 @@ def _dataset(args, root: str | None, split: str):
 
 def _run_rib_parts(args, run: Path, root: str, saved: dict):
     """The run's trained classifier, its other-image pool and its RIB settings (from config.json)."""
-    from rib_ext.config import RIBConfig
+    from rib_ext.config import PipelineConfig, from_plain
     from rib_ext.rib import OtherImages
     from rib_ext.cam.train import load_trained
+    from rib_ext.stages.options import RUN_RECORD_KEYS
 
     if "rib" not in saved:
         raise SystemExit(f"{Layout(run).config}: no rib settings: --steps needs a pipeline run")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["rib"].items()}
-    rib_cfg = RIBConfig(**{**fields, "device": "cpu"})
+    # Read as --config reads it: the run-wide settings (the seed) are given at its top level.
+    settings = from_plain(PipelineConfig, {k: v for k, v in saved.items() if k not in RUN_RECORD_KEYS})
+    rib_cfg = settings.rib.replace(device="cpu")
     pool_set = _dataset(args, root, saved.get("train_list") or "train")
     pool = OtherImages(pool_set, "cpu", rib_cfg.other_resize_long, rib_cfg.other_crop)
     return load_trained(Layout(run).classifier_dir), pool, rib_cfg
