@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
+from rib_ext import presets
 from rib_ext.config_fields import (PRECISIONS, ConfigError, Precision, check_fields,  # noqa: F401
                                    check_value, coerce, nearest, setting, shown)
 
@@ -295,40 +296,17 @@ class RIBConfig(Section):
 
     @classmethod
     def preset(cls, dataset: str = "voc", behaviour: str = "authors", **overrides: Any) -> "RIBConfig":
-        """The authors' (``authors``) or the paper's (``paper``) behaviour with VOC or COCO numbers."""
+        """The authors' (``authors``) or the paper's (``paper``) behaviour with VOC or COCO numbers
+        (rib_ext.presets.rib), with keyword overrides."""
         if behaviour not in typing.get_args(Behaviour):
             raise ConfigError(f"RIB behaviour must be 'authors' or 'paper', got {behaviour!r}")
-        values = {}
-        if dataset == "coco":
-            values.update(lr=5e-6, num_others=15, tau=0.5, margin=1000.0, explosion_ratio=0.8,
-                          coco_first20_bug=behaviour == "authors")
-        if behaviour == "paper":
-            # The paper's B (20 on VOC) counts the target among the step's images; the authors'
-            # code draws B images besides it.
-            values.update(behaviour="paper", gndrp_behaviour="paper", clip_loss=True, stop_on_margin=False,
-                          stop_on_explosion=False, final_map=True,
-                          num_others=values.get("num_others", cls.num_others) - 1)
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**presets.rib(dataset, behaviour, num_others=cls.num_others), **overrides})
 
 
 # What a stage does when an image has no input file: stop with a list, or skip with a warning.
 
 
 # ---- IRN refinement (ir_label, train_irn, make_sem_seg, eval_mask), as IRN's released code does it
-
-# What differs between the IRN and RIB authors' code; everything else is shared. VOC presets pad
-# every image to 512 x 512 before the boundary network (IRN's EdgeDisplacement, which RIB keeps for
-# VOC); RIB's COCO script does not pad and uses a background threshold of 0.22.
-IRN_PRESETS: Dict[str, Dict[str, Any]] = {
-    "irn": {"conf_fg": 0.30, "conf_bg": 0.05, "sem_seg_bg_thres": 0.25, "map_power": 1.0,
-            "boundary_pad_to": 512},
-    "rib": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.27, "map_power": 1.3,
-            "boundary_pad_to": 512},
-    "rib_coco": {"conf_fg": 0.35, "conf_bg": 0.17, "sem_seg_bg_thres": 0.22, "map_power": 1.3,
-                 "boundary_pad_to": None},
-}
-
 
 @dataclass
 class IRNConfig(Section):
@@ -394,12 +372,9 @@ class IRNConfig(Section):
         keyword overrides. ``dataset="coco"`` selects the COCO variant: ``"rib"`` becomes
         ``"rib_coco"`` (background threshold 0.22, no padding); ``"irn"`` (no COCO script of its
         own) runs unpadded."""
-        if behaviour not in IRN_PRESETS:
-            raise ConfigError(f"unknown IRN behaviour {behaviour!r}; expected one of {sorted(IRN_PRESETS)}")
-        values = dict(IRN_PRESETS[behaviour])
-        if dataset == "coco":
-            values = dict(IRN_PRESETS.get(f"{behaviour}_coco", {**values, "boundary_pad_to": None}))
-        return cls(**{**values, **overrides})
+        if behaviour not in presets.IRN_PRESETS:
+            raise ConfigError(f"unknown IRN behaviour {behaviour!r}; expected one of {sorted(presets.IRN_PRESETS)}")
+        return cls(**{**presets.irn(dataset, behaviour), **overrides})
 
     @property
     def walk_steps(self) -> int:
@@ -432,13 +407,6 @@ def deeplab_crf() -> CRFConfig:
     comes from the network's softmax, not from hard labels."""
     return CRFConfig(gaussian_sxy=1.0, gaussian_compat=3.0, bilateral_sxy=67.0,
                      bilateral_srgb=3.0, bilateral_compat=4.0, iterations=10)
-
-
-# What differs between the datasets; everything else is shared.
-SEGMENT_PRESETS: Dict[str, Dict[str, Any]] = {
-    "voc": {"iterations": 30000, "lr": 2e-4, "crop_size": 321, "retrain": True},
-    "coco": {"iterations": 100000, "lr": 2.5e-4, "crop_size": 481, "retrain": False},
-}
 
 
 @dataclass
@@ -494,9 +462,10 @@ class SegmentConfig(Section):
     @classmethod
     def preset(cls, dataset: str = "voc", **overrides: Any) -> "SegmentConfig":
         """The paper's ``"voc"`` or ``"coco"`` numbers, with keyword overrides."""
-        if dataset not in SEGMENT_PRESETS:
-            raise ConfigError(f"unknown segmentation preset {dataset!r}; expected one of {sorted(SEGMENT_PRESETS)}")
-        return cls(**{**SEGMENT_PRESETS[dataset], **overrides})
+        if dataset not in presets.SEGMENT_PRESETS:
+            raise ConfigError(f"unknown segmentation preset {dataset!r}; expected one of "
+                              f"{sorted(presets.SEGMENT_PRESETS)}")
+        return cls(**{**presets.SEGMENT_PRESETS[dataset], **overrides})
 
     def check_rules(self) -> None:
         if not self.aspp_dilations:

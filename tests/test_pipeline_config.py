@@ -8,7 +8,7 @@ import pytest
 
 from rib_ext import pipeline
 from rib_ext.config import ConfigError, PipelineConfig, RIBConfig, TrainCamConfig, plain_dict
-from rib_ext.data.demo import demo_preset
+from rib_ext.presets import demo as demo_preset
 from pipeline_runs import main
 
 

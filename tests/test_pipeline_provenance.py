@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from rib_ext import pipeline
-from rib_ext.data.demo import demo_preset
+from rib_ext.presets import demo as demo_preset
 from gloo_ranks import free_port, gloo_rank
 from pipeline_runs import TINY, copy_run, finish_run, main
 

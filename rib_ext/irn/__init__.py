@@ -11,7 +11,8 @@ Stages, each ``(dataset, input folder(s), out_dir, cfg)`` -> a small summary dic
 All numbers live in :class:`IRNConfig` (``IRNConfig.preset(behaviour="rib")`` for the RIB authors' settings).
 Every stage writes atomically and skips outputs that exist, so a rerun resumes.
 """
-from rib_ext.config import IRN_PRESETS as PRESETS, IRNConfig
+from rib_ext.config import IRNConfig
+from rib_ext.presets import IRN_PRESETS as PRESETS
 from rib_ext.irn.ir_label import combine_confident, confident_labels, ir_label_stage
 from rib_ext.irn.network import IRNet, build_irnet, infer_boundary, load_irnet, save_irnet
 from rib_ext.irn.path_index import PathIndex

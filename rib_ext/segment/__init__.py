@@ -8,7 +8,8 @@ Pieces: :class:`SegmentConfig` (every default, the paper's VOC numbers; ``preset
 resume), :func:`score_labels` / :func:`fill_ignored` (the re-training technique),
 :func:`predict_labels` / :func:`infer_stage` (multi-scale + flip inference, CRF, evaluation).
 """
-from rib_ext.config import SEGMENT_PRESETS as PRESETS, SegmentConfig, deeplab_crf
+from rib_ext.config import SegmentConfig, deeplab_crf
+from rib_ext.presets import SEGMENT_PRESETS as PRESETS
 from rib_ext.segment.data import SegmentationTrainSet, augment, load_labels
 from rib_ext.segment.infer import (VOC_SERVER_DIR, crf_refine_probs, evaluate_folder, infer_stage,
                                    predict_folder, predict_labels, predict_probs)

@@ -2,6 +2,7 @@
 maths is :func:`rib_ext.irn.ir_label_stage`."""
 from __future__ import annotations
 
+from rib_ext import presets
 from rib_ext.stages.common import plain_values, result_settings
 
 UPSTREAM = ("make_cam", "rib", "eval_seed", "data:eval")
@@ -14,18 +15,13 @@ def settings(cfg) -> dict:
     return {"irn_auto_thresholds": cfg.irn_auto_thresholds, **{k: irn[k] for k in cfg.irn.IR_LABEL_FIELDS}}
 
 
-def thresholds(threshold: float) -> dict:
-    """IRN's confident-label thresholds from a map set's best seed threshold."""
-    return {"conf_fg": round(min(threshold + 0.1, 0.99), 2), "conf_bg": round(max(threshold - 0.1, 0.0), 2)}
-
-
 def derived(ctx, cfg, name: str) -> dict:
     """The thresholds ir_label uses for map set ``name`` when they follow its best seed threshold
     (None before eval_seed has run)."""
     if not cfg.irn_auto_thresholds:
         return {}
     t = ctx.seed_threshold(name)
-    return thresholds(t) if t is not None else {"conf_fg": None, "conf_bg": None}
+    return presets.confident_thresholds(t) if t is not None else {"conf_fg": None, "conf_bg": None}
 
 
 def run(ctx, cfg) -> dict:
@@ -35,7 +31,7 @@ def run(ctx, cfg) -> dict:
     for name, maps_dir in ctx.require_map_sets("ir_label").items():  # every rank: its shard
         irn = cfg.irn
         if cfg.irn_auto_thresholds:
-            irn = irn.replace(**thresholds(ctx.best_threshold(name)))  # recorded by derived()
+            irn = irn.replace(**presets.confident_thresholds(ctx.best_threshold(name)))  # recorded by derived()
         results[name] = plain_values(ir_label_stage(ctx.eval_set, maps_dir, ctx.layout.ir_label_dir(name), irn,
                                              workers=cfg.cpu_workers))
         ctx.info(f"[ir_label] {name}: fg > {irn.conf_fg}, bg <= {irn.conf_bg}: {results[name]}")

@@ -3,6 +3,7 @@
 RIB-Sal step: masks refined with saliency maps. The maths: :mod:`rib_ext.irn`."""
 from __future__ import annotations
 
+from rib_ext import presets
 from rib_ext.stages.common import plain_values, result_settings
 
 UPSTREAM = ("make_cam", "rib", "train_irn", "eval_seed", "data:eval")
@@ -25,15 +26,8 @@ def derived(ctx, cfg, name: str) -> dict:
     values = {"irn_model_sha256": file_digest(path) if path.is_file() else None}
     if cfg.irn_auto_thresholds:
         t = ctx.seed_threshold(name)
-        values["sem_seg_bg_thres"] = background_threshold(t)["sem_seg_bg_thres"] if t is not None else None
+        values["sem_seg_bg_thres"] = presets.walk_background(t)["sem_seg_bg_thres"] if t is not None else None
     return values
-
-
-def background_threshold(threshold: float) -> dict:
-    """The walk's background threshold from a map set's best seed threshold: the walk spreads the
-    same max-normalised maps, so the level where background best met the seeds is where it starts
-    (VOC's fixed 0.25 / 0.27 sit near VOC's best seed thresholds; the demo's maps peak higher)."""
-    return {"sem_seg_bg_thres": round(float(threshold), 2)}
 
 
 def run(ctx, cfg) -> dict:
@@ -46,7 +40,7 @@ def run(ctx, cfg) -> dict:
     for name, maps_dir in ctx.require_map_sets("make_sem_seg").items():
         irn = cfg.irn
         if cfg.irn_auto_thresholds:
-            irn = irn.replace(**background_threshold(ctx.best_threshold(name)))  # recorded by derived()
+            irn = irn.replace(**presets.walk_background(ctx.best_threshold(name)))  # recorded by derived()
         results[name] = plain_values(make_sem_seg_stage(ctx.eval_set, maps_dir, ctx.layout.irn_dir(name),
                                                  ctx.mask_dir(name), irn, score_dir=ctx.score_dir(name)))
         ctx.info(f"[make_sem_seg] {name}: background <= {irn.sem_seg_bg_thres}: {results[name]}")

@@ -23,11 +23,10 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from rib_ext import presets
 from rib_ext.config import (PIPELINE_PRESETS, ConfigError,
                              PipelineConfig, from_plain)
 from rib_ext.config_fields import choices_of, field_range
-from rib_ext.data.demo import demo_preset
-from rib_ext.layout import Layout
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
 PREFIX = "cfg:"
@@ -312,12 +311,12 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
             # above all); a torchvision / timm model keeps the epochs and rates only.
             for key in ("backbone", "weights", "random_init", "strides", "from_scratch"):
                 start.pop(key, None)
-        start.update(_follows(name, built, top, preset == "demo"))
+        start.update(presets.follows(name, built, top, preset == "demo"))
         built[name] = apply(cls.preset(numbers, **behaviour.get(name, {}), **start),
                             _section(given, name), name)
         if name == "demo" and preset == "demo":
-            # The demo's settings live in one place, with the reasons: rib_ext.data.demo.demo_preset.
-            demo_settings = demo_preset(built["demo"].image_size,
+            # The demo's settings, with the reasons: rib_ext.presets.demo.
+            demo_settings = presets.demo(built["demo"].image_size,
                                         from_scratch=bool(given.get("train_cam.from_scratch", False)))
     pipeline_defaults = dict(demo_settings.get("pipeline", {}))
     if dataset != "demo":  # the held-out split is the generated demo's; a user's folder keeps its lists
@@ -325,24 +324,6 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     for key, value in pipeline_defaults.items():
         top.setdefault(key, value)
     return _resolve_lists(PipelineConfig(**top, **built))
-
-
-def _follows(name: str, built: Dict[str, Any], top: Dict[str, Any], is_demo: bool) -> Dict[str, Any]:
-    """Starting values a section takes from sections built before it: IRN starts from the
-    classifier's backbone (ImageNet weights, or the demo's pretrained backbone, when given; from
-    scratch, the trained classifier's own backbone, there being no other weights to start from)."""
-    if name != "irn":
-        return {}
-    train_cam = built["train_cam"]
-    if train_cam.model != "camnet":
-        # IRN's network is a ResNet of its own: it cannot start from a torchvision / timm
-        # classifier's weights (--irn.weights gives it an ImageNet ResNet checkpoint).
-        return dict(backbone=train_cam.backbone, random_init=is_demo or train_cam.random_init)
-    if is_demo and train_cam.weights is None:
-        out_dir = top.get("out_dir", "rib_ext_out")
-        weights = top.get("cam_checkpoint") or str(Layout(out_dir).classifier)
-        return dict(backbone=train_cam.backbone, weights=weights)
-    return dict(backbone=train_cam.backbone, weights=train_cam.weights, random_init=train_cam.random_init)
 
 
 def _from_file(args, given: Dict[str, Any]) -> PipelineConfig:
