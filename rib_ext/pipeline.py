@@ -123,8 +123,9 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     ctx.prepare_datasets(stages)
     note_other_version(ctx)
     # The output folder recorded absolute: --config OUT/config.json from any folder resumes this run.
-    ctx.write_json(ctx.layout.config, {"stages": stages, "environment": environment(ctx),
-                                       **plain_dict(cfg), "out_dir": str(ctx.out.resolve())})
+    config = {"stages": stages, "environment": environment(ctx), **plain_dict(cfg),
+              "out_dir": str(ctx.out.resolve())}
+    ctx.write_json(ctx.layout.config, config)
     train_set, eval_set = ctx.train_set, ctx.eval_set
     ctx.info(f"[pipeline] dataset {cfg.dataset} ({options.describe(cfg)}): {len(train_set)} "
              f"training images, {len(eval_set)} images to map and evaluate, "
@@ -137,6 +138,10 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
         prov.begin(stage)  # checks what it derives from the results made so far, then tags it
         summary[stage] = stage_module(stage).run(ctx, cfg)
         summary[stage]["stage_seconds"] = round(time.time() - t0, 1)
+        used = derived_settings(prov, stage)
+        if used:  # config.json says what ran: the settings a stage took from another's result
+            config["derived"] = {**config.get("derived", {}), stage: used}
+            ctx.write_json(ctx.layout.config, config)
         if ctx.is_main:  # merged after every stage: earlier runs' and stages' figures stay
             save_json(summary_path, {**_read_json(summary_path), **summary,
                                      "seconds": round(time.time() - t_start, 1)})
@@ -147,6 +152,19 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
     if ctx.is_main:
         ctx.info(f"[pipeline] report: {write_run_report(ctx.out, cfg)}")
     return summary
+
+
+def derived_settings(prov, stage: str) -> dict:
+    """Map set -> the settings ``stage`` took from another stage's result (crf's threshold,
+    IRN's thresholds under --irn-auto-thresholds): what its provenance records, settings only."""
+    from rib_ext.layout import MAP_SETS, PER_SET
+
+    if stage not in PER_SET or not hasattr(stage_module(stage), "RESULTS_FROM"):
+        return {}
+    names = {f for _, section in options.sections() for f in section.__dataclass_fields__}
+    used = {name: {k: v for k, v in prov.derived(stage, name).items() if k in names and v is not None}
+            for name in MAP_SETS}
+    return {name: values for name, values in used.items() if values}
 
 
 def note_other_version(ctx) -> None:

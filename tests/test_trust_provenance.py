@@ -336,7 +336,8 @@ def test_a_record_made_before_a_settings_rename_reads_under_todays_name():
 
 def test_the_irn_stages_run_at_the_thresholds_eval_seed_found(tmp_path, monkeypatch):
     """--irn-auto-thresholds: ir_label labels at best +- 0.1 and make_sem_seg walks with the
-    background at best, per map set (the stages' own functions see those values)."""
+    background at best, per map set (the stages' own functions see those values), and
+    config.json records the values used."""
     import rib_ext.irn as irn
     from rib_ext import pipeline
     from rib_ext.layout import Layout
@@ -359,3 +360,11 @@ def test_the_irn_stages_run_at_the_thresholds_eval_seed_found(tmp_path, monkeypa
     pipeline.run(cfg, ["ir_label", "make_sem_seg"])
     assert sorted(seen) == [("ir_label", "cam", 0.52, 0.32), ("ir_label", "rib", 0.6, 0.4),
                             ("make_sem_seg", "cam", 0.42), ("make_sem_seg", "rib", 0.5)]
+    # config.json says what ran: the values taken from eval_seed, per stage and map set; a
+    # rerun from it (--config) takes the rule again, not the values.
+    saved = json.loads(layout.config.read_text())
+    assert saved["derived"] == {
+        "ir_label": {"cam": {"conf_fg": 0.52, "conf_bg": 0.32}, "rib": {"conf_fg": 0.6, "conf_bg": 0.4}},
+        "make_sem_seg": {"cam": {"sem_seg_bg_thres": 0.42}, "rib": {"sem_seg_bg_thres": 0.5}}}
+    again = config_from_argv(["--config", str(layout.config)])
+    assert again.irn_auto_thresholds and again.irn.sem_seg_bg_thres == cfg.irn.sem_seg_bg_thres

@@ -31,7 +31,7 @@ from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
 PREFIX = "cfg:"
 # Keys of a config.json that record the run (rib_ext.pipeline.run writes them), not settings.
-RUN_RECORD_KEYS = ("stages", "environment")
+RUN_RECORD_KEYS = ("stages", "environment", "derived")
 # Settings chosen by a preset selector, not flags of their own.
 NOT_FLAGS = {"rib.behaviour", "preset"}
 
