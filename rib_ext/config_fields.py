@@ -13,12 +13,17 @@ field, and a config that holds the section names it in full (``irn.sem_seg_bg_th
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import functools
+import inspect
+import io
 import json
 import math
 import numbers
+import textwrap
+import tokenize
 import typing
 from dataclasses import dataclass
 from typing import Any, Collection, Optional, Sequence
@@ -244,3 +249,41 @@ def nearest(name: str, known) -> str:
     """"; did you mean X?" for the closest known name, or nothing."""
     close = difflib.get_close_matches(name, sorted(known), n=1)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls) -> dict:
+    """Field name -> its documentation, read from the comments of the class's source as written
+    beside the field: the comment lines right above it and the comment at the end of its lines
+    (``--help`` shows them). A comment starting with ``--`` heads a group of fields, not one."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (a class made at run time)
+        return {}
+    comments: dict = {}  # line -> (text, whole line)
+    code_lines = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            line = tok.start[0]
+            comments[line] = (tok.string.lstrip("#").strip(), line not in code_lines)
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                              tokenize.ENDMARKER):
+            for line in range(tok.start[0], tok.end[0] + 1):
+                code_lines.add(line)
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    docs = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and node.target.id in names):
+            continue
+        above = []
+        line = node.lineno - 1
+        while line in comments and comments[line][1] and not comments[line][0].startswith("--"):
+            above.insert(0, comments[line][0])
+            line -= 1
+        after = [comments[n][0] for n in range(node.lineno, node.end_lineno + 1)
+                 if n in comments and not comments[n][1]]
+        text = " ".join(t for t in above + after if t)
+        if text:
+            docs[node.target.id] = text
+    return docs

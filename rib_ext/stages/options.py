@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional
 from rib_ext import presets
 from rib_ext.config import (PIPELINE_PRESETS, ConfigError,
                              PipelineConfig, from_plain)
-from rib_ext.config_fields import choices_of, field_range
+from rib_ext.config_fields import choices_of, field_docs, field_range
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
 PREFIX = "cfg:"
@@ -96,6 +96,19 @@ def _range_help(cls, prefix: str = "") -> Dict[str, str]:
             out.update(_range_help(hints[f.name], f"{prefix}{f.name}."))
         elif field_range(f) is not None:
             out[prefix + f.name] = field_range(f).describe().replace("%", "%%")
+    return out
+
+
+def _doc_help(cls, prefix: str = "") -> Dict[str, str]:
+    """dotted path -> the field's documentation (the comments beside it in rib_ext/config.py)."""
+    hints = typing.get_type_hints(cls)
+    out: Dict[str, str] = {}
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(_doc_help(hints[f.name], f"{prefix}{f.name}."))
+        elif f.name in docs:
+            out[prefix + f.name] = docs[f.name].replace("%", "%%")
     return out
 
 
@@ -182,6 +195,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             singles.setdefault(targets[0], []).append(flag)
     groups: Dict[str, Any] = {}
     ranges = _range_help(PipelineConfig)
+    docs = _doc_help(PipelineConfig)
     configs = preset_defaults()
     for path, hint in _leaves(PipelineConfig):
         section = path.split(".")[0] if "." in path else "run"
@@ -191,7 +205,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         names = [f"--{path}", *singles.get(path, [])]
         choices = choices_of(hint)  # a Literal type: its values are the flag's choices
         extra = {"choices": choices} if choices else {}
-        helps = [FIELD_HELP.get(path), ranges.get(path), default_help(path, configs)]
+        helps = [FIELD_HELP.get(path) or docs.get(path), ranges.get(path), default_help(path, configs)]
         groups[section].add_argument(
             *names, dest=PREFIX + path, default=argparse.SUPPRESS,
             metavar="{" + ",".join(choices) + "}" if choices else path.split(".")[-1].upper(),
