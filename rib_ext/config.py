@@ -659,9 +659,9 @@ class PipelineConfig:
     @classmethod
     def upgrade_plain(cls, values: Dict[str, Any], where: str = "") -> Dict[str, Any]:
         """A config file's values with the copies that earlier versions wrote inside the sections
-        (``rib.seed``, ``irn.allow_missing``...) taken to the one key that sets them now
-        (``seed``, ``allow_missing``). A copy that differs from another, or from the value given
-        at that key, is a ConfigError naming both keys."""
+        (``rib.seed``, ``irn.allow_missing``, ``rib.group_size``...) taken to the one key that
+        sets them now (``seed``, ``allow_missing``, ``rib_speed.group_size``). A copy that differs
+        from another, or from the value given at that key, is a ConfigError naming both keys."""
         values = dict(values)
         found: Dict[str, Tuple[str, Any]] = {}  # setting -> (the key it was read from, its value)
         for path, source in cls.MIRRORED.items():
