@@ -32,8 +32,9 @@ VARIANTS = {"tf32": dict(precision="tf32"),
 def run_variant(out: Path, device: str, overrides: dict, stages: list[str], extra: list[str]) -> dict:
     cfg = pipeline.config_from_argv(
         ["--out", str(out), "--device", device] + extra)
+    # The speed settings' section: run() validates the tree, which copies it into cfg.rib.
     for k, v in overrides.items():
-        setattr(cfg.rib, k, v)
+        setattr(cfg.rib_speed, k, v)
     return pipeline.run(cfg, stages)
 
 

@@ -189,6 +189,59 @@ RIBLoss = Literal["rib", "bce_sigmoid", "bce_tanh", "bce_softsign"]
 RIB_LOSSES = typing.get_args(RIBLoss)
 
 
+def _check_graphs(cfg) -> None:
+    _require(cfg.cuda_graphs or not cfg.cuda_graph_targets,
+             "cuda_graph_targets captures the targets' passes beside the other images' graph: "
+             "it needs cuda_graphs on")
+
+
+@dataclass
+class RIBSpeedConfig(Section):
+    """RIB's speed settings (benchmarks/RESULTS.md): none changes the method, precision aside,
+    which changes the maps' rounding (the rib stage's provenance compares it, not the others). In
+    a pipeline they are its ``rib_speed`` section, copied into RIBConfig's fields of the same names
+    (PipelineConfig.MIRRORED), which the rib stage and a caller of its Python API read."""
+
+    # G: images adapted at once, each with its own weights; 0 = auto
+    group_size: int = setting(1, ">= 0")
+    head_batching: Literal["loop", "vmap"] = "loop"  # the group's other-image pass, per image or vmapped
+    # float32 (no TF32) | tf32 (TF32 convolutions and matrix products on Ampere+) | bf16 (autocast;
+    # maps and weights stay float32): rib_ext.precision
+    precision: Precision = "float32"
+    channels_last: bool = False  # NHWC convolutions (pays on GPUs with bf16)
+    cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape
+    # Stages 1-2 with each fixed BN folded into its convolution: fewer kernels, but float rounding
+    # differs (~1e-7), so off by default, keeping the authors' maps bit for bit.
+    fold_stem: bool = False
+    # the SGD update as torch._foreach_* over the group's weights (CUDA; the CPU's per-parameter
+    # update keeps each parameter in cache and is faster there, same bits)
+    foreach_update: bool = True
+    # group_size=0 (CUDA): the largest G whose step, measured on the largest target, fits the
+    # device's free memory (less a tenth); a positive value caps that budget, in GiB.
+    group_memory_gb: float = setting(0.0, ">= 0")
+    # Decoded other images kept in (pinned) host memory, LRU beyond
+    image_cache_mb: int = setting(4096, ">= 0")
+    prefetch: Literal["auto", "on", "off"] = "auto"  # build the next step's other images in a thread
+    # CUDA: the other images' pass and loss, forward and backward (fixed shapes), replayed from a
+    # CUDA graph per group size G, captured at a group's first full step; the group's weights in
+    # slots that one kernel steps (learning rates on the device). Off until measured on a GPU;
+    # ignored (with a warning) on the CPU.
+    cuda_graphs: bool = False
+    # With cuda_graphs: each target's passes (every scale, forward and backward) captured too,
+    # once per image (one warm-up pass and two host waits) and replayed for its steps. Pays only
+    # where launching the head's kernels costs more than that per image; off until measured.
+    cuda_graph_targets: bool = False
+
+    def check_rules(self) -> None:
+        _check_graphs(self)
+
+
+def _speed(name: str) -> Any:
+    """RIBConfig's field ``name``: RIBSpeedConfig's default and range (declared there, once)."""
+    f = next(f for f in dataclasses.fields(RIBSpeedConfig) if f.name == name)
+    return dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+
+
 @dataclass
 class RIBConfig(Section):
     """Per-image adaptation (RIB). Defaults: the paper's VOC settings with the authors' released
@@ -250,44 +303,26 @@ class RIBConfig(Section):
     # over range(20) also on COCO, and that produced the published COCO figures. On by preset("coco",
     # behaviour="authors"); the paper behaviour normalises all 80 classes.
     coco_first20_bug: bool = False
-    # G: images adapted at once, each with its own weights; 0 = auto
-    group_size: int = setting(1, ">= 0")
-    head_batching: Literal["loop", "vmap"] = "loop"  # the group's other-image pass, per image or vmapped
-    # -- speed settings (benchmarks/RESULTS.md); none changes the method, precision aside
-    # float32 (no TF32) | tf32 (TF32 convolutions and matrix products on Ampere+) | bf16 (autocast;
-    # maps and weights stay float32): rib_ext.precision
-    precision: Precision = "float32"
-    channels_last: bool = False  # NHWC convolutions (pays on GPUs with bf16)
-    cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape
-    # Stages 1-2 with each fixed BN folded into its convolution: fewer kernels, but float rounding
-    # differs (~1e-7), so off by default, keeping the authors' maps bit for bit.
-    fold_stem: bool = False
-    # the SGD update as torch._foreach_* over the group's weights (CUDA; the CPU's per-parameter
-    # update keeps each parameter in cache and is faster there, same bits)
-    foreach_update: bool = True
-    # group_size=0 (CUDA): the largest G whose step, measured on the largest target, fits the
-    # device's free memory (less a tenth); a positive value caps that budget, in GiB.
-    group_memory_gb: float = setting(0.0, ">= 0")
-    # Decoded other images kept in (pinned) host memory, LRU beyond
-    image_cache_mb: int = setting(4096, ">= 0")
-    prefetch: Literal["auto", "on", "off"] = "auto"  # build the next step's other images in a thread
-    # CUDA: the other images' pass and loss, forward and backward (fixed shapes), replayed from a
-    # CUDA graph per group size G, captured at a group's first full step; the group's weights in
-    # slots that one kernel steps (learning rates on the device). Off until measured on a GPU;
-    # ignored (with a warning) on the CPU.
-    cuda_graphs: bool = False
-    # With cuda_graphs: each target's passes (every scale, forward and backward) captured too,
-    # once per image (one warm-up pass and two host waits) and replayed for its steps. Pays only
-    # where launching the head's kernels costs more than that per image; off until measured.
-    cuda_graph_targets: bool = False
+    # -- speed settings: RIBSpeedConfig's (defaults, ranges and what each does are stated there;
+    # a pipeline's rib_speed section sets them)
+    group_size: int = _speed("group_size")
+    head_batching: Literal["loop", "vmap"] = _speed("head_batching")
+    precision: Precision = _speed("precision")
+    channels_last: bool = _speed("channels_last")
+    cudnn_benchmark: bool = _speed("cudnn_benchmark")
+    fold_stem: bool = _speed("fold_stem")
+    foreach_update: bool = _speed("foreach_update")
+    group_memory_gb: float = _speed("group_memory_gb")
+    image_cache_mb: int = _speed("image_cache_mb")
+    prefetch: Literal["auto", "on", "off"] = _speed("prefetch")
+    cuda_graphs: bool = _speed("cuda_graphs")
+    cuda_graph_targets: bool = _speed("cuda_graph_targets")
     # Run-wide in a pipeline: given once, at the top of PipelineConfig, and copied here (RUN_WIDE)
     seed: int = setting(0, "[0, 4294967295]")
     device: str = "auto"
 
     def check_rules(self) -> None:
-        _require(self.cuda_graphs or not self.cuda_graph_targets,
-                 "cuda_graph_targets captures the targets' passes beside the other images' graph: "
-                 "it needs cuda_graphs on")
+        _check_graphs(self)
         _scales("scales", self.scales)
         _require(any(s in self.scales for s in self.loss_scales),
                  f"no loss scale {tuple(self.loss_scales)} is among the scales {tuple(self.scales)}")
@@ -515,14 +550,17 @@ class PipelineConfig:
     """The whole run: data, output, and every stage's settings (one tree, validated at once).
 
     The top level is the run section: besides the data and the output, the settings every stage
-    shares (RUN_WIDE), given once. The sections' own fields for them are copies (MIRRORED): set
-    from the top whenever the tree is built or validated, never on their own.
+    shares (RUN_WIDE), given once. RIB's speed settings are a section of their own, ``rib_speed``.
+    The fields RIBConfig and the other sections keep for these are copies (MIRRORED): set from
+    where the setting is given whenever the tree is built or validated, never on their own.
     """
 
     # The sections' fields that copy a setting given once elsewhere in the tree: "section.field"
     # -> that setting's key. No flag of their own, not written to config.json.
-    MIRRORED: ClassVar[Dict[str, str]] = {f"{section}.{name}": name
-                                          for name, sections in RUN_WIDE.items() for section in sections}
+    MIRRORED: ClassVar[Dict[str, str]] = {
+        **{f"{section}.{name}": name for name, sections in RUN_WIDE.items() for section in sections},
+        **{f"rib.{f.name}": f"rib_speed.{f.name}" for f in dataclasses.fields(RIBSpeedConfig)},
+    }
 
     dataset: DatasetName = "demo"
     root: Optional[str] = None
@@ -558,6 +596,7 @@ class PipelineConfig:
     eval_seed: EvalSeedConfig = field(default_factory=EvalSeedConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
     rib: RIBConfig = field(default_factory=RIBConfig)
+    rib_speed: RIBSpeedConfig = field(default_factory=RIBSpeedConfig)
     irn: IRNConfig = field(default_factory=IRNConfig.preset)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
@@ -591,9 +630,9 @@ class PipelineConfig:
     @classmethod
     def upgrade_plain(cls, values: Dict[str, Any], where: str = "") -> Dict[str, Any]:
         """A config file's values with the copies that earlier versions wrote inside the sections
-        (``rib.seed``, ``irn.allow_missing``...) taken to the one key that sets them now
-        (``seed``, ``allow_missing``). A copy that differs from another, or from the value given
-        at that key, is a ConfigError naming both keys."""
+        (``rib.seed``, ``irn.allow_missing``, ``rib.group_size``...) taken to the one key that
+        sets them now (``seed``, ``allow_missing``, ``rib_speed.group_size``). A copy that differs
+        from another, or from the value given at that key, is a ConfigError naming both keys."""
         values = dict(values)
         found: Dict[str, Tuple[str, Any]] = {}  # setting -> (the key it was read from, its value)
         for path, source in cls.MIRRORED.items():

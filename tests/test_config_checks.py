@@ -266,7 +266,7 @@ def test_text_settings_with_fixed_values_state_them_in_their_type():
     # The settings a researcher picks among (the authors'/paper's behaviour, the ablation's
     # losses, the numerics) are all typed, so that neither the flags nor a file can miss one.
     for path in ["dataset", "train_cam.backbone", "rib.behaviour", "rib.gndrp_behaviour",
-                 "rib.pooling", "rib.loss", "rib.precision", "rib.prefetch", "rib.head_batching",
+                 "rib.pooling", "rib.loss", "rib_speed.precision", "rib_speed.prefetch", "rib_speed.head_batching",
                  "make_cam.precision", "irn.backbone", "segment.backbone"]:
         assert path in found, path
 

@@ -1,13 +1,16 @@
 """The pipeline's config tree and command line: validation before any stage runs, generated flags
 and their aliases, presets, flags reaching every stage, user errors as `error:` + status 2."""
+import dataclasses
 import json
 import logging
 import re
+import typing
 
 import pytest
 
 from rib_ext import pipeline
-from rib_ext.config import ConfigError, PipelineConfig, RIBConfig, TrainCamConfig, plain_dict
+from rib_ext.config import (ConfigError, PipelineConfig, RIBConfig, RIBSpeedConfig, TrainCamConfig,
+                             from_plain, plain_dict)
 from rib_ext.presets import demo as demo_preset
 from pipeline_runs import main
 
@@ -89,8 +92,6 @@ def test_run_wide_flags_set_one_field_that_every_section_copies(flags):
 def test_every_section_field_of_a_run_wide_setting_is_a_copy():
     """A section that gains a field of a run-wide setting (its own device, say) is declared a copy
     in RUN_WIDE, or it would be a second flag setting it for that stage alone."""
-    import dataclasses
-
     from rib_ext.config import RUN_WIDE
     from rib_ext.stages.options import sections
 
@@ -101,8 +102,6 @@ def test_every_section_field_of_a_run_wide_setting_is_a_copy():
 
 
 def test_the_copies_follow_the_run_value_when_it_changes():
-    import dataclasses
-
     cfg = config([])
     other = dataclasses.replace(cfg, device="cpu", seed=4)
     assert other.rib.device == "cpu" and other.irn.seed == 4 and other.segment.device == "cpu"
@@ -114,7 +113,10 @@ def test_the_copies_follow_the_run_value_when_it_changes():
         dataclasses.replace(cfg, seed=-1)  # named where it is set, not in a section
 
 
-@pytest.mark.parametrize("path", sorted(PipelineConfig.MIRRORED))
+RUN_WIDE_COPIES = sorted(p for p, source in PipelineConfig.MIRRORED.items() if "." not in source)
+
+
+@pytest.mark.parametrize("path", RUN_WIDE_COPIES)
 def test_a_sections_own_flag_for_a_run_wide_setting_says_which_to_use(path, capsys, tmp_path):
     name = path.split(".")[1]
     use = {"device": "--device", "seed": "--seed", "num_workers": "--num-workers",
@@ -163,9 +165,9 @@ def _old_layout(cfg):
     """``cfg``'s config.json as versions before the run section wrote it: every section with its
     copy of the run-wide settings, no seed or num_workers at the top."""
     saved = plain_dict(cfg)
-    for path, source in PipelineConfig.MIRRORED.items():
+    for path in RUN_WIDE_COPIES:
         section, name = path.split(".")
-        saved[section][name] = saved[source]
+        saved[section][name] = saved[name]
     del saved["seed"], saved["num_workers"]
     return saved
 
@@ -197,6 +199,109 @@ def test_an_old_config_file_whose_copies_differ_is_refused_naming_them(tmp_path,
         config(["--config", str(path)])
     assert main(["--config", str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- RIB's speed settings, a section
+
+SPEED_FIELDS = [f.name for f in dataclasses.fields(RIBSpeedConfig)]
+# A value other than the default, as a flag spells it and as the field holds it.
+SPEED_VALUES = {"group_size": ("3", 3), "head_batching": ("vmap", "vmap"), "precision": ("bf16", "bf16"),
+                "channels_last": ("true", True), "cudnn_benchmark": ("true", True),
+                "fold_stem": ("true", True), "foreach_update": ("false", False),
+                "group_memory_gb": ("2.5", 2.5), "image_cache_mb": ("100", 100),
+                "prefetch": ("off", "off"), "cuda_graphs": ("true", True), "cuda_graph_targets": ("true", True)}
+
+
+def test_ribs_fields_of_the_speed_settings_are_the_sections():
+    """RIBConfig keeps the speed settings for its Python API, with the section's types, defaults
+    and ranges; the list of the speed settings is the section's."""
+    assert set(SPEED_VALUES) == set(SPEED_FIELDS)
+    rib = {f.name: f for f in dataclasses.fields(RIBConfig)}
+    hints, rib_hints = typing.get_type_hints(RIBSpeedConfig), typing.get_type_hints(RIBConfig)
+    for f in dataclasses.fields(RIBSpeedConfig):
+        assert rib_hints[f.name] == hints[f.name], f.name
+        assert (rib[f.name].default, rib[f.name].metadata) == (f.default, f.metadata), f.name
+        assert PipelineConfig.MIRRORED[f"rib.{f.name}"] == f"rib_speed.{f.name}"
+    assert RIBConfig(group_size=4, precision="bf16").group_size == 4  # the Python API, as before
+
+
+@pytest.mark.parametrize("name", SPEED_FIELDS)
+def test_a_speed_flag_its_earlier_spelling_and_alias_set_the_section_that_rib_copies(name):
+    flag_value, value = SPEED_VALUES[name]
+    needs = ["--rib_speed.cuda_graphs", "true"] if name == "cuda_graph_targets" else []
+    spellings = [f"--rib_speed.{name}", f"--rib.{name}"] + (["--group-size"] if name == "group_size" else [])
+    for flag in spellings:
+        cfg = config([flag, flag_value] + needs)
+        assert getattr(cfg.rib_speed, name) == value and getattr(cfg.rib, name) == value, flag
+        assert cfg == config([f"--rib_speed.{name}", flag_value] + needs)
+    parser = pipeline.build_parser()
+    action = next(a for a in parser._actions if f"--rib_speed.{name}" in a.option_strings)
+    assert set(spellings) <= set(action.option_strings)
+    group = next(g for g in parser._action_groups if action in g._group_actions)
+    assert group.title == "rib_speed settings"
+
+
+def test_config_json_holds_the_speed_settings_in_their_section_only():
+    cfg = config(["--group-size", "3", "--rib_speed.precision", "bf16"])
+    saved = plain_dict(cfg)
+    assert saved["rib_speed"]["group_size"] == 3 and saved["rib_speed"]["precision"] == "bf16"
+    assert set(saved["rib_speed"]) == set(SPEED_FIELDS)
+    assert not set(SPEED_FIELDS) & set(saved["rib"])
+    assert from_plain(PipelineConfig, saved) == cfg
+
+
+def _speed_in_rib(saved):
+    """A config.json as versions before the rib_speed section wrote it."""
+    saved["rib"].update(saved.pop("rib_speed"))
+    return saved
+
+
+def test_an_old_config_file_with_the_speed_settings_under_rib_still_loads(tmp_path):
+    cfg = config(["--group-size", "3", "--rib_speed.precision", "bf16", "--rib_speed.prefetch", "off"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"stages": ["rib"], **_speed_in_rib(_old_layout(cfg))}))
+    assert config(["--config", str(path)]) == cfg
+    assert config(["--config", str(path), "--group-size", "2"]).rib.group_size == 2
+
+
+def test_an_old_speed_setting_that_differs_from_the_sections_is_refused_naming_both(tmp_path):
+    saved = _speed_in_rib(plain_dict(config(["--group-size", "3"])))
+    saved["rib_speed"] = {"group_size": 2}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    message = "rib.group_size 3 differs from rib_speed.group_size 2: group_size is a setting of the rib_speed section now"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config(["--config", str(path)])
+    saved["rib_speed"] = {"group_size": 3}  # given in both places, the same: taken
+    path.write_text(json.dumps(saved))
+    assert config(["--config", str(path)]).rib.group_size == 3
+
+
+def test_the_speed_settings_are_checked_and_named_in_their_section():
+    with pytest.raises(ConfigError, match=r"^rib_speed\.group_size must be >= 0, got -1"):
+        config(["--group-size", "-1"])
+    with pytest.raises(ConfigError, match=r"^rib_speed: cuda_graph_targets .* needs cuda_graphs on"):
+        config(["--rib.cuda_graph_targets", "true"])
+    with pytest.raises(ConfigError, match=r"^rib_speed\.image_cache_mb: expected an integer"):
+        from_plain(PipelineConfig, {"rib_speed": {"image_cache_mb": 1.5}})
+
+
+def test_what_the_rib_stage_records_leaves_the_speed_settings_out_but_precision():
+    """rib's provenance record is its section without the speed settings (SPEED_ONLY, the
+    rib_speed section's fields but precision), as it was when they were RIBConfig's alone: a
+    speed setting changed never makes the maps stale, a precision does."""
+    from rib_ext.stages import rib
+    from rib_ext.stages.common import result_settings
+
+    assert set(rib.SPEED_ONLY) == set(SPEED_FIELDS) - {"precision"}
+    base = config([])
+    recorded = rib.settings(base)
+    assert recorded == result_settings(base.rib, drop=rib.SPEED_ONLY) and recorded["precision"] == "float32"
+    assert not set(rib.SPEED_ONLY) & set(recorded)
+    for name in rib.SPEED_ONLY:
+        needs = ["--rib_speed.cuda_graphs", "true"] if name == "cuda_graph_targets" else []
+        assert rib.settings(config([f"--rib_speed.{name}", SPEED_VALUES[name][0]] + needs)) == recorded, name
+    assert rib.settings(config(["--rib_speed.precision", "bf16"]))["precision"] == "bf16"
 
 
 def test_stage_records_keep_the_run_wide_settings_where_they_were():
@@ -427,7 +532,7 @@ def _get(tree, path):
 
 
 # Flags valid only beside another (a config rule says so).
-NEEDS = {"rib.cuda_graph_targets": ["--rib.cuda_graphs", "true"],
+NEEDS = {"rib_speed.cuda_graph_targets": ["--rib_speed.cuda_graphs", "true"],
          "train_cam.split": ["--train_cam.model", "timm:resnet18"]}
 
 

@@ -2,11 +2,13 @@
 
 Every field of :class:`PipelineConfig` is a flag: top-level ones by name (``--dataset``, and the
 run-wide ``--device``, ``--seed``, ``--num_workers``, ``--allow_missing``), stage ones as
-``--<section>.<field>`` (``--rib.lr``, ``--train_cam.epochs``, ``--irn.crf.gt_prob``); the
-sections' copies of the run-wide settings (``PipelineConfig.MIRRORED``) have none, and their
-earlier flags (``--rib.seed``) stop with the flag to use. The short flags of earlier versions stay
-as aliases (``--rib-lr``, ``--epochs``, ``--num-workers``...); two reach several sections
-(``--scales``, ``--thresholds``).
+``--<section>.<field>`` (``--rib.lr``, ``--train_cam.epochs``, ``--irn.crf.gt_prob``,
+``--rib_speed.group_size``). The sections' copies of settings given elsewhere in the tree
+(``PipelineConfig.MIRRORED``) have none: the earlier flags of the run-wide ones (``--rib.seed``)
+stop with the flag to use, those of RIB's speed settings (``--rib.group_size``) are aliases of
+the rib_speed section's. The short flags of earlier versions stay as aliases (``--rib-lr``,
+``--epochs``, ``--num-workers``, ``--group-size``...); two reach several sections (``--scales``,
+``--thresholds``).
 
 A config is built in this order: the preset (``--preset demo|voc|coco``, default: the dataset's
 own) gives each section its starting values, a section may follow earlier ones (IRN starts from
@@ -25,7 +27,7 @@ from typing import Any, Dict, Optional
 
 from rib_ext import presets
 from rib_ext.config import (PIPELINE_PRESETS, ConfigError,
-                             PipelineConfig, from_plain)
+                             PipelineConfig, RIBSpeedConfig, from_plain)
 from rib_ext.config_fields import choices_of, field_docs, field_range
 from rib_ext.stages.registry import DEFAULT_STAGES, REGISTRY
 
@@ -48,12 +50,14 @@ ALIASES: Dict[str, tuple] = {
     "--batch-size": ("train_cam.batch_size",), "--crop-size": ("train_cam.crop_size",),
     "--lr": ("train_cam.lr",), "--rib-steps": ("rib.steps",), "--rib-lr": ("rib.lr",),
     "--num-others": ("rib.num_others",), "--margin": ("rib.margin",), "--tau": ("rib.tau",),
-    "--pooling": ("rib.pooling",), "--rib-loss": ("rib.loss",), "--group-size": ("rib.group_size",),
+    "--pooling": ("rib.pooling",), "--rib-loss": ("rib.loss",), "--group-size": ("rib_speed.group_size",),
     "--irn-epochs": ("irn.epochs",), "--segment-backbone": ("segment.backbone",),
     "--segment-weights": ("segment.weights",), "--segment-iterations": ("segment.iterations",),
     "--crf-threshold": ("crf.threshold",), "--rib.gndrp_mode": ("rib.gndrp_behaviour",),
     "--dist-timeout": ("dist_timeout_s",), "--max-pixels": ("max_pixels",),
     "--num-workers": ("num_workers",), "--allow-missing": ("allow_missing",),
+    # RIB's speed settings were rib's before they had their section: --rib.group_size...
+    **{f"--rib.{f.name}": (f"rib_speed.{f.name}",) for f in dataclasses.fields(RIBSpeedConfig)},
     # Several sections:
     "--scales": ("make_cam.scales", "rib.scales"),
 }
