@@ -614,18 +614,35 @@ class PipelineConfig:
 
     def _copy_mirrored(self) -> None:
         changes: Dict[str, Dict[str, Any]] = {}
+        copied: Dict[str, Dict[str, Any]] = {}
         for path, source in self.MIRRORED.items():
             section, name = path.split(".")
-            value, copy = _get(self, source), getattr(getattr(self, section), name)
-            if type(copy) is not type(value) or copy != value:
-                changes.setdefault(section, {})[name] = value
-        for section, values in changes.items():
-            # A new section object: another tree holding this one (dataclasses.replace copies the
-            # references) keeps its own values.
-            try:
-                setattr(self, section, dataclasses.replace(getattr(self, section), **values))
-            except ConfigError as err:
-                raise err.within(section) from err
+            obj = getattr(self, section)
+            value, copy = _get(self, source), getattr(obj, name)
+            copied.setdefault(section, {})[name] = value
+            if _same(copy, value):
+                continue
+            # A copy is overwritten only where nobody set it: the value this tree copied into it
+            # before (the run value changed since), or the field's default in a section made
+            # without it. Anything else was meant, and would be silently lost.
+            before = getattr(obj, "_copied", {}).get(name, dataclasses.MISSING)
+            unset = _same(copy, before) if before is not dataclasses.MISSING else \
+                _same(copy, _field_default(type(obj), name))
+            if not unset:
+                raise ConfigError(f"{path} {shown(copy)} is a copy of {source} {shown(value)}, "
+                                  f"which the tree sets from there: set {source} instead")
+            changes.setdefault(section, {})[name] = value
+        for section, values in copied.items():
+            obj = getattr(self, section)
+            if section in changes:
+                # A new section object: another tree holding this one (dataclasses.replace copies
+                # the references) keeps its own values.
+                try:
+                    obj = dataclasses.replace(obj, **changes[section])
+                except ConfigError as err:
+                    raise err.within(section) from err
+                setattr(self, section, obj)
+            object.__setattr__(obj, "_copied", values)
 
     @classmethod
     def upgrade_plain(cls, values: Dict[str, Any], where: str = "") -> Dict[str, Any]:
@@ -663,6 +680,15 @@ class PipelineConfig:
             if key != source:
                 _plain_set(values, source, value)
         return values
+
+
+def _same(a, b) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _field_default(cls, name: str):
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _get(obj, path: str):

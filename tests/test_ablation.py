@@ -3,7 +3,7 @@ import json
 import warnings
 
 from rib_ext import ablation, pipeline
-from rib_ext.data.demo import demo_preset
+from rib_ext.presets import demo as demo_preset
 
 from pipeline_runs import TINY
 

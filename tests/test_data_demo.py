@@ -134,7 +134,7 @@ def test_refuses_foreign_folder(tmp_path):
 
 def test_demo_preset_names_real_settings():
     from rib_ext.config import PipelineConfig
-    from rib_ext.data.demo import demo_preset
+    from rib_ext.presets import demo as demo_preset
 
     cfg = PipelineConfig()
     preset = demo_preset(128)

@@ -577,3 +577,24 @@ def test_print_config_shows_the_resolved_tree_and_runs_nothing(tmp_path, capsys)
 def test_a_bad_stage_name_is_a_user_error(capsys):
     assert main(["--stages", "train_cam,ribb"]) == 2
     assert "unknown stage(s) ribb" in capsys.readouterr().err
+
+
+def test_a_copy_set_by_hand_is_refused_not_silently_overwritten():
+    """The sections' copies of run-wide and speed settings follow the tree; a value put into a
+    copy by hand (in place, or in a section handed to the tree) would be lost: it stops instead,
+    naming the setting to use. Copies the tree made itself follow a changed run value."""
+    import dataclasses
+
+    cfg = PipelineConfig()
+    moved = dataclasses.replace(dataclasses.replace(cfg, device="cpu"), seed=3)
+    assert moved.rib.device == "cpu" and moved.irn.seed == 3 and cfg.rib.device == "auto"
+    moved.rib.device = "cuda"
+    with pytest.raises(ConfigError, match=r'rib.device "cuda" is a copy of device "cpu".*set device'):
+        moved.validate()
+    with pytest.raises(ConfigError, match=r"set rib_speed.group_size instead"):
+        PipelineConfig(rib=RIBConfig(group_size=4))
+    with pytest.raises(ConfigError, match=r"set seed instead"):
+        PipelineConfig(seed=1, irn=dataclasses.replace(PipelineConfig().irn, seed=2))
+    # A section handed in with the copy at its default, or equal to the run value, is taken.
+    assert PipelineConfig(seed=5, rib=RIBConfig(lr=1e-3)).rib.seed == 5
+    assert PipelineConfig(device="cpu", rib=RIBConfig(device="cpu")).rib.device == "cpu"

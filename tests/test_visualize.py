@@ -224,7 +224,7 @@ def test_step_montage_from_the_engine(tmp_path):
 
 
 def test_report_cli_diffs_against_the_runs_preset(tmp_path):
-    from rib_ext.data.demo import demo_preset
+    from rib_ext.presets import demo as demo_preset
     from rib_ext.report import main, preset_of_run
 
     _, out = _tiny_run(tmp_path)
