@@ -43,7 +43,7 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
         store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
         store.set_timeout(timeout)
         dist.init_process_group(backend, store=store, rank=rank_, world_size=world, timeout=timeout)
-        _state.update(store=store, barriers=0, failed=False)
+        _state.update(store=store, barriers=0, failed=False, closed=False)
         atexit.register(close)
     return is_distributed()
 
@@ -52,12 +52,45 @@ def close() -> None:
     """Destroy the process group :func:`init_from_env` made (nothing otherwise); registered to run
     at exit. Gloo's threads still alive when the interpreter is torn down abort a finished run
     ("terminate called without an active exception", exit -6). A rank that failed keeps an NCCL
-    group: destroying it while another rank is in a collective can hang."""
-    if _state["store"] is None:
+    group: destroying it while another rank is in a collective can hang.
+
+    The rank that serves the rendezvous store (rank 0 when no torchrun agent serves it) first
+    waits, at most :data:`EXIT_WAIT_S`, until every rank has come here too: the others may still
+    be polling the store in their last :func:`barrier`, which would fail once it is gone."""
+    store = _state["store"]
+    if store is None or _state.get("closed"):
         return
+    _state["closed"] = True
+    if is_distributed() and not _state["failed"]:
+        _wait_for_every_rank_at_exit(store)
     if dist.is_initialized() and not (_state["failed"] and dist.get_backend() == "nccl"):
         dist.destroy_process_group()
-    _state.update(store=None, barriers=0)
+
+
+EXIT_WAIT_S = 120.0
+
+
+def _serves_the_store() -> bool:
+    return rank() == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
+
+
+def _wait_for_every_rank_at_exit(store: dist.Store, poll_s: float = 0.2) -> None:
+    me, world = rank(), world_size()
+    try:
+        store.set(_key(f"exit/{me}"), "1")
+        if not _serves_the_store():
+            return
+        keys = [_key(f"exit/{r}") for r in range(world)]
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while not store.check(keys) and not store.check([_key("failed")]):
+            if time.monotonic() >= deadline:
+                late = [r for r, k in enumerate(keys) if not store.check([k])]
+                log.warning(f"rank {me}: exiting without rank(s) {', '.join(map(str, late))}, "
+                            f"still running after {EXIT_WAIT_S:.0f} s")
+                return
+            time.sleep(poll_s)
+    except (RuntimeError, OSError):  # a store already gone: nobody left to wait for
+        return
 
 
 def is_distributed() -> bool:

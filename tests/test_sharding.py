@@ -318,12 +318,20 @@ atexit.register(lambda: print("group alive at exit:", dist.is_initialized(), flu
 from rib_ext import distributed
 assert distributed.init_from_env(60)
 distributed.all_reduce_sum(__import__("numpy").ones(2))
+# Rank 0 (serving the store) reaches the last barrier last and leaves it at once, while rank 1
+# polls the store slowly: it looks again after rank 0's work is over.
+if distributed.rank() == 0:
+    __import__("time").sleep(2.0)
+distributed.barrier("the end", poll_s=4.0)
+print("past the last barrier", flush=True)
 """
 
 
 def test_the_group_a_run_made_is_destroyed_before_the_interpreter_ends(tmp_path):
     """A gloo group left alive at exit can abort a finished rank ("terminate called without an
-    active exception", exit -6): the group init_from_env made is destroyed by an exit handler."""
+    active exception", exit -6): the group init_from_env made is destroyed by an exit handler,
+    and the rank serving the store waits there for the others, which may still be polling it in
+    their last barrier."""
     import subprocess
     import sys
 
@@ -337,4 +345,4 @@ def test_the_group_a_run_made_is_destroyed_before_the_interpreter_ends(tmp_path)
     for proc in procs:
         out = proc.communicate(timeout=120)[0]
         assert proc.returncode == 0, out
-        assert "group alive at exit: False" in out, out
+        assert "past the last barrier" in out and "group alive at exit: False" in out, out
