@@ -67,6 +67,23 @@ def close() -> None:
         dist.destroy_process_group()
 
 
+def leave(code: int) -> None:
+    """End a finished rank's process with exit status ``code`` without the interpreter's teardown:
+    :func:`close` first (every rank reaches it, the group is destroyed), then ``os._exit``. The
+    teardown can still abort a rank whose work is done and written (a C++ thread of torch's
+    distributed runtime destroyed while joinable: "terminate called without an active
+    exception", exit -6, seen now and then under torchrun), which would fail the whole run."""
+    import sys
+
+    close()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 EXIT_WAIT_S = 120.0
 
 

@@ -298,4 +298,9 @@ def warn_overridden(args, cfg: PipelineConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    from rib_ext import distributed
+
+    if distributed.is_distributed():  # a torchrun rank: everything is written, leave at once
+        distributed.leave(code)
+    sys.exit(code)

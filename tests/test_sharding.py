@@ -346,3 +346,34 @@ def test_the_group_a_run_made_is_destroyed_before_the_interpreter_ends(tmp_path)
         out = proc.communicate(timeout=120)[0]
         assert proc.returncode == 0, out
         assert "past the last barrier" in out and "group alive at exit: False" in out, out
+
+
+_LEAVE_CHECK = """
+import atexit
+atexit.register(lambda: print("teardown ran", flush=True))
+from rib_ext import distributed
+assert distributed.init_from_env(60)
+distributed.barrier("work done")
+print("written", end="")  # no newline: leave() must flush it
+distributed.leave(3)
+"""
+
+
+def test_a_finished_rank_leaves_with_its_status_and_without_the_teardown():
+    """``python -m rib_ext.pipeline`` under torchrun ends each rank with distributed.leave: the
+    status given, the output flushed, the group closed, and no interpreter teardown (which can
+    abort a finished rank)."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    procs = []
+    for r in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
+                   WORLD_SIZE="2", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", _LEAVE_CHECK], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    for proc in procs:
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 3, out
+        assert "written" in out and "teardown ran" not in out, out
