@@ -310,6 +310,22 @@ def test_rank_killed_mid_stage_leaves_whole_files_and_a_rerun_reaches_the_clean_
         assert _figures(killed / folder) == _figures(clean / folder), folder
 
 
+def _two_ranks(script: str):
+    """(process, its output) of ``script`` run as ranks 0 and 1 of a gloo group (torchrun's
+    variables), each after it has ended."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    procs = []
+    for r in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
+                   WORLD_SIZE="2", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    return [(proc, proc.communicate(timeout=120)[0]) for proc in procs]
+
+
 _CLOSE_CHECK = """
 import atexit, os, sys
 import torch.distributed as dist
@@ -332,18 +348,7 @@ def test_the_group_a_run_made_is_destroyed_before_the_interpreter_ends(tmp_path)
     active exception", exit -6): the group init_from_env made is destroyed by an exit handler,
     and the rank serving the store waits there for the others, which may still be polling it in
     their last barrier."""
-    import subprocess
-    import sys
-
-    port = free_port()
-    procs = []
-    for r in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
-                   WORLD_SIZE="2", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", _CLOSE_CHECK], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    for proc in procs:
-        out = proc.communicate(timeout=120)[0]
+    for proc, out in _two_ranks(_CLOSE_CHECK):
         assert proc.returncode == 0, out
         assert "past the last barrier" in out and "group alive at exit: False" in out, out
 
@@ -363,17 +368,6 @@ def test_a_finished_rank_leaves_with_its_status_and_without_the_teardown():
     """``python -m rib_ext.pipeline`` under torchrun ends each rank with distributed.leave: the
     status given, the output flushed, the group closed, and no interpreter teardown (which can
     abort a finished rank)."""
-    import subprocess
-    import sys
-
-    port = free_port()
-    procs = []
-    for r in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
-                   WORLD_SIZE="2", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", _LEAVE_CHECK], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    for proc in procs:
-        out = proc.communicate(timeout=120)[0]
+    for proc, out in _two_ranks(_LEAVE_CHECK):
         assert proc.returncode == 3, out
         assert "written" in out and "teardown ran" not in out, out
