@@ -8,9 +8,12 @@ rename) after each, so that a run cut short keeps every row it measured.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import platform
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -51,6 +54,14 @@ def write_json(path, doc: dict) -> None:
     """``doc`` to ``path`` atomically (nothing when ``path`` is None)."""
     if path:
         save_text(path, json.dumps(doc, indent=1))
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder, removed when the benchmark's process exits (an error included; a
+    killed process leaves it): the data and maps a benchmark writes are not its result."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, root, True)
+    return root
 
 
 def main(argv=None) -> int:

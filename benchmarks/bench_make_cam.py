@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import datetime
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from rib_ext.data import build_dataset  # noqa: E402
 from rib_ext.io import load_npy_dict  # noqa: E402
 from rib_ext.cam.maps import make_cam  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_facts, when loaded by path
-from bench_facts import print_row, run_facts, write_json  # noqa: E402
+from bench_facts import scratch_dir, print_row, run_facts, write_json  # noqa: E402
 
 VARIANTS = {"float32": {}, "float32+cl": dict(channels_last=True, cudnn_benchmark=True),
             "tf32": dict(precision="tf32"),
@@ -49,7 +48,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from rib_ext.models import build_cam_net
 
-    root = Path(tempfile.mkdtemp(prefix="make_cam_bench_"))
+    root = scratch_dir("make_cam_bench_")
     data = build_dataset("demo", root, "train", demo=DemoDataConfig(num_train=args.images, num_val=2,
                                                                     image_size=args.size))
     with warnings.catch_warnings():

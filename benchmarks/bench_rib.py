@@ -29,7 +29,6 @@ import dataclasses
 import datetime
 import os
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -43,7 +42,7 @@ from rib_ext.data import build_dataset  # noqa: E402
 from rib_ext.rib import OtherImages, RIBEngine, Target  # noqa: E402
 from rib_ext.rib import oracle_loop  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_facts, when loaded by path
-from bench_facts import device_name, print_row, run_facts, write_json  # noqa: E402
+from bench_facts import scratch_dir, device_name, print_row, run_facts, write_json  # noqa: E402
 
 SIZES = {
     "tiny": dict(backbone="resnet_tiny", image_size=48, others=2, crop=48),  # the tests' size
@@ -124,7 +123,7 @@ def run_size(name, args, device, variants, on_row=lambda res: None):
     groups = [group_of(v, RIBConfig()) for v in variants]
     # enough targets for the largest group's warm-up and timed run
     n_targets = max([n] + [AUTO_MAX_GROUP if g == 0 and device.type == "cuda" else g for g in groups])
-    root = Path(tempfile.mkdtemp(prefix="rib_bench_"))
+    root = scratch_dir("rib_bench_")
     data = build_dataset("demo", root, "train",
                          demo=DemoDataConfig(num_train=max(24, n_targets + 8), num_val=2,
                                              image_size=size["image_size"]))

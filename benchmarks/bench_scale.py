@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +33,9 @@ from rib_ext.config import (CRFConfig, DemoDataConfig, EvalSeedConfig, MakeCamCo
 from rib_ext.data import build_dataset  # noqa: E402
 from rib_ext.io import save_text  # noqa: E402
 from rib_ext.workers import available_cores  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_facts, when loaded by path
+from bench_facts import scratch_dir  # noqa: E402
 
 STAGES = ("make_cam", "rib", "eval_seed", "crf", "ir_label", "make_sem_seg", "eval_mask",
           "segment_infer")
@@ -160,7 +162,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    work = scratch_dir("bench_scale_")
     load_before = os.getloadavg()
     small = prepare(work / "small", args.images, args.size)
     small_maps = None

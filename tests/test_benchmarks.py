@@ -137,3 +137,22 @@ def test_bench_make_cam_and_bench_ops_write_each_row_as_measured(tmp_path, capsy
     assert printed.index("### make_cam:") < printed.index("row make_cam float32:") \
         < printed.index("row make_cam bf16+cl:") < printed.index("| variant |")
     assert "row ops cpu 4x3x8x8:" in printed
+
+
+@pytest.mark.parametrize("ending", ["", "raise SystemExit(3)", "raise RuntimeError('a failing variant')"])
+def test_a_benchmarks_scratch_folder_is_removed_when_it_exits(tmp_path, ending):
+    """The data and maps a benchmark writes go with its process, however it ends (GPU-sized runs
+    left gigabytes behind otherwise)."""
+    import subprocess
+    import sys
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+            "from bench_facts import scratch_dir\n"
+            "root = scratch_dir('bench_test_')\n"
+            "(root / 'maps').mkdir(); (root / 'maps' / 'a.npy').write_bytes(b'x')\n"
+            "print(root, flush=True)\n" + ending)
+    env = {"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    root = Path(res.stdout.strip())
+    assert root.parent == tmp_path and root.name.startswith("bench_test_")
+    assert not root.exists(), res.stderr
+    assert list(tmp_path.iterdir()) == []
