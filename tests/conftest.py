@@ -1,7 +1,17 @@
 """Shared pytest setup: the ``needs_cuda`` marker skips cleanly where no CUDA device is present;
 the fixtures every module may use."""
-import pytest
-import torch
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `-n auto` starts one worker per core: each keeps to one thread (the processes the tests
+    # start too), since two busy-waiting OpenMP threads per worker doubled every test's CPU time.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 from coco_files import write_coco_root
 
