@@ -138,11 +138,12 @@ def _run_locked(ctx, cfg: PipelineConfig, stages: List[str]) -> dict:
         prov.begin(stage)  # checks what it derives from the results made so far, then tags it
         summary[stage] = stage_module(stage).run(ctx, cfg)
         summary[stage]["stage_seconds"] = round(time.time() - t0, 1)
-        used = derived_settings(prov, stage)
-        if used:  # config.json says what ran: the settings a stage took from another's result
-            config["derived"] = {**config.get("derived", {}), stage: used}
-            ctx.write_json(ctx.layout.config, config)
-        if ctx.is_main:  # merged after every stage: earlier runs' and stages' figures stay
+        if ctx.is_main:  # the one rank that writes config.json and the summary
+            used = derived_settings(prov, stage)
+            if used:  # config.json says what ran: the settings a stage took from another's result
+                config["derived"] = {**config.get("derived", {}), stage: used}
+                save_json(ctx.layout.config, config)
+            # merged after every stage: earlier runs' and stages' figures stay
             save_json(summary_path, {**_read_json(summary_path), **summary,
                                      "seconds": round(time.time() - t_start, 1)})
     summary["seconds"] = round(time.time() - t_start, 1)
